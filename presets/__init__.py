@@ -1,0 +1,1 @@
+"""Built-in YAML presets (shipped as package data)."""

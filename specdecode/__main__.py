@@ -1,0 +1,5 @@
+"""`python -m specdecode` = the `specdecode` command."""
+
+from .cli.app import main
+
+main()

@@ -1,0 +1,127 @@
+"""The `specdecode` command: generate, bench, compare, inspect, presets.
+
+Commands register here; each lives in its own module and imports torch/transformers only
+inside its body, so `specdecode --help` stays instant. `main()` runs the Typer app without
+click's standalone error handling, so a usage error is one line on stderr with exit 2.
+
+`compare` takes sweeps the way users type them, `--k 3 5 7`; click options take one value
+each, so main() rewrites such runs to `--k 3 --k 5 --k 7` before parsing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as cx
+
+from .generate import generate
+
+app = typer.Typer(
+    name="specdecode",
+    help="Lossless speculative decoding for Hugging Face causal LMs: generate, benchmark, compare, inspect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command(help="Generate text, streaming accepted draft tokens and the target's own tokens in distinct styles.")(generate)
+
+
+@app.command("presets")
+def presets_command(
+    format: str = typer.Option("table", "--format", help="table | json"),
+) -> None:
+    """List the built-in presets."""
+    import json
+
+    from ..settings import list_presets
+
+    items = list_presets()
+    if format == "json":
+        sys.stdout.write(json.dumps(items, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="built-in presets (use --preset NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, desc in items.items():
+        table.add_row(name, desc)
+    Console().print(table)
+
+
+def _register_optional() -> None:
+    """bench / compare / inspect live in their own modules."""
+    import importlib
+
+    for module, name in (("bench", "bench"), ("compare", "compare"), ("inspect_cmd", "inspect")):
+        try:
+            mod = importlib.import_module(f"specdecode.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name == f"specdecode.cli.{module}":
+                continue
+            raise
+        mod.register(app)
+
+
+_register_optional()
+
+# options whose values compare sweeps over: `--k 3 5 7` -> `--k 3 --k 5 --k 7`
+SWEEP_OPTIONS = ("--k", "--batch-size", "--drafter", "--temperature")
+
+
+def expand_sweeps(argv: list[str]) -> list[str]:
+    if not argv or argv[0] != "compare":
+        return argv
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg in SWEEP_OPTIONS:
+            first = True
+            while i < len(argv) and not argv[i].startswith("--"):
+                if not first:
+                    out.append(arg)
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="specdecode", standalone_mode=False)
+    except cx.NoArgsIsHelpError:
+        code = 0  # typer has printed the help already
+    except cx.UsageError as e:
+        msg = e.format_message()
+        cmd = e.ctx.command_path if e.ctx else "specdecode"
+        sys.stderr.write(f"error: {msg} (see `{cmd} --help`)\n")
+        code = 2
+    except cx.Abort:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    except cx.Exit as e:
+        code = e.exit_code
+    except cx.ClickException as e:
+        sys.stderr.write(f"error: {e.format_message()}\n")
+        code = e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Options every command shares, turning them into Settings, and the error contract.
+
+`shared_options` adds the shared flags (DESIGN.md, "Command-line contract") to a command's
+signature and hands the command one `SharedOptions`; `data_options` adds the dataset and
+output flags of bench and compare. `resolve_settings` layers defaults < preset/config <
+flags. `guarded` maps failures to exit codes: 2 bad usage or invalid settings, 1 runtime
+failure, 130 interrupted — one line each, a traceback only with --debug.
+
+What it does not: import torch or transformers (commands do that inside their bodies).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..settings import Settings, SettingsError, load_settings
+
+__all__ = [
+    "DataOptions",
+    "SharedOptions",
+    "data_options",
+    "fail",
+    "guarded",
+    "print_dry_run",
+    "resolve_settings",
+    "shared_options",
+]
+
+SHARED = "Models and decoding"
+DATA = "Data and output"
+
+
+@dataclass(frozen=True)
+class SharedOptions:
+    preset: str | None
+    config: str | None
+    target: str | None
+    draft: str | None
+    drafter: str | None
+    exit_layer: int | None
+    k: str | None
+    max_k: int | None
+    max_new_tokens: int | None
+    max_length: int | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    seed: int | None
+    batch_size: int | None
+    device: str | None
+    dtype: str | None
+    quantized: bool | None
+    attention: str | None
+    chat: bool | None
+    trust_remote_code: bool
+    debug: bool
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    dataset: str | None
+    dataset_name: str | None
+    split: str | None
+    prompt_field: str | None
+    num_samples: int | None
+    format: str | None
+    output: str | None
+
+
+def _opt(*decls: str, help: str, panel: str = SHARED, default: Any = None, **kw: Any):
+    return typer.Option(default, *decls, help=help, rich_help_panel=panel, show_default=False, **kw)
+
+
+_SHARED_PARAMS: list[tuple[str, Any, Any]] = [
+    ("preset", Optional[str], _opt("--preset", help="built-in preset name or YAML path (`specdecode presets` lists them)")),
+    ("config", Optional[str], _opt("--config", help="YAML settings file (the seed's flat format works)")),
+    ("target", Optional[str], _opt("--target", help="target model: hub id or local directory")),
+    ("draft", Optional[str], _opt("--draft", help="draft model: hub id or local directory")),
+    ("drafter", Optional[str], _opt("--drafter", help="model | ngram | early-exit | none")),
+    ("exit_layer", Optional[int], _opt("--exit-layer", help="early-exit drafter: target layers to use")),
+    ("k", Optional[str], _opt("--k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
+    ("max_k", Optional[int], _opt("--max-k", help="upper bound for --k auto")),
+    ("max_new_tokens", Optional[int], _opt("--max-new-tokens", help="tokens to generate per prompt")),
+    ("max_length", Optional[int], _opt("--max-length", help="truncate prompts to this many tokens")),
+    ("temperature", Optional[float], _opt("--temperature", help="0 = greedy (default)")),
+    ("top_k", Optional[int], _opt("--top-k", help="sample from the k most likely tokens (0 = off)")),
+    ("top_p", Optional[float], _opt("--top-p", help="nucleus sampling mass in (0, 1]")),
+    ("seed", Optional[int], _opt("--seed", help="random seed (same seed, same output)")),
+    ("batch_size", Optional[int], _opt("--batch-size", help="prompts decoded together")),
+    ("device", Optional[str], _opt("--device", help="auto | cpu | cuda | cuda:N")),
+    ("dtype", Optional[str], _opt("--dtype", help="auto | float32 | bfloat16 | float16")),
+    ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes)")),
+    ("attention", Optional[str], _opt("--attention", help="auto | sdpa | eager")),
+    ("chat", Optional[bool], _opt("--chat/--no-chat", help="apply the chat template (default: when the tokenizer has one)")),
+    ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
+    ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
+    ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),
+]
+
+_DATA_PARAMS: list[tuple[str, Any, Any]] = [
+    ("dataset", Optional[str], _opt("--dataset", help="HF dataset id or local .jsonl/.json/.csv/.parquet/.txt", panel=DATA)),
+    ("dataset_name", Optional[str], _opt("--dataset-name", help="dataset configuration (e.g. main)", panel=DATA)),
+    ("split", Optional[str], _opt("--split", help="dataset split (default test)", panel=DATA)),
+    ("prompt_field", Optional[str], _opt("--prompt-field", help="field holding the prompt (detected by default)", panel=DATA)),
+    ("num_samples", Optional[int], _opt("--num-samples", help="prompts to run", panel=DATA)),
+    ("format", Optional[str], _opt("--format", help="table | json | csv", panel=DATA)),
+    ("output", Optional[str], _opt("--output", help="write the results to this file", panel=DATA)),
+]
+
+# settings key -> the flag that sets it (so errors name the flag the user typed)
+FLAG_NAMES = {
+    "target": "--target", "draft": "--draft", "drafter": "--drafter", "exit_layer": "--exit-layer", "k": "--k",
+    "max_k": "--max-k", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
+    "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
+    "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype", "quantized": "--quantized",
+    "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
+    "output": "--output", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
+    "dataset.prompt_field": "--prompt-field",
+}
+
+
+def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str) -> Callable[[Callable], Callable]:
+    names = [n for n, _, _ in params]
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != arg]
+        extra = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+            for n, ann, default in params
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            kwargs[arg] = cls(**values)
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+        # Typer reads annotations through typing.get_type_hints: give it real objects
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+        wrapper.__wrapped__ = None  # type: ignore[attr-defined]  # stop inspect from unwrapping to fn
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate
+
+
+def shared_options(fn: Callable) -> Callable:
+    """Add the shared flags; the command receives them as `opts: SharedOptions`."""
+    return _inject(_SHARED_PARAMS, SharedOptions, "opts")(fn)
+
+
+def data_options(fn: Callable) -> Callable:
+    """Add dataset/output flags; the command receives them as `data: DataOptions`."""
+    return _inject(_DATA_PARAMS, DataOptions, "data")(fn)
+
+
+def resolve_settings(opts: SharedOptions, data: DataOptions | None = None, **extra: Any) -> Settings:
+    """defaults < preset < --config < flags."""
+    overrides: dict[str, Any] = {f.name: getattr(opts, f.name) for f in fields(opts)}
+    for key in ("preset", "config", "debug", "dry_run"):
+        overrides.pop(key)
+    if not opts.trust_remote_code:
+        overrides.pop("trust_remote_code")  # a flag left off must not undo a config's `true`
+    if data is not None:
+        overrides.update(
+            {
+                "dataset.path": data.dataset,
+                "dataset.name": data.dataset_name,
+                "dataset.split": data.split,
+                "dataset.prompt_field": data.prompt_field,
+                "num_samples": data.num_samples,
+                "format": data.format,
+                "output": data.output,
+            }
+        )
+    overrides.update(extra)
+    return load_settings(opts.preset, opts.config, overrides, FLAG_NAMES)
+
+
+def print_dry_run(settings: Settings, as_json: bool) -> None:
+    data = settings.to_public_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="resolved settings (nothing loaded)", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+
+    def add(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                add(f"{prefix}{k}.", v)
+            else:
+                table.add_row(f"{prefix}{k}", "-" if v is None else str(v))
+
+    add("", data)
+    Console().print(table)
+
+
+def fail(message: str, code: int) -> None:
+    """Print one line on stderr and exit."""
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+def guarded(debug: bool, body: Callable[[], Any]) -> Any:
+    """Run a command body under the exit-code contract."""
+    from ..models.loading import ModelLoadError
+
+    try:
+        return body()
+    except typer.Exit:
+        raise
+    except SettingsError as e:
+        if debug:
+            raise
+        fail(str(e), 2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stderr.write("interrupted\n")
+        raise typer.Exit(130) from None
+    except ModelLoadError as e:
+        if debug:
+            raise
+        fail(str(e), 1)
+    except Exception as e:  # noqa: BLE001 - the contract: one line, exit 1, traceback only with --debug
+        if debug:
+            raise
+        fail(_runtime_message(e), 1)
+
+
+def _runtime_message(e: BaseException) -> str:
+    name = type(e).__name__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return f"out of memory ({text[:200]}): try a smaller --batch-size, --max-new-tokens or --quantized"
+    return f"{name}: {text} (rerun with --debug for the traceback)"

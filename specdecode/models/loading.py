@@ -1,0 +1,236 @@
+"""Load target and draft models: hub id or local directory, dtype, device, 4-bit, attention.
+
+What it does: resolves `device`/`dtype`/`attention` from Settings, loads tokenizer and
+model with transformers' Auto classes (safetensors preferred), and turns the usual
+failures (missing path, offline, gated, not a causal LM, missing extras) into one-line
+`ModelLoadError`s that the CLI prints with exit code 1.
+
+What it does not: generate, or decide whether two models can pair up (see `pairing.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype", "resolve_attention"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do (exit code 1)."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers tokenizer
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the output embedding: the ids the model can emit."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        text = self.model.config.get_text_config()
+        return int(text.num_hidden_layers)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """EOS ids as Hugging Face generate() uses them: generation_config first, then the tokenizer."""
+        ids: Any = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if ids is None:
+            ids = getattr(self.model.config, "eos_token_id", None)
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return ()
+        if isinstance(ids, int):
+            return (ids,)
+        return tuple(int(i) for i in ids)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device '{device}' was asked for but no CUDA GPU is available (use --device cpu)")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise ModelLoadError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' was asked for but MPS is not available (use --device cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    """The engine drives attention through explicit per-row masks: sdpa (default) or eager.
+
+    flash_attention_2 cannot take an arbitrary 4D mask, so the engine refuses it rather than
+    silently producing wrong tokens; `auto` picks sdpa everywhere.
+    """
+    if attention == "auto":
+        return "sdpa"
+    if attention == "flash_attention_2":
+        raise ModelLoadError(
+            "attention 'flash_attention_2' cannot take the per-row masks speculative verification needs; "
+            "use --attention sdpa (the default)"
+        )
+    return attention
+
+
+def _check_source(name: str) -> None:
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelLoadError(f"model path '{name}' is a file; point at the directory holding config.json")
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"model directory '{name}' has no config.json")
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(os.sep)
+    if looks_like_path:
+        raise ModelLoadError(f"model path '{name}' does not exist")
+
+
+def _translate(name: str, err: Exception) -> ModelLoadError:
+    text = f"{type(err).__name__}: {err}"
+    low = text.lower()
+    if "gated" in low or "401" in low or "403" in low or "awaiting a review" in low:
+        return ModelLoadError(
+            f"'{name}' is gated on the Hugging Face hub: accept its licence on its model page, then run `hf auth login`"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if (
+        offline
+        or "offline" in low
+        or "connection" in low
+        or "resolve" in low
+        or "couldn't connect" in low
+        or "network" in low
+        or "localentrynotfound" in low
+        or "we couldn't" in low
+    ):
+        return ModelLoadError(
+            f"'{name}' is not a local directory and is not in the Hugging Face cache, and the hub cannot be reached"
+            " (offline): download it first with `hf download` or name a local directory"
+        )
+    if "repository not found" in low or "is not a valid model identifier" in low or "404" in low:
+        return ModelLoadError(f"model '{name}' was not found: not a local directory and not a model id on the hub")
+    if "unrecognized configuration class" in low or "does not recognize this architecture" in low:
+        return ModelLoadError(f"'{name}' is not a causal language model that transformers can load ({err})".splitlines()[0])
+    if "trust_remote_code" in low:
+        return ModelLoadError(f"'{name}' contains custom code: rerun with --trust-remote-code if you trust it")
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return ModelLoadError(f"out of memory loading '{name}': try --quantized, a smaller --dtype or another device")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelLoadError(f"could not load '{name}': {first}")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_source(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        raise _translate(name, e) from e
+    if tok.pad_token_id is None:
+        # padding is internal (right-padded prompts, masked out); any id works
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    return tok
+
+
+def load_model(
+    name: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    attention: str = "sdpa",
+    quantized: bool = False,
+    trust_remote_code: bool = False,
+    tokenizer=None,
+) -> LoadedModel:
+    """Load a causal LM (and its tokenizer unless given) for inference on `device`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _check_source(name)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attention,
+        "trust_remote_code": trust_remote_code,
+    }
+    if quantized:
+        kwargs["quantization_config"] = _bnb_config(dtype, device)
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None else str(device)}
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise _translate(name, e) from e
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
+        raise ModelLoadError(f"'{name}' is not a causal language model (architecture: {', '.join(archs)})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise ModelLoadError(
+                f"'{name}' is not a causal language model (config {type(config).__name__})"
+            ) from e
+        raise _translate(name, e) from e
+    except Exception as e:  # noqa: BLE001
+        raise _translate(name, e) from e
+    if not quantized:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype)
+
+
+def _bnb_config(dtype: torch.dtype, device: torch.device):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            "--quantized needs bitsandbytes: pip install 'specdecode[quant]'"
+        ) from None
+    if device.type != "cuda":
+        # bitsandbytes >= 0.46 ships a CPU backend for 4-bit; older ones only run on CUDA
+        import bitsandbytes as bnb
+
+        major_minor = tuple(int(x) for x in bnb.__version__.split(".")[:2])
+        if major_minor < (0, 46):
+            raise ModelLoadError(
+                f"--quantized on {device.type} needs bitsandbytes >= 0.46 (found {bnb.__version__}); "
+                "use a CUDA device or --no-quantized"
+            )
+    from transformers import BitsAndBytesConfig
+
+    compute = dtype if dtype != torch.float32 or device.type != "cuda" else torch.bfloat16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_use_double_quant=True,
+    )

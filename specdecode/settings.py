@@ -1,0 +1,300 @@
+"""One pydantic Settings model shared by every command, and its layering.
+
+Layers, lowest first: the model's defaults < a preset or `--config` YAML file < CLI flags.
+YAML is read with `yaml.safe_load`; a malformed file is reported with its file and line,
+an unknown key by name. The seed project's flat YAML (draft_model, target_model, k,
+max_new_tokens, max_length, num_samples, dataset.path/name, batch_size, device, quantized,
+summary_file_name) loads unchanged.
+
+This module imports no torch and loads no model: `--dry-run` and `--help` stay instant.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "DatasetSettings",
+    "Settings",
+    "SettingsError",
+    "list_presets",
+    "load_settings",
+    "preset_path",
+    "read_yaml",
+]
+
+Drafter = Literal["model", "ngram", "early-exit", "none"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+OutputFormat = Literal["table", "json", "csv"]
+
+# The seed project's YAML names -> this model's names.
+_ALIASES = {"target_model": "target", "draft_model": "draft", "num_draft_tokens": "k"}
+
+
+class SettingsError(ValueError):
+    """Invalid settings: the message is one line naming the culprit (option, key, file, line)."""
+
+
+class DatasetSettings(BaseModel):
+    """Where bench and compare read prompts from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="Hugging Face dataset id, or a local .jsonl/.json/.csv/.parquet/.txt file")
+    name: str | None = Field(None, description="dataset configuration name (e.g. 'main' for openai/gsm8k)")
+    split: str = "test"
+    prompt_field: str | None = Field(None, description="field holding the prompt; detected when not given")
+
+
+class Settings(BaseModel):
+    """Everything a command needs to know. Validated once, shared by generate/bench/compare/inspect."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # models
+    target: str | None = Field(None, description="target model: hub id or local directory")
+    draft: str | None = Field(None, description="draft model: hub id or local directory")
+    drafter: Drafter = "model"
+    exit_layer: int | None = Field(None, ge=1, description="layers of the target used by the early-exit drafter")
+    k: int | Literal["auto"] = Field(5, description="draft tokens per round, or 'auto' (adaptive)")
+    max_k: int = Field(8, ge=1, le=64, description="upper bound for --k auto")
+
+    # lengths
+    max_new_tokens: int = Field(128, ge=1)
+    max_length: int = Field(1024, ge=1, description="prompts are truncated (from the left) to this many tokens")
+
+    # sampling
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="0 = off")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
+    seed: int | None = None
+
+    # execution
+    batch_size: int = Field(1, ge=1)
+    device: str = "auto"
+    dtype: DType = "auto"
+    quantized: bool = False
+    attention: Attention = "auto"
+    chat: bool | None = Field(None, description="apply the tokenizer's chat template; None = when it has one")
+    trust_remote_code: bool = False
+
+    # data and output (bench / compare)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    num_samples: int | None = Field(None, ge=1)
+    format: OutputFormat = "table"
+    output: str | None = None
+    summary_file_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for old, new in _ALIASES.items():
+                if old in data:
+                    if new in data and data[new] != data[old]:
+                        raise ValueError(f"both '{old}' and '{new}' are set")
+                    data[new] = data.pop(old)
+        return data
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, bool):
+            raise ValueError("k must be a positive integer or 'auto'")
+        if isinstance(v, str):
+            try:
+                v = int(v)
+            except ValueError:
+                raise ValueError("k must be a positive integer or 'auto'") from None
+        if isinstance(v, int) and v < 1:
+            raise ValueError("k must be at least 1")
+        if isinstance(v, int) and v > 64:
+            raise ValueError("k must be at most 64")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _consistency(self) -> Settings:
+        if self.drafter == "early-exit" and self.exit_layer is None:
+            raise ValueError("--drafter early-exit needs --exit-layer N")
+        return self
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (what --dry-run prints and results files embed)."""
+        return self.model_dump(mode="json")
+
+
+# ---- YAML ----------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; errors name the file (and line, when YAML knows it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"config file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SettingsError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{p}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _yaml_key_line(path: Path, key: str) -> int | None:
+    """Best-effort line number of a top-level or nested key in a YAML file (for error messages)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - only used to decorate an error message
+        return None
+
+    def walk(n: Any) -> int | None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                if getattr(k, "value", None) == key:
+                    return k.start_mark.line + 1
+                found = walk(v)
+                if found:
+                    return found
+        return None
+
+    return walk(node)
+
+
+def preset_dir():  # -> Traversable
+    return importlib.resources.files("specdecode.presets")
+
+
+def list_presets() -> dict[str, str]:
+    """Built-in preset names -> their first comment line (a one-line description)."""
+    out: dict[str, str] = {}
+    for entry in sorted(preset_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text(encoding="utf-8").splitlines()[0] if entry.read_text(encoding="utf-8") else ""
+            out[entry.name[: -len(".yaml")]] = first.lstrip("# ").strip()
+    return out
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A built-in preset name or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SettingsError(f"preset file not found: {p}")
+        return p
+    entry = preset_dir() / f"{name_or_path}.yaml"
+    if not entry.is_file():
+        names = ", ".join(list_presets()) or "none"
+        raise SettingsError(f"unknown preset '{name_or_path}' (built-in presets: {names})")
+    with importlib.resources.as_file(entry) as real:
+        return Path(real)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _normalise(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for old, new in _ALIASES.items():
+        if old in data and new not in data:
+            data[new] = data.pop(old)
+    if isinstance(data.get("dataset"), str):  # `dataset: openai/gsm8k` shorthand
+        data["dataset"] = {"path": data["dataset"]}
+    return data
+
+
+def _describe(err: ValidationError, source: str | None, path: Path | None, flags: dict[str, str]) -> str:
+    """One line naming the culprit of the first validation error."""
+    first = err.errors()[0]
+    loc = [str(x) for x in first["loc"] if not str(x).startswith("function-")]
+    key = ".".join(loc) if loc else "settings"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    msg = msg.removeprefix("Value error, ")
+    if key in flags:
+        return f"{flags[key]}: {msg} (got {first.get('input')!r})"
+    if path is not None:
+        line = _yaml_key_line(path, loc[-1]) if loc else None
+        where = f"{path}:{line}" if line else str(path)
+        return f"{where}: '{key}': {msg}"
+    if key == "settings":
+        return msg
+    return f"'{key}': {msg}"
+
+
+def load_settings(
+    preset: str | None = None,
+    config: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    flag_names: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings: defaults < preset < --config < overrides (CLI flags; None values are ignored).
+
+    `flag_names` maps a settings key to the CLI flag that set it, so errors name the flag.
+    """
+    layers: list[tuple[dict[str, Any], Path | None]] = []
+    for source in (preset, config):
+        if source:
+            p = preset_path(source)
+            layers.append((_normalise(read_yaml(p)), p))
+    data: dict[str, Any] = {}
+    for layer, path in layers:
+        try:
+            Settings.model_validate(layer)
+        except ValidationError as e:
+            raise SettingsError(_describe(e, None, path, {})) from None
+        data = _merge(data, layer)
+    flags = flag_names or {}
+    clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # dataset.* flags arrive flat ("dataset.path": ...)
+    nested: dict[str, Any] = {}
+    for key, value in clean.items():
+        if "." in key:
+            head, tail = key.split(".", 1)
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[key] = value
+    data = _merge(data, nested)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        flat_flags = {k: v for k, v in flags.items()}
+        raise SettingsError(_describe(e, None, None, flat_flags)) from None
