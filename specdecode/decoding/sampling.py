@@ -70,7 +70,7 @@ def process_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     if params.top_k > 0:
         top_k = min(params.top_k, logits.size(-1))
         kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [..., 1]
-        logits = logits.masked_fill(logits <= kth_largest, -math.inf)
+        logits = logits.masked_fill(logits < kth_largest, -math.inf)
 
     # TopPLogitsWarper: sort ascending, remove the low tail whose cumulative probability is
     # <= 1 - top_p, always keep the largest token (min_tokens_to_keep = 1).
