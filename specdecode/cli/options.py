@@ -32,6 +32,7 @@ __all__ = [
     "print_dry_run",
     "resolve_settings",
     "shared_options",
+    "shared_options_except",
 ]
 
 SHARED = "Models and decoding"
@@ -128,8 +129,10 @@ FLAG_NAMES = {
 }
 
 
-def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str) -> Callable[[Callable], Callable]:
+def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str,
+            fixed: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
     names = [n for n, _, _ in params]
+    fixed = fixed or {}
 
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
@@ -142,7 +145,7 @@ def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str) -> Callable
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {n: kwargs.pop(n) for n in names}
-            kwargs[arg] = cls(**values)
+            kwargs[arg] = cls(**values, **fixed)
             return fn(*args, **kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
@@ -158,6 +161,12 @@ def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str) -> Callable
 def shared_options(fn: Callable) -> Callable:
     """Add the shared flags; the command receives them as `opts: SharedOptions`."""
     return _inject(_SHARED_PARAMS, SharedOptions, "opts")(fn)
+
+
+def shared_options_except(*names: str) -> Callable[[Callable], Callable]:
+    """Like `shared_options` without the named flags (the command declares its own, e.g. compare's
+    sweeps `--k 3 5 7`); those fields of `opts` are None."""
+    return _inject([p for p in _SHARED_PARAMS if p[0] not in names], SharedOptions, "opts", {n: None for n in names})
 
 
 def data_options(fn: Callable) -> Callable:
@@ -219,6 +228,7 @@ def fail(message: str, code: int) -> None:
 
 def guarded(debug: bool, body: Callable[[], Any]) -> Any:
     """Run a command body under the exit-code contract."""
+    from ..data import DataError
     from ..models.loading import ModelLoadError
 
     try:
@@ -234,7 +244,7 @@ def guarded(debug: bool, body: Callable[[], Any]) -> Any:
             raise
         sys.stderr.write("interrupted\n")
         raise typer.Exit(130) from None
-    except ModelLoadError as e:
+    except (ModelLoadError, DataError) as e:
         if debug:
             raise
         fail(str(e), 1)

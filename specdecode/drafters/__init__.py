@@ -2,5 +2,7 @@
 
 from .base import Draft, Drafter, DraftState, align_vocab
 from .draft_model import ModelDrafter
+from .early_exit import EarlyExitDrafter
+from .ngram import NgramDrafter
 
-__all__ = ["Draft", "DraftState", "Drafter", "ModelDrafter", "align_vocab"]
+__all__ = ["Draft", "DraftState", "Drafter", "EarlyExitDrafter", "ModelDrafter", "NgramDrafter", "align_vocab"]

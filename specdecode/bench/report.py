@@ -1,0 +1,412 @@
+"""Report writers: bench and compare results as JSON-ready dicts, rich tables, CSV and a plot.
+
+The JSON shapes are the contract of DESIGN.md:
+
+  bench    {"settings", "baseline": {"time_s", "tokens", "tokens_per_s", "ms_per_token", ...},
+            "speculative": {...}, "speedup", "acceptance_rate", "block_efficiency",
+            "output_match_rate", "samples": [...], ...}
+  compare  {"rows": [{"k", "speedup", "acceptance_rate", "block_efficiency", "tokens_per_s", ...}]}
+
+Every figure is computed with specdecode.metrics; this module only arranges and formats.
+What it does not: time or run models (runner.py does).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from .runner import BenchResult, Combo, PassRun, StepTimes, SweepResult, sample_record
+
+__all__ = [
+    "bench_csv",
+    "bench_report",
+    "compare_csv",
+    "compare_report",
+    "pass_summary",
+    "plot_compare",
+    "render_bench",
+    "render_compare",
+    "write_report",
+]
+
+
+# ---- dicts ---------------------------------------------------------------------------------
+
+
+def pass_summary(p: PassRun) -> dict[str, Any]:
+    """Timing figures of one engine over the prompts."""
+    return {
+        "time_s": p.time_s,
+        "tokens": p.tokens,
+        "tokens_per_s": metrics.throughput(p.tokens, p.time_s),
+        "ms_per_token": metrics.ms_per_token(p.tokens, p.time_s),
+        "sequences": len(p.runs),
+        "batches": len(p.batch_times),
+        "rounds": sum(r.rounds for r in p.runs),
+        "latency_s": metrics.latency_summary([r.latency_s for r in p.runs]),
+        "ttft_s": metrics.latency_summary([r.ttft_s for r in p.runs]),
+    }
+
+
+def _k_for_prediction(settings, acc: metrics.AcceptanceTotals) -> float | None:
+    # prompt lookup proposes fewer than k when it finds no match, and --k auto varies k:
+    # use what was really proposed per round there, the configured k otherwise
+    if isinstance(settings.k, int) and settings.drafter != "ngram":
+        return float(settings.k)
+    return acc.mean_proposed
+
+
+def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
+               measured_speedup: float | None) -> dict[str, Any] | None:
+    """Leviathan et al.'s expected speedup from the measured α and c, next to the measured one."""
+    alpha = acc.alpha
+    k = _k_for_prediction(settings, acc)
+    if alpha is None or k is None or step is None:
+        return None
+    predicted = metrics.predicted_speedup(alpha, k, step.c)
+    return {
+        "alpha": alpha,
+        "alpha_method": "accepted / (accepted + rejections)" if acc.rejected_rounds is not None else "acceptance rate",
+        "k": k,
+        "c": step.c,
+        "c_method": step.method,
+        "target_step_ms": step.target_ms,
+        "draft_step_ms": step.draft_ms,
+        "tokens_per_round": metrics.expected_tokens_per_round(alpha, k),
+        "measured_tokens_per_round": acc.block_efficiency,
+        "speedup": predicted,
+        "measured_speedup": measured_speedup,
+        "realised": measured_speedup / predicted if measured_speedup is not None and predicted > 0 else None,
+    }
+
+
+def bench_report(result: BenchResult) -> dict[str, Any]:
+    s = result.settings
+    base, spec = result.baseline, result.speculative
+    acc = metrics.acceptance_totals(spec.runs)
+    speculative = pass_summary(spec)
+    speculative.update(acc.to_dict())
+    done = result.completed
+    speedup = metrics.speedup(base.time_s, spec.time_s, base.tokens, spec.tokens) if done else None
+    match = (
+        metrics.match_rate((b.token_ids, x.token_ids) for b, x in zip(base.runs, spec.runs)) if s.greedy else None
+    )
+    pred = prediction(s, acc, result.step, speedup)
+    return {
+        "settings": s.to_public_dict(),
+        "interrupted": result.interrupted,
+        "num_samples": done,
+        "requested_samples": len(result.prompts),
+        "device": result.device,
+        "dtype": result.dtype,
+        "data": result.data,
+        "baseline": pass_summary(base),
+        "speculative": speculative,
+        "speedup": speedup,
+        "acceptance_rate": acc.acceptance_rate,
+        "block_efficiency": acc.block_efficiency,
+        "acceptance_per_position": acc.position_acceptance,
+        "output_match_rate": match,
+        "predicted_speedup": pred["speedup"] if pred else None,
+        "prediction": pred,
+        "samples_file": str(result.samples_path) if result.samples_path else None,
+        "samples": [sample_record(result, b, x) for b, x in zip(base.runs, spec.runs)],
+    }
+
+
+def compare_row(combo: Combo, base: PassRun, spec: PassRun, step: StepTimes | None, settings) -> dict[str, Any]:
+    acc = metrics.acceptance_totals(spec.runs)
+    speedup = metrics.speedup(base.time_s, spec.time_s, base.tokens, spec.tokens)
+    greedy = combo.temperature == 0
+    match = metrics.match_rate((b.token_ids, x.token_ids) for b, x in zip(base.runs, spec.runs)) if greedy else None
+    row_settings = settings.model_copy(update={"k": combo.k, "drafter": combo.drafter})
+    pred = prediction(row_settings, acc, step, speedup)
+    return {
+        **combo.to_dict(),
+        "speedup": speedup,
+        "acceptance_rate": acc.acceptance_rate,
+        "block_efficiency": acc.block_efficiency,
+        "tokens_per_s": metrics.throughput(spec.tokens, spec.time_s),
+        "ms_per_token": metrics.ms_per_token(spec.tokens, spec.time_s),
+        "time_s": spec.time_s,
+        "tokens": spec.tokens,
+        "baseline_tokens_per_s": metrics.throughput(base.tokens, base.time_s),
+        "baseline_time_s": base.time_s,
+        "output_match_rate": match,
+        "predicted_speedup": pred["speedup"] if pred else None,
+        "c": step.c if step else None,
+        "acceptance_per_position": acc.position_acceptance,
+        "best": False,
+    }
+
+
+def compare_report(settings, sweep: SweepResult, swept: Sequence[str], num_prompts: int) -> dict[str, Any]:
+    rows = [compare_row(c, b, s, st, settings) for c, b, s, st in sweep.rows]
+    best = None
+    scored = [(r["speedup"], i) for i, r in enumerate(rows) if r["speedup"] is not None]
+    if scored:
+        best = max(scored)[1]
+        rows[best]["best"] = True
+    return {
+        "settings": settings.to_public_dict(),
+        "swept": list(swept),
+        "num_samples": num_prompts,
+        "interrupted": sweep.interrupted,
+        "rows": rows,
+        "best": best,
+    }
+
+
+# ---- CSV -----------------------------------------------------------------------------------
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}_"))
+        elif isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k}"] = "" if v is None else v
+    return out
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if not rows:
+        return ""
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def bench_csv(report: dict[str, Any]) -> str:
+    """One header line and one line of summary figures (the samples are in the JSONL file)."""
+    s = report["settings"]
+    row = {
+        "target": s.get("target"),
+        "draft": s.get("draft"),
+        "drafter": s.get("drafter"),
+        "k": s.get("k"),
+        "batch_size": s.get("batch_size"),
+        "temperature": s.get("temperature"),
+        "max_new_tokens": s.get("max_new_tokens"),
+        "num_samples": report["num_samples"],
+        "interrupted": report["interrupted"],
+        **_flatten({"baseline": report["baseline"], "speculative": report["speculative"]}),
+        "speedup": report["speedup"],
+        "acceptance_rate": report["acceptance_rate"],
+        "block_efficiency": report["block_efficiency"],
+        "output_match_rate": report["output_match_rate"],
+        "predicted_speedup": report["predicted_speedup"],
+    }
+    return _csv([{k: ("" if v is None else v) for k, v in row.items()}])
+
+
+def compare_csv(report: dict[str, Any]) -> str:
+    return _csv([_flatten(r) for r in report["rows"]])
+
+
+def write_report(report: dict[str, Any], path: str | Path, kind: str) -> Path:
+    """Write `report` to `path`: CSV for a .csv name, JSON otherwise."""
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.suffix.lower() == ".csv":
+        p.write_text(bench_csv(report) if kind == "bench" else compare_csv(report), encoding="utf-8")
+    else:
+        p.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return p
+
+
+# ---- rich tables ---------------------------------------------------------------------------
+
+
+def _s(x: float | None, unit: str = " s", digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}{unit}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _match(report: dict[str, Any]) -> str:
+    if not report["settings"].get("temperature"):
+        m = report["output_match_rate"]
+        if m is None:
+            return "-"
+        n = report["num_samples"]
+        return f"{m:.1%} ({round(m * n)}/{n})"
+    return "n/a (sampling)"
+
+
+def render_bench(report: dict[str, Any], console) -> None:
+    """The seed's summary table, then the details, the per-position acceptance and the prediction."""
+    from rich.table import Table
+
+    s = report["settings"]
+    base, spec = report["baseline"], report["speculative"]
+    n, want = report["num_samples"], report["requested_samples"]
+    mode = "greedy" if not s.get("temperature") else f"temperature {s['temperature']:g}"
+    title = f"Benchmark: {n} samples, drafter {s['drafter']}, k={s['k']}, batch {s['batch_size']}, {mode}"
+    if report["interrupted"]:
+        title += f" (interrupted after {n} of {want} samples)"
+
+    summary = Table(title=title, title_justify="left")
+    summary.add_column("Run", style="bold")
+    summary.add_column("Metric")
+    summary.add_column("Value", justify="right")
+    summary.add_row("Baseline Run", "Time", _s(base["time_s"]), end_section=True)
+    summary.add_row("Speculative Run", "Time", _s(spec["time_s"]))
+    summary.add_row("", "Speedup", _x(report["speedup"]))
+    summary.add_row("", "Acceptance rate", _pct(report["acceptance_rate"]))
+    summary.add_row("", "Block efficiency", _f(report["block_efficiency"]))
+    console.print(summary)
+
+    details = Table(title="Details", title_justify="left")
+    details.add_column("", style="bold")
+    details.add_column("baseline", justify="right")
+    details.add_column("speculative", justify="right")
+    rows = [
+        ("wall time", _s(base["time_s"]), _s(spec["time_s"])),
+        ("generated tokens", str(base["tokens"]), str(spec["tokens"])),
+        ("throughput (tokens/s)", _f(base["tokens_per_s"], 1), _f(spec["tokens_per_s"], 1)),
+        ("ms per token", _f(base["ms_per_token"]), _f(spec["ms_per_token"])),
+        ("latency per sequence, mean", _s(base["latency_s"]["mean"]), _s(spec["latency_s"]["mean"])),
+        ("latency per sequence, p50", _s(base["latency_s"]["p50"]), _s(spec["latency_s"]["p50"])),
+        ("latency per sequence, p90", _s(base["latency_s"]["p90"]), _s(spec["latency_s"]["p90"])),
+        ("time to first token, mean", _s(base["ttft_s"]["mean"]), _s(spec["ttft_s"]["mean"])),
+        ("target forwards (rounds)", str(base["rounds"]), str(spec["rounds"])),
+    ]
+    for r in rows:
+        details.add_row(*r)
+    console.print(details)
+
+    pos = report["acceptance_per_position"]
+    if pos:
+        cells = "  ".join(f"{j + 1}: {_pct(a)}" for j, a in enumerate(pos))
+        console.print(f"acceptance per draft position  {cells}")
+    console.print(f"output match rate  {_match(report)}")
+    pred = report["prediction"]
+    if pred:
+        cost = (
+            f"c={pred['c']:.3f} (draft {pred['draft_step_ms']:.2f} ms / target {pred['target_step_ms']:.2f} ms per step)"
+            if pred["c_method"] == "measured"
+            else "c=0 (prompt lookup, no draft forward)"
+        )
+        realised = f", {pred['realised']:.0%} of predicted" if pred.get("realised") is not None else ""
+        console.print(
+            f"predicted speedup (Leviathan et al.: per-token α={pred['alpha']:.3f}, k={pred['k']:g}, {cost})  "
+            f"{_x(pred['speedup'])} at {pred['tokens_per_round']:.2f} tokens/round; "
+            f"measured {_x(pred['measured_speedup'])} at {_f(pred['measured_tokens_per_round'])} tokens/round{realised}"
+        )
+    if report.get("samples_file"):
+        console.print(f"samples: {report['samples_file']}", style="dim")
+
+
+def render_compare(report: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    title = f"compare: {report['num_samples']} samples, swept {', '.join(report['swept']) or 'nothing'}"
+    if report["interrupted"]:
+        title += " (interrupted)"
+    rows = report["rows"]
+    show_batch = len({r["batch_size"] for r in rows}) > 1
+    show_temp = len({r["temperature"] for r in rows}) > 1
+    table = Table(title=title, title_justify="left")
+    columns = [("", "left"), ("drafter", "left"), ("k", "right")]
+    if show_batch:
+        columns.append(("batch", "right"))
+    if show_temp:
+        columns.append(("temp.", "right"))
+    columns += [("tokens/s", "right"), ("speedup", "right"), ("predicted", "right"),
+                ("acceptance", "right"), ("block eff.", "right"), ("match", "right")]
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in rows:
+        cells = ["*" if r["best"] else "", r["drafter"], str(r["k"])]
+        if show_batch:
+            cells.append(str(r["batch_size"]))
+        if show_temp:
+            cells.append(f"{r['temperature']:g}")
+        cells += [
+            _f(r["tokens_per_s"], 1),
+            _x(r["speedup"]),
+            _x(r["predicted_speedup"]),
+            _pct(r["acceptance_rate"]),
+            _f(r["block_efficiency"]),
+            _pct(r["output_match_rate"]) if not r["temperature"] else "n/a (sampling)",
+        ]
+        table.add_row(*cells, style="bold green" if r["best"] else None)
+    console.print(table)
+    baselines = {}
+    for r in rows:
+        baselines[(r["batch_size"], r["temperature"])] = r["baseline_tokens_per_s"]
+    console.print(
+        "baseline (target alone, measured once per batch size and temperature): "
+        + ", ".join(f"{_f(v, 1)} tokens/s (batch {b}, temperature {t:g})" for (b, t), v in baselines.items())
+    )
+    if report["best"] is not None:
+        b = rows[report["best"]]
+        console.print(
+            f"best (*): drafter {b['drafter']}, k={b['k']}, batch {b['batch_size']}, temperature {b['temperature']:g} "
+            f"-> {_x(b['speedup'])}"
+        )
+
+
+# ---- plot ----------------------------------------------------------------------------------
+
+
+def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
+    """PNG of speedup (measured and predicted) and acceptance rate against the swept value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    swept = [s for s in report["swept"] if s in ("k", "batch_size", "drafter", "temperature")]
+    numeric = len(swept) == 1 and swept[0] != "drafter"
+    if numeric:
+        xs = [float(r[swept[0]]) if r[swept[0]] != "auto" else float("nan") for r in rows]
+        xlabel = swept[0]
+    else:
+        xs = list(range(len(rows)))
+        xlabel = ", ".join(swept) or "run"
+    labels = [" ".join(f"{s}={r[s]}" for s in swept) or str(i) for i, r in enumerate(rows)]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(xs, [r["speedup"] for r in rows], "o-", label="measured")
+    ax1.plot(xs, [r["predicted_speedup"] for r in rows], "s--", label="predicted (Leviathan)")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set_ylabel("speedup (x)")
+    ax1.legend()
+    ax2.plot(xs, [r["acceptance_rate"] for r in rows], "o-", color="tab:green")
+    ax2.set_ylabel("acceptance rate")
+    ax2.set_ylim(0, 1.05)
+    for ax in (ax1, ax2):
+        ax.set_xlabel(xlabel)
+        if not numeric:
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, rotation=30, ha="right")
+    fig.tight_layout()
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p

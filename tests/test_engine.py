@@ -1,0 +1,203 @@
+"""Invariant 1 and 3 (DESIGN.md) end to end on tiny models loaded through the product's loader.
+
+Greedy speculative output must equal Hugging Face `generate()` on the target alone, token
+for token, in float32 on CPU: batch 1 and a ragged batch of 3, k in {1, 4}, three model
+families (Llama; Qwen2 with a target table padded past the draft's; Gemma 3 with an
+8-token sliding window, run well past it). Draft == target accepts everything; EOS inside
+an accepted block stops the row; max_new_tokens is never exceeded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fixtures import PROMPTS, oracle_greedy
+from specdecode.api import SpeculativeDecoder
+from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+from specdecode.drafters.draft_model import ModelDrafter
+from specdecode.settings import Settings
+
+MAX_NEW = 40
+RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]  # 3, 25 and 9 words
+
+
+def decoder(target, draft=None, **kw) -> SpeculativeDecoder:
+    s = Settings(
+        target=str(target),
+        draft=str(draft) if draft else None,
+        drafter=kw.pop("drafter", "model" if draft else "none"),
+        device="cpu",
+        dtype="float32",
+        chat=False,
+        max_new_tokens=kw.pop("max_new_tokens", MAX_NEW),
+        **kw,
+    )
+    return SpeculativeDecoder.from_settings(s)
+
+
+@pytest.fixture(scope="module")
+def oracles(llama_pair, qwen2_pair, gemma3_pair):
+    prompts = sorted(set(RAGGED + [PROMPTS[1]]))
+    out = {}
+    for pair in (llama_pair, qwen2_pair, gemma3_pair):
+        ids = oracle_greedy(pair.target, prompts, MAX_NEW)
+        out[pair.family] = dict(zip(prompts, ids))
+    return out
+
+
+def _pair(request, family):
+    return request.getfixturevalue(f"{family}_pair")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_matches_target_alone(request, oracles, family, k, batch):
+    pair = _pair(request, family)
+    dec = decoder(pair.target, pair.draft, k=k, batch_size=batch)
+    results = dec.generate(RAGGED)
+    for prompt, res in zip(RAGGED, results):
+        assert res.token_ids == oracles[family][prompt], (family, k, batch, prompt)
+        assert res.stats.new_tokens == len(res.token_ids) <= MAX_NEW
+    # the pair must actually exercise partial acceptance, or the test proves little
+    accepted = sum(r.stats.accepted_tokens for r in results)
+    proposed = sum(r.stats.draft_tokens for r in results)
+    assert 0 < accepted < proposed
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_baseline_drafter_none_matches_target_alone(request, oracles, family):
+    pair = _pair(request, family)
+    results = decoder(pair.target, batch_size=3).generate(RAGGED)
+    for prompt, res in zip(RAGGED, results):
+        assert res.token_ids == oracles[family][prompt]
+        assert res.stats.draft_tokens == 0
+        assert res.stats.block_efficiency == 1.0
+
+
+def test_gemma3_runs_past_the_sliding_window(gemma3_pair):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(gemma3_pair.target)
+    assert cfg.sliding_window == 8 and "sliding_attention" in cfg.layer_types
+    dec = decoder(gemma3_pair.target, gemma3_pair.draft, k=4)
+    ids = dec.encode(RAGGED[1])
+    assert len(ids) + MAX_NEW > 4 * cfg.sliding_window
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_draft_equal_to_target_accepts_everything(request, family):
+    pair = _pair(request, family)
+    for k in (1, 3, 5):
+        results = decoder(pair.target, pair.target, k=k, batch_size=3).generate(RAGGED)
+        for r in results:
+            assert r.stats.draft_tokens > 0
+            assert r.stats.acceptance_rate == 1.0
+
+
+def test_different_vocab_sizes_never_propose_unemittable_ids(qwen2_pair):
+    from transformers import AutoConfig
+
+    t_rows = AutoConfig.from_pretrained(qwen2_pair.target).vocab_size
+    d_rows = AutoConfig.from_pretrained(qwen2_pair.draft).vocab_size
+    assert t_rows > d_rows  # the fixture pads the target's table
+    dec = decoder(qwen2_pair.target, qwen2_pair.draft, k=4)
+    assert dec.report is not None and dec.report.compatible
+    assert dec.report.shared_rows == d_rows
+    for ev in dec.stream(RAGGED):
+        assert all(t < d_rows for t in ev.accepted + ev.rejected)
+
+
+def _engine(pair, k, max_new, eos):
+    dec = decoder(pair.target, pair.draft, k=k)
+    params = EngineParams(num_draft_tokens=k, max_new_tokens=max_new, eos_token_ids=eos)
+    return dec, SpeculativeEngine(dec.target, ModelDrafter(dec.draft), params)
+
+
+def test_eos_inside_an_accepted_block_stops_the_row(llama_pair):
+    # Use the target as its own draft so whole blocks are accepted, and declare as EOS a
+    # token the target emits mid-block: the row must stop right after it.
+    dec = decoder(llama_pair.target, llama_pair.target, k=4)
+    ids = [dec.encode(p) for p in RAGGED]
+    free = oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+    # pick, for row 0, a token at a position that is inside a block (not a block's last token)
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target), EngineParams(4, MAX_NEW))
+    blocks = [ev for ev in eng.stream(ids[:1]) if ev.round > 0]
+    mid = next(ev for ev in blocks if len(ev.accepted) >= 2)
+    stop_token = mid.accepted[0]
+    expect_len = free[0].index(stop_token) + 1
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target), EngineParams(4, MAX_NEW, eos_token_ids=(stop_token,)))
+    out = [[] for _ in ids]
+    reasons = [None] * len(ids)
+    for ev in eng.stream(ids):
+        assert not reasons[ev.row], "nothing may follow a finished row"
+        out[ev.row].extend(ev.tokens)
+        if ev.finished:
+            reasons[ev.row] = ev.finish_reason
+    assert out[0] == free[0][:expect_len] and out[0][-1] == stop_token
+    assert reasons[0] == "eos"
+    for row in range(len(ids)):  # every row: the oracle cut at its first EOS
+        cut = free[row].index(stop_token) + 1 if stop_token in free[row] else len(free[row])
+        assert out[row] == free[row][:cut]
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 5, 7])
+def test_max_new_tokens_respected_mid_round(llama_pair, max_new):
+    dec = decoder(llama_pair.target, llama_pair.target, k=4, max_new_tokens=max_new, batch_size=3)
+    free = oracle_greedy(llama_pair.target, RAGGED, max_new)
+    results = dec.generate(RAGGED)
+    for res, ref in zip(results, free):
+        assert res.token_ids == ref
+        assert len(res.token_ids) <= max_new
+
+
+def test_events_partition_the_output(llama_pair):
+    dec = decoder(llama_pair.target, llama_pair.draft, k=4, batch_size=3)
+    results = dec.generate(RAGGED)
+    for r in results:
+        assert r.events[0].kind == "first" and r.events[0].round == 0
+        assert [t for ev in r.events for t in ev.tokens] == r.token_ids
+        assert r.events[-1].finished and all(not ev.finished for ev in r.events[:-1])
+        for ev in r.events[1:]:
+            assert ev.kind in ("recovered", "bonus")
+            assert len(ev.accepted) + len(ev.rejected) <= ev.proposed
+            if ev.kind == "bonus":
+                assert ev.num_accepted == ev.proposed
+        s = r.stats
+        assert s.rounds == len(r.events) - 1
+        assert sum(s.position_accepts) == s.accepted_tokens
+        assert s.position_trials[0] == s.rounds
+
+
+def test_same_output_across_runs(llama_pair):
+    a = decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3).generate(RAGGED)
+    b = decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3).generate(RAGGED)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+
+
+def test_attention_eager_matches_sdpa(llama_pair, oracles):
+    res = decoder(llama_pair.target, llama_pair.draft, k=4, batch_size=3, attention="eager").generate(RAGGED)
+    for prompt, r in zip(RAGGED, res):
+        assert r.token_ids == oracles["llama"][prompt]
+
+
+def test_kv_cache_rollback_is_a_length_move():
+    from specdecode.decoding.cache import KVCache
+
+    cache = KVCache(batch_size=2, max_len=16, device=torch.device("cpu"))
+    cache.prepare(3, 16)
+    k = torch.randn(2, 1, 3, 4)
+    full_k, _ = cache.update(k, k.clone(), 0)
+    before = full_k.data_ptr()
+    cache.advance(torch.tensor([1, 3]))
+    assert cache.positions.tolist() == [1, 3]
+    pos = cache.prepare(2, 16)
+    assert pos.tolist() == [[1, 2], [3, 4]]
+    k2 = torch.randn(2, 1, 2, 4)
+    full_k2, _ = cache.update(k2, k2.clone(), 0)
+    assert full_k2.data_ptr() == before  # same buffer: nothing copied
+    torch.testing.assert_close(full_k2[0, :, 0], k[0, :, 0])
+    torch.testing.assert_close(full_k2[0, :, 1:3], k2[0])  # row 0 overwrote its rejected slots
+    torch.testing.assert_close(full_k2[1, :, :3], k[1])
+    torch.testing.assert_close(full_k2[1, :, 3:5], k2[1])
