@@ -10,6 +10,7 @@ each, so main() rewrites such runs to `--k 3 --k 5 --k 7` before parsing.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -99,6 +100,11 @@ def expand_sweeps(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
+    if "--debug" not in args:
+        # the CLI draws its own progress; keep library chatter (weight-loading bars, warnings) off
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="specdecode", standalone_mode=False)

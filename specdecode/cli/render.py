@@ -61,7 +61,10 @@ class TokenStreamer:
         for t in accepted:
             out.append(self._piece(t), STYLES["accepted"])
         if self.show_rejected and rejected:
-            out.append(self.decode(list(rejected)).replace("\n", " "), STYLES["rejected"])
+            # decoded in context (so word-initial spaces come out right), without keeping them
+            shown = self.decode(self.ids + list(rejected))
+            piece = shown[len(self.text) :] if shown.startswith(self.text) else self.decode(list(rejected))
+            out.append(piece.replace("\n", " "), STYLES["rejected"])
         if token is not None:
             out.append(self._piece(token), STYLES["target"])
         return out
