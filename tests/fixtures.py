@@ -1,8 +1,9 @@
 """Offline test fixtures: tiny tokenizers and tiny Llama / Qwen2 / Gemma 3 models.
 
 What it does:
-  * ``build_tokenizer`` builds a word-level tokenizer (~112 ids) with the
-    ``tokenizers`` library and saves it as a ``PreTrainedTokenizerFast``.
+  * ``build_tokenizer`` builds a 112-id tokenizer with the ``tokenizers`` library
+    (word level, or byte-level BPE for qwen2 dirs) and saves it as a
+    ``PreTrainedTokenizerFast``.
   * ``build_model`` builds a small random model of one family from its config
     (or a "close" draft: a noisy, optionally truncated copy of a saved model),
     saves it as safetensors together with the tokenizer, so the directory is a
