@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine
+from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
 from .models.loading import LoadedModel, ModelLoadError, load_model, load_tokenizer, resolve_attention, resolve_device, resolve_dtype
 from .models.pairing import PairReport, check_pair
@@ -194,7 +194,7 @@ class SpeculativeDecoder:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     # ---- generation ---------------------------------------------------------------------
-    def engine(self, k_policy=None) -> SpeculativeEngine:
+    def engine(self, k_policy=None, generator: torch.Generator | None = None) -> SpeculativeEngine:
         s = self.settings
         drafter = build_drafter(s, self.target, self.draft)
         if s.k == "auto" and k_policy is None and drafter is not None:
@@ -208,14 +208,21 @@ class SpeculativeDecoder:
             eos_token_ids=self.target.eos_token_ids,
             seed=s.seed,
         )
-        return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy)
+        return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator)
+
+    def _generator(self) -> torch.Generator | None:
+        """One random stream per call, shared by its batches (seeded: reproducible)."""
+        if self.settings.greedy:
+            return None
+        return make_generator(self.target.device, self.settings.seed)
 
     def stream(self, prompts: Sequence[str]) -> Iterator[RoundEvent]:
         """Round events for all prompts (batched by batch_size), rows numbered in prompt order."""
         ids = [self.encode(p) for p in prompts]
         offset = 0
+        generator = self._generator()
         for batch in self._batches(ids):
-            for ev in self.engine().stream(batch):
+            for ev in self.engine(generator=generator).stream(batch):
                 yield dataclasses.replace(ev, row=offset + ev.row)
             offset += len(batch)
 
@@ -236,8 +243,9 @@ class SpeculativeDecoder:
         """Per batch, as it completes: (index of its first prompt, its results in order)."""
         ids = [self.encode(p) for p in prompts]
         offset = 0
+        generator = self._generator()
         for batch in self._batches(ids):
-            eng = self.engine()
+            eng = self.engine(generator=generator)
             tokens: list[list[int]] = [[] for _ in batch]
             events: list[list[RoundEvent]] = [[] for _ in batch]
             reasons: list[str | None] = [None] * len(batch)

@@ -35,7 +35,7 @@ from .cache import ModelRunner
 from .sampling import SamplingParams, logits_to_probs, sample
 from .verify import verify_greedy, verify_sampling
 
-__all__ = ["EngineParams", "RoundEvent", "RowStats", "SpeculativeEngine"]
+__all__ = ["EngineParams", "RoundEvent", "RowStats", "SpeculativeEngine", "make_generator"]
 
 TokenKind = Literal["first", "recovered", "bonus", "target"]
 
@@ -102,6 +102,16 @@ class RowStats:
                 self.position_accepts[j] += 1
 
 
+def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator on `device`, seeded when a seed is given, from OS entropy otherwise."""
+    g = torch.Generator(device=device)
+    if seed is not None:
+        g.manual_seed(seed)
+    else:
+        g.seed()
+    return g
+
+
 class _NoDrafter:
     """k = 0: the target alone, through the same loop."""
 
@@ -122,7 +132,14 @@ class _NoDrafter:
 
 
 class SpeculativeEngine:
-    def __init__(self, target: LoadedModel, drafter: Drafter | None, params: EngineParams, k_policy=None) -> None:
+    def __init__(
+        self,
+        target: LoadedModel,
+        drafter: Drafter | None,
+        params: EngineParams,
+        k_policy=None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.target = target
         self.runner = ModelRunner(target.model)
         self.drafter: Drafter = drafter if drafter is not None else _NoDrafter()
@@ -133,17 +150,14 @@ class SpeculativeEngine:
         self.device = target.device
         self.target_rows = target.vocab_rows
         self.stats: list[RowStats] = []
+        # one random stream for every batch of a call: batches must not repeat each other's draws
+        self.generator = generator if generator is not None else self._new_generator()
 
     # ---- helpers ------------------------------------------------------------------------
-    def _generator(self) -> torch.Generator | None:
+    def _new_generator(self) -> torch.Generator | None:
         if self.params.sampling.greedy:
             return None
-        g = torch.Generator(device=self.device)
-        if self.params.seed is not None:
-            g.manual_seed(self.params.seed)
-        else:
-            g.seed()
-        return g
+        return make_generator(self.device, self.params.seed)
 
     def _pick(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
         """The target's own token from logits [B, V]."""
@@ -175,7 +189,7 @@ class SpeculativeEngine:
         longest = max(lengths_host)
         max_len = longest + p.max_new_tokens + self._max_k() + 2
         eos = set(p.eos_token_ids)
-        generator = self._generator()
+        generator = self.generator
         self.stats = [RowStats() for _ in range(bsz)]
         histories = [list(x) for x in prompts]
         generated = [0] * bsz
