@@ -190,6 +190,19 @@ class SpeculativeDecoder:
             raise SettingsError("a prompt is empty after tokenization and the tokenizer adds no BOS token")
         return list(ids)
 
+    def encode_all(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Tokenize every prompt and check that prompt + max_new_tokens fits the target's context."""
+        ids = [self.encode(p) for p in prompts]
+        limit = getattr(self.target.config.get_text_config(), "max_position_embeddings", None)
+        if ids and limit:
+            longest = max(len(x) for x in ids)
+            if longest + self.settings.max_new_tokens > limit:
+                raise SettingsError(
+                    f"a prompt of {longest} tokens plus --max-new-tokens {self.settings.max_new_tokens} exceeds the "
+                    f"target's context of {limit} positions: lower --max-new-tokens or --max-length"
+                )
+        return ids
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -218,7 +231,7 @@ class SpeculativeDecoder:
 
     def stream(self, prompts: Sequence[str]) -> Iterator[RoundEvent]:
         """Round events for all prompts (batched by batch_size), rows numbered in prompt order."""
-        ids = [self.encode(p) for p in prompts]
+        ids = self.encode_all(prompts)
         offset = 0
         generator = self._generator()
         for batch in self._batches(ids):
@@ -241,7 +254,7 @@ class SpeculativeDecoder:
 
     def iter_results(self, prompts: Sequence[str], on_event=None) -> Iterator[tuple[int, list[GenerationResult]]]:
         """Per batch, as it completes: (index of its first prompt, its results in order)."""
-        ids = [self.encode(p) for p in prompts]
+        ids = self.encode_all(prompts)
         offset = 0
         generator = self._generator()
         for batch in self._batches(ids):

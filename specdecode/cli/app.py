@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="specdecode", standalone_mode=False)

@@ -111,6 +111,42 @@ def _check_source(name: str) -> None:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(os.sep)
     if looks_like_path:
         raise ModelLoadError(f"model path '{name}' does not exist")
+    _check_hub_reachable(name)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    """A hub id that is not cached needs the network: find out in a second, not after minutes of retries."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an odd id: let transformers produce the real error
+        return
+    if isinstance(cached, str):
+        return  # in the local cache: transformers can load it offline
+    if _hub_offline():
+        raise ModelLoadError(
+            f"'{repo_id}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+            "download it first with `hf download` or name a local directory"
+        )
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    port = urlparse(endpoint).port or (443 if endpoint.startswith("https") else 80)
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError:
+        raise ModelLoadError(
+            f"'{repo_id}' is not in the Hugging Face cache and {host} cannot be reached (no network?): "
+            "download it on a connected machine with `hf download` or name a local directory"
+        ) from None
 
 
 def _translate(name: str, err: Exception) -> ModelLoadError:
