@@ -19,6 +19,8 @@ _LAZY = {
     "load_pair": "specdecode.api",
     "RoundEvent": "specdecode.decoding.engine",
     "SamplingParams": "specdecode.decoding.sampling",
+    "run_benchmark": "specdecode.bench",
+    "bench_report": "specdecode.bench",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -162,16 +162,64 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
+def _offline_env() -> bool:
+    return any(
+        os.environ.get(v, "0").lower() not in ("0", "", "false", "no") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Can the hub's host be reached at all? Answers in seconds, where `datasets` would retry for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class _forced_offline:
+    """Switch `datasets` and `huggingface_hub` to offline mode for one call: a cached dataset
+    still loads, an uncached one fails at once instead of after retries."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            import datasets.config
+            import huggingface_hub.constants as hc
+
+            self._saved = (datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE)
+            datasets.config.HF_HUB_OFFLINE = hc.HF_HUB_OFFLINE = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            import datasets.config
+            import huggingface_hub.constants as hc
+
+            datasets.config.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE = self._saved
+        return False
+
+
 def _load_hub(path: str, name: str | None, split: str):
     import datasets
 
-    try:
-        return datasets.load_dataset(path, name, split=split)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one line
-        raise _translate(path, name, split, e) from None
+    unreachable = not _offline_env() and not _hub_reachable()
+    with _forced_offline(unreachable):
+        try:
+            return datasets.load_dataset(path, name, split=split)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            raise _translate(path, name, split, e, unreachable) from None
 
 
-def _translate(path: str, name: str | None, split: str, e: Exception) -> Exception:
+def _translate(path: str, name: str | None, split: str, e: Exception, unreachable: bool = False) -> Exception:
     kind = type(e).__name__
     text = f"{kind}: {e}"
     low = text.lower()
@@ -180,19 +228,18 @@ def _translate(path: str, name: str | None, split: str, e: Exception) -> Excepti
         return DataError(
             f"dataset {label} is gated on the Hugging Face hub: accept its terms on its page, then run `hf auth login`"
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "0"
-    ) not in ("0", "", "false", "False")
     if (
-        offline
+        unreachable
+        or _offline_env()
         or isinstance(e, ConnectionError)
         or "couldn't reach" in low
         or "offline" in low
         or "connection" in low
         or "localentrynotfound" in low
     ):
+        why = "no network?" if unreachable else "offline"
         return DataError(
-            f"dataset {label} is not in the Hugging Face cache and the hub cannot be reached (offline): "
+            f"dataset {label} is not in the Hugging Face cache and the hub cannot be reached ({why}): "
             f"download it first (`hf download {path} --repo-type dataset`) or pass a local file, "
             "e.g. --dataset prompts.jsonl"
         )

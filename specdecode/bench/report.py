@@ -267,7 +267,10 @@ def render_bench(report: dict[str, Any], console) -> None:
     if report["interrupted"]:
         title += f" (interrupted after {n} of {want} samples)"
 
-    summary = Table(title=title, title_justify="left")
+    if n == 0:
+        console.print(f"{title}: nothing was measured")
+        return
+    summary = Table(title=title, title_justify="left", min_width=72)
     summary.add_column("Run", style="bold")
     summary.add_column("Metric")
     summary.add_column("Value", justify="right")
@@ -278,7 +281,7 @@ def render_bench(report: dict[str, Any], console) -> None:
     summary.add_row("", "Block efficiency", _f(report["block_efficiency"]))
     console.print(summary)
 
-    details = Table(title="Details", title_justify="left")
+    details = Table(title="Details", title_justify="left", min_width=72)
     details.add_column("", style="bold")
     details.add_column("baseline", justify="right")
     details.add_column("speculative", justify="right")
@@ -373,7 +376,12 @@ def render_compare(report: dict[str, Any], console) -> None:
 
 
 def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
-    """PNG of speedup (measured and predicted) and acceptance rate against the swept value."""
+    """PNG of speedup (measured, and predicted dashed) and acceptance rate against the swept value.
+
+    The first swept numeric setting (k, then batch size, then temperature) is the x axis and
+    every combination of the other swept settings is one line; with only drafters swept,
+    the drafters are categories on the x axis.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,29 +389,43 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
 
     rows = report["rows"]
     swept = [s for s in report["swept"] if s in ("k", "batch_size", "drafter", "temperature")]
-    numeric = len(swept) == 1 and swept[0] != "drafter"
+    numeric = [a for a in ("k", "batch_size", "temperature") if a in swept]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     if numeric:
-        xs = [float(r[swept[0]]) if r[swept[0]] != "auto" else float("nan") for r in rows]
-        xlabel = swept[0]
+        x_axis = numeric[0]
+        others = [a for a in swept if a != x_axis]
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(tuple(r[a] for a in others), []).append(r)
+        for key, members in groups.items():
+            members = [m for m in members if m[x_axis] != "auto"]
+            if not members:
+                continue
+            members.sort(key=lambda m: float(m[x_axis]))
+            xs = [float(m[x_axis]) for m in members]
+            label = " ".join(f"{a}={v}" for a, v in zip(others, key)) or "measured"
+            (line,) = ax1.plot(xs, [m["speedup"] for m in members], "o-", label=label)
+            ax1.plot(xs, [m["predicted_speedup"] for m in members], "--", color=line.get_color(), alpha=0.6)
+            ax2.plot(xs, [m["acceptance_rate"] for m in members], "o-", color=line.get_color(), label=label)
+        for ax in (ax1, ax2):
+            ax.set_xlabel(x_axis)
     else:
         xs = list(range(len(rows)))
-        xlabel = ", ".join(swept) or "run"
-    labels = [" ".join(f"{s}={r[s]}" for s in swept) or str(i) for i, r in enumerate(rows)]
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(xs, [r["speedup"] for r in rows], "o-", label="measured")
-    ax1.plot(xs, [r["predicted_speedup"] for r in rows], "s--", label="predicted (Leviathan)")
-    ax1.axhline(1.0, color="grey", lw=0.8)
-    ax1.set_ylabel("speedup (x)")
-    ax1.legend()
-    ax2.plot(xs, [r["acceptance_rate"] for r in rows], "o-", color="tab:green")
-    ax2.set_ylabel("acceptance rate")
-    ax2.set_ylim(0, 1.05)
-    for ax in (ax1, ax2):
-        ax.set_xlabel(xlabel)
-        if not numeric:
+        labels = [" ".join(f"{a}={r[a]}" for a in swept) or str(i) for i, r in enumerate(rows)]
+        ax1.plot(xs, [r["speedup"] for r in rows], "o-", label="measured")
+        ax1.plot(xs, [r["predicted_speedup"] for r in rows], "s--", alpha=0.6, label="predicted")
+        ax2.plot(xs, [r["acceptance_rate"] for r in rows], "o-", color="tab:green")
+        for ax in (ax1, ax2):
             ax.set_xticks(xs)
             ax.set_xticklabels(labels, rotation=30, ha="right")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set_ylabel("speedup (x)")
+    ax1.set_title("speedup (dashed: predicted, Leviathan et al.)", fontsize="small")
+    ax2.set_title("acceptance rate", fontsize="small")
+    ax1.legend(fontsize="small")
+    ax2.set_ylabel("acceptance rate")
+    ax2.set_ylim(0, 1.05)
+    fig.suptitle(f"compare: {report['num_samples']} samples", fontsize="medium")
     fig.tight_layout()
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)

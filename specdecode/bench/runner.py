@@ -33,6 +33,7 @@ import torch
 
 from .. import metrics
 from ..decoding.cache import ModelRunner
+from ..decoding.engine import make_generator
 
 __all__ = [
     "BenchResult",
@@ -148,16 +149,24 @@ class StepTimes:
 
 
 def encode_prompts(decoder, prompts: Sequence[str]) -> list[list[int]]:
-    return [decoder.encode(p) for p in prompts]
+    """Token ids per prompt (chat template, --max-length); refuses prompts that overflow the context."""
+    return decoder.encode_all(prompts)
+
+
+def new_generator(decoder) -> torch.Generator | None:
+    """One random stream per pass (seeded: reproducible), shared by its batches; None when greedy."""
+    s = decoder.settings
+    return None if s.greedy else make_generator(decoder.target.device, s.seed)
 
 
 def batches(ids: list[list[int]], batch_size: int) -> list[tuple[int, list[list[int]]]]:
     return [(i, ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
 
 
-def run_batch(decoder, batch: list[list[int]], start: int) -> tuple[list[SequenceRun], float]:
+def run_batch(decoder, batch: list[list[int]], start: int,
+              generator: torch.Generator | None = None) -> tuple[list[SequenceRun], float]:
     """Generate one batch through `decoder`'s engine; (per-row runs, device-synchronised wall time)."""
-    engine = decoder.engine()
+    engine = decoder.engine(generator=generator)
     n = len(batch)
     tokens: list[list[int]] = [[] for _ in range(n)]
     ttft = [0.0] * n
@@ -205,8 +214,9 @@ def run_pass(decoder, ids: list[list[int]], on_batch: Callable[[PassRun], None] 
              into: PassRun | None = None) -> PassRun:
     """All prompts through one engine, in batches of the decoder's batch_size."""
     out = into if into is not None else PassRun()
+    generator = new_generator(decoder)
     for start, batch in batches(ids, decoder.settings.batch_size):
-        runs, wall = run_batch(decoder, batch, start)
+        runs, wall = run_batch(decoder, batch, start, generator)
         out.extend(runs, wall)
         if on_batch is not None:
             on_batch(out)
@@ -362,9 +372,10 @@ def run_benchmark(
         phase("step times")
         result.step = measure_step_times(decoder, ids)
         phase("measuring")
+        base_gen, spec_gen = new_generator(baseline), new_generator(decoder)
         for start, batch in batches(ids, settings.batch_size):
-            base_runs, base_wall = run_batch(baseline, batch, start)
-            spec_runs, spec_wall = run_batch(decoder, batch, start)
+            base_runs, base_wall = run_batch(baseline, batch, start, base_gen)
+            spec_runs, spec_wall = run_batch(decoder, batch, start, spec_gen)
             for b, s in zip(base_runs, spec_runs):
                 result.texts[s.index] = (decoder.decode(b.token_ids), decoder.decode(s.token_ids))
             # both runs of a batch are kept together, so every sample has both numbers

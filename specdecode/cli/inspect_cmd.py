@@ -409,7 +409,7 @@ def render(report: dict[str, Any], console) -> None:
             cells = "  ".join(f"k={k}: {s:.2f}x" for k, s in m["predicted_speedup"].items())
             console.print(f"predicted speedup at the measured α  {cells}")
         if m["disagreements"]:
-            dis = Table(title="where the draft goes wrong: first rejected draft token vs the target's token", title_justify="left")
+            dis = Table(title="where the draft goes wrong (first rejection)", title_justify="left", min_width=48)
             dis.add_column("draft proposed")
             dis.add_column("target chose")
             dis.add_column("times", justify="right")
