@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .decoding.cache import ModelRunner
 from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
 from .models.loading import LoadedModel, ModelLoadError, load_model, load_tokenizer, resolve_attention, resolve_device, resolve_dtype
@@ -125,14 +126,14 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
     return target, draft, report
 
 
-def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None):
+def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None):
     if settings.drafter == "none":
         return None
     if settings.drafter == "model":
         from .drafters.draft_model import ModelDrafter
 
         assert draft is not None
-        return ModelDrafter(draft)
+        return ModelDrafter(draft, runner=draft_runner)
     if settings.drafter == "ngram":
         from .drafters.ngram import NgramDrafter
 
@@ -154,6 +155,16 @@ class SpeculativeDecoder:
         self.draft = draft
         self.report = report
         self.tokenizer = target.tokenizer
+        self._runners: dict[tuple, ModelRunner] = {}
+
+    def runner(self, loaded: LoadedModel) -> ModelRunner:
+        """One ModelRunner per model and decoder: in graph mode its captured steps serve every batch."""
+        s = self.settings
+        graphs = loaded.device.type == "cuda" and (s.cuda_graphs if s.cuda_graphs is not None else True)
+        key = (id(loaded.model), graphs, s.compile)
+        if key not in self._runners:
+            self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=s.compile)
+        return self._runners[key]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeculativeDecoder:
@@ -209,7 +220,7 @@ class SpeculativeDecoder:
     # ---- generation ---------------------------------------------------------------------
     def engine(self, k_policy=None, generator: torch.Generator | None = None) -> SpeculativeEngine:
         s = self.settings
-        drafter = build_drafter(s, self.target, self.draft)
+        drafter = build_drafter(s, self.target, self.draft, self.runner(self.draft) if self.draft is not None else None)
         if s.k == "auto" and k_policy is None and drafter is not None:
             from .decoding.policy import AdaptiveK
 
@@ -221,7 +232,9 @@ class SpeculativeDecoder:
             eos_token_ids=self.target.eos_token_ids,
             seed=s.seed,
         )
-        return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator)
+        return SpeculativeEngine(
+            self.target, drafter, params, k_policy=k_policy, generator=generator, runner=self.runner(self.target)
+        )
 
     def _generator(self) -> torch.Generator | None:
         """One random stream per call, shared by its batches (seeded: reproducible)."""

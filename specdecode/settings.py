@@ -82,6 +82,8 @@ class Settings(BaseModel):
     quantized: bool = False
     attention: Attention = "auto"
     chat: bool | None = Field(None, description="apply the tokenizer's chat template; None = when it has one")
+    cuda_graphs: bool | None = Field(None, description="replay decode steps as CUDA graphs; None = on CUDA devices")
+    compile: bool = Field(False, description="fuse decode steps with torch.compile before capturing them (CUDA)")
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

@@ -61,6 +61,8 @@ class SharedOptions:
     quantized: bool | None
     attention: str | None
     chat: bool | None
+    cuda_graphs: bool | None
+    compile: bool | None
     trust_remote_code: bool
     debug: bool
     dry_run: bool
@@ -102,6 +104,8 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes)")),
     ("attention", Optional[str], _opt("--attention", help="auto | sdpa | eager")),
     ("chat", Optional[bool], _opt("--chat/--no-chat", help="apply the chat template (default: when the tokenizer has one)")),
+    ("cuda_graphs", Optional[bool], _opt("--cuda-graphs/--no-cuda-graphs", help="replay decode steps as CUDA graphs (default on CUDA)")),
+    ("compile", Optional[bool], _opt("--compile/--no-compile", help="fuse decode steps with torch.compile before capture (CUDA)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),

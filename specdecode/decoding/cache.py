@@ -152,9 +152,16 @@ class ModelRunner:
     """Runs one causal LM step over a KVCache: positions, masks and the forward call.
 
     No host synchronisation: positions live on the device, the mask is built from them.
+
+    With `graphs=True` (CUDA only) every fixed-shape step — a given (cache, batch, q) — is
+    captured once as a CUDA graph and replayed afterwards: launch overhead is paid once per
+    step instead of once per kernel. Captured steps attend over the whole cache (a fixed
+    shape), and caches are pooled by (batch, size) so later batches replay the same graphs.
+    `compile=True` additionally fuses the step with torch.compile before capturing it.
+    Prefill (variable length) always runs eagerly.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, graphs: bool = False, compile: bool = False) -> None:
         self.model = model
         self.layout = _attention_layout(model)
         params = inspect.signature(model.forward).parameters
@@ -163,9 +170,25 @@ class ModelRunner:
         self._has_logits_to_keep = "logits_to_keep" in params
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        self.graphs = bool(graphs) and self.device.type == "cuda"
+        self._step = self._forward
+        if compile and self.device.type == "cuda":
+            self._step = torch.compile(self._forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+        self._captured: dict[tuple, tuple] = {}
+        self._caches: dict[tuple[int, int], KVCache] = {}
+        self._pool = None
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        return KVCache(batch_size, max_len, self.device)
+        if not self.graphs:
+            return KVCache(batch_size, max_len, self.device)
+        # graph mode: reuse buffers (and with them the captured graphs) across batches
+        max_len = -(-max_len // 256) * 256
+        key = (batch_size, max_len)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = KVCache(batch_size, max_len, self.device)
+        cache.positions.zero_()
+        return cache
 
     def _masks(self, step_pos: Tensor, attend_len: int):
         slots = torch.arange(attend_len, device=step_pos.device)  # [S]
@@ -187,7 +210,42 @@ class ModelRunner:
         """One forward of input_ids [B, q] at each row's cache position; returns logits [B, q', V].
 
         The cache's positions are NOT advanced: the caller decides how many of the q tokens stay.
+        In graph mode the returned logits live in a static buffer that the next replay of the
+        same step overwrites: consume them first.
         """
+        if not self.graphs or not isinstance(logits_to_keep, int):
+            return self._forward(input_ids, cache, attend_len, logits_to_keep)
+        key = (id(cache), cache.batch_size, input_ids.shape[1], logits_to_keep)
+        entry = self._captured.get(key)
+        if entry is None:
+            entry = self._capture(input_ids, cache, logits_to_keep)
+            self._captured[key] = entry
+        graph, static_in, static_out = entry
+        static_in.copy_(input_ids)
+        graph.replay()
+        return static_out
+
+    def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
+        """A variable-length forward (prompts): always eager."""
+        return self._forward(input_ids, cache, attend_len, logits_to_keep)
+
+    def _capture(self, input_ids: Tensor, cache: KVCache, logits_to_keep: int) -> tuple:
+        """Warm up with the real inputs (their KV writes are exactly what the replay writes), then capture."""
+        static_in = input_ids.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # also triggers torch.compile's compilation when enabled
+                self._step(static_in, cache, cache.max_len, logits_to_keep)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = self._step(static_in, cache, cache.max_len, logits_to_keep)
+        return graph, static_in, static_out
+
+    def _forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
         q = input_ids.shape[1]
         position_ids = cache.prepare(q, attend_len)  # [B, q]
         mask = self._masks(position_ids, attend_len)

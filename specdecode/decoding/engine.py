@@ -139,9 +139,10 @@ class SpeculativeEngine:
         params: EngineParams,
         k_policy=None,
         generator: torch.Generator | None = None,
+        runner: ModelRunner | None = None,
     ) -> None:
         self.target = target
-        self.runner = ModelRunner(target.model)
+        self.runner = runner if runner is not None else ModelRunner(target.model)
         self.drafter: Drafter = drafter if drafter is not None else _NoDrafter()
         self.params = params
         self.k_policy = k_policy  # adaptive k: an object with .k (int) and .update(num_accepted list, proposed)
@@ -205,7 +206,7 @@ class SpeculativeEngine:
         cache = self.runner.new_cache(bsz, max_len)
         keep = sorted(set(n - 1 for n in lengths_host))
         keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-        logits = self.runner.forward(input_ids, cache, attend_len=longest, logits_to_keep=keep_t)  # [B, |keep|, V]
+        logits = self.runner.prefill(input_ids, cache, attend_len=longest, logits_to_keep=keep_t)  # [B, |keep|, V]
         col = torch.tensor([keep.index(n - 1) for n in lengths_host], device=device)
         first = self._pick(logits[torch.arange(bsz, device=device), col], generator)  # [B]
         cache.set_positions(lengths)
@@ -217,6 +218,11 @@ class SpeculativeEngine:
 
         active = list(range(bsz))  # batch slot -> prompt index
         finished_now: list[int] = []
+        # eager: finished rows leave the batch. Graph mode keeps shapes fixed: finished rows stay,
+        # masked — their caches stop advancing and they emit nothing.
+        compact = not self.runner.graphs
+        dead: set[int] = set()
+        alive = torch.ones(bsz, dtype=torch.long, device=device)
         for b, tok in enumerate(first.tolist()):
             generated[b] = 1
             histories[b].append(tok)
@@ -229,11 +235,14 @@ class SpeculativeEngine:
         rnd = 0
         while True:
             if finished_now:
-                keep_slots = [i for i, row in enumerate(active) if row not in finished_now]
+                dead.update(finished_now)
+                keep_slots = [i for i, row in enumerate(active) if row not in dead]
                 finished_now = []
                 if not keep_slots:
                     return
-                if len(keep_slots) < len(active):
+                if not compact:
+                    alive = torch.tensor([row not in dead for row in active], dtype=torch.long, device=device)
+                elif len(keep_slots) < len(active):
                     # 6. batch compaction: finished rows leave every cache
                     rows = torch.tensor(keep_slots, dtype=torch.long, device=device)
                     cache.select_rows(rows)
@@ -243,7 +252,8 @@ class SpeculativeEngine:
                     positions_host = [positions_host[i] for i in keep_slots]
             rnd += 1
             k = self.params.num_draft_tokens if self.k_policy is None else int(self.k_policy.k)
-            attend_len = self._bucket(max(positions_host) + k + 1, max_len)
+            live_positions = [pos for pos, row in zip(positions_host, active) if row not in dead]
+            attend_len = self._bucket(max(live_positions) + k + 1, max_len)
             state = DraftState(
                 last=last,
                 prev=prev,
@@ -277,7 +287,7 @@ class SpeculativeEngine:
                 n_acc, nxt = verify_sampling(draft.tokens, draft.probs, target_probs, generator, num_proposed)
 
             # 5. roll back: keep last, d_1..d_a in the target cache; the new `prev` is d_a (or last)
-            cache.advance(n_acc + 1)
+            cache.advance((n_acc + 1) * alive if not compact else n_acc + 1)
             self.drafter.observe(n_acc)
             if k_round > 0:
                 gathered = draft.tokens.gather(1, (n_acc - 1).clamp(min=0)[:, None]).squeeze(1)
@@ -295,6 +305,8 @@ class SpeculativeEngine:
 
             # 6. per-row bookkeeping, stops, events
             for slot, row in enumerate(active):
+                if row in dead:
+                    continue
                 a, tok, proposed = host[slot][0], host[slot][1], host[slot][2]
                 drafted = host[slot][3:]
                 positions_host[slot] += a + 1

@@ -26,16 +26,16 @@ __all__ = ["ModelDrafter"]
 class ModelDrafter:
     name = "model"
 
-    def __init__(self, draft: LoadedModel) -> None:
+    def __init__(self, draft: LoadedModel, runner: ModelRunner | None = None) -> None:
         self.draft = draft
-        self.runner = ModelRunner(draft.model)
+        self.runner = runner if runner is not None else ModelRunner(draft.model)
         self.cache: KVCache | None = None
 
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         b, length = input_ids.shape
         self.cache = self.runner.new_cache(b, max_len)
         # logits are not needed: the first proposal comes after the target's first token
-        self.runner.forward(input_ids, self.cache, attend_len=length, logits_to_keep=1)
+        self.runner.prefill(input_ids, self.cache, attend_len=length)
         self.cache.set_positions(lengths)
 
     def _next(self, logits: Tensor, state: DraftState) -> tuple[Tensor, Tensor | None]:
