@@ -94,6 +94,14 @@ def build(config, name: str) -> LoadedModel:
         for p in model.parameters():  # random but sane: keeps activations finite in bf16
             if p.dim() >= 2:
                 p.normal_(0.0, 0.02)
+        # Peaked next-token distributions: with std-0.02 weights the logits are nearly flat, bf16
+        # near-ties flip between [B, 1] and [B, k+1] steps and the oracle's reference goes stale.
+        # Scaling the final norm's gain scales the logits (real models are peaked too).
+        norm = model.model.norm
+        if "Gemma" in type(model).__name__:
+            norm.weight.fill_(29.0)  # Gemma's RMSNorm multiplies by (1 + weight)
+        else:
+            norm.weight.fill_(30.0)
     model.generation_config.eos_token_id = None  # never stop early: fixed token counts
     return LoadedModel(name, model, _Tok(None), torch.device("cuda"), torch.bfloat16)
 
@@ -233,10 +241,11 @@ def bench_pair(name, tcfg, dcfg, bw, args, results):
         r[f"step_ms_draft_{mode}_q1"] = step_time(dmodes[mode], 1, 1, P) * 1e3
         print(f"{mode}: target step {r[f'step_ms_target_{mode}_q1']:.2f} ms (x{r[f'step_ms_target_{mode}_q1'] / (floor_t * 1e3):.2f} floor), "
               f"verify {K + 1} {r[f'step_ms_target_{mode}_q{K + 1}']:.2f} ms, draft step {r[f'step_ms_draft_{mode}_q1']:.2f} ms", flush=True)
-    best = "compiled" if "compiled" in modes else "graphs"
-    runner, drunner = modes[best], dmodes[best]
-    r["mode"] = best
     for batch in args.batches:
+        # torch.compile specialises on the batch size: compiled at batch 1 only (compile time)
+        best = "compiled" if ("compiled" in modes and batch == 1) else "graphs"
+        runner, drunner = modes[best], dmodes[best]
+        r[f"b{batch}_mode"] = best
         bp = prompts(batch, P, vocab, seed=batch)
         t_base, (ref, _) = run_engine(target, None, bp, N, 0, runner)
         r[f"b{batch}_target_only_ms_per_token"] = t_base / N * 1e3
@@ -299,7 +308,7 @@ def main() -> None:
         checks["llama8b_target_only_le_1.35x_floor"] = r["b1_target_only_ms_per_token"] <= 1.35 * r["floor_ms_target"]
     if "gemma" in results:
         r = results["gemma"]
-        mode = r["mode"]
+        mode = r["b1_mode"]
         checks["gemma4b_target_only_le_1.5x_floor"] = r["b1_target_only_ms_per_token"] <= 1.5 * r["floor_ms_target"]
         checks["gemma270m_draft_step_le_0.25x_target_step"] = (
             r[f"step_ms_draft_{mode}_q1"] <= 0.25 * r[f"step_ms_target_{mode}_q1"])

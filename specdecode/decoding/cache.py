@@ -173,7 +173,8 @@ class ModelRunner:
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self._step = self._forward
         if compile and self.device.type == "cuda":
-            self._step = torch.compile(self._forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+            # inductor fuses the step's elementwise work; CUDA graphs are ours (captured below)
+            self._step = torch.compile(self._forward, dynamic=False)
         self._captured: dict[tuple, tuple] = {}
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._pool = None
