@@ -22,13 +22,12 @@ anything itself (`datasets` does, when the hub can be reached).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import DatasetSettings, SettingsError
+from .settings import PROMPT_FIELD_RE, DatasetSettings, SettingsError
 
 __all__ = [
     "BUILTIN_PROMPTS",
@@ -86,7 +85,7 @@ class PromptSet:
         return f"skipped {self.skipped} of {self.rows_read} rows with no '{self.field}' prompt"
 
 
-_FIELD_RE = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?P<index>-?\d+)\])?$")
+_FIELD_RE = PROMPT_FIELD_RE
 
 
 def _parse_field(spec: str) -> tuple[str, int | None]:
@@ -134,10 +133,41 @@ def _is_local(path: str) -> bool:
     return False
 
 
+def _check_text_file(p: Path) -> None:
+    """A local text dataset must be non-empty UTF-8. `datasets` reports either as "An error occurred
+    while generating the dataset", or (JSON Lines) fails later, while the prompts are read."""
+    import codecs
+
+    NEWLINE = b"\n"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset, content = 1, 0, False
+    try:
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                try:
+                    text = decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    at = max(0, min(e.start, len(chunk)))
+                    where = f"line {line + chunk[:at].count(NEWLINE)}, byte {offset + at}"
+                    raise SettingsError(f"--dataset: {p} is not UTF-8 text ({where}): save it as UTF-8") from None
+                content = content or bool(text.strip())
+                line += chunk.count(NEWLINE)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise SettingsError(f"--dataset: {p} is not UTF-8 text (it ends inside a character): save it as UTF-8") from None
+    except OSError as e:
+        raise SettingsError(f"--dataset: cannot read {p}: {e.strerror or e}") from None
+    if not content:
+        raise SettingsError(f"--dataset: {p} is empty")
+
+
 def _load_local(path: str):
     import datasets
 
     p = Path(path).expanduser()
+    if p.is_file() and p.suffix.lower() in (".jsonl", ".json", ".csv", ".txt"):
+        _check_text_file(p)
     try:
         if p.is_dir():
             ds = datasets.load_dataset(str(p), split="train")
@@ -150,6 +180,8 @@ def _load_local(path: str):
     except SettingsError:
         raise
     except Exception as e:  # noqa: BLE001 - a malformed file is one line naming it
+        if "corresponds to no data" in str(e):  # e.g. a CSV with a header and no rows
+            raise SettingsError(f"--dataset: {p} has no rows") from None
         raise SettingsError(f"--dataset: cannot read {p}: {_first_line(e)}") from None
     return ds
 
@@ -157,8 +189,10 @@ def _load_local(path: str):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     cause = e.__cause__ or e.__context__
-    if not text and cause is not None:
-        text = str(cause).strip()
+    # `datasets` wraps the real problem: "An error occurred while generating the dataset"
+    while cause is not None and (not text or "error occurred while generating" in text.lower()):
+        text = f"{type(cause).__name__}: {str(cause).strip()}" if str(cause).strip() else text
+        cause = cause.__cause__ or cause.__context__
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
@@ -280,29 +314,48 @@ def prompts_from_rows(rows, columns: Sequence[str], prompt_field: str | None, so
     label = name if index is None else f"{name}[{index}]"
     prompts: list[str] = []
     read = skipped = 0
-    for row in rows:
-        if num_samples is not None and len(prompts) >= num_samples:
-            break
-        read += 1
-        text = extract_prompt(row.get(name), index)
-        if text is None:
-            skipped += 1
-            continue
-        prompts.append(text)
+    try:
+        for row in rows:
+            if num_samples is not None and len(prompts) >= num_samples:
+                break
+            read += 1
+            text = extract_prompt(row.get(name), index)
+            if text is None:
+                skipped += 1
+                continue
+            prompts.append(text)
+    except (SettingsError, DataError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a row `datasets` cannot decode: one line naming the source
+        raise SettingsError(f"--dataset: cannot read row {read} of {source}: {_first_line(e)}") from None
     if not prompts:
         raise SettingsError(f"--dataset: {source} has no rows with a non-empty '{label}' prompt ({read} rows read)")
     return PromptSet(prompts, source, label, read, skipped)
 
 
+def _builtin_prompts(path: str | None, num_samples: int | None) -> PromptSet:
+    """The general built-in prompts (no dataset named) or a named set: `builtin:demo` holds the
+    demo pair's Python-code prompts (specdecode/demo/prompts.py)."""
+    if not path:
+        builtin, source = BUILTIN_PROMPTS, "built-in"
+    elif path == "builtin:demo":
+        from .demo.prompts import PROMPTS as builtin
+
+        source = path
+    else:
+        raise SettingsError(f"--dataset: unknown built-in prompt set '{path}' (available: builtin:demo)")
+    prompts = list(builtin[:num_samples] if num_samples else builtin)
+    if num_samples and num_samples > len(builtin):
+        # repeat the built-ins so --num-samples is honoured
+        prompts = [builtin[i % len(builtin)] for i in range(num_samples)]
+    return PromptSet(prompts, source, None, len(prompts), 0)
+
+
 def load_prompts(dataset: DatasetSettings, num_samples: int | None = None) -> PromptSet:
     """Prompts from the dataset settings (or the built-in prompts when no dataset is named)."""
-    if not dataset.path:
-        prompts = list(BUILTIN_PROMPTS[:num_samples] if num_samples else BUILTIN_PROMPTS)
-        if num_samples and num_samples > len(BUILTIN_PROMPTS):
-            # repeat the built-ins so --num-samples is honoured
-            prompts = [BUILTIN_PROMPTS[i % len(BUILTIN_PROMPTS)] for i in range(num_samples)]
-        return PromptSet(prompts, "built-in", None, len(prompts), 0)
     path = dataset.path
+    if not path or path.startswith("builtin:"):
+        return _builtin_prompts(path, num_samples)
     with _quiet_datasets():
         if _is_local(path):
             ds = _load_local(path)

@@ -12,11 +12,12 @@ This module imports no torch and loads no model: `--dry-run` and `--help` stay i
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "DatasetSettings",
@@ -41,6 +42,17 @@ class SettingsError(ValueError):
     """Invalid settings: the message is one line naming the culprit (option, key, file, line)."""
 
 
+# `--prompt-field` syntax: NAME or NAME[INDEX] (data.py parses it with the same pattern)
+PROMPT_FIELD_RE = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?P<index>-?\d+)\])?$")
+
+
+def _not_blank(v: Any) -> Any:
+    """An empty name or path is a mistake (an unset shell variable), not 'leave it unset'."""
+    if isinstance(v, str) and not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
 class DatasetSettings(BaseModel):
     """Where bench and compare read prompts from."""
 
@@ -50,6 +62,18 @@ class DatasetSettings(BaseModel):
     name: str | None = Field(None, description="dataset configuration name (e.g. 'main' for openai/gsm8k)")
     split: str = "test"
     prompt_field: str | None = Field(None, description="field holding the prompt; detected when not given")
+
+    @field_validator("path", "name", "split", "prompt_field", mode="before")
+    @classmethod
+    def _not_blank(cls, v: Any) -> Any:
+        return _not_blank(v)
+
+    @field_validator("prompt_field")
+    @classmethod
+    def _field_syntax(cls, v: str | None) -> str | None:
+        if v is not None and not PROMPT_FIELD_RE.match(v.strip()):
+            raise ValueError(f"cannot parse '{v}' (expected NAME or NAME[INDEX])")
+        return v
 
 
 class Settings(BaseModel):
@@ -70,10 +94,10 @@ class Settings(BaseModel):
     max_length: int = Field(1024, ge=1, description="prompts are truncated (from the left) to this many tokens")
 
     # sampling
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 = greedy")
     top_k: int = Field(0, ge=0, description="0 = off")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
-    seed: int | None = None
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="1.0 = off")
+    seed: int | None = Field(None, ge=0, le=2**64 - 1, description="torch seeds are unsigned 64-bit")
 
     # execution
     batch_size: int = Field(1, ge=1)
@@ -105,6 +129,11 @@ class Settings(BaseModel):
                     data[new] = data.pop(old)
         return data
 
+    @field_validator("target", "draft", "output", "summary_file_name", mode="before")
+    @classmethod
+    def _names_not_blank(cls, v: Any) -> Any:
+        return _not_blank(v)
+
     @field_validator("k", mode="before")
     @classmethod
     def _k(cls, v: Any) -> Any:
@@ -117,6 +146,10 @@ class Settings(BaseModel):
                 v = int(v)
             except ValueError:
                 raise ValueError("k must be a positive integer or 'auto'") from None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int):  # lists, mappings, 3.5, nan: one message naming k, not pydantic's union branches
+            raise ValueError("k must be a positive integer or 'auto'")
         if isinstance(v, int) and v < 1:
             raise ValueError("k must be at least 1")
         if isinstance(v, int) and v > 64:
@@ -132,9 +165,11 @@ class Settings(BaseModel):
         raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
 
     @model_validator(mode="after")
-    def _consistency(self) -> Settings:
+    def _consistency(self, info: ValidationInfo) -> Settings:
+        if info.context and info.context.get("layer"):
+            return self  # one file of several: another layer (or a flag) may supply the rest
         if self.drafter == "early-exit" and self.exit_layer is None:
-            raise ValueError("--drafter early-exit needs --exit-layer N")
+            raise ValueError("the early-exit drafter needs an exit layer: --exit-layer N (exit_layer: N in a config)")
         return self
 
     # ---- derived views -------------------------------------------------------------------
@@ -150,9 +185,34 @@ class Settings(BaseModel):
 # ---- YAML ----------------------------------------------------------------------------------
 
 
+class _SafeUniqueLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python tags, no code) that refuses a key given twice in one mapping:
+    PyYAML would keep the last value silently, and `k: 3 ... k: 7` is a typo, not a choice."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then overriding a key is YAML's own way to override
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' given twice (first on line {first + 1})", key_node.start_mark
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely; errors name the file (and line, when YAML knows it)."""
-    p = Path(path)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise SettingsError(f"config file {p} is a directory, not a YAML file")
     if not p.is_file():
         raise SettingsError(f"config file not found: {p}")
     try:
@@ -160,7 +220,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise SettingsError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeUniqueLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SettingsError(f"{p}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
@@ -194,7 +256,12 @@ def _yaml_key_line(path: Path, key: str) -> int | None:
 
 
 def preset_dir():  # -> Traversable
-    return importlib.resources.files("specdecode.presets")
+    """Installed: the package `specdecode.presets` (presets/ mapped into the wheel). Run from a
+    source checkout without installing: the top-level presets/ folder beside the package."""
+    try:
+        return importlib.resources.files("specdecode.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "presets"
 
 
 def list_presets() -> dict[str, str]:
@@ -210,7 +277,7 @@ def list_presets() -> dict[str, str]:
 def preset_path(name_or_path: str) -> Path:
     """A built-in preset name or a path to a YAML file."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a directory named like a preset is not one
         if not p.is_file():
             raise SettingsError(f"preset file not found: {p}")
         return p
@@ -245,21 +312,28 @@ def _normalise(data: dict[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError, source: str | None, path: Path | None, flags: dict[str, str]) -> str:
     """One line naming the culprit of the first validation error."""
     first = err.errors()[0]
-    loc = [str(x) for x in first["loc"] if not str(x).startswith("function-")]
+    # drop pydantic's validator and union-branch tags ("function-...", "int", "literal['auto']")
+    loc = [str(x) for x in first["loc"]
+           if not str(x).startswith("function-") and "[" not in str(x) and str(x) not in ("int", "str", "float", "bool")]
     key = ".".join(loc) if loc else "settings"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown setting"
     msg = msg.removeprefix("Value error, ")
     if key in flags:
-        return f"{flags[key]}: {msg} (got {first.get('input')!r})"
+        got = repr(first.get("input"))
+        return f"{flags[key]}: {msg} (got {got if len(got) <= 80 else got[:77] + '...'})"
     if path is not None:
         line = _yaml_key_line(path, loc[-1]) if loc else None
         where = f"{path}:{line}" if line else str(path)
-        return f"{where}: '{key}': {msg}"
+        return f"{where}: {msg}" if key == "settings" else f"{where}: '{key}': {msg}"
     if key == "settings":
         return msg
     return f"'{key}': {msg}"
+
+
+# Used when neither a preset, a --config file nor --target names a model.
+DEFAULT_PRESET = "demo"
 
 
 def load_settings(
@@ -270,17 +344,22 @@ def load_settings(
 ) -> Settings:
     """Build Settings: defaults < preset < --config < overrides (CLI flags; None values are ignored).
 
+    With no preset, no config and no target override, the `demo` preset (the small pair shipped
+    in the package) is the first layer.
+
     `flag_names` maps a settings key to the CLI flag that set it, so errors name the flag.
     """
+    if not preset and not config and not (overrides or {}).get("target"):
+        preset = DEFAULT_PRESET  # no model named anywhere: the embedded demo pair, offline
     layers: list[tuple[dict[str, Any], Path | None]] = []
-    for source in (preset, config):
+    for source, is_config in ((preset, False), (config, True)):
         if source:
-            p = preset_path(source)
+            p = Path(source).expanduser() if is_config else preset_path(source)  # --config is always a file
             layers.append((_normalise(read_yaml(p)), p))
     data: dict[str, Any] = {}
     for layer, path in layers:
         try:
-            Settings.model_validate(layer)
+            Settings.model_validate(layer, context={"layer": True})
         except ValidationError as e:
             raise SettingsError(_describe(e, None, path, {})) from None
         data = _merge(data, layer)

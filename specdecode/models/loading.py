@@ -1,9 +1,14 @@
 """Load target and draft models: hub id or local directory, dtype, device, 4-bit, attention.
 
 What it does: resolves `device`/`dtype`/`attention` from Settings, loads tokenizer and
-model with transformers' Auto classes (safetensors preferred), and turns the usual
-failures (missing path, offline, gated, not a causal LM, missing extras) into one-line
-`ModelLoadError`s that the CLI prints with exit code 1.
+model with transformers' Auto classes, and turns the usual failures (missing path,
+offline, gated, not a causal LM, custom code without --trust-remote-code, missing extras)
+into one-line `ModelLoadError`s that the CLI prints with exit code 1.
+
+Untrusted checkpoints: `trust_remote_code` is passed through as given (off by default), so
+a model's own Python files never run unless asked; safetensors weights are loaded whenever
+a checkpoint has them (`use_safetensors=True`), and a checkpoint with only pickle weights
+(pytorch_model.bin) loads with a note in `LoadedModel.notes`, which the CLI prints.
 
 What it does not: generate, or decide whether two models can pair up (see `pairing.py`).
 """
@@ -11,13 +16,23 @@ What it does not: generate, or decide whether two models can pair up (see `pairi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_device", "resolve_dtype", "resolve_attention"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "check_causal_lm",
+    "load_model",
+    "resolve_attention",
+    "resolve_device",
+    "resolve_model_path",
+    "resolve_dtype",
+    "weights_format",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -31,6 +46,7 @@ class LoadedModel:
     tokenizer: Any  # transformers tokenizer
     device: torch.device
     dtype: torch.dtype
+    notes: list[str] = field(default_factory=list)  # one line each, for the user (e.g. pickle weights)
 
     @property
     def config(self):
@@ -100,6 +116,23 @@ def resolve_attention(attention: str, device: torch.device) -> str:
     return attention
 
 
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_model_path(name: str) -> str:
+    """`builtin:demo/target` -> the model directory shipped inside the package
+    (specdecode/assets/demo/target); any other name is returned unchanged."""
+    if not name.startswith(BUILTIN_PREFIX):
+        return name
+    import importlib.resources
+
+    rel = name[len(BUILTIN_PREFIX) :].strip("/")
+    entry = importlib.resources.files("specdecode").joinpath("assets", *rel.split("/"))
+    if not rel or not entry.is_dir():
+        raise ModelLoadError(f"'{name}' is not a model shipped with specdecode (try builtin:demo/target or builtin:demo/draft)")
+    return str(entry)
+
+
 def _check_source(name: str) -> None:
     p = Path(name).expanduser()
     if p.exists():
@@ -152,40 +185,85 @@ def _check_hub_reachable(repo_id: str) -> None:
 def _translate(name: str, err: Exception) -> ModelLoadError:
     text = f"{type(err).__name__}: {err}"
     low = text.lower()
-    if "gated" in low or "401" in low or "403" in low or "awaiting a review" in low:
-        return ModelLoadError(
-            f"'{name}' is gated on the Hugging Face hub: accept its licence on its model page, then run `hf auth login`"
-        )
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if (
-        offline
-        or "offline" in low
-        or "connection" in low
-        or "resolve" in low
-        or "couldn't connect" in low
-        or "network" in low
-        or "localentrynotfound" in low
-        or "we couldn't" in low
-    ):
-        return ModelLoadError(
-            f"'{name}' is not a local directory and is not in the Hugging Face cache, and the hub cannot be reached"
-            " (offline): download it first with `hf download` or name a local directory"
-        )
-    if "repository not found" in low or "is not a valid model identifier" in low or "404" in low:
-        return ModelLoadError(f"model '{name}' was not found: not a local directory and not a model id on the hub")
-    if "unrecognized configuration class" in low or "does not recognize this architecture" in low:
-        return ModelLoadError(f"'{name}' is not a causal language model that transformers can load ({err})".splitlines()[0])
+    # what the checkpoint itself says comes first: with HF_HUB_OFFLINE set, or a path that
+    # happens to contain "403", a local directory's real problem must not read as a hub one
     if "trust_remote_code" in low:
         return ModelLoadError(f"'{name}' contains custom code: rerun with --trust-remote-code if you trust it")
+    if "unrecognized configuration class" in low or "does not recognize this architecture" in low:
+        return ModelLoadError(f"'{name}' is not a causal language model that transformers can load ({err})".splitlines()[0])
+    if "ignore_mismatched_sizes" in low or "size mismatch" in low:
+        return ModelLoadError(
+            f"the weights of '{name}' do not match the shapes in its config.json (a corrupt or mixed-up checkpoint)"
+        )
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return ModelLoadError(f"out of memory loading '{name}': try --quantized, a smaller --dtype or another device")
+    local = Path(name).expanduser().is_dir()
+    if not local:
+        if "gated" in low or "401" in low or "403" in low or "awaiting a review" in low:
+            return ModelLoadError(
+                f"'{name}' is gated on the Hugging Face hub: accept its licence on its model page, then run `hf auth login`"
+            )
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if (
+            offline
+            or "offline" in low
+            or "connection" in low
+            or "resolve" in low
+            or "couldn't connect" in low
+            or "network" in low
+            or "localentrynotfound" in low
+            or "we couldn't" in low
+        ):
+            return ModelLoadError(
+                f"'{name}' is not a local directory and is not in the Hugging Face cache, and the hub cannot be reached"
+                " (offline): download it first with `hf download` or name a local directory"
+            )
+        if "repository not found" in low or "is not a valid model identifier" in low or "404" in low:
+            return ModelLoadError(f"model '{name}' was not found: not a local directory and not a model id on the hub")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ModelLoadError(f"could not load '{name}': {first}")
+
+
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def check_causal_lm(name: str, config) -> None:
+    """Refuse a checkpoint whose saved architecture is not a causal LM (a BERT encoder, a
+    masked LM): AutoModelForCausalLM would build a *different* model around its weights."""
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+        raise ModelLoadError(f"'{name}' is not a causal language model (architecture: {', '.join(archs)})")
+
+
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def weights_format(name: str) -> str | None:
+    """'safetensors' or 'pickle' for a local directory (or a hub id whose files are cached); None when unknown."""
+    p = Path(name).expanduser()
+
+    def have(fname: str) -> bool:
+        if p.is_dir():
+            return (p / fname).is_file()
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(name, fname), str)
+        except Exception:  # noqa: BLE001 - an odd id: unknown
+            return False
+
+    if any(have(f) for f in SAFETENSORS_FILES):
+        return "safetensors"
+    if any(have(f) for f in PICKLE_FILES):
+        return "pickle"
+    return None
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    name = resolve_model_path(name)
     _check_source(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -210,6 +288,7 @@ def load_model(
     """Load a causal LM (and its tokenizer unless given) for inference on `device`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    name = resolve_model_path(name)
     _check_source(name)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -223,9 +302,22 @@ def load_model(
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise _translate(name, e) from e
-    archs = getattr(config, "architectures", None) or []
-    if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
-        raise ModelLoadError(f"'{name}' is not a causal language model (architecture: {', '.join(archs)})")
+    check_causal_lm(name, config)
+    notes: list[str] = []
+    fmt = weights_format(name)
+    if fmt == "safetensors":
+        kwargs["use_safetensors"] = True  # never the pickle file next to it
+    elif fmt == "pickle":
+        notes.append(
+            f"'{name}' has only pickle weights (pytorch_model.bin), no safetensors: loading them "
+            "(transformers restricts what torch.load may build; prefer checkpoints with safetensors)"
+        )
+    auto_map = getattr(config, "auto_map", None) or {}
+    if not trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        notes.append(
+            f"'{name}' ships its own model code; transformers' built-in '{config.model_type}' model is used "
+            "instead (pass --trust-remote-code to run the model's own code, if you trust it)"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
     except ValueError as e:
@@ -241,7 +333,7 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     tok = tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code)
-    return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype)
+    return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype, notes=notes)
 
 
 def _bnb_config(dtype: torch.dtype, device: torch.device):
