@@ -101,8 +101,10 @@ def bench_report(result: BenchResult) -> dict[str, Any]:
     return {
         "settings": s.to_public_dict(),
         "interrupted": result.interrupted,
+        "failure": result.failure,
         "num_samples": done,
         "requested_samples": len(result.prompts),
+        "resumed_samples": result.resumed,
         "device": result.device,
         "dtype": result.dtype,
         "data": result.data,
@@ -158,6 +160,7 @@ def compare_report(settings, sweep: SweepResult, swept: Sequence[str], num_promp
         "swept": list(swept),
         "num_samples": num_prompts,
         "interrupted": sweep.interrupted,
+        "failure": sweep.failure,
         "rows": rows,
         "best": best,
     }
@@ -216,14 +219,13 @@ def compare_csv(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], path: str | Path, kind: str) -> Path:
-    """Write `report` to `path`: CSV for a .csv name, JSON otherwise."""
+    """Write `report` to `path` atomically (a crash never leaves half a file): CSV for a .csv name, JSON otherwise."""
+    from ..io import atomic_write_text
+
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() == ".csv":
-        p.write_text(bench_csv(report) if kind == "bench" else compare_csv(report), encoding="utf-8")
-    else:
-        p.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return p
+        return atomic_write_text(p, bench_csv(report) if kind == "bench" else compare_csv(report))
+    return atomic_write_text(p, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---- rich tables ---------------------------------------------------------------------------
@@ -266,6 +268,10 @@ def render_bench(report: dict[str, Any], console) -> None:
     title = f"Benchmark: {n} samples, drafter {s['drafter']}, k={s['k']}, batch {s['batch_size']}, {mode}"
     if report["interrupted"]:
         title += f" (interrupted after {n} of {want} samples)"
+    elif report.get("failure"):
+        title += f" (stopped after {n} of {want} samples: {report['failure']})"
+    if report.get("resumed_samples"):
+        title += f" ({report['resumed_samples']} resumed from the samples file)"
 
     if n == 0:
         console.print(f"{title}: nothing was measured")
@@ -328,6 +334,8 @@ def render_compare(report: dict[str, Any], console) -> None:
     title = f"compare: {report['num_samples']} samples, swept {', '.join(report['swept']) or 'nothing'}"
     if report["interrupted"]:
         title += " (interrupted)"
+    elif report.get("failure"):
+        title += f" (stopped: {report['failure']})"
     rows = report["rows"]
     show_batch = len({r["batch_size"] for r in rows}) > 1
     show_temp = len({r["temperature"] for r in rows}) > 1
@@ -427,8 +435,9 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
     ax2.set_ylim(0, 1.05)
     fig.suptitle(f"compare: {report['num_samples']} samples", fontsize="medium")
     fig.tight_layout()
-    p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
+    from ..io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
-    return p
+    return atomic_write_bytes(path, buf.getvalue())

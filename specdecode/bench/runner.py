@@ -14,13 +14,20 @@ How a benchmark runs (benchmarks/README.md has the reasoning):
      are taken when the events arrive (each round ends with a host synchronisation);
   5. after each batch its samples are appended to a JSON Lines file and flushed, so Ctrl-C
      or a crash keeps everything measured so far. Ctrl-C ends the loop and the result is
-     marked `interrupted`; the caller prints the partial summary and exits 130.
+     marked `interrupted`; the caller prints the partial summary and exits 130. Running out
+     of memory (CUDA or host) in a batch ends the loop the same way, with `failure` saying
+     which batch size failed; the caller keeps the partial summary and exits 1.
+  6. `resume=True` reads the samples file of an earlier run with the same name: samples whose
+     prompt index and text match (and whose settings fingerprint is the same) are kept and
+     not measured again; the report aggregates them with the new ones. Each record carries
+     what that needs: the token ids of both runs and its batch's wall times.
 
 What it does not: print or format (report.py does), or load models (api.py does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +41,7 @@ import torch
 from .. import metrics
 from ..decoding.cache import ModelRunner
 from ..decoding.engine import make_generator
+from ..io import atomic_write_text, json_line
 
 __all__ = [
     "BenchResult",
@@ -45,8 +53,10 @@ __all__ = [
     "encode_prompts",
     "measure_step_times",
     "results_paths",
+    "read_samples",
     "run_batch",
     "run_benchmark",
+    "settings_id",
     "run_pass",
     "run_sweep",
     "warm_up",
@@ -93,6 +103,7 @@ class SequenceRun:
 
     def to_dict(self, speculative: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "token_ids": list(self.token_ids),
             "new_tokens": self.new_tokens,
             "latency_s": self.latency_s,
             "ttft_s": self.ttft_s,
@@ -110,6 +121,24 @@ class SequenceRun:
                 position_accepts=list(self.position_accepts),
             )
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], index: int, prompt_tokens: int) -> SequenceRun:
+        """A run read back from a samples file (resume): the inverse of to_dict."""
+        return cls(
+            index=index,
+            prompt_tokens=prompt_tokens,
+            token_ids=[int(t) for t in d["token_ids"]],
+            latency_s=float(d["latency_s"]),
+            ttft_s=float(d["ttft_s"]),
+            finish_reason=d.get("finish_reason"),
+            rounds=int(d.get("rounds", 0)),
+            draft_tokens=int(d.get("draft_tokens", 0)),
+            accepted_tokens=int(d.get("accepted_tokens", 0)),
+            rejected_rounds=int(d.get("rejected_rounds", 0)),
+            position_trials=[int(x) for x in d.get("position_trials", [])],
+            position_accepts=[int(x) for x in d.get("position_accepts", [])],
+        )
 
 
 @dataclass
@@ -164,8 +193,11 @@ def batches(ids: list[list[int]], batch_size: int) -> list[tuple[int, list[list[
 
 
 def run_batch(decoder, batch: list[list[int]], start: int,
-              generator: torch.Generator | None = None) -> tuple[list[SequenceRun], float]:
-    """Generate one batch through `decoder`'s engine; (per-row runs, device-synchronised wall time)."""
+              generator: torch.Generator | None = None,
+              indices: Sequence[int] | None = None) -> tuple[list[SequenceRun], float]:
+    """Generate one batch through `decoder`'s engine; (per-row runs, device-synchronised wall time).
+
+    Row i is prompt `start + i`, or `indices[i]` when given (a resumed run's batches have gaps)."""
     engine = decoder.engine(generator=generator)
     n = len(batch)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -193,7 +225,7 @@ def run_batch(decoder, batch: list[list[int]], start: int,
         s = engine.stats[i]
         runs.append(
             SequenceRun(
-                index=start + i,
+                index=indices[i] if indices is not None else start + i,
                 prompt_tokens=len(batch[i]),
                 token_ids=tokens[i],
                 latency_s=done[i] or wall,
@@ -296,6 +328,14 @@ def results_paths(summary_file_name: str | None, results_dir: str | Path, prefix
 # ---- bench --------------------------------------------------------------------------------
 
 
+def settings_id(settings) -> str:
+    """A short fingerprint of the settings that change what a sample measures (not the data or
+    output options): a resumed run only reuses samples measured under the same ones."""
+    skip = {"dataset", "num_samples", "format", "output", "summary_file_name"}
+    data = {k: v for k, v in settings.to_public_dict().items() if k not in skip}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class BenchResult:
     settings: Any  # Settings
@@ -304,6 +344,9 @@ class BenchResult:
     speculative: PassRun = field(default_factory=PassRun)
     step: StepTimes | None = None
     interrupted: bool = False
+    failure: str | None = None  # why the loop stopped early (out of memory), None otherwise
+    failed_batch_size: int | None = None
+    resumed: int = 0  # samples read back from an earlier run's file (--resume)
     samples_path: Path | None = None
     device: str = "cpu"
     dtype: str = "float32"
@@ -315,7 +358,8 @@ class BenchResult:
         return len(self.speculative.runs)
 
 
-def sample_record(result: BenchResult, base: SequenceRun, spec: SequenceRun) -> dict[str, Any]:
+def sample_record(result: BenchResult, base: SequenceRun, spec: SequenceRun,
+                  batch: dict[str, Any] | None = None) -> dict[str, Any]:
     greedy = result.settings.temperature == 0
     base_text, spec_text = result.texts.get(spec.index, ("", ""))
     match = base.token_ids == spec.token_ids if greedy else None
@@ -331,7 +375,84 @@ def sample_record(result: BenchResult, base: SequenceRun, spec: SequenceRun) -> 
     }
     if greedy and not match:
         rec["baseline_output"] = base_text
+    if batch is not None:  # in the samples file: what --resume needs to rebuild the pass timings
+        rec["batch"] = batch
+        rec["settings_id"] = settings_id(result.settings)
     return rec
+
+
+def read_samples(path: Path, prompts: Sequence[str], settings) -> tuple[list[dict[str, Any]], int]:
+    """The records of an earlier run to keep when resuming: (records, lines dropped).
+
+    A record is kept when its prompt index and text match this run's prompts. A last line cut
+    short by a crash is dropped; a record measured under other settings, for another prompt at
+    that index, or written without what resuming needs, is a SettingsError naming file and line.
+    """
+    from ..settings import SettingsError
+
+    if not path.is_file():
+        return [], 0
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # JSON Lines: "\n" only
+        if lines and not lines[-1]:
+            lines.pop()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"--resume: cannot read {path}: {e}") from None
+    want = settings_id(settings)
+    kept: dict[int, dict[str, Any]] = {}
+    dropped = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # the line being written when the run died
+                dropped += 1
+                continue
+            raise SettingsError(f"--resume: {path}:{n} is not valid JSON; move the file away to start afresh") from None
+        if not isinstance(rec, dict) or "batch" not in rec or "token_ids" not in rec.get("speculative", {}):
+            raise SettingsError(
+                f"--resume: {path}:{n} has no batch timings or token ids (written by an older specdecode): "
+                "rerun without --resume"
+            )
+        if rec.get("settings_id") != want:
+            raise SettingsError(
+                f"--resume: {path}:{n} was measured with other settings (models, k, sampling, batch size, "
+                "lengths...): rerun with the same settings or another summary_file_name"
+            )
+        i = rec.get("index")
+        if not isinstance(i, int) or not 0 <= i < len(prompts) or prompts[i] != rec.get("prompt"):
+            raise SettingsError(
+                f"--resume: {path}:{n} holds prompt #{i}, which is not prompt #{i} of this dataset: "
+                "use the same --dataset and --num-samples, or another summary_file_name"
+            )
+        kept[i] = rec
+    return [kept[i] for i in sorted(kept)], dropped
+
+
+def _restore(result: BenchResult, records: list[dict[str, Any]]) -> None:
+    """Put an earlier run's samples into `result`: runs, texts, and each batch's wall times once."""
+    seen_batches: set[int] = set()
+    for rec in records:
+        i = rec["index"]
+        base = SequenceRun.from_dict(rec["baseline"], i, rec["prompt_tokens"])
+        spec = SequenceRun.from_dict(rec["speculative"], i, rec["prompt_tokens"])
+        batch = rec["batch"]
+        first = int(batch["first_index"])
+        result.baseline.runs.append(base)
+        result.speculative.runs.append(spec)
+        if first not in seen_batches:
+            seen_batches.add(first)
+            result.baseline.batch_times.append(float(batch["baseline_time_s"]))
+            result.speculative.batch_times.append(float(batch["speculative_time_s"]))
+        result.texts[i] = (rec.get("baseline_output", rec["output"]), rec["output"])
+    result.resumed = len(records)
+
+
+def _free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def run_benchmark(
@@ -343,11 +464,14 @@ def run_benchmark(
     on_phase: Callable[[str], None] | None = None,
     warmup: bool = True,
     data: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> BenchResult:
     """Baseline and speculative decoding, batch by batch, on the same prompts.
 
-    Returns what was measured; on Ctrl-C the result is marked `interrupted` and holds the
-    batches that completed (the samples file has the same ones).
+    Returns what was measured; on Ctrl-C the result is marked `interrupted`, on out of memory
+    it carries a `failure`, and either way it holds the batches that completed (the samples
+    file has the same ones). `resume`: keep the matching samples of an earlier run's file
+    (see `read_samples`) and measure only the other prompts.
     """
     settings = decoder.settings
     baseline = decoder.with_settings(drafter="none")
@@ -358,39 +482,65 @@ def run_benchmark(
         dtype=str(decoder.target.dtype).removeprefix("torch."),
         data=data,
     )
+    ids = encode_prompts(decoder, prompts)  # refuses prompts that overflow the context before any file is touched
+    kept: list[dict[str, Any]] = []
     if samples_path is not None:
         result.samples_path = Path(samples_path)
-        result.samples_path.parent.mkdir(parents=True, exist_ok=True)
-        result.samples_path.write_text("")  # a fresh file for this run
+        if resume:
+            kept, _ = read_samples(result.samples_path, result.prompts, settings)
+        # a fresh file for this run, or the kept records alone (a line cut short by a crash goes)
+        atomic_write_text(result.samples_path, "".join(json_line(r) for r in kept))
+    _restore(result, kept)
+    done = {r["index"] for r in kept}
+    todo = [i for i in range(len(ids)) if i not in done]
     phase = on_phase or (lambda _: None)
+    size = settings.batch_size
+    in_flight = min(size, len(todo)) or size  # prompts in the batch being run (for the out-of-memory message)
     try:
-        ids = encode_prompts(decoder, prompts)
-        if warmup:
+        first_batch = [ids[i] for i in todo[:size]]
+        if warmup and todo:
             phase("warm-up")
-            warm_up(baseline, ids)
-            warm_up(decoder, ids)
+            warm_up(baseline, first_batch)
+            warm_up(decoder, first_batch)
         phase("step times")
-        result.step = measure_step_times(decoder, ids)
+        result.step = measure_step_times(decoder, first_batch or ids)
         phase("measuring")
         base_gen, spec_gen = new_generator(baseline), new_generator(decoder)
-        for start, batch in batches(ids, settings.batch_size):
-            base_runs, base_wall = run_batch(baseline, batch, start, base_gen)
-            spec_runs, spec_wall = run_batch(decoder, batch, start, spec_gen)
+        for j in range(0, len(todo), size):
+            index = todo[j : j + size]
+            batch = [ids[i] for i in index]
+            in_flight = len(batch)
+            base_runs, base_wall = run_batch(baseline, batch, index[0], base_gen, index)
+            spec_runs, spec_wall = run_batch(decoder, batch, index[0], spec_gen, index)
             for b, s in zip(base_runs, spec_runs):
                 result.texts[s.index] = (decoder.decode(b.token_ids), decoder.decode(s.token_ids))
             # both runs of a batch are kept together, so every sample has both numbers
             result.baseline.extend(base_runs, base_wall)
             result.speculative.extend(spec_runs, spec_wall)
             if result.samples_path is not None:
+                info = {"first_index": index[0], "size": len(batch), "baseline_time_s": base_wall,
+                        "speculative_time_s": spec_wall}
                 with result.samples_path.open("a", encoding="utf-8") as f:
                     for b, s in zip(base_runs, spec_runs):
-                        f.write(json.dumps(sample_record(result, b, s), ensure_ascii=False) + "\n")
+                        f.write(json_line(sample_record(result, b, s, info)))
                     f.flush()
             if on_batch is not None:
                 on_batch(result)
     except KeyboardInterrupt:
         result.interrupted = True
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        _free_memory(decoder.target.device)
+        result.failed_batch_size = in_flight
+        result.failure = f"out of memory with a batch of {in_flight} prompt(s) ({type(e).__name__})"
+    _sort_by_index(result)
     return result
+
+
+def _sort_by_index(result: BenchResult) -> None:
+    """Resumed samples come first in the passes; list every sample in prompt order."""
+    order = sorted(range(len(result.speculative.runs)), key=lambda j: result.speculative.runs[j].index)
+    result.baseline.runs = [result.baseline.runs[j] for j in order]
+    result.speculative.runs = [result.speculative.runs[j] for j in order]
 
 
 # ---- compare -------------------------------------------------------------------------------
@@ -413,6 +563,8 @@ class Combo:
 class SweepResult:
     rows: list[tuple[Combo, PassRun, PassRun, StepTimes | None]] = field(default_factory=list)  # combo, baseline, spec, c
     interrupted: bool = False
+    failure: str | None = None  # why the sweep stopped early (out of memory), None otherwise
+    failed_combo: Combo | None = None
 
 
 def run_sweep(
@@ -430,6 +582,7 @@ def run_sweep(
     baselines: dict[tuple[int, float], PassRun] = {}
     steps: dict[tuple[str, int], StepTimes | None] = {}  # c depends on the drafter and batch size, not k
     phase = on_phase or (lambda _: None)
+    combo = None
     try:
         ids = encode_prompts(decoder, prompts)
         for combo in combos:
@@ -455,4 +608,9 @@ def run_sweep(
                 on_row(result)
     except KeyboardInterrupt:
         result.interrupted = True
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        _free_memory(decoder.target.device)
+        result.failed_combo = combo
+        size = combo.batch_size if combo is not None else decoder.settings.batch_size
+        result.failure = f"out of memory with a batch of {size} prompt(s) ({type(e).__name__})"
     return result

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as cx
 
 from .generate import generate
+from .options import one_line
 
 app = typer.Typer(
     name="specdecode",
@@ -42,6 +43,9 @@ def presets_command(
     import json
 
     from ..settings import list_presets
+
+    if format not in ("table", "json"):
+        raise cx.BadParameter(f"expected table or json, got {format!r}", param_hint="'--format'")
 
     items = list_presets()
     if format == "json":
@@ -114,19 +118,26 @@ def main(argv: list[str] | None = None) -> None:
     except cx.UsageError as e:
         msg = e.format_message()
         cmd = e.ctx.command_path if e.ctx else "specdecode"
-        sys.stderr.write(f"error: {msg} (see `{cmd} --help`)\n")
+        sys.stderr.write(f"error: {one_line(msg)} (see `{cmd} --help`)\n")
         code = 2
-    except cx.Abort:
+    except typer.Abort:  # (typer's own class: typer._click.exceptions has no Abort)
         sys.stderr.write("interrupted\n")
         code = 130
-    except cx.Exit as e:
+    except typer.Exit as e:
         code = e.exit_code
     except cx.ClickException as e:
-        sys.stderr.write(f"error: {e.format_message()}\n")
+        sys.stderr.write(f"error: {one_line(e.format_message())}\n")
         code = e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
+    except Exception as e:  # noqa: BLE001 - the last net: whatever escaped a command is still one line
+        if "--debug" in args:
+            raise
+        from .options import _runtime_message
+
+        sys.stderr.write(f"error: {one_line(_runtime_message(e))}\n")
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 

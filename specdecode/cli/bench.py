@@ -3,19 +3,34 @@
 Same prompts, same settings, same engine (the baseline is the drafter `none`), warm-up
 first, device-synchronised timing (bench/runner.py; benchmarks/README.md explains the
 method). Each finished batch's samples are appended to `<results-dir>/<name>.jsonl`;
-the report goes to `<name>.json` there, to stdout in --format, and to --output.
-Ctrl-C prints the partial summary, keeps the files and exits 130.
+the report goes to `<name>.json` there, to stdout in --format, and to --output (both
+written atomically). Ctrl-C prints the partial summary, keeps the files and exits 130;
+running out of memory does the same and exits 1, naming the batch size that failed.
+`--resume` reruns a named run (summary_file_name or --name), measuring only the prompts
+that its samples file does not hold yet; the report covers old and new samples.
 
 What it does not: sweep settings (see `compare`) or describe the models (see `inspect`).
 """
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from .options import DataOptions, SharedOptions, data_options, guarded, print_dry_run, resolve_settings, shared_options
+from .options import (
+    DataOptions,
+    SharedOptions,
+    check_output_paths,
+    data_options,
+    fail,
+    guarded,
+    oom_advice,
+    print_dry_run,
+    print_load_notes,
+    resolve_settings,
+    shared_options,
+)
 
 __all__ = ["bench", "register"]
 
@@ -105,6 +120,8 @@ def emit(report: dict, fmt: str, kind: str) -> None:
 def bench(
     results_dir: Annotated[str, typer.Option("--results-dir", help="where the samples (.jsonl) and report (.json) files go")] = DEFAULT_RESULTS_DIR,
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="one untimed short generation of each run first")] = True,
+    name: Annotated[Optional[str], typer.Option("--name", help="results name: <results-dir>/NAME.jsonl and NAME.json (the summary_file_name setting)", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run named by --name/summary_file_name: skip the samples its .jsonl already holds")] = False,
     *,
     opts: SharedOptions,
     data: DataOptions,
@@ -112,7 +129,13 @@ def bench(
     """Benchmark speculative decoding against the target alone: speedup, acceptance, latency."""
 
     def body() -> None:
-        settings = resolve_settings(opts, data)
+        from ..settings import SettingsError
+
+        settings = resolve_settings(opts, data, summary_file_name=name)
+        if resume and not settings.summary_file_name:
+            raise SettingsError(
+                "--resume needs the name of the run to continue: --name NAME (or summary_file_name in the config)"
+            )
         if opts.dry_run:
             print_dry_run(settings, settings.format == "json")
             return
@@ -120,18 +143,28 @@ def bench(
         from ..bench.runner import results_paths, run_benchmark
         from ..data import load_prompts
 
+        samples_path, summary_path = results_paths(settings.summary_file_name, results_dir)
+        named_by = "--name" if name else "summary_file_name"
+        check_output_paths({"--output": settings.output, named_by: samples_path}, {"--results-dir": results_dir})
+
         prompt_set = load_prompts(settings.dataset, settings.num_samples)
         note(prompt_set.note())
+        if resume:  # a samples file that cannot be resumed is refused before the models load
+            from ..bench.runner import read_samples
+
+            if not samples_path.is_file():
+                note(f"--resume: no samples file {samples_path} yet: measuring every prompt")
+            read_samples(samples_path, prompt_set.prompts, settings)
         if settings.drafter == "none":
             note("--drafter none: the speculative run is the baseline itself (speedup ~1)")
 
         from ..api import SpeculativeDecoder
 
         decoder = SpeculativeDecoder.from_settings(settings)
+        print_load_notes(decoder)
         if decoder.report is not None:
             for w in decoder.report.warnings:
                 note(w)
-        samples_path, summary_path = results_paths(settings.summary_file_name, results_dir)
         progress = Progress(len(prompt_set.prompts))
         try:
             result = run_benchmark(
@@ -142,9 +175,12 @@ def bench(
                 on_phase=progress.phase,
                 warmup=warmup,
                 data=prompt_set.to_dict(),
+                resume=resume,
             )
         finally:
             progress.close()
+        if result.resumed:
+            note(f"resumed {result.resumed} sample(s) from {samples_path}")
         report = bench_report(result)
         write_report(report, summary_path, "bench")
         if settings.output:
@@ -155,6 +191,13 @@ def bench(
                 f"interrupted: {result.completed} of {len(result.prompts)} samples measured, kept in {samples_path}\n"
             )
             raise typer.Exit(130)
+        if result.failure:
+            fail(
+                f"{result.failure} after {result.completed} of {len(result.prompts)} samples: "
+                f"{oom_advice(result.failed_batch_size)} (the samples measured are kept in {samples_path}, "
+                f"the partial summary in {summary_path})",
+                1,
+            )
 
     guarded(opts.debug, body)
 

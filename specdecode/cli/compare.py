@@ -19,10 +19,13 @@ import typer
 from .options import (
     DataOptions,
     SharedOptions,
+    check_output_paths,
     data_options,
     fail,
     guarded,
+    oom_advice,
     print_dry_run,
+    print_load_notes,
     resolve_settings,
     shared_options_except,
 )
@@ -68,6 +71,7 @@ def compare(
             return
         if plot and importlib.util.find_spec("matplotlib") is None:
             fail("--plot needs matplotlib: pip install 'specdecode[plot]' (or leave out --plot)", 1)
+        check_output_paths({"--output": base.output, "--plot": plot})
 
         from ..bench.report import compare_report, plot_compare, write_report
         from ..bench.runner import run_sweep
@@ -82,16 +86,23 @@ def compare(
         # load the draft model when any row needs it; other drafters reuse the loaded target
         load_with = "model" if "model" in axes["drafter"] else axes["drafter"][0]
         decoder = SpeculativeDecoder.from_settings(base.model_copy(update={"drafter": load_with}))
+        print_load_notes(decoder)
         if decoder.report is not None:
             for w in decoder.report.warnings:
                 note(w)
         progress = Progress(len(combos), label="compare")
+
+        def on_row(r) -> None:
+            progress.update(len(r.rows), _row_stats(r))
+            if base.output:  # the rows so far, rewritten atomically: a crash keeps them
+                write_report(compare_report(base, r, swept, len(prompt_set.prompts)), base.output, "compare")
+
         try:
             sweep = run_sweep(
                 decoder,
                 prompt_set.prompts,
                 combos,
-                on_row=lambda r: progress.update(len(r.rows), _row_stats(r)),
+                on_row=on_row,
                 on_phase=progress.phase,
                 warmup=warmup,
             )
@@ -107,6 +118,15 @@ def compare(
         if sweep.interrupted:
             sys.stderr.write(f"interrupted: {len(sweep.rows)} of {len(combos)} combinations measured\n")
             raise typer.Exit(130)
+        if sweep.failure:
+            failed = sweep.failed_combo
+            kept = f", kept in {base.output}" if base.output else ""
+            fail(
+                f"{sweep.failure} ({_label(failed) if failed else 'before the first row'}) after {len(sweep.rows)} of "
+                f"{len(combos)} combinations: {oom_advice(failed.batch_size if failed else base.batch_size)} "
+                f"(the rows measured are in the report above{kept})",
+                1,
+            )
 
     guarded(opts.debug, body)
 

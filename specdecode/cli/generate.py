@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..settings import SettingsError
-from .options import SharedOptions, guarded, print_dry_run, resolve_settings, shared_options
+from .options import SharedOptions, guarded, print_dry_run, print_load_notes, resolve_settings, shared_options
 
 __all__ = ["generate", "read_prompts_file"]
 
@@ -69,9 +69,12 @@ def generate(
         from ..api import SpeculativeDecoder
 
         decoder = SpeculativeDecoder.from_settings(settings)
+        print_load_notes(decoder)
         if json_out:
+            from ..io import json_line
+
             for result in decoder.generate(prompts):
-                sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.write(json_line(result.to_dict()))
             return
         _stream(decoder, prompts, show_rejected)
 

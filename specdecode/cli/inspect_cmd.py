@@ -22,7 +22,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import DataOptions, SharedOptions, data_options, guarded, print_dry_run, resolve_settings, shared_options
+from .options import (
+    DataOptions,
+    SharedOptions,
+    check_output_paths,
+    data_options,
+    guarded,
+    print_dry_run,
+    print_load_notes,
+    resolve_settings,
+    shared_options,
+)
 
 __all__ = ["describe_model", "inspect", "register"]
 
@@ -49,13 +59,15 @@ def _meta_model(name: str, trust_remote_code: bool):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models.loading import ModelLoadError, _check_source, _translate
+    from ..models.loading import ModelLoadError, _check_source, _translate, check_causal_lm, resolve_model_path
 
+    name = resolve_model_path(name)  # builtin:demo/target -> the packaged directory
     _check_source(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         raise _translate(name, e) from e
+    check_causal_lm(name, config)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
@@ -239,6 +251,7 @@ def measure_pair(settings, n: int, c: float | None) -> dict[str, Any]:
 
     prompt_set = load_prompts(settings.dataset, n)
     decoder = SpeculativeDecoder.from_settings(settings)
+    print_load_notes(decoder)
     results = decoder.generate(prompt_set.prompts)
     acc = metrics.acceptance_totals(r.stats for r in results)
     tok = decoder.tokenizer
@@ -448,15 +461,14 @@ def inspect(
         if opts.dry_run:
             print_dry_run(settings, settings.format == "json")
             return
+        check_output_paths({"--output": settings.output})
         report = inspect_pair(settings, cost_ratio)
         if measure:
             report["measure"] = measure_pair(settings, measure, report["cost_ratio"]["c"])
         if settings.output:
-            from pathlib import Path
+            from ..io import atomic_write_text
 
-            p = Path(settings.output).expanduser()
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            atomic_write_text(settings.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         if settings.format == "json":
             sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         elif settings.format == "csv":

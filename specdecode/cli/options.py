@@ -28,7 +28,11 @@ __all__ = [
     "SharedOptions",
     "data_options",
     "fail",
+    "check_output_paths",
     "guarded",
+    "oom_advice",
+    "one_line",
+    "print_load_notes",
     "print_dry_run",
     "resolve_settings",
     "shared_options",
@@ -128,7 +132,7 @@ FLAG_NAMES = {
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
     "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype", "quantized": "--quantized",
     "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
-    "output": "--output", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
+    "output": "--output", "summary_file_name": "--name", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
     "dataset.prompt_field": "--prompt-field",
 }
 
@@ -224,9 +228,43 @@ def print_dry_run(settings: Settings, as_json: bool) -> None:
     Console().print(table)
 
 
+def check_output_paths(files: dict[str, Any], dirs: dict[str, Any] | None = None) -> None:
+    """Before anything is loaded: can the result files be written? (option -> path; None skipped)."""
+    from ..io import check_writable_dir, check_writable_file
+
+    for option, path in (dirs or {}).items():
+        if path is not None and (problem := check_writable_dir(path, option)):
+            raise SettingsError(problem)
+    for option, path in files.items():
+        if path is not None and (problem := check_writable_file(path, option)):
+            raise SettingsError(problem)
+
+
+def oom_advice(batch_size: int | None) -> str:
+    """What to try after running out of memory with batches of `batch_size`."""
+    if batch_size and batch_size > 1:
+        return f"try --batch-size {max(1, batch_size // 2)}"
+    return "try a smaller --max-new-tokens or --max-length, --quantized, or --dtype bfloat16"
+
+
+def print_load_notes(decoder) -> None:
+    """What loading wants the user to know (pickle weights, custom code not run): one line each."""
+    for message in getattr(decoder, "notes", []):
+        sys.stderr.write(f"warning: {one_line(message)}\n")
+
+
+# everything str.splitlines() breaks on (terminals and log viewers break on some of them too)
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(message: str) -> str:
+    """The contract is one line: a line break inside a path, a value or a YAML key must not make two."""
+    return message.strip().translate(_LINE_BREAKS)
+
+
 def fail(message: str, code: int) -> None:
     """Print one line on stderr and exit."""
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {one_line(message)}\n")
     raise typer.Exit(code)
 
 
@@ -261,6 +299,8 @@ def guarded(debug: bool, body: Callable[[], Any]) -> Any:
 def _runtime_message(e: BaseException) -> str:
     name = type(e).__name__
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if "OutOfMemory" in name or "out of memory" in text.lower():
+    if "OutOfMemory" in name or "out of memory" in text.lower() or isinstance(e, MemoryError):
         return f"out of memory ({text[:200]}): try a smaller --batch-size, --max-new-tokens or --quantized"
+    if isinstance(e, OSError) and getattr(e, "filename", None):
+        return f"{e.strerror or name}: {e.filename}"
     return f"{name}: {text} (rerun with --debug for the traceback)"
