@@ -126,6 +126,15 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
     return target, draft, report
 
 
+# --k auto: a row stops drafting after a token its draft gave less than this probability
+# (Hugging Face's assistant_confidence_threshold default is the same 0.4)
+DRAFT_CONFIDENCE = 0.4
+
+
+def _stop_below(settings: Settings) -> float | None:
+    return DRAFT_CONFIDENCE if settings.k == "auto" else None
+
+
 def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None):
     if settings.drafter == "none":
         return None
@@ -133,7 +142,7 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
         from .drafters.draft_model import ModelDrafter
 
         assert draft is not None
-        return ModelDrafter(draft, runner=draft_runner)
+        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings))
     if settings.drafter == "ngram":
         from .drafters.ngram import NgramDrafter
 
@@ -141,7 +150,7 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
     if settings.drafter == "early-exit":
         from .drafters.early_exit import EarlyExitDrafter
 
-        return EarlyExitDrafter(target, settings.exit_layer)
+        return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings))
     raise SettingsError(f"unknown drafter '{settings.drafter}'")
 
 
@@ -171,6 +180,11 @@ class SpeculativeDecoder:
         target, draft, report = load_pair(settings)
         return cls(settings, target, draft, report)
 
+    @property
+    def notes(self) -> list[str]:
+        """One-line notes from loading the models (e.g. pickle-only weights), target first."""
+        return [*self.target.notes, *(self.draft.notes if self.draft is not None else [])]
+
     def with_settings(self, **changes: Any) -> SpeculativeDecoder:
         """Same loaded models, other run settings (k, drafter 'none', sampling, batch size...)."""
         s = self.settings.model_copy(update=changes)
@@ -192,9 +206,11 @@ class SpeculativeDecoder:
             text = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
             )
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         else:
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
+            ids = tok(prompt, add_special_tokens=True, verbose=False)["input_ids"]
+        # verbose=False: the tokenizer's "longer than the maximum sequence length" warning is wrong
+        # here, the prompt is cut to --max-length below and checked against the context in encode_all
         if len(ids) > self.settings.max_length:
             ids = ids[-self.settings.max_length :]  # keep the end: generation continues from it
         if not ids:

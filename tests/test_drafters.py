@@ -316,3 +316,29 @@ def test_sampling_runs_and_the_same_seed_gives_the_same_output(llama_pair, kw):
     first = run(5)
     assert run(5) == first
     assert all(0 < len(ids) <= 24 and all(0 <= t < 112 for t in ids) for ids in first)
+
+
+# ---------------------------------------------------------------- draft-confidence stopping (--k auto)
+
+
+@pytest.mark.parametrize("stop_below, width", [(1.01, 1), (0.0, 4)])
+def test_confidence_stop_shortens_the_proposal(llama_pair, stop_below, width):
+    from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k=4)
+    drafter = ModelDrafter(dec.draft, stop_below=stop_below)
+    eng = SpeculativeEngine(dec.target, drafter, EngineParams(4, 24))
+    ids = [dec.encode(p) for p in PROMPTS[:3]]
+    events = [ev for ev in eng.stream(ids) if ev.round > 0]
+    assert events and all(ev.proposed <= width for ev in events)
+    assert any(ev.proposed == width for ev in events)
+
+
+def test_k_auto_uses_confidence_stop_and_stays_exact(llama_pair):
+    dec = decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=6, batch_size=3)
+    prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
+    results = dec.generate(prompts)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, dec.settings.max_new_tokens)
+    proposed = [ev.proposed for r in results for ev in r.events if ev.round > 0]
+    assert len(set(proposed)) > 1  # proposals of different lengths: the draft length adapts

@@ -26,10 +26,14 @@ __all__ = ["ModelDrafter"]
 class ModelDrafter:
     name = "model"
 
-    def __init__(self, draft: LoadedModel, runner: ModelRunner | None = None) -> None:
+    def __init__(self, draft: LoadedModel, runner: ModelRunner | None = None, stop_below: float | None = None) -> None:
+        """`stop_below`: stop a row's drafting after a token the draft gave less than this probability
+        (adaptive draft length, `--k auto`). Drafting ends early once every row has stopped; that
+        check is one host synchronisation per draft step, so it is off (None) for fixed k."""
         self.draft = draft
         self.runner = runner if runner is not None else ModelRunner(draft.model)
         self.cache: KVCache | None = None
+        self.stop_below = stop_below
 
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         b, length = input_ids.shape
@@ -54,7 +58,10 @@ class ModelDrafter:
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
         step_in = torch.stack([state.prev, state.last], dim=1)  # [B, 2]
-        for _ in range(k):
+        bsz = step_in.shape[0]
+        num_proposed = torch.full((bsz,), k, dtype=torch.long, device=step_in.device)
+        stopped = torch.zeros(bsz, dtype=torch.bool, device=step_in.device)
+        for j in range(k):
             logits = self.runner.forward(step_in, cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
             cache.advance(step_in.shape[1])
             tok, q = self._next(logits, state)
@@ -62,9 +69,19 @@ class ModelDrafter:
             if q is not None:
                 probs.append(q)
             step_in = tok[:, None]  # [B, 1]
+            if self.stop_below is not None and j < k - 1:
+                # the draft's own confidence in the token it just proposed (greedy: its top probability)
+                dist = q if q is not None else align_vocab(logits, state.target_rows).float().softmax(-1)
+                conf = dist.gather(1, tok[:, None]).squeeze(1)  # [B]
+                low = (conf < self.stop_below) & ~stopped
+                num_proposed = torch.where(low, j + 1, num_proposed)
+                stopped |= low
+                if bool(stopped.all()):  # host sync: every row is done drafting
+                    break
         return Draft(
-            tokens=torch.stack(tokens, dim=1),  # [B, k]
-            probs=torch.stack(probs, dim=1) if probs else None,  # [B, k, V]
+            tokens=torch.stack(tokens, dim=1),  # [B, k'] (k' <= k)
+            probs=torch.stack(probs, dim=1) if probs else None,  # [B, k', V]
+            num_proposed=num_proposed.clamp(max=len(tokens)) if self.stop_below is not None else None,
         )
 
     def observe(self, num_accepted: Tensor) -> None:

@@ -84,7 +84,7 @@ def shallow_view(model: nn.Module, exit_layer: int) -> nn.Module:
 class EarlyExitDrafter(ModelDrafter):
     name = "early-exit"
 
-    def __init__(self, target: LoadedModel, exit_layer: int) -> None:
+    def __init__(self, target: LoadedModel, exit_layer: int, stop_below: float | None = None) -> None:
         n_layers = target.num_layers
         if not isinstance(exit_layer, int) or not 1 <= exit_layer < n_layers:
             raise ValueError(f"exit_layer must be between 1 and {n_layers - 1} (the target has {n_layers} layers), "
@@ -98,5 +98,6 @@ class EarlyExitDrafter(ModelDrafter):
                 tokenizer=target.tokenizer,
                 device=target.device,
                 dtype=target.dtype,
-            )
+            ),
+            stop_below=stop_below,
         )
