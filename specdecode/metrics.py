@@ -52,6 +52,16 @@ KS = tuple(range(1, 9))
 # ---- plain statistics --------------------------------------------------------------------
 
 
+def acceptance_rate(accepted: int, proposed: int) -> float | None:
+    """Accepted draft tokens / proposed draft tokens (None when nothing was proposed)."""
+    return accepted / proposed if proposed else None
+
+
+def block_efficiency(accepted: int, rounds: int) -> float | None:
+    """Tokens emitted per round = accepted + 1, averaged over rounds (None before any round)."""
+    return (accepted + rounds) / rounds if rounds else None
+
+
 def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -150,13 +160,11 @@ class AcceptanceTotals:
 
     @property
     def acceptance_rate(self) -> float | None:
-        """Accepted draft tokens / proposed draft tokens."""
-        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
 
     @property
     def block_efficiency(self) -> float | None:
-        """Tokens emitted per round = accepted + 1, averaged over rounds."""
-        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else None
+        return block_efficiency(self.accepted_tokens, self.rounds)
 
     @property
     def mean_proposed(self) -> float | None:

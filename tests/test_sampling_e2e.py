@@ -57,12 +57,23 @@ def histograms(token_lists: list[list[int]], vocab: int, eos: int):
     return first, second
 
 
+DRAFTERS = {
+    "far": dict(drafter="model"),  # an independent random model
+    "close": dict(drafter="model"),  # a noisy copy of the target's first layer
+    "ngram": dict(drafter="ngram"),  # deterministic proposals: one-hot q
+    "early-exit": dict(drafter="early-exit", exit_layer=1),
+    "auto": dict(drafter="model", k="auto"),  # per-row proposal lengths
+}
+
+
 @pytest.mark.parametrize("sp", CASES)
-@pytest.mark.parametrize("draft_kind", ["far", "close"])
+@pytest.mark.parametrize("draft_kind", list(DRAFTERS))
 def test_first_and_second_token_follow_the_target(request, llama_pair, llama_random_draft, sp, draft_kind):
     draft = llama_random_draft if draft_kind == "far" else llama_pair.draft
-    s = Settings(target=str(llama_pair.target), draft=str(draft), k=3, max_new_tokens=2, batch_size=500,
-                 temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, seed=7, device="cpu", dtype="float32")
+    kw = {"k": 3, **DRAFTERS[draft_kind]}
+    s = Settings(target=str(llama_pair.target), draft=str(draft), max_new_tokens=2, batch_size=500,
+                 temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, seed=7, device="cpu", dtype="float32",
+                 **kw)
     dec = SpeculativeDecoder.from_settings(s)
     prompt = PROMPTS[2]
     eos = dec.target.eos_token_ids[0]
@@ -74,8 +85,11 @@ def test_first_and_second_token_follow_the_target(request, llama_pair, llama_ran
     print(f"{draft_kind} {sp}: token 1 chi2={stat1:.1f} df={df1} p={pv1:.3g}; token 2 chi2={stat2:.1f} df={df2} p={pv2:.3g}")
     assert df1 >= 3 and df2 >= 3  # the distributions are not degenerate: the test has power
     assert pv1 > PASS and pv2 > PASS
-    acc = sum(r.stats.accepted_tokens for r in results) / sum(r.stats.draft_tokens for r in results)
+    proposed = sum(r.stats.draft_tokens for r in results)
+    acc = sum(r.stats.accepted_tokens for r in results) / max(1, proposed)
     assert 0.0 <= acc <= 1.0
+    if draft_kind != "ngram":  # a one-token prompt history rarely gives prompt lookup a match
+        assert proposed > 0
     if draft_kind == "far":
         assert acc < 0.5  # really a far draft: most proposals are rejected
 

@@ -95,11 +95,11 @@ class SequenceRun:
 
     @property
     def acceptance_rate(self) -> float | None:
-        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+        return metrics.acceptance_rate(self.accepted_tokens, self.draft_tokens)
 
     @property
     def block_efficiency(self) -> float | None:
-        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else None
+        return metrics.block_efficiency(self.accepted_tokens, self.rounds)
 
     def to_dict(self, speculative: bool) -> dict[str, Any]:
         out: dict[str, Any] = {

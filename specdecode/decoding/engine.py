@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..drafters.base import Draft, Drafter, DraftState
+from ..metrics import acceptance_rate, block_efficiency
 from ..models.loading import LoadedModel
 from .cache import ModelRunner
 from .sampling import SamplingParams, logits_to_probs, sample
@@ -82,12 +83,11 @@ class RowStats:
 
     @property
     def acceptance_rate(self) -> float | None:
-        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
+        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
 
     @property
     def block_efficiency(self) -> float | None:
-        """Tokens per round = accepted + 1, averaged over rounds."""
-        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else None
+        return block_efficiency(self.accepted_tokens, self.rounds)
 
     def record(self, proposed: int, accepted: int) -> None:
         self.rounds += 1
