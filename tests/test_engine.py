@@ -201,3 +201,44 @@ def test_kv_cache_rollback_is_a_length_move():
     torch.testing.assert_close(full_k2[0, :, 1:3], k2[0])  # row 0 overwrote its rejected slots
     torch.testing.assert_close(full_k2[1, :, :3], k[1])
     torch.testing.assert_close(full_k2[1, :, 3:5], k2[1])
+
+
+# ---------------------------------------------------------------- more architectures, through the loader
+
+def _tiny_arch(name: str, layers: int):
+    import transformers as T
+
+    common = dict(vocab_size=112, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4)
+    return {
+        # attention-logit softcapping: sdpa cannot run it, the loader must pick eager by itself
+        "gemma2": lambda: T.Gemma2Config(num_key_value_heads=2, head_dim=16, sliding_window=8, **small, **common),
+        # a sliding window declared without layer_types: every layer slides
+        "mistral": lambda: T.MistralConfig(num_key_value_heads=2, sliding_window=8, **small, **common),
+        "gpt2": lambda: T.GPT2Config(n_embd=64, n_layer=layers, n_head=4, n_positions=256, vocab_size=112,
+                                     bos_token_id=1, eos_token_id=2),
+        "phi3": lambda: T.Phi3Config(num_key_value_heads=2, **small, **common),
+    }[name]()
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "mistral", "gpt2", "phi3"])
+def test_other_architectures_exact_through_the_loader(tmp_path, tokenizer_dir, arch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dirs = []
+    for name, layers in (("target", 3), ("draft", 1)):
+        torch.manual_seed(len(dirs))
+        model = AutoModelForCausalLM.from_config(_tiny_arch(arch, layers))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.3)  # peaked distributions: no argmax near-ties
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        dirs.append(tmp_path / name)
+    dec = decoder(dirs[0], dirs[1], k=4, batch_size=3)
+    if arch == "gemma2":
+        assert dec.target.model.config._attn_implementation == "eager"
+    results = dec.generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(dirs[0], RAGGED, MAX_NEW)

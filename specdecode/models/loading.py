@@ -101,19 +101,26 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_attention(attention: str, device: torch.device) -> str:
-    """The engine drives attention through explicit per-row masks: sdpa (default) or eager.
+    """The engine drives attention through explicit per-row masks: sdpa or eager.
 
-    flash_attention_2 cannot take an arbitrary 4D mask, so the engine refuses it rather than
-    silently producing wrong tokens; `auto` picks sdpa everywhere.
+    `auto` stays `auto` here: load_model picks sdpa, or eager for models that sdpa cannot run
+    (attention-logit softcapping, as in Gemma 2; architectures without sdpa support).
+    flash_attention_2 cannot take an arbitrary 4D mask, so it is refused rather than allowed
+    to produce wrong tokens.
     """
-    if attention == "auto":
-        return "sdpa"
     if attention == "flash_attention_2":
         raise ModelLoadError(
             "attention 'flash_attention_2' cannot take the per-row masks speculative verification needs; "
             "use --attention sdpa (the default)"
         )
     return attention
+
+
+def _auto_attention(config) -> str:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attn_logit_softcapping", None):
+        return "eager"  # sdpa has no softcap: it would refuse at the first forward
+    return "sdpa"
 
 
 BUILTIN_PREFIX = "builtin:"
@@ -280,7 +287,7 @@ def load_model(
     *,
     device: torch.device,
     dtype: torch.dtype,
-    attention: str = "sdpa",
+    attention: str = "auto",
     quantized: bool = False,
     trust_remote_code: bool = False,
     tokenizer=None,
@@ -292,7 +299,6 @@ def load_model(
     _check_source(name)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": attention,
         "trust_remote_code": trust_remote_code,
     }
     if quantized:
@@ -318,8 +324,15 @@ def load_model(
             f"'{name}' ships its own model code; transformers' built-in '{config.model_type}' model is used "
             "instead (pass --trust-remote-code to run the model's own code, if you trust it)"
         )
+    kwargs["attn_implementation"] = _auto_attention(config) if attention == "auto" else attention
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
+        except ValueError as e:
+            if attention != "auto" or "scaled_dot_product_attention" not in str(e):
+                raise
+            kwargs["attn_implementation"] = "eager"  # an architecture without sdpa support
+            model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             raise ModelLoadError(
