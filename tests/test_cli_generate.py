@@ -131,3 +131,15 @@ def test_help_is_fast_and_python_m_works():
                         "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
     print(f"python -m specdecode --help: {elapsed:.2f}s")
+
+
+def test_format_json_is_json_for_dry_run_and_output(capsys, llama_pair):
+    got, out, err = run(capsys, "generate", "--preset", "gemma-4b", "--dry-run", "--format", "json")
+    assert got == 0 and json.loads(out)["target"] == "google/gemma-3-4b-it"
+    got, out, err = run(capsys, "generate", PROMPTS[0], "--target", str(llama_pair.target), "--draft",
+                        str(llama_pair.draft), "--max-new-tokens", "4", "--format", "json", "--device", "cpu")
+    assert got == 0
+    obj = json.loads(out.strip())
+    assert 1 <= obj["stats"]["new_tokens"] == len(obj["token_ids"]) <= 4
+    got, out, err = run(capsys, "generate", "x", "--format", "xml")
+    assert got == 2 and "--format" in err

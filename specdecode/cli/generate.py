@@ -51,12 +51,21 @@ def generate(
     prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="a .txt (one per line) or .jsonl (`prompt` field) file", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON Lines, one object per prompt")] = False,
     show_rejected: Annotated[bool, typer.Option("--show-rejected", help="also show rejected draft tokens")] = False,
+    output_format: Annotated[
+        Optional[str],
+        typer.Option("--format", help="text | json (json = --json; with --dry-run: the settings as JSON)", show_default=False),
+    ] = None,
     *,
     opts: SharedOptions,
 ) -> None:
     """Generate text with speculative decoding, streaming each round as it completes."""
 
     def body() -> None:
+        nonlocal json_out
+        if output_format is not None:
+            if output_format not in ("text", "table", "json"):
+                raise SettingsError(f"--format: expected text or json (got {output_format!r})")
+            json_out = json_out or output_format == "json"
         settings = resolve_settings(opts)
         if opts.dry_run:
             print_dry_run(settings, json_out)
