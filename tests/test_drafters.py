@@ -43,7 +43,6 @@ def decoder(target, draft=None, **kw) -> SpeculativeDecoder:
 
 
 def state_for(histories, target_rows=112, device="cpu") -> DraftState:
-    b = len(histories)
     last = torch.tensor([h[-1] for h in histories], device=device)
     return DraftState(
         last=last,

@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -159,8 +159,7 @@ def _inject(params: list[tuple[str, Any, Any]], cls: type, arg: str,
         wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
         # Typer reads annotations through typing.get_type_hints: give it real objects
         wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
-        wrapper.__wrapped__ = None  # type: ignore[attr-defined]  # stop inspect from unwrapping to fn
-        del wrapper.__wrapped__
+        del wrapper.__wrapped__  # functools.wraps set it; inspect would unwrap to fn's signature
         return wrapper
 
     return decorate

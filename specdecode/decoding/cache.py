@@ -55,7 +55,6 @@ class KVCache:
         # tokens of each row held in the cache; the next write starts here. [B]
         self.positions = torch.zeros(batch_size, dtype=torch.long, device=device)
         # set by `prepare` for the forward in flight
-        self._write_index: Tensor | None = None  # [B, H?, q, D] expanded lazily per layer shape
         self._step_positions: Tensor | None = None  # [B, q]
         self._attend_len = max_len
 

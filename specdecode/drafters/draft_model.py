@@ -43,7 +43,7 @@ class ModelDrafter:
         self.cache.set_positions(lengths)
 
     def _next(self, logits: Tensor, state: DraftState) -> tuple[Tensor, Tensor | None]:
-        logits = align_vocab(logits, state.target_rows)  # [B, V]
+        """logits: [B, V] already aligned to the target's rows."""
         if state.sampling.greedy:
             return logits.argmax(dim=-1), None
         q = logits_to_probs(logits, state.sampling)  # [B, V] float32
@@ -63,6 +63,7 @@ class ModelDrafter:
         stopped = torch.zeros(bsz, dtype=torch.bool, device=step_in.device)
         for j in range(k):
             logits = self.runner.forward(step_in, cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
+            logits = align_vocab(logits, state.target_rows)  # [B, V]
             cache.advance(step_in.shape[1])
             tok, q = self._next(logits, state)
             tokens.append(tok)
@@ -71,8 +72,11 @@ class ModelDrafter:
             step_in = tok[:, None]  # [B, 1]
             if self.stop_below is not None and j < k - 1:
                 # the draft's own confidence in the token it just proposed (greedy: its top probability)
-                dist = q if q is not None else align_vocab(logits, state.target_rows).float().softmax(-1)
-                conf = dist.gather(1, tok[:, None]).squeeze(1)  # [B]
+                if q is not None:
+                    conf = q.gather(1, tok[:, None]).squeeze(1)  # [B]
+                else:  # greedy: p(argmax) = exp(max - logsumexp)
+                    lf = logits.float()
+                    conf = (lf.max(-1).values - lf.logsumexp(-1)).exp()  # [B]
                 low = (conf < self.stop_below) & ~stopped
                 num_proposed = torch.where(low, j + 1, num_proposed)
                 stopped |= low
