@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .decoding.cache import ModelRunner
+from .decoding.native import native_support
 from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
 from .models.loading import LoadedModel, ModelLoadError, load_model, load_tokenizer, resolve_attention, resolve_device, resolve_dtype
@@ -135,7 +136,8 @@ def _stop_below(settings: Settings) -> float | None:
     return DRAFT_CONFIDENCE if settings.k == "auto" else None
 
 
-def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None):
+def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None,
+                  decoder: SpeculativeDecoder | None = None):
     if settings.drafter == "none":
         return None
     if settings.drafter == "model":
@@ -150,6 +152,10 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
     if settings.drafter == "early-exit":
         from .drafters.early_exit import EarlyExitDrafter
 
+        if decoder is not None:  # reuse the decoder's view and runner across batches
+            view = decoder.early_exit_view(settings.exit_layer)
+            return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings),
+                                    view=view, runner=decoder.runner(view))
         return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings))
     raise SettingsError(f"unknown drafter '{settings.drafter}'")
 
@@ -165,15 +171,39 @@ class SpeculativeDecoder:
         self.report = report
         self.tokenizer = target.tokenizer
         self._runners: dict[tuple, ModelRunner] = {}
+        self._views: dict[int, LoadedModel] = {}
 
     def runner(self, loaded: LoadedModel) -> ModelRunner:
         """One ModelRunner per model and decoder: in graph mode its captured steps serve every batch."""
         s = self.settings
-        graphs = loaded.device.type == "cuda" and (s.cuda_graphs if s.cuda_graphs is not None else True)
-        key = (id(loaded.model), graphs, s.compile)
+        cuda = loaded.device.type == "cuda"
+        graphs = cuda and (s.cuda_graphs if s.cuda_graphs is not None else True)
+        compile = cuda and (s.compile if s.compile is not None else True)
+        key = (id(loaded.model), graphs, compile, s.fused)
         if key not in self._runners:
-            self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=s.compile)
+            reason = native_support(loaded.model)
+            if s.fused and reason is not None:
+                raise SettingsError(f"--fused: {reason}")
+            fused = reason is None and s.fused is not False
+            self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused)
         return self._runners[key]
+
+    def early_exit_view(self, exit_layer: int) -> LoadedModel:
+        """The target's first `exit_layer` layers as a model (shared modules), one per decoder and
+        exit layer, so its runner (and any captured steps) serve every batch."""
+        from .drafters.early_exit import shallow_view
+
+        found = self._views.get(exit_layer)
+        if found is None:
+            t = self.target
+            n = t.num_layers
+            if not isinstance(exit_layer, int) or not 1 <= exit_layer < n:
+                raise ValueError(f"exit_layer must be between 1 and {n - 1} (the target has {n} layers), got {exit_layer!r}")
+            found = self._views[exit_layer] = LoadedModel(
+                name=f"{t.name} (first {exit_layer} of {n} layers)", model=shallow_view(t.model, exit_layer),
+                tokenizer=t.tokenizer, device=t.device, dtype=t.dtype,
+            )
+        return found
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeculativeDecoder:
@@ -183,13 +213,21 @@ class SpeculativeDecoder:
     @property
     def notes(self) -> list[str]:
         """One-line notes from loading the models (e.g. pickle-only weights), target first."""
-        return [*self.target.notes, *(self.draft.notes if self.draft is not None else [])]
+        notes = [*self.target.notes, *(self.draft.notes if self.draft is not None else [])]
+        s = self.settings
+        if self.target.device.type == "cuda" and s.compile is not False:
+            notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
+                         "torch caches them on disk for later runs; --no-compile skips it)")
+        return notes
 
     def with_settings(self, **changes: Any) -> SpeculativeDecoder:
         """Same loaded models, other run settings (k, drafter 'none', sampling, batch size...)."""
         s = self.settings.model_copy(update=changes)
         s = Settings.model_validate(s.model_dump())
-        return SpeculativeDecoder(s, self.target, self.draft, self.report)
+        other = SpeculativeDecoder(s, self.target, self.draft, self.report)
+        # same models: share their runners (compiled and captured steps) and early-exit views
+        other._runners, other._views = self._runners, self._views
+        return other
 
     # ---- prompts ------------------------------------------------------------------------
     def use_chat(self) -> bool:
@@ -236,7 +274,8 @@ class SpeculativeDecoder:
     # ---- generation ---------------------------------------------------------------------
     def engine(self, k_policy=None, generator: torch.Generator | None = None) -> SpeculativeEngine:
         s = self.settings
-        drafter = build_drafter(s, self.target, self.draft, self.runner(self.draft) if self.draft is not None else None)
+        drafter = build_drafter(s, self.target, self.draft, self.runner(self.draft) if self.draft is not None else None,
+                                decoder=self)
         if s.k == "auto" and k_policy is None and drafter is not None:
             from .decoding.policy import AdaptiveK
 

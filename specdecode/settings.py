@@ -107,7 +107,10 @@ class Settings(BaseModel):
     attention: Attention = "auto"
     chat: bool | None = Field(None, description="apply the tokenizer's chat template; None = when it has one")
     cuda_graphs: bool | None = Field(None, description="replay decode steps as CUDA graphs; None = on CUDA devices")
-    compile: bool = Field(False, description="fuse decode steps with torch.compile before capturing them (CUDA)")
+    fused: bool | None = Field(
+        None, description="decode steps through specdecode's fused layers (Llama, Mistral, Qwen2/3, Gemma 3); None = where supported"
+    )
+    compile: bool | None = Field(None, description="compile decode steps with torch.compile before capturing them; None = on CUDA")
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

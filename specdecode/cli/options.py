@@ -66,6 +66,7 @@ class SharedOptions:
     attention: str | None
     chat: bool | None
     cuda_graphs: bool | None
+    fused: bool | None
     compile: bool | None
     trust_remote_code: bool
     debug: bool
@@ -109,7 +110,8 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("attention", Optional[str], _opt("--attention", help="auto | sdpa | eager")),
     ("chat", Optional[bool], _opt("--chat/--no-chat", help="apply the chat template (default: when the tokenizer has one)")),
     ("cuda_graphs", Optional[bool], _opt("--cuda-graphs/--no-cuda-graphs", help="replay decode steps as CUDA graphs (default on CUDA)")),
-    ("compile", Optional[bool], _opt("--compile/--no-compile", help="fuse decode steps with torch.compile before capture (CUDA)")),
+    ("fused", Optional[bool], _opt("--fused/--no-fused", help="fused decode layers for Llama/Mistral/Qwen/Gemma 3 (default: where supported)")),
+    ("compile", Optional[bool], _opt("--compile/--no-compile", help="torch.compile decode steps before capture (default on CUDA)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .native import NativeModel, native_support
+
 __all__ = ["KVCache", "ModelRunner", "UnsupportedModelError"]
 
 
@@ -156,11 +158,15 @@ class ModelRunner:
     captured once as a CUDA graph and replayed afterwards: launch overhead is paid once per
     step instead of once per kernel. Captured steps attend over the whole cache (a fixed
     shape), and caches are pooled by (batch, size) so later batches replay the same graphs.
-    `compile=True` additionally fuses the step with torch.compile before capturing it.
-    Prefill (variable length) always runs eagerly.
+    `compile=True` runs decode steps through the fused path of `native.py` (Llama, Mistral,
+    Qwen2, Qwen3, Gemma 3), each layer compiled with torch.compile, before capturing them;
+    other architectures get torch.compile over the transformers forward instead.
+    `native=True` uses the fused path without compiling it (tests; `None` follows `compile`).
+    Prefill (variable length) always runs eagerly through the transformers modules.
     """
 
-    def __init__(self, model, graphs: bool = False, compile: bool = False) -> None:
+    def __init__(self, model, graphs: bool = False, compile: bool = False, native: bool | None = None,
+                 compile_backend: str = "inductor") -> None:
         self.model = model
         self.layout = _attention_layout(model)
         params = inspect.signature(model.forward).parameters
@@ -170,19 +176,36 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.graphs = bool(graphs) and self.device.type == "cuda"
-        self._step = self._forward
-        if compile and self.device.type == "cuda":
+        self.compiled = bool(compile)
+        self.native: NativeModel | None = None
+        self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
+        if native or (native is None and compile):
+            self.native_unsupported = native_support(model)
+            if self.native_unsupported is None:
+                self.native = NativeModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend)
+            elif native:
+                raise UnsupportedModelError(self.native_unsupported)
+        self._step = self._forward if self.native is None else self._native_forward
+        if compile and self.native is None:
             # inductor fuses the step's elementwise work; CUDA graphs are ours (captured below)
-            self._step = torch.compile(self._forward, dynamic=False)
+            self._step = torch.compile(self._forward, dynamic=False, backend=compile_backend)
         self._captured: dict[tuple, tuple] = {}
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._pool = None
+
+    @staticmethod
+    def pool_len(max_len: int) -> int:
+        """Cache size of the pooled caches of graph mode: the next power of two, at least 256.
+        Captured (and compiled) steps are specific to a cache size; powers of two keep the number
+        of sizes, and so of captures and compiles, small. Attending over the unused slots of a
+        larger cache costs little next to reading the weights."""
+        return max(256, 1 << (max_len - 1).bit_length())
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         if not self.graphs:
             return KVCache(batch_size, max_len, self.device)
         # graph mode: reuse buffers (and with them the captured graphs) across batches
-        max_len = -(-max_len // 256) * 256
+        max_len = self.pool_len(max_len)
         key = (batch_size, max_len)
         cache = self._caches.get(key)
         if cache is None:
@@ -190,7 +213,7 @@ class ModelRunner:
         cache.positions.zero_()
         return cache
 
-    def _masks(self, step_pos: Tensor, attend_len: int):
+    def _masks(self, step_pos: Tensor, attend_len: int, boolean: bool = False):
         slots = torch.arange(attend_len, device=step_pos.device)  # [S]
         qpos = step_pos[:, None, :, None]  # [B, 1, q, 1]
         causal = slots <= qpos  # [B, 1, q, S]
@@ -198,6 +221,8 @@ class ModelRunner:
         if self.layout.sliding_window is not None:
             # transformers' convention: a query at position i sees keys at positions > i - window
             masks["sliding_attention"] = causal & (slots > qpos - self.layout.sliding_window)
+        if boolean:
+            return masks
         if self.layout.additive:
             neg = torch.finfo(self.dtype).min
             masks = {name: torch.zeros((), dtype=self.dtype, device=m.device).masked_fill(~m, neg) for name, m in masks.items()}
@@ -214,7 +239,9 @@ class ModelRunner:
         same step overwrites: consume them first.
         """
         if not self.graphs or not isinstance(logits_to_keep, int):
-            return self._forward(input_ids, cache, attend_len, logits_to_keep)
+            if self.compiled:  # one compiled shape per (batch, q): always attend over the whole cache
+                attend_len = cache.max_len
+            return self._step(input_ids, cache, attend_len, logits_to_keep)
         key = (id(cache), cache.batch_size, input_ids.shape[1], logits_to_keep)
         entry = self._captured.get(key)
         if entry is None:
@@ -226,7 +253,11 @@ class ModelRunner:
         return static_out
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
-        """A variable-length forward (prompts): always eager."""
+        """A variable-length forward (prompts): never compiled or captured. With the fused path it
+        runs the fused layers uncompiled (a third of the kernel launches of the transformers
+        modules); otherwise the transformers modules."""
+        if self.native is not None:
+            return self._native_forward(input_ids, cache, attend_len, logits_to_keep, eager=True)
         return self._forward(input_ids, cache, attend_len, logits_to_keep)
 
     def _capture(self, input_ids: Tensor, cache: KVCache, logits_to_keep: int) -> tuple:
@@ -244,6 +275,12 @@ class ModelRunner:
         with torch.cuda.graph(graph, pool=self._pool):
             static_out = self._step(static_in, cache, cache.max_len, logits_to_keep)
         return graph, static_in, static_out
+
+    def _native_forward(self, input_ids: Tensor, cache: KVCache, attend_len: int,
+                        logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
+        position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
+        masks = self._masks(position_ids, attend_len, boolean=True)
+        return self.native.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)
 
     def _forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
         q = input_ids.shape[1]

@@ -22,6 +22,8 @@ What it does not: tokenize, time, print, or load models. It yields `RoundEvent`s
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -112,6 +114,22 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return g
 
 
+def _pad_draft(draft: Draft, width: int) -> Draft:
+    """`draft` with its tokens (and probabilities) padded to `width` columns; the padding is not
+    proposed (num_proposed is unchanged, or the unpadded width), so verification never accepts it."""
+    b, n = draft.tokens.shape
+    tokens = torch.zeros((b, width), dtype=draft.tokens.dtype, device=draft.tokens.device)
+    tokens[:, :n] = draft.tokens
+    probs = None
+    if draft.probs is not None:
+        probs = draft.probs.new_zeros((b, width, draft.probs.shape[-1]))
+        probs[:, :n] = draft.probs
+    num = draft.num_proposed
+    if num is None:
+        num = torch.full((b,), n, dtype=torch.long, device=draft.tokens.device)
+    return dataclasses.replace(draft, tokens=tokens, probs=probs, num_proposed=num)
+
+
 class _NoDrafter:
     """k = 0: the target alone, through the same loop."""
 
@@ -170,6 +188,11 @@ class SpeculativeEngine:
         b = self.params.attend_bucket
         return min(max_len, -(-need // b) * b)
 
+    @staticmethod
+    def cache_len(longest_prompt: int, max_new_tokens: int, max_k: int) -> int:
+        """Cache slots a batch needs: its longest prompt, every new token, and one round's overshoot."""
+        return longest_prompt + max_new_tokens + max_k + 2
+
     def _max_k(self) -> int:
         if self.k_policy is not None:
             return int(self.k_policy.max_k)
@@ -188,7 +211,7 @@ class SpeculativeEngine:
         bsz = len(prompts)
         lengths_host = [len(x) for x in prompts]
         longest = max(lengths_host)
-        max_len = longest + p.max_new_tokens + self._max_k() + 2
+        max_len = self.cache_len(longest, p.max_new_tokens, self._max_k())
         eos = set(p.eos_token_ids)
         generator = self.generator
         self.stats = [RowStats() for _ in range(bsz)]
@@ -221,6 +244,9 @@ class SpeculativeEngine:
         # eager: finished rows leave the batch. Graph mode keeps shapes fixed: finished rows stay,
         # masked — their caches stop advancing and they emit nothing.
         compact = not self.runner.graphs
+        # captured/compiled steps exist per shape: a round with fewer draft tokens (adaptive k, a
+        # drafter that stopped early) verifies padded to max_k, so one verify shape serves them all
+        fixed_shapes = self.runner.graphs or getattr(self.runner, "compiled", False)
         dead: set[int] = set()
         alive = torch.ones(bsz, dtype=torch.long, device=device)
         for b, tok in enumerate(first.tolist()):
@@ -267,6 +293,8 @@ class SpeculativeEngine:
 
             # 2. draft: up to k tokens per row
             draft = self.drafter.propose(state, k) if k > 0 else _NoDrafter().propose(state, 0)
+            if fixed_shapes and 0 < draft.tokens.shape[1] < self._max_k():
+                draft = _pad_draft(draft, self._max_k())
             k_round = draft.tokens.shape[1]
             nb = last.shape[0]
             num_proposed = (

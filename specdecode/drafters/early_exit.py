@@ -84,20 +84,21 @@ def shallow_view(model: nn.Module, exit_layer: int) -> nn.Module:
 class EarlyExitDrafter(ModelDrafter):
     name = "early-exit"
 
-    def __init__(self, target: LoadedModel, exit_layer: int, stop_below: float | None = None) -> None:
+    def __init__(self, target: LoadedModel, exit_layer: int, stop_below: float | None = None,
+                 view: LoadedModel | None = None, runner=None) -> None:
+        """`view`/`runner`: a prebuilt shallow view of the target and its runner (the decoder keeps
+        one per exit layer, so captured steps are reused across batches); built here otherwise."""
         n_layers = target.num_layers
         if not isinstance(exit_layer, int) or not 1 <= exit_layer < n_layers:
             raise ValueError(f"exit_layer must be between 1 and {n_layers - 1} (the target has {n_layers} layers), "
                              f"got {exit_layer!r}")
         self.exit_layer = exit_layer
-        view = shallow_view(target.model, exit_layer)
-        super().__init__(
-            LoadedModel(
+        if view is None:
+            view = LoadedModel(
                 name=f"{target.name} (first {exit_layer} of {n_layers} layers)",
-                model=view,
+                model=shallow_view(target.model, exit_layer),
                 tokenizer=target.tokenizer,
                 device=target.device,
                 dtype=target.dtype,
-            ),
-            stop_below=stop_below,
-        )
+            )
+        super().__init__(view, runner=runner, stop_below=stop_below)

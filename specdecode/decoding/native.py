@@ -1,0 +1,396 @@
+"""Fused decode steps for the common decoder-only architectures, over the engine's KVCache.
+
+transformers' modules are written for every use at once: each decoder layer of a Llama runs
+about 40 small kernels per token (separate q/k/v projections, norms in several pieces,
+rotary embedding in several more), and a Gemma 3 layer about 80. On a GPU that is most of a
+decode step, even replayed as a CUDA graph. This module runs the same computation
+functionally, from the same weights:
+
+* q/k/v and gate/up projections are fused into one matrix each. The fused matrix is built
+  once and the model's own `nn.Linear` weights are re-pointed at views of it, so no weight
+  memory is duplicated and the transformers modules (used for prefill) keep working;
+* rotary tables come from the model's own rotary module (whatever its scaling), computed
+  once per cache size;
+* grouped-query attention runs without repeating keys and values: the query heads of a group
+  are folded into the query length, so each KV head is read once;
+* each layer is one function of tensors, compiled once with torch.compile and reused by
+  every layer (regional compilation: compile time does not grow with depth); the caller
+  captures the whole step as a CUDA graph.
+
+Supported: Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text) — plain floating-point
+`nn.Linear` weights, no attention soft-capping, rotary embedding over the whole head.
+`native_support(model)` says why a model is not supported; the runner then keeps using the
+transformers modules. Exactness against transformers' forward is tested in fp32.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["NativeModel", "native_support"]
+
+# model class name -> family
+_FAMILIES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "Qwen3ForCausalLM": "llama",
+    "Gemma3ForCausalLM": "gemma3",
+}
+
+
+def _text_parts(model) -> tuple[nn.Module, object]:
+    """(decoder stack, text config)."""
+    base = model.model
+    if hasattr(base, "language_model"):
+        base = base.language_model
+    config = model.config
+    config = getattr(config, "get_text_config", lambda: config)()
+    return base, config
+
+
+def native_support(model) -> str | None:
+    """None when the fused path can run `model`; otherwise the reason it cannot (one line)."""
+    name = type(model).__name__
+    family = _FAMILIES.get(name)
+    if family is None:
+        return f"no fused decode step for {name} (supported: {', '.join(sorted(set(_FAMILIES)))})"
+    base, config = _text_parts(model)
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping is not supported by the fused step"
+    if getattr(config, "use_bidirectional_attention", False):
+        return "bidirectional attention is not supported by the fused step"
+    params = list(model.parameters())
+    dtypes = {p.dtype for p in params}
+    if not dtypes <= {torch.float32, torch.float16, torch.bfloat16} or len(dtypes) != 1:
+        return f"the fused step needs one floating-point dtype for all weights (found {sorted(map(str, dtypes))})"
+    if len({p.device for p in params}) != 1:
+        return "the fused step needs the whole model on one device"
+    for module in model.modules():
+        if hasattr(module, "_hf_hook"):
+            return "the model has accelerate hooks (offloading or a device map); the fused step needs plain modules"
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            return f"the fused step needs plain nn.Linear layers (found {type(module).__name__})"
+    if not hasattr(model, "lm_head") or not isinstance(model.lm_head, nn.Linear):
+        return "the model has no plain lm_head"
+    layer = base.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
+    for attr in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        if not isinstance(getattr(attn, attr, None), nn.Linear):
+            return f"the attention layers have no {attr}"
+    for attr in ("gate_proj", "up_proj", "down_proj", "act_fn"):
+        if getattr(mlp, attr, None) is None:
+            return f"the MLP layers have no {attr}"
+    if any(type(lyr.mlp.act_fn) is not type(mlp.act_fn) for lyr in base.layers):
+        return "the layers use different activations"
+    head_dim = getattr(attn, "head_dim", None)
+    if head_dim is None:
+        return "the attention layers do not declare head_dim"
+    try:
+        sig = inspect.signature(base.rotary_emb.forward).parameters
+    except AttributeError:
+        return "the model has no rotary embedding module"
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    probe = torch.zeros(1, 1, dtype=params[0].dtype, device=params[0].device)
+    for kind in kinds if "layer_type" in sig else [None]:
+        args = (kind,) if kind is not None else ()
+        with torch.no_grad():
+            cos, _ = base.rotary_emb(probe, torch.zeros(1, 1, dtype=torch.long, device=probe.device), *args)
+        if cos.shape[-1] != head_dim:
+            return "partial rotary embeddings are not supported by the fused step"
+    return None
+
+
+# ------------------------------------------------------------------------------------ math
+def _rms_llama(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rms_gemma(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (1.0 + w.float())).to(x.dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    scaling: float
+    gemma: bool  # Gemma norms ((1 + w), in fp32) and the four-norm "sandwich" layer
+    qk_norm: bool
+
+
+def _attend(qf: Tensor, k_buf: Tensor, v_buf: Tensor, mask: Tensor, scaling: float, how: str) -> Tensor:
+    """qf [B, Hkv, R, D] (R = G*q query rows per KV head), k/v [B, Hkv, S, D], mask [B, 1, R, S]."""
+    if how == "sdpa":
+        return F.scaled_dot_product_attention(qf, k_buf, v_buf, attn_mask=mask, scale=scaling)
+    # explicit: two batched matmuls around a masked fp32 softmax (few query rows: better spread
+    # over the GPU than a fused attention kernel that parallelises over query blocks)
+    scores = torch.matmul(qf, k_buf.transpose(-1, -2)).float() * scaling
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v_buf.dtype), v_buf)
+
+
+# Attention for decode-sized steps, by device type. On the H200 "matmul" measured faster (Gemma 3
+# 4B step 3.18 ms against 4.08 ms with sdpa, whose masked kernel ran 29 us per layer over a few
+# query rows: benchmarks/results/2026-11-28-h200-profile.txt); on CPU sdpa is faster (demo
+# target step 10.4 against 11.4 ms). Set to "sdpa" or "matmul" to force one (profiling).
+ATTENTION: str | None = None
+
+# inductor options for the compiled layers: coordinate-descent tuning turns the [B, 1] matrix-vector
+# products into tuned Triton reductions fused with the norms around them (the 270M draft step
+# 0.83 -> 0.76 ms on the H200), at some extra compile time.
+INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
+
+
+def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Callable:
+    H, Hkv, D = shape.n_heads, shape.n_kv, shape.head_dim
+    G = H // Hkv
+    eps, scaling = shape.eps, shape.scaling
+    norm = _rms_gemma if shape.gemma else _rms_llama
+    split = [H * D, Hkv * D, Hkv * D]
+
+    def layer(h, x, w, k_buf, v_buf, rows, pos, mask, cos, sin, next_norm):
+        """One decoder layer on q tokens per row.
+
+        h: residual [B, q, E]; x: h after this layer's input norm; w: the layer's weights;
+        k_buf/v_buf: [B, Hkv, S, D] cache buffers, written at (rows, pos) [B, q];
+        mask: [B, 1, G*q, S] boolean; cos/sin: [S_max, D] rotary tables.
+        Returns (h', next_norm(h')) so the next layer's input norm fuses with this residual add.
+        """
+        (wqkv, bqkv, q_norm, k_norm, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
+        B, q, _ = h.shape
+        qkv = F.linear(x, wqkv, bqkv)
+        qs, ks, vs = qkv.split(split, dim=-1)
+        qs = qs.view(B, q, H, D)
+        ks = ks.view(B, q, Hkv, D)
+        vs = vs.view(B, q, Hkv, D)
+        if q_norm is not None:
+            qs = norm(qs, q_norm, eps)
+            ks = norm(ks, k_norm, eps)
+        c = cos[pos].unsqueeze(2)  # [B, q, 1, D]
+        s = sin[pos].unsqueeze(2)
+        qs = qs * c + _rotate_half(qs) * s
+        ks = ks * c + _rotate_half(ks) * s
+        # slot == position, per row
+        k_buf[rows, :, pos] = ks
+        v_buf[rows, :, pos] = vs
+        # grouped-query attention with the G query heads of a KV head folded into the query length
+        qf = qs.view(B, q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * q, D)
+        o = _attend(qf, k_buf, v_buf, mask, scaling, how)
+        o = o.view(B, Hkv, G, q, D).permute(0, 3, 1, 2, 4).reshape(B, q, H * D)
+        o = F.linear(o, wo, bo)
+        if post_attn is not None:
+            o = norm(o, post_attn, eps)
+        h = h + o
+        y = norm(h, pre_ff, eps)
+        gate, up = F.linear(y, wgu, bgu).chunk(2, dim=-1)
+        y = F.linear(act(gate) * up, wd, bd)
+        if post_ff is not None:
+            y = norm(y, post_ff, eps)
+        h = h + y
+        return h, norm(h, next_norm, eps)
+
+    return layer
+
+
+def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
+    norm = _rms_gemma if gemma else _rms_llama
+
+    def first_norm(h, w):
+        return norm(h, w, eps)
+
+    def head(x, lm_head):
+        logits = F.linear(x, lm_head)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return first_norm, head
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """Concatenate the weights (and biases) of `linears` along the output dimension and re-point
+    each module at its view of the result: one matrix, no extra memory."""
+    done = getattr(linears[0], "_specdecode_fused", None)
+    if done is not None:  # fused by an earlier runner on the same modules: reuse it if still in place
+        fused_w, fused_b, ptrs = done
+        if tuple(lin.weight.data_ptr() for lin in linears) == ptrs:
+            return fused_w, fused_b
+    with torch.no_grad():
+        fused_w = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+        fused_b = None
+        if any(lin.bias is not None for lin in linears):
+            fused_b = torch.cat([
+                lin.bias.detach() if lin.bias is not None
+                else torch.zeros(lin.weight.shape[0], dtype=fused_w.dtype, device=fused_w.device)
+                for lin in linears
+            ])
+    offset = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(fused_w[offset : offset + n], requires_grad=False)
+        if fused_b is not None and lin.bias is not None:
+            lin.bias = nn.Parameter(fused_b[offset : offset + n], requires_grad=False)
+        offset += n
+    linears[0]._specdecode_fused = (fused_w, fused_b, tuple(lin.weight.data_ptr() for lin in linears))
+    return fused_w, fused_b
+
+
+class NativeModel:
+    """The fused decode step of one model. `forward(input_ids, cache, masks, logits_to_keep)`."""
+
+    def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor") -> None:
+        """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
+        keys of the masks `forward` receives."""
+        reason = native_support(model)
+        if reason is not None:
+            raise ValueError(reason)
+        base, config = _text_parts(model)
+        self.family = _FAMILIES[type(model).__name__]
+        gemma = self.family == "gemma3"
+        attn0 = base.layers[0].self_attn
+        self.shape = _Shape(
+            n_heads=config.num_attention_heads,
+            n_kv=config.num_key_value_heads,
+            head_dim=attn0.head_dim,
+            eps=float(config.rms_norm_eps),
+            scaling=float(attn0.scaling),
+            gemma=gemma,
+            qk_norm=hasattr(attn0, "q_norm"),
+        )
+        self.kinds = tuple(kinds)
+        if len(self.kinds) != len(base.layers):
+            raise ValueError(f"{len(self.kinds)} layer kinds for {len(base.layers)} layers")
+        self.rotary = base.rotary_emb
+        self._rotary_per_kind = "layer_type" in inspect.signature(self.rotary.forward).parameters
+        self.embed = base.embed_tokens
+        self.embed_scale = getattr(base.embed_tokens, "embed_scale", None)
+        self.dtype = model.lm_head.weight.dtype
+        self.device = model.lm_head.weight.device
+        self.lm_head = model.lm_head.weight
+        self.final_norm = base.norm.weight
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.weights: list[tuple] = []
+        self.in_norms: list[Tensor] = []
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            wqkv, bqkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
+            wgu, bgu = _fuse([m.gate_proj, m.up_proj])
+            if gemma:
+                post_attn, pre_ff, post_ff = (
+                    layer.post_attention_layernorm.weight,
+                    layer.pre_feedforward_layernorm.weight,
+                    layer.post_feedforward_layernorm.weight,
+                )
+            else:  # in Llama-style layers "post_attention_layernorm" is the norm before the MLP
+                post_attn, pre_ff, post_ff = None, layer.post_attention_layernorm.weight, None
+            self.weights.append((
+                wqkv, bqkv,
+                a.q_norm.weight if self.shape.qk_norm else None,
+                a.k_norm.weight if self.shape.qk_norm else None,
+                a.o_proj.weight, a.o_proj.bias,
+                post_attn, pre_ff, post_ff,
+                wgu, bgu, m.down_proj.weight, m.down_proj.bias,
+            ))
+            self.in_norms.append(layer.input_layernorm.weight)
+        act = base.layers[0].mlp.act_fn
+        how = ATTENTION or ("matmul" if self.device.type == "cuda" else "sdpa")
+        layer_fn = _make_layer(self.shape, act, how)
+        first_norm, head = _make_head(gemma, self.shape.eps, self.softcap)
+        # variable-length forwards (prefill) run these uncompiled: one compile per prompt length
+        # would cost more than it saves
+        self._eager = (layer_fn, first_norm, head)
+        if compile:
+            _raise_recompile_limit()
+            opts = dict(dynamic=False, fullgraph=True, backend=compile_backend)
+            if compile_backend == "inductor":
+                opts["options"] = dict(INDUCTOR_OPTIONS)
+            layer_fn = torch.compile(layer_fn, **opts)
+            first_norm = torch.compile(first_norm, **opts)
+            head = torch.compile(head, **opts)
+        self._layer, self._first_norm, self._head = layer_fn, first_norm, head
+        self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
+
+    # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------
+    def tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
+        found = self._tables.get(length)
+        if found is None:
+            pos = torch.arange(length, device=self.device)[None]
+            probe = torch.zeros(1, 1, dtype=self.dtype, device=self.device)
+            found = {}
+            with torch.no_grad():
+                for kind in set(self.kinds):
+                    args = (kind,) if self._rotary_per_kind else ()  # Gemma 3: one rope per kind
+                    cos, sin = self.rotary(probe, pos, *args)
+                    found[kind] = (cos[0].contiguous(), sin[0].contiguous())
+            self._tables[length] = found
+        return found
+
+    def _buffers(self, cache, i: int, batch: int) -> tuple[Tensor, Tensor]:
+        k = cache.keys.get(i)
+        if k is None:
+            shape = (batch, self.shape.n_kv, cache.max_len, self.shape.head_dim)
+            k = cache.keys[i] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            cache.values[i] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return k, cache.values[i]
+
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],
+                attend_len: int, logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
+        """input_ids/position_ids [B, q]; masks {kind: bool [B, 1, q, attend_len]}; the step attends
+        to the first attend_len slots of the cache (all of them in a captured step).
+        `eager`: skip the compiled functions (variable-length forwards such as prefill)."""
+        layer_fn, first_norm, head = self._eager if eager else (self._layer, self._first_norm, self._head)
+        B, q = input_ids.shape
+        G = self.shape.n_heads // self.shape.n_kv
+        # the G query heads of a group become G*q query rows: repeat the mask rows to match
+        folded = {kind: m.expand(B, 1, q, m.shape[-1]).unsqueeze(2).expand(B, 1, G, q, m.shape[-1])
+                  .reshape(B, 1, G * q, m.shape[-1]) for kind, m in masks.items()}
+        tables = self.tables(cache.max_len)
+        rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, q)
+        h = F.embedding(input_ids, self.embed.weight)
+        if self.embed_scale is not None:
+            h = h * self.embed_scale.to(h.dtype)
+        x = first_norm(h, self.in_norms[0])
+        n = len(self.weights)
+        for i in range(n):
+            kind = self.kinds[i]
+            k_buf, v_buf = self._buffers(cache, i, B)
+            if attend_len < cache.max_len:  # views: the step's writes land in the buffers
+                k_buf, v_buf = k_buf[:, :, :attend_len], v_buf[:, :, :attend_len]
+            cos, sin = tables[kind]
+            next_norm = self.in_norms[i + 1] if i + 1 < n else self.final_norm
+            h, x = layer_fn(h, x, self.weights[i], k_buf, v_buf, rows, position_ids,
+                               folded[kind], cos, sin, next_norm)
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep:
+                x = x[:, -logits_to_keep:]
+        else:
+            x = x[:, logits_to_keep]
+        return head(x, self.lm_head)
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Each (batch, q) step shape compiles once per model; the default limit (8) is too low for a
+    draft/target pair over several batch sizes, and hitting it silently falls back to eager."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < limit:
+            setattr(cfg, name, limit)
