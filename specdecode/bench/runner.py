@@ -40,7 +40,7 @@ import torch
 
 from .. import metrics
 from ..decoding.cache import ModelRunner
-from ..decoding.engine import make_generator
+from ..decoding.engine import SpeculativeEngine, make_generator
 from ..io import atomic_write_text, json_line
 
 __all__ = [
@@ -255,6 +255,16 @@ def run_pass(decoder, ids: list[list[int]], on_batch: Callable[[PassRun], None] 
     return out
 
 
+def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, int] | None:
+    """(batch size, pooled cache size) of the captured steps this batch runs; None without CUDA graphs."""
+    runner = decoder.runner(decoder.target)
+    if not runner.graphs:
+        return None
+    s = decoder.settings
+    max_k = s.max_k if s.k == "auto" else int(s.k)
+    return len(batch), runner.pool_len(SpeculativeEngine.cache_len(max(map(len, batch)), s.max_new_tokens, max_k))
+
+
 def warm_up(decoder, ids: list[list[int]]) -> None:
     """One short, untimed generation of the first batch."""
     if not ids:
@@ -265,16 +275,21 @@ def warm_up(decoder, ids: list[list[int]]) -> None:
 
 
 @torch.inference_mode()
-def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP_REPEATS) -> float:
-    """Median wall time (ms) of a [B, 1] forward of `loaded` after prefilling `prompt` on a fresh KVCache."""
-    runner = ModelRunner(loaded.model)
+def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP_REPEATS,
+                 runner: ModelRunner | None = None, cache_len: int = 0) -> float:
+    """Median wall time (ms) of a [B, 1] forward of `loaded` after prefilling `prompt` on a fresh KVCache.
+
+    `runner`: the decoder's own runner for this model, so the step is timed as generation runs
+    it (fused, compiled and captured on CUDA); a plain eager runner otherwise. `cache_len`: the
+    cache size generation uses (in graph mode captured steps are specific to it)."""
+    runner = runner if runner is not None else ModelRunner(loaded.model)
     device = runner.device
     ctx = len(prompt)
-    max_len = ctx + STEP_WARMUP + repeats + 2
+    max_len = max(ctx + STEP_WARMUP + repeats + 2, cache_len if runner.graphs else 0)
     cache = runner.new_cache(batch_size, max_len)
     rows = int(loaded.model.get_output_embeddings().weight.shape[0])
     x = torch.tensor([prompt] * batch_size, dtype=torch.long, device=device).clamp_(max=rows - 1)
-    logits = runner.forward(x, cache, attend_len=ctx, logits_to_keep=1)
+    logits = runner.prefill(x, cache, attend_len=ctx, logits_to_keep=1)
     cache.set_positions(torch.full((batch_size,), ctx, dtype=torch.long, device=device))
     tok = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
     one = torch.ones(batch_size, dtype=torch.long, device=device)
@@ -298,14 +313,16 @@ def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
         return None
     batch = s.batch_size
     prompt = ids[0]
-    target_ms = step_time_ms(decoder.target, prompt, batch)
+    max_k = s.max_k if s.k == "auto" else int(s.k)
+    size = SpeculativeEngine.cache_len(len(prompt), s.max_new_tokens, max_k)
+    target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
     if s.drafter == "ngram":
         return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0)
     drafter = decoder.engine().drafter
     draft_loaded = getattr(drafter, "draft", None)  # ModelDrafter and EarlyExitDrafter hold a LoadedModel
     if draft_loaded is None:
         return None
-    draft_ms = step_time_ms(draft_loaded, prompt, batch)
+    draft_ms = step_time_ms(draft_loaded, prompt, batch, runner=getattr(drafter, "runner", None), cache_len=size)
     return StepTimes(c=draft_ms / target_ms, method="measured", target_ms=target_ms, draft_ms=draft_ms)
 
 
@@ -506,10 +523,20 @@ def run_benchmark(
         result.step = measure_step_times(decoder, first_batch or ids)
         phase("measuring")
         base_gen, spec_gen = new_generator(baseline), new_generator(decoder)
+        warmed = {_step_shapes(decoder, first_batch)} if warmup and todo else set()
         for j in range(0, len(todo), size):
             index = todo[j : j + size]
             batch = [ids[i] for i in index]
             in_flight = len(batch)
+            shapes = _step_shapes(decoder, batch)
+            if warmup and shapes is not None and shapes not in warmed:
+                # captured (and compiled) steps are per batch size and cache size: a batch with new
+                # ones is warmed up untimed first, so no capture or compile lands inside a timing
+                phase("warm-up")
+                warm_up(baseline, batch)
+                warm_up(decoder, batch)
+                warmed.add(shapes)
+                phase("measuring")
             base_runs, base_wall = run_batch(baseline, batch, index[0], base_gen, index)
             spec_runs, spec_wall = run_batch(decoder, batch, index[0], spec_gen, index)
             for b, s in zip(base_runs, spec_runs):
