@@ -41,6 +41,8 @@ from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
 from specdecode.models.loading import LoadedModel  # noqa: E402
 
 
+DEV = "cuda"  # --smoke: "cpu", tiny configs (checks the script itself, measures nothing)
+
 # ---------------------------------------------------------------------------- configs
 def llama_configs(vocab: int = 128256):
     from transformers import LlamaConfig
@@ -82,28 +84,35 @@ class _Tok:
         self.eos_token_id = eos
 
 
-def build(config, name: str) -> LoadedModel:
+def build(config, name: str, oracle_target: bool = False) -> LoadedModel:
+    """A random-weight model. `oracle_target`: give it one robust greedy continuation.
+
+    With plain random weights the next-token logits are Gaussian over 128k-262k ids: the top two
+    are so close that bf16 rounding flips the argmax between a [B, 1] and a [B, k+1] step every
+    few tokens, and the oracle drafter's reference (a target-only run) goes stale. So the target's
+    embedding is made to dominate its residual stream and its output head is the embedding
+    table: the greedy next token is then the current token, by a wide margin, at any precision.
+    Step costs do not depend on weight values.
+    """
     from transformers import AutoModelForCausalLM
 
     config._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(DEV):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.eval().requires_grad_(False)
+    gemma = "Gemma" in type(model).__name__
     with torch.no_grad():
         for p in model.parameters():  # random but sane: keeps activations finite in bf16
             if p.dim() >= 2:
                 p.normal_(0.0, 0.02)
-        # Peaked next-token distributions: with std-0.02 weights the logits are nearly flat, bf16
-        # near-ties flip between [B, 1] and [B, k+1] steps and the oracle's reference goes stale.
-        # Scaling the final norm's gain scales the logits (real models are peaked too).
-        norm = model.model.norm
-        if "Gemma" in type(model).__name__:
-            norm.weight.fill_(29.0)  # Gemma's RMSNorm multiplies by (1 + weight)
-        else:
-            norm.weight.fill_(30.0)
+        if oracle_target:
+            emb = model.get_input_embeddings().weight
+            emb.normal_(0.0, 1.0 if gemma else 50.0)  # Gemma scales embeddings by sqrt(hidden) ~ 50
+            if model.lm_head.weight.data_ptr() != emb.data_ptr():
+                model.lm_head.weight.copy_(emb)
     model.generation_config.eos_token_id = None  # never stop early: fixed token counts
-    return LoadedModel(name, model, _Tok(None), torch.device("cuda"), torch.bfloat16)
+    return LoadedModel(name, model, _Tok(None), torch.device(DEV), torch.bfloat16)
 
 
 def weight_bytes(model) -> int:
@@ -117,11 +126,12 @@ def weight_bytes(model) -> int:
 
 # ---------------------------------------------------------------------------- timing
 def sync():
-    torch.cuda.synchronize()
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def copy_bandwidth(nbytes: int = 4 << 30) -> float:
-    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=DEV).normal_()
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
@@ -142,20 +152,29 @@ def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int
 
 
 def run_engine(target, drafter, batch_prompts, new_tokens, k, runner, repeats=3):
-    """Median seconds for one batch, and the generated tokens (last repeat)."""
-    times, out = [], None
+    """(decode seconds per token, end-to-end seconds, (tokens, stats) of the last repeat).
+
+    Decode time runs from the first token (the prefill's, emitted once every row has it) to the
+    last, over new_tokens - 1 tokens per row: the per-token rate without the prompt's forward.
+    End-to-end includes prefill. Both are medians over `repeats` runs after one warm-up."""
+    decode, e2e, out = [], [], None
     for r in range(repeats + 1):  # first = warm-up (captures graphs)
         eng = SpeculativeEngine(target, drafter, EngineParams(k, new_tokens), runner=runner)
         toks = [[] for _ in batch_prompts]
         sync()
         t = time.perf_counter()
+        t_first = None
         for ev in eng.stream(batch_prompts):
+            if t_first is None and ev.kind != "first":
+                t_first = time.perf_counter()  # every row's first token is out: prefill done
             toks[ev.row].extend(ev.tokens)
         sync()
+        t_end = time.perf_counter()
         if r:
-            times.append(time.perf_counter() - t)
+            decode.append((t_end - t_first) / (new_tokens - 1))
+            e2e.append(t_end - t)
         out = (toks, eng.stats)
-    return statistics.median(times), out
+    return statistics.median(decode), statistics.median(e2e), out
 
 
 class OracleDrafter(ModelDrafter):
@@ -168,6 +187,10 @@ class OracleDrafter(ModelDrafter):
         self.reference, self.prompt_lens, self.alpha, self.vocab = reference, prompt_lens, alpha, vocab
         self.rng = torch.Generator().manual_seed(1234)
         self.rows = list(range(len(reference)))
+
+    def prefill(self, input_ids, lengths, max_len):
+        super().prefill(input_ids, lengths, max_len)
+        self.rows = list(range(len(self.reference)))  # a new batch (run_engine repeats)
 
     def select_rows(self, rows):
         super().select_rows(rows)
@@ -188,7 +211,7 @@ class OracleDrafter(ModelDrafter):
 
 
 def hf_generate(model, batch_prompts, new_tokens, **kw):
-    x = torch.tensor(batch_prompts, device="cuda")
+    x = torch.tensor(batch_prompts, device=DEV)
     times = []
     for r in range(2):  # one warm-up, one timed (generate() is slow: the lease is short)
         sync()
@@ -201,13 +224,14 @@ def hf_generate(model, batch_prompts, new_tokens, **kw):
     return statistics.median(times)
 
 
+@torch.inference_mode()
 def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int) -> float:
     """Median seconds of one decode step of q tokens per row through `runner` (graph replay when on)."""
     cache = runner.new_cache(batch, prompt_len + 300)
-    x = torch.randint(10, 1000, (batch, prompt_len), device="cuda")
+    x = torch.randint(10, 500, (batch, prompt_len), device=DEV)
     runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
-    cache.set_positions(torch.full((batch,), prompt_len, device="cuda"))
-    step = torch.randint(10, 1000, (batch, q), device="cuda")
+    cache.set_positions(torch.full((batch,), prompt_len, device=DEV))
+    step = torch.randint(10, 500, (batch, q), device=DEV)
     for _ in range(3):
         runner.forward(step, cache, cache.max_len, logits_to_keep=0 if q > 1 else 1)
     sync()
@@ -221,67 +245,128 @@ def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int) -> float
 
 
 # ---------------------------------------------------------------------------- main
-def bench_pair(name, tcfg, dcfg, bw, args, results):
-    target, draft = build(tcfg, name + "-target"), build(dcfg, name + "-draft")
+class Recorder:
+    """Results dict that is written to disk after every measurement (a run cut by its time limit
+    keeps everything it measured)."""
+
+    def __init__(self, path: Path, results: dict):
+        self.path, self.results = path, results
+
+    def __call__(self, pair: str, key: str, value, msg: str | None = None):
+        self.results.setdefault(pair, {})[key] = value
+        self.path.write_text(json.dumps(self.results, indent=2))
+        if msg:
+            print(msg, flush=True)
+
+
+def timed_first(fn):
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def bench_pair(name, tcfg, dcfg, bw, args, rec):
+    target = build(tcfg, name + "-target", oracle_target=True)
+    draft = build(dcfg, name + "-draft")
     vocab = min(tcfg.vocab_size, dcfg.vocab_size)
     tb, db = weight_bytes(target.model), weight_bytes(draft.model)
     floor_t, floor_d = tb / bw, db / bw
-    r = results[name] = {"target_weight_bytes": tb, "draft_weight_bytes": db,
-                         "floor_ms_target": floor_t * 1e3, "floor_ms_draft": floor_d * 1e3}
-    print(f"\n== {name}: target {tb / 1e9:.2f} GB (floor {floor_t * 1e3:.2f} ms), draft {db / 1e9:.2f} GB", flush=True)
-    modes = {"eager": ModelRunner(target.model), "graphs": ModelRunner(target.model, graphs=True)}
-    dmodes = {"eager": ModelRunner(draft.model), "graphs": ModelRunner(draft.model, graphs=True)}
-    if args.compile:
-        modes["compiled"] = ModelRunner(target.model, graphs=True, compile=True)
-        dmodes["compiled"] = ModelRunner(draft.model, graphs=True, compile=True)
+    for key, v in {"target_weight_bytes": tb, "draft_weight_bytes": db,
+                   "floor_ms_target": floor_t * 1e3, "floor_ms_draft": floor_d * 1e3}.items():
+        rec(name, key, v)
+    print(f"\n== {name}: target {tb / 1e9:.2f} GB (floor {floor_t * 1e3:.2f} ms), draft {db / 1e9:.2f} GB "
+          f"(floor {floor_d * 1e3:.3f} ms)", flush=True)
     P, N, K = args.prompt_len, args.new_tokens, 5
+    # eager: transformers modules as they are; graphs: the same modules replayed as CUDA graphs;
+    # compiled: the product's default on CUDA (fused layers, torch.compile, CUDA graphs)
+    factories = {
+        "eager": lambda m: ModelRunner(m, native=False),
+        "graphs": lambda m: ModelRunner(m, graphs=True, native=False),
+        "fused-graphs": lambda m: ModelRunner(m, graphs=True, native=True),
+        "compiled": lambda m: ModelRunner(m, graphs=True, compile=True),
+    }
+    modes = [m for m in args.modes if m in factories]
+    runners = {}
     for mode in modes:
-        r[f"step_ms_target_{mode}_q1"] = step_time(modes[mode], 1, 1, P) * 1e3
-        r[f"step_ms_target_{mode}_q{K + 1}"] = step_time(modes[mode], 1, K + 1, P) * 1e3
-        r[f"step_ms_draft_{mode}_q1"] = step_time(dmodes[mode], 1, 1, P) * 1e3
-        print(f"{mode}: target step {r[f'step_ms_target_{mode}_q1']:.2f} ms (x{r[f'step_ms_target_{mode}_q1'] / (floor_t * 1e3):.2f} floor), "
-              f"verify {K + 1} {r[f'step_ms_target_{mode}_q{K + 1}']:.2f} ms, draft step {r[f'step_ms_draft_{mode}_q1']:.2f} ms", flush=True)
+        t0 = time.perf_counter()
+        runners[mode] = (factories[mode](target.model), factories[mode](draft.model))
+        tr, dr = runners[mode]
+        r1 = step_time(tr, 1, 1, P) * 1e3
+        first = time.perf_counter() - t0
+        rv = step_time(tr, 1, K + 1, P) * 1e3
+        rd = step_time(dr, 1, 1, P) * 1e3
+        rec(name, f"step_ms_target_{mode}_q1", r1)
+        rec(name, f"step_ms_target_{mode}_q{K + 1}", rv)
+        rec(name, f"step_ms_draft_{mode}_q1", rd)
+        rec(name, f"setup_s_{mode}", time.perf_counter() - t0,
+            f"{mode}: target step {r1:.3f} ms (x{r1 / (floor_t * 1e3):.2f} floor), verify {K + 1} {rv:.3f} ms, "
+            f"draft step {rd:.3f} ms (x{rd / (floor_d * 1e3):.1f} floor, c = {rd / r1:.3f}); "
+            f"first target step incl. compile/capture {first:.1f} s, all {time.perf_counter() - t0:.1f} s")
+    best = "compiled" if "compiled" in modes else modes[-1]
+    runner, drunner = runners[best]
+    rec(name, "mode", best)
     for batch in args.batches:
-        # torch.compile specialises on the batch size: compiled at batch 1 only (compile time)
-        best = "compiled" if ("compiled" in modes and batch == 1) else "graphs"
-        runner, drunner = modes[best], dmodes[best]
-        r[f"b{batch}_mode"] = best
         bp = prompts(batch, P, vocab, seed=batch)
-        t_base, (ref, _) = run_engine(target, None, bp, N, 0, runner)
-        r[f"b{batch}_target_only_ms_per_token"] = t_base / N * 1e3
-        r[f"b{batch}_target_only_tokens_per_s"] = batch * N / t_base
-        print(f"batch {batch}: target-only {t_base / N * 1e3:.2f} ms/token ({batch * N / t_base:.0f} tok/s)", flush=True)
-        if batch == 1:
-            t_eager, _ = run_engine(target, None, bp, N, 0, modes["eager"], repeats=1)
-            r["b1_target_only_eager_ms_per_token"] = t_eager / N * 1e3
+        t_base, e2e, (ref, _) = run_engine(target, None, bp, N, 0, runner)
+        rec(name, f"b{batch}_target_only_e2e_ms_per_token", e2e / N * 1e3)
+        rec(name, f"b{batch}_target_only_ms_per_token", t_base * 1e3)
+        rec(name, f"b{batch}_target_only_tokens_per_s", batch / t_base,
+            f"batch {batch}: target-only {t_base * 1e3:.3f} ms/token decode ({batch / t_base:.0f} tok/s, "
+            f"x{t_base / floor_t:.2f} floor); end to end with prefill {e2e / N * 1e3:.3f} ms/token")
+        constant = all(len(set(r)) == 1 for r in ref)
+        rec(name, f"b{batch}_reference_is_constant", constant)
+        if batch == 1 and "eager" in runners:
+            t_eager, _, _ = run_engine(target, None, bp, N, 0, runners["eager"][0], repeats=1)
+            rec(name, "b1_target_only_eager_ms_per_token", t_eager * 1e3,
+                f"batch 1: target-only, transformers modules eager {t_eager * 1e3:.2f} ms/token")
         alphas = args.alphas if batch == 1 else [0.8]
+        tv, td = (rec.results[name][f"step_ms_target_{best}_q{K + 1}"], rec.results[name][f"step_ms_draft_{best}_q1"])
+        if batch > 1:  # step times at this batch size, for the prediction
+            tv = step_time(runner, batch, K + 1, P) * 1e3
+            td = step_time(drunner, batch, 1, P) * 1e3
+            rec(name, f"b{batch}_step_ms_target_q{K + 1}", tv)
+            rec(name, f"b{batch}_step_ms_draft_q1", td)
         for alpha in alphas:
             drafter = OracleDrafter(draft, drunner, ref, [P] * batch, alpha, vocab)
-            t_spec, (toks, stats) = run_engine(target, drafter, bp, N, K, runner)
+            t_spec, e2e, (toks, stats) = run_engine(target, drafter, bp, N, K, runner)
             acc = sum(s.accepted_tokens for s in stats) / max(1, sum(s.draft_tokens for s in stats))
             key = f"b{batch}_spec_a{alpha}"
-            r[key + "_ms_per_token"] = t_spec / N * 1e3
-            r[key + "_tokens_per_s"] = batch * N / t_spec
-            r[key + "_measured_acceptance"] = acc
-            r[key + "_match_rate"] = sum(a == b for a, b in zip(toks, ref)) / batch
-            tv, td = r[f"step_ms_target_{best}_q{K + 1}"], r[f"step_ms_draft_{best}_q1"]
             tokens_round = (1 - alpha ** (K + 1)) / (1 - alpha)
-            predicted_rate = tokens_round / ((K * td + tv) / 1e3)
-            r[key + "_predicted_tokens_per_s"] = predicted_rate
-            print(f"batch {batch} α={alpha}: {t_spec / N * 1e3:.2f} ms/token, {batch * N / t_spec:.0f} tok/s, "
-                  f"acceptance {acc:.2f}, x{(batch * N / t_spec) / (batch / floor_t):.2f} of floor rate, "
-                  f"{(N / t_spec) / predicted_rate:.0%} of predicted", flush=True)
-    # Hugging Face, batch 1
-    bp = prompts(1, P, vocab)
+            predicted_rate = tokens_round / ((K * td + tv) / 1e3)  # per row
+            rec(name, key + "_ms_per_token", t_spec * 1e3)
+            rec(name, key + "_e2e_ms_per_token", e2e / N * 1e3)
+            rec(name, key + "_measured_acceptance", acc)
+            rec(name, key + "_match_rate", sum(a == b for a, b in zip(toks, ref)) / batch)
+            rec(name, key + "_predicted_tokens_per_s", batch * predicted_rate)
+            rec(name, key + "_tokens_per_s", batch / t_spec,
+                f"batch {batch} α={alpha}: {t_spec * 1e3:.3f} ms/token, {batch / t_spec:.0f} tok/s, "
+                f"acceptance {acc:.3f}, x{floor_t / t_spec:.2f} of floor rate, "
+                f"{(1 / t_spec) / predicted_rate:.0%} of predicted, "
+                f"x{t_base / t_spec:.2f} over target-only; end to end {e2e / N * 1e3:.3f} ms/token")
+        if batch == 1:  # the draft model itself, as transformers assisted generation runs it below
+            drafter = ModelDrafter(draft, runner=drunner)
+            t_rnd, _, (_, stats) = run_engine(target, drafter, bp, N, K, runner, repeats=1)
+            acc = sum(s.accepted_tokens for s in stats) / max(1, sum(s.draft_tokens for s in stats))
+            rec(name, "b1_spec_draft_model_ms_per_token", t_rnd * 1e3,
+                f"batch 1, the draft model itself (as in HF assisted below; acceptance {acc:.3f}): {t_rnd * 1e3:.2f} ms/token")
     if args.no_hf:
         return
-    r["hf_generate_eager_ms_per_token"] = hf_generate(target.model, bp, N) / N * 1e3
-    print(f"HF generate eager: {r['hf_generate_eager_ms_per_token']:.2f} ms/token", flush=True)
+    # Hugging Face, batch 1, same models and prompt
+    bp = prompts(1, P, vocab)
+    t = hf_generate(target.model, bp, N)
+    rec(name, "hf_generate_eager_ms_per_token", t / N * 1e3, f"HF generate eager: {t / N * 1e3:.2f} ms/token")
     if tcfg.vocab_size == dcfg.vocab_size:
-        r["hf_assisted_ms_per_token"] = hf_generate(target.model, bp, N, assistant_model=draft.model) / N * 1e3
-        print(f"HF assisted (random draft): {r['hf_assisted_ms_per_token']:.2f} ms/token", flush=True)
-    del target, draft, modes, dmodes, runner, drunner
-    torch.cuda.empty_cache()
+        t = hf_generate(target.model, bp, N, assistant_model=draft.model, num_assistant_tokens=K,
+                        num_assistant_tokens_schedule="constant")
+        rec(name, "hf_assisted_ms_per_token", t / N * 1e3,
+            f"HF assisted generation (same draft model, k={K}): {t / N * 1e3:.2f} ms/token")
+    t0 = time.perf_counter()
+    t = hf_generate(target.model, bp, N, cache_implementation="static")
+    rec(name, "hf_generate_static_compiled_ms_per_token", t / N * 1e3,
+        f"HF generate(cache_implementation='static') (compiled by transformers): {t / N * 1e3:.2f} ms/token "
+        f"(with warm-up/compile {time.perf_counter() - t0:.0f} s)")
 
 
 def main() -> None:
@@ -290,57 +375,88 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="+", default=["gemma", "llama"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--alphas", nargs="+", type=float, default=[0.6, 0.8, 0.9])
+    ap.add_argument("--modes", nargs="+", default=["eager", "graphs", "fused-graphs", "compiled"])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate() and assisted generation")
     ap.add_argument("--tag", default="h200")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny configs, few tokens: exercises the script only")
     args = ap.parse_args()
+    global DEV
+    if args.smoke:
+        DEV = "cpu"
+        args.modes = [m for m in args.modes if m != "compiled"]
     torch.backends.cuda.matmul.allow_tf32 = False
-    bw = copy_bandwidth()
-    results = {"date": dt.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-               "torch": torch.__version__, "copy_bandwidth_TBps": bw / 1e12, "args": vars(args)}
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    bw = copy_bandwidth(64 << 20 if args.smoke else 4 << 30)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = f"{dt.date.today().isoformat()}-{args.tag}"
+    results = {"date": dt.date.today().isoformat(), "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke test)",
+               "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+               "copy_bandwidth_TBps": bw / 1e12, "args": vars(args)}
+    rec = Recorder(out / f"{stem}.json", results)
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     for name in args.pairs:
         tcfg, dcfg = gemma_configs() if name == "gemma" else llama_configs()
+        if args.smoke:
+            for c in (tcfg, dcfg):
+                c.hidden_size, c.intermediate_size, c.num_hidden_layers = 64, 128, 2
+                c.num_attention_heads, c.num_key_value_heads, c.vocab_size = 4, 2, 512
+                if getattr(c, "layer_types", None):
+                    c.layer_types = c.layer_types[:1] + ["full_attention"]
+                if name == "gemma":
+                    c.head_dim = 16
         if name == "gemma":
             dcfg.vocab_size = tcfg.vocab_size  # same table size, so assisted generation accepts the pair
-        bench_pair(name, tcfg, dcfg, bw, args, results)
-        # after every pair: a run cut by its time limit keeps what it measured
-        (out / f"{results['date']}-h200-partial.json").write_text(json.dumps(results, indent=2))
-    checks = {}
-    if "llama" in results:
-        r = results["llama"]
-        checks["llama8b_target_only_le_1.35x_floor"] = r["b1_target_only_ms_per_token"] <= 1.35 * r["floor_ms_target"]
-    if "gemma" in results:
-        r = results["gemma"]
-        mode = r["b1_mode"]
-        checks["gemma4b_target_only_le_1.5x_floor"] = r["b1_target_only_ms_per_token"] <= 1.5 * r["floor_ms_target"]
-        checks["gemma270m_draft_step_le_0.25x_target_step"] = (
+        try:
+            bench_pair(name, tcfg, dcfg, bw, args, rec)
+        finally:
+            results["checks"] = checks(results)
+            rec.path.write_text(json.dumps(results, indent=2))
+            write_markdown(out / f"{stem}.md", results, args)
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    print("\n".join(f"{k}: {v}" for k, v in results["checks"].items()))
+
+
+def checks(results: dict) -> dict[str, bool]:
+    out = {}
+    r = results.get("llama", {})
+    if "b1_target_only_ms_per_token" in r:
+        out["llama8b_target_only_le_1.35x_floor"] = r["b1_target_only_ms_per_token"] <= 1.35 * r["floor_ms_target"]
+    r = results.get("gemma", {})
+    if "b1_target_only_ms_per_token" in r:
+        mode = r["mode"]
+        out["gemma4b_target_only_le_1.5x_floor"] = r["b1_target_only_ms_per_token"] <= 1.5 * r["floor_ms_target"]
+        out["gemma270m_draft_step_le_0.25x_target_step"] = (
             r[f"step_ms_draft_{mode}_q1"] <= 0.25 * r[f"step_ms_target_{mode}_q1"])
         floor_rate = 1e3 / r["floor_ms_target"]
         for a, need in ((0.9, 1.4), (0.8, 1.1)):
             key = f"b1_spec_a{a}"
             if key + "_tokens_per_s" in r:
-                checks[f"gemma_spec_a{a}_ge_{need}x_floor_rate"] = r[key + "_tokens_per_s"] >= need * floor_rate
-                checks[f"gemma_spec_a{a}_ge_85pct_predicted"] = (
+                out[f"gemma_spec_a{a}_ge_{need}x_floor_rate"] = r[key + "_tokens_per_s"] >= need * floor_rate
+                out[f"gemma_spec_a{a}_ge_85pct_predicted"] = (
                     r[key + "_tokens_per_s"] >= 0.85 * r[key + "_predicted_tokens_per_s"])
         if "b16_spec_a0.8_tokens_per_s" in r:
-            checks["gemma_b16_a0.8_ge_1.3x_target_only"] = (
+            out["gemma_b16_a0.8_ge_1.3x_target_only"] = (
                 r["b16_spec_a0.8_tokens_per_s"] >= 1.3 * r["b16_target_only_tokens_per_s"])
-    results["checks"] = checks
-    stem = f"{results['date']}-{args.tag}"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    lines = [f"# H200 results {results['date']}", "", f"copy bandwidth {bw / 1e12:.2f} TB/s", ""]
+    return out
+
+
+def write_markdown(path: Path, results: dict, args) -> None:
+    lines = [f"# H200 results {results['date']}", "",
+             f"{results['device']}, torch {results['torch']}, transformers {results['transformers']}, "
+             f"copy bandwidth {results['copy_bandwidth_TBps']:.2f} TB/s. Command: "
+             f"`python3 benchmarks/gpu_bench.py {' '.join(sys.argv[1:])}`", ""]
     for name in args.pairs:
+        if name not in results:
+            continue
         lines += [f"## {name}", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results[name].items()]
         lines.append("")
-    lines += ["## checks", "", "| check | pass |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in checks.items()]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-len(checks) - 2:]))
+    lines += ["## checks", "", "| check | pass |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in results.get("checks", {}).items()]
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

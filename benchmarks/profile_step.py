@@ -1,0 +1,97 @@
+"""Where a compiled decode step spends its time: kernel-level profile of captured steps (H200).
+
+    python3 benchmarks/profile_step.py --pair gemma [--attention sdpa|matmul] [--no-tuning]
+
+Builds the pair's random-weight models (as gpu_bench.py does), captures the product's default
+CUDA step (fused layers, torch.compile, CUDA graph) for the target [1, 1], the verify [1, 6]
+and the draft [1, 1], times each (median of 50 replays, synchronised), and prints the kernels of
+one replay grouped by name with their share of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_bench  # noqa: E402
+from specdecode.decoding import native  # noqa: E402
+from specdecode.decoding.cache import ModelRunner  # noqa: E402
+
+
+@torch.inference_mode()
+def profile(runner, batch, q, prompt_len, label, top):
+    cache = runner.new_cache(batch, prompt_len + 300)
+    x = torch.randint(10, 500, (batch, prompt_len), device="cuda")
+    runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
+    cache.set_positions(torch.full((batch,), prompt_len, device="cuda"))
+    step = torch.randint(10, 500, (batch, q), device="cuda")
+    keep = 0 if q > 1 else 1
+    for _ in range(3):
+        runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+    times = []
+    for _ in range(50):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times) * 1e3
+    reps = 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+        torch.cuda.synchronize()
+    groups = defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            name = ev.name
+            for pre in ("triton_", "void ", "sm90_", "sm80_"):
+                if name.startswith(pre) and pre != "triton_":
+                    break
+            key = name[:90]
+            groups[key][0] += ev.device_time / reps  # us
+            groups[key][1] += 1 / reps
+    busy = sum(v[0] for v in groups.values())
+    n = sum(v[1] for v in groups.values())
+    print(f"\n-- {label}: {med:.3f} ms per step (wall, median); kernels {n:.0f}, GPU busy {busy / 1e3:.3f} ms")
+    for key, (us, cnt) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"{us:9.1f} us {us / busy:6.1%} {cnt:5.0f}x {us / cnt:7.2f} us/kernel  {key}")
+    return med
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pair", default="gemma")
+    ap.add_argument("--attention", default="matmul")
+    ap.add_argument("--no-tuning", action="store_true", help="without inductor's coordinate-descent tuning")
+    ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1])
+    args = ap.parse_args()
+    native.ATTENTION = args.attention
+    if args.no_tuning:
+        native.INDUCTOR_OPTIONS = {}
+    tcfg, dcfg = gpu_bench.gemma_configs() if args.pair == "gemma" else gpu_bench.llama_configs()
+    target = gpu_bench.build(tcfg, "target", oracle_target=True)
+    draft = gpu_bench.build(dcfg, "draft")
+    bw = gpu_bench.copy_bandwidth()
+    print(f"{args.pair}: attention={args.attention} tuning={not args.no_tuning}; floors "
+          f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
+    tr, dr = ModelRunner(target.model, graphs=True, compile=True), ModelRunner(draft.model, graphs=True, compile=True)
+    for b in args.batches:
+        t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
+        profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
+        d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
+        print(f"c = {d1 / t1:.3f}")
+
+
+if __name__ == "__main__":
+    main()
