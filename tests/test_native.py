@@ -225,3 +225,17 @@ def test_adaptive_k_verifies_one_padded_shape_when_steps_are_compiled(llama_pair
     assert set(shapes) == {7}
     proposed = [st.draft_tokens / max(st.rounds, 1) for st in (r.stats for r in results)]
     assert min(proposed) < 6  # some rounds really proposed fewer than max_k
+
+
+def test_inspect_says_which_decode_step_runs(llama_pair, tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from specdecode.cli.inspect_cmd import describe_model
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert describe_model(str(llama_pair.target), tok, "float32", False, False)["decode_step"] == "fused"
+    assert describe_model(str(llama_pair.target), tok, "float32", True, False)["decode_step"].startswith("transformers:")
+    _model("gpt2").save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    step = describe_model(str(tmp_path / "gpt2"), tok, "float32", False, False)["decode_step"]
+    assert step.startswith("transformers: no fused decode step for GPT2LMHeadModel")

@@ -152,6 +152,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
         "kv_bytes_per_token": kv_bytes,
         "sliding_window": getattr(text, "sliding_window", None) if layer_types and "sliding_attention" in layer_types else None,
         "layer_types": dict(Counter(layer_types[:used_layers])) if layer_types else None,
+        "decode_step": _decode_step(model, quantized),
     }
     if exit_layer is not None:
         info["name"] = f"{name} (first {exit_layer} of {layers} layers)"
@@ -332,6 +333,19 @@ def _bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _decode_step(model, quantized: bool) -> str:
+    """How generation will run this model's decode steps: 'fused' or 'transformers: <why>'."""
+    from ..decoding.native import native_support
+
+    if quantized:
+        return "transformers: 4-bit weights are not plain nn.Linear layers"
+    try:
+        reason = native_support(model)
+    except Exception as e:  # noqa: BLE001 - a description, never a failure of inspect
+        reason = f"could not be checked ({type(e).__name__})"
+    return "fused" if reason is None else f"transformers: {reason}"
+
+
 def render(report: dict[str, Any], console) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -354,6 +368,7 @@ def render(report: dict[str, Any], console) -> None:
         ("memory (weights)", "memory_bytes", _bytes),
         ("KV cache per token", "kv_bytes_per_token", _bytes),
         ("sliding window", "sliding_window", lambda v: "-" if v is None else str(v)),
+        ("decode step", "decode_step", lambda v: "fused layers" if v == "fused" else "transformers modules"),
     ]
     for label, key, fmt in fields:
         cells = []
@@ -377,6 +392,11 @@ def render(report: dict[str, Any], console) -> None:
         console.print(f"  reason: {r}")
     for w in report["warnings"]:
         console.print(f"  warning: {w}")
+    for role, m in (("target", t), ("draft", d)):
+        step = (m or {}).get("decode_step", "fused")
+        if step != "fused":
+            console.print(Text(f"{role} decode step on the transformers modules ({step.removeprefix('transformers: ')})",
+                               style="dim"))
 
     pred = report["predicted_speedup"]
     cr = report["cost_ratio"]
