@@ -178,13 +178,15 @@ class SpeculativeDecoder:
         s = self.settings
         cuda = loaded.device.type == "cuda"
         graphs = cuda and (s.cuda_graphs if s.cuda_graphs is not None else True)
-        compile = cuda and (s.compile if s.compile is not None else True)
-        key = (id(loaded.model), graphs, compile, s.fused)
+        key = (id(loaded.model), graphs, s.compile, s.fused)
         if key not in self._runners:
             reason = native_support(loaded.model)
             if s.fused and reason is not None:
                 raise SettingsError(f"--fused: {reason}")
             fused = reason is None and s.fused is not False
+            # by default only the fused layers are compiled: torch.compile over arbitrary
+            # transformers modules and this cache is not something to turn on unasked
+            compile = cuda and (s.compile if s.compile is not None else fused)
             self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused)
         return self._runners[key]
 
@@ -215,7 +217,9 @@ class SpeculativeDecoder:
         """One-line notes from loading the models (e.g. pickle-only weights), target first."""
         notes = [*self.target.notes, *(self.draft.notes if self.draft is not None else [])]
         s = self.settings
-        if self.target.device.type == "cuda" and s.compile is not False:
+        if self.target.device.type == "cuda" and (
+            s.compile or (s.compile is None and s.fused is not False and native_support(self.target.model) is None)
+        ):
             notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
                          "torch caches them on disk for later runs; --no-compile skips it)")
         return notes

@@ -110,7 +110,9 @@ class Settings(BaseModel):
     fused: bool | None = Field(
         None, description="decode steps through specdecode's fused layers (Llama, Mistral, Qwen2/3, Gemma 3); None = where supported"
     )
-    compile: bool | None = Field(None, description="compile decode steps with torch.compile before capturing them; None = on CUDA")
+    compile: bool | None = Field(
+        None, description="compile decode steps with torch.compile before capturing them; None = on CUDA for fused layers"
+    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

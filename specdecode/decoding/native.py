@@ -17,7 +17,8 @@ functionally, from the same weights:
   every layer (regional compilation: compile time does not grow with depth); the caller
   captures the whole step as a CUDA graph.
 
-Supported: Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text) — plain floating-point
+Supported: Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text, and the text decoder of the
+multimodal 4B+ checkpoints, which run text-only prompts here) — plain floating-point
 `nn.Linear` weights, no attention soft-capping, rotary embedding over the whole head.
 `native_support(model)` says why a model is not supported; the runner then keeps using the
 transformers modules. Exactness against transformers' forward is tested in fp32.
@@ -42,6 +43,7 @@ _FAMILIES = {
     "Qwen2ForCausalLM": "llama",
     "Qwen3ForCausalLM": "llama",
     "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # the 4B+ checkpoints: text decoding only
 }
 
 
@@ -66,19 +68,22 @@ def native_support(model) -> str | None:
         return "attention logit soft-capping is not supported by the fused step"
     if getattr(config, "use_bidirectional_attention", False):
         return "bidirectional attention is not supported by the fused step"
-    params = list(model.parameters())
+    if not hasattr(model, "lm_head") or not isinstance(model.lm_head, nn.Linear):
+        return "the model has no plain lm_head"
+    # only the text decoder and the head run in a decode step (a vision tower may differ)
+    params = [*base.parameters(), *model.lm_head.parameters()]
     dtypes = {p.dtype for p in params}
     if not dtypes <= {torch.float32, torch.float16, torch.bfloat16} or len(dtypes) != 1:
         return f"the fused step needs one floating-point dtype for all weights (found {sorted(map(str, dtypes))})"
     if len({p.device for p in params}) != 1:
         return "the fused step needs the whole model on one device"
-    for module in model.modules():
+    if hasattr(model, "_hf_hook"):
+        return "the model has accelerate hooks (offloading or a device map); the fused step needs plain modules"
+    for module in [*base.modules(), model.lm_head]:
         if hasattr(module, "_hf_hook"):
             return "the model has accelerate hooks (offloading or a device map); the fused step needs plain modules"
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             return f"the fused step needs plain nn.Linear layers (found {type(module).__name__})"
-    if not hasattr(model, "lm_head") or not isinstance(model.lm_head, nn.Linear):
-        return "the model has no plain lm_head"
     layer = base.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
     for attr in ("q_proj", "k_proj", "v_proj", "o_proj"):
