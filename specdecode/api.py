@@ -177,8 +177,8 @@ class SpeculativeDecoder:
         """One ModelRunner per model and decoder: in graph mode its captured steps serve every batch."""
         s = self.settings
         cuda = loaded.device.type == "cuda"
-        graphs = cuda and (s.cuda_graphs if s.cuda_graphs is not None else True)
-        key = (id(loaded.model), graphs, s.compile, s.fused)
+        key = self._runner_key(loaded)
+        graphs = key[1]
         if key not in self._runners:
             reason = native_support(loaded.model)
             if s.fused and reason is not None:
@@ -189,6 +189,15 @@ class SpeculativeDecoder:
             compile = cuda and (s.compile if s.compile is not None else fused)
             self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused)
         return self._runners[key]
+
+    def _runner_key(self, loaded: LoadedModel) -> tuple:
+        s = self.settings
+        graphs = loaded.device.type == "cuda" and (s.cuda_graphs if s.cuda_graphs is not None else True)
+        return (id(loaded.model), graphs, s.compile, s.fused)
+
+    def set_runner(self, loaded: LoadedModel, runner: ModelRunner) -> None:
+        """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""
+        self._runners[self._runner_key(loaded)] = runner
 
     def early_exit_view(self, exit_layer: int) -> LoadedModel:
         """The target's first `exit_layer` layers as a model (shared modules), one per decoder and

@@ -209,8 +209,7 @@ def test_adaptive_k_verifies_one_padded_shape_when_steps_are_compiled(llama_pair
     dec = SpeculativeDecoder.from_settings(s)
     shapes = []
     for loaded in (dec.target, dec.draft):  # what CUDA would build, traced without a C compiler
-        runner = ModelRunner(loaded.model, compile=True, compile_backend="aot_eager")
-        dec._runners[(id(loaded.model), False, False, None)] = runner
+        dec.set_runner(loaded, ModelRunner(loaded.model, compile=True, compile_backend="aot_eager"))
     target_runner = dec.runner(dec.target)
     assert target_runner.compiled
     forward = target_runner.forward
