@@ -231,6 +231,9 @@ class SpeculativeDecoder:
         ):
             notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
                          "torch caches them on disk for later runs; --no-compile skips it)")
+        elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs):
+            notes.append("--compile and --cuda-graphs apply to CUDA devices; on "
+                         f"{self.target.device.type} the decode steps run eagerly")
         return notes
 
     def with_settings(self, **changes: Any) -> SpeculativeDecoder:

@@ -286,3 +286,15 @@ def test_multimodal_gemma3_runs_its_text_decoder_fused(tmp_path, tokenizer_dir):
     dec = SpeculativeDecoder.from_settings(s)
     assert dec.runner(dec.target).native is not None
     assert [r.token_ids for r in dec.generate(prompts)] == oracle_greedy(tmp_path / "mm", prompts, 24)
+
+
+def test_compile_on_cpu_is_reported_not_silently_ignored(llama_pair):
+    from specdecode.api import SpeculativeDecoder
+    from specdecode.settings import Settings
+
+    s = Settings(target=str(llama_pair.target), drafter="none", device="cpu", dtype="float32", chat=False,
+                 compile=True)
+    dec = SpeculativeDecoder.from_settings(s)
+    assert any("apply to CUDA devices" in n for n in dec.notes)
+    assert not dec.runner(dec.target).compiled
+    assert not any("apply to CUDA" in n for n in dec.with_settings(compile=None).notes)
