@@ -37,6 +37,8 @@ def _config(arch: str):
         return tf.LlamaConfig(**COMMON, rope_parameters={
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64, "rope_theta": 500000.0})
+    if arch == "llama-dynamic-rope":
+        return tf.LlamaConfig(**COMMON, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
     if arch == "mistral":
         return tf.MistralConfig(**COMMON, sliding_window=8)
     if arch == "qwen2":
@@ -156,6 +158,7 @@ def test_compiled_layers_trace_as_one_graph_and_match(arch):
 
 def test_unsupported_models_say_why_and_keep_the_transformers_path():
     assert "soft-capping" in native_support(_model("gemma3-softcap"))
+    assert "'dynamic'" in native_support(_model("llama-dynamic-rope"))  # frequencies change with length
     gpt2 = _model("gpt2")
     assert "GPT2LMHeadModel" in native_support(gpt2)
     assert ModelRunner(gpt2, compile=False, native=None).native is None

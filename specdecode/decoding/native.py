@@ -101,6 +101,11 @@ def native_support(model) -> str | None:
         sig = inspect.signature(base.rotary_emb.forward).parameters
     except AttributeError:
         return "the model has no rotary embedding module"
+    rope_types = getattr(base.rotary_emb, "rope_type", None)
+    rope_types = set(rope_types.values()) if isinstance(rope_types, dict) else {rope_types}
+    if rope_types & {"dynamic", "longrope"}:
+        # their frequencies depend on the sequence length of each call: no fixed table
+        return f"rotary embedding type {sorted(rope_types & {'dynamic', 'longrope'})[0]!r} is not supported by the fused step"
     kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
     probe = torch.zeros(1, 1, dtype=params[0].dtype, device=params[0].device)
     for kind in kinds if "layer_type" in sig else [None]:
