@@ -301,3 +301,21 @@ def test_compile_on_cpu_is_reported_not_silently_ignored(llama_pair):
     assert any("apply to CUDA devices" in n for n in dec.notes)
     assert not dec.runner(dec.target).compiled
     assert not any("apply to CUDA" in n for n in dec.with_settings(compile=None).notes)
+
+
+def test_a_failing_compile_falls_back_to_the_uncompiled_step(caplog):
+    """No working Triton, an unsupported GPU, a compiler error: one warning, then the same logits uncompiled."""
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no working triton installation")
+
+    torch._dynamo.reset()
+    model = _model("llama")
+    reference = _run(ModelRunner(model, native=False))
+    runner = ModelRunner(model, compile=True, compile_backend=broken_backend)
+    with caplog.at_level("WARNING", logger="specdecode"):
+        got = _run(runner)
+    assert not runner.compiled and "no working triton installation" in runner.compile_error
+    assert sum("running it uncompiled" in r.message for r in caplog.records) == 1
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

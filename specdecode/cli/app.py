@@ -102,6 +102,20 @@ def expand_sweeps(argv: list[str]) -> list[str]:
     return out
 
 
+def _log_to_stderr() -> None:
+    """The library's own warnings (e.g. a torch.compile fallback) as one `warning:` line each."""
+    import logging
+
+    log = logging.getLogger("specdecode")
+    if not any(getattr(h, "_specdecode", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler._specdecode = True
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
     if "--debug" not in args:
@@ -110,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    _log_to_stderr()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="specdecode", standalone_mode=False)

@@ -23,6 +23,7 @@ multi-latent attention, chunked attention or encoder-decoder models.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ from torch import Tensor
 from .native import NativeModel, native_support
 
 __all__ = ["KVCache", "ModelRunner", "UnsupportedModelError"]
+
+log = logging.getLogger("specdecode")
 
 
 class UnsupportedModelError(RuntimeError):
@@ -177,6 +180,7 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
+        self.compile_error: str | None = None  # set when compiling failed and the runner fell back
         self.native: NativeModel | None = None
         self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
         if native or (native is None and compile):
@@ -241,7 +245,7 @@ class ModelRunner:
         if not self.graphs or not isinstance(logits_to_keep, int):
             if self.compiled:  # one compiled shape per (batch, q): always attend over the whole cache
                 attend_len = cache.max_len
-            return self._step(input_ids, cache, attend_len, logits_to_keep)
+            return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
         key = (id(cache), cache.batch_size, input_ids.shape[1], logits_to_keep)
         entry = self._captured.get(key)
         if entry is None:
@@ -260,6 +264,33 @@ class ModelRunner:
             return self._native_forward(input_ids, cache, attend_len, logits_to_keep, eager=True)
         return self._forward(input_ids, cache, attend_len, logits_to_keep)
 
+    def _guarded_step(self, *args) -> Tensor:
+        """The step; if torch.compile fails to build it (no working Triton, an unsupported GPU or
+        compiler), the runner falls back to the uncompiled step once, says so, and carries on."""
+        try:
+            return self._step(*args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            if not self.compiled:
+                raise
+            self.uncompile(e)
+            return self._step(*args)
+
+    def uncompile(self, error: BaseException | None = None) -> None:
+        """Run decode steps uncompiled from now on (captured graphs of compiled steps stay valid)."""
+        self.compiled = False
+        if self.native is not None:
+            self.native.uncompile()
+            self._step = self._native_forward
+        else:
+            self._step = self._forward
+        if error is not None:
+            # the backend's own exception says what went wrong; dynamo's wrapper only that it did
+            cause = getattr(error, "inner_exception", None) or error.__cause__ or error
+            text = str(cause).strip().splitlines()
+            self.compile_error = f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
+            log.warning("torch.compile could not build the decode step (%s); running it uncompiled "
+                        "(--no-compile avoids the attempt)", self.compile_error)
+
     def _capture(self, input_ids: Tensor, cache: KVCache, logits_to_keep: int) -> tuple:
         """Warm up with the real inputs (their KV writes are exactly what the replay writes), then capture."""
         static_in = input_ids.clone()
@@ -267,7 +298,7 @@ class ModelRunner:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(3):  # also triggers torch.compile's compilation when enabled
-                self._step(static_in, cache, cache.max_len, logits_to_keep)
+                self._guarded_step(static_in, cache, cache.max_len, logits_to_keep)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()

@@ -338,6 +338,10 @@ class NativeModel:
         self._layer, self._first_norm, self._head = layer_fn, first_norm, head
         self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
 
+    def uncompile(self) -> None:
+        """Use the uncompiled functions from now on (torch.compile could not build them)."""
+        self._layer, self._first_norm, self._head = self._eager
+
     # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------
     def tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
         found = self._tables.get(length)
