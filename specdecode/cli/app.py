@@ -10,6 +10,7 @@ each, so main() rewrites such runs to `--k 3 --k 5 --k 7` before parsing.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -102,18 +103,23 @@ def expand_sweeps(argv: list[str]) -> list[str]:
     return out
 
 
+class _StderrLines(logging.Handler):
+    """`warning: <message>` on whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"warning: {one_line(record.getMessage())}\n")
+        except Exception:  # noqa: BLE001 - logging must never end the run
+            self.handleError(record)
+
+
 def _log_to_stderr() -> None:
     """The library's own warnings (e.g. a torch.compile fallback) as one `warning:` line each."""
-    import logging
-
     log = logging.getLogger("specdecode")
-    if not any(getattr(h, "_specdecode", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("warning: %(message)s"))
-        handler._specdecode = True
-        log.addHandler(handler)
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines(logging.WARNING))
+    if log.level == logging.NOTSET:
         log.setLevel(logging.WARNING)
-        log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> None:
