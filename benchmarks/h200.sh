@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The H200 runs of issue 6, one device call each (a call may run 10 minutes; each step fits).
+#
+#   bash benchmarks/h200.sh tests     # GPU tests: fp32 exactness on the compiled default, ~2 min
+#   bash benchmarks/h200.sh llama     # Llama 3.1 8B + 3.2 1B: all modes, batches 1 4 16, transformers
+#   bash benchmarks/h200.sh gemma     # Gemma 3 4B + 270M: the same
+#   bash benchmarks/h200.sh profile   # kernel profile of the Gemma steps
+#
+# Through the device tool, with the wheels of the pinned versions carried in .whl/ (see the
+# device README: transformers, pydantic, pydantic-core, annotated-types, typing-inspection,
+# typer, annotated-doc): run(command="bash benchmarks/h200.sh gemma", carry=[".whl"]).
+# Results land in $OUT (JSON, Markdown, log); commit them to benchmarks/results/.
+set -euo pipefail
+step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile}
+out=${OUT:-benchmarks/results}
+case "$step" in tests|llama|gemma|profile) ;; *) echo "unknown step '$step' (tests|llama|gemma|profile)" >&2; exit 2 ;; esac
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
+case "$step" in
+    tests)
+        timeout 400 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_verify.py -p no:cacheprovider 2>&1 | tee "$out/gpu-tests-log.txt" ;;
+    llama|gemma)
+        timeout 560 python3 benchmarks/gpu_bench.py --pairs "$step" --modes eager graphs compiled \
+            --batches 1 4 16 --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
+    profile)
+        timeout 400 python3 benchmarks/profile_step.py --pair gemma 2>&1 | quiet | tee "$out/h200-profile.txt" ;;
+esac
