@@ -324,9 +324,11 @@ class NativeModel:
         how = ATTENTION or ("matmul" if self.device.type == "cuda" else "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head = _make_head(gemma, self.shape.eps, self.softcap)
-        # variable-length forwards (prefill) run these uncompiled: one compile per prompt length
-        # would cost more than it saves
-        self._eager = (layer_fn, first_norm, head)
+        self._uncompiled = (layer_fn, first_norm, head)
+        # variable-length forwards (prefill) run uncompiled (one compile per prompt length would cost
+        # more than it saves) and through sdpa, whose memory does not grow with prompt x cache
+        # length (the explicit scores of "matmul" would be [B, Hkv, G*q, S] floats)
+        self._prefill = (layer_fn if how == "sdpa" else _make_layer(self.shape, act, "sdpa"), first_norm, head)
         if compile:
             _raise_recompile_limit()
             opts = dict(dynamic=False, fullgraph=True, backend=compile_backend)
@@ -340,7 +342,7 @@ class NativeModel:
 
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
-        self._layer, self._first_norm, self._head = self._eager
+        self._layer, self._first_norm, self._head = self._uncompiled
 
     # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------
     def tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
@@ -370,8 +372,8 @@ class NativeModel:
                 attend_len: int, logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
         """input_ids/position_ids [B, q]; masks {kind: bool [B, 1, q, attend_len]}; the step attends
         to the first attend_len slots of the cache (all of them in a captured step).
-        `eager`: skip the compiled functions (variable-length forwards such as prefill)."""
-        layer_fn, first_norm, head = self._eager if eager else (self._layer, self._first_norm, self._head)
+        `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
+        layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
         B, q = input_ids.shape
         G = self.shape.n_heads // self.shape.n_kv
         # the G query heads of a group become G*q query rows: repeat the mask rows to match
