@@ -1,6 +1,7 @@
 """Where a compiled decode step spends its time: kernel-level profile of captured steps (H200).
 
     python3 benchmarks/profile_step.py --pair gemma [--attention sdpa|matmul] [--no-tuning]
+        [--inductor max_autotune=True ...]
 
 Builds the pair's random-weight models (as gpu_bench.py does), captures the product's default
 CUDA step (fused layers, torch.compile, CUDA graph) for the target [1, 1], the verify [1, 6]
@@ -73,17 +74,24 @@ def main():
     ap.add_argument("--pair", default="gemma")
     ap.add_argument("--attention", default="matmul")
     ap.add_argument("--no-tuning", action="store_true", help="without inductor's coordinate-descent tuning")
+    ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more inductor options for the compiled layers, e.g. max_autotune=True "
+                         "max_autotune_gemm_backends=TRITON,ATEN")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
     native.ATTENTION = args.attention
     if args.no_tuning:
         native.INDUCTOR_OPTIONS = {}
+    for item in args.inductor:
+        key, _, value = item.partition("=")
+        native.INDUCTOR_OPTIONS = {**native.INDUCTOR_OPTIONS,
+                                   key: {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)}
     tcfg, dcfg = gpu_bench.gemma_configs() if args.pair == "gemma" else gpu_bench.llama_configs()
     target = gpu_bench.build(tcfg, "target", oracle_target=True)
     draft = gpu_bench.build(dcfg, "draft")
     bw = gpu_bench.copy_bandwidth()
-    print(f"{args.pair}: attention={args.attention} tuning={not args.no_tuning}; floors "
+    print(f"{args.pair}: attention={args.attention} inductor options {native.INDUCTOR_OPTIONS}; floors "
           f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
     tr, dr = ModelRunner(target.model, graphs=True, compile=True), ModelRunner(draft.model, graphs=True, compile=True)
     for b in args.batches:
