@@ -64,3 +64,10 @@ def test_compiled_and_eager_paths_give_the_same_tokens(request, family):
     assert [r.token_ids for r in fast.generate(prompts)] == [r.token_ids for r in slow.generate(prompts)]
     assert [r.token_ids for r in fast.with_settings(drafter="none").generate(prompts)] == oracle_greedy(
         pair.target, prompts, 48)
+
+
+def test_adaptive_k_on_the_cuda_default_is_exact(llama_pair):
+    """--k auto with compiled, captured steps: rounds verify padded to max_k; still the target's own output."""
+    prompts = PROMPTS[:6]
+    d = dec(llama_pair, dtype="float32", k="auto", max_k=6, max_new_tokens=40, batch_size=3)
+    assert [r.token_ids for r in d.generate(prompts)] == oracle_greedy(llama_pair.target, prompts, 40)
