@@ -93,6 +93,8 @@ def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_p
     assert report["settings"]["k"] == K and report["settings"]["batch_size"] == 2
     assert report["interrupted"] is False and report["num_samples"] == 3
     assert report["data"]["skipped"] == 1  # the empty prompt
+    # how the steps ran (CPU: fused layers, no compile, no graphs)
+    assert report["decode_steps"] == {"target": "fused layers, eager", "draft": "fused layers, eager"}
     # lossless: greedy float32 speculative output == the baseline's
     assert report["output_match_rate"] == 1.0
     assert report["baseline"]["tokens"] == report["speculative"]["tokens"] == 3 * MAX_NEW

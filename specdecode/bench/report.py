@@ -107,6 +107,7 @@ def bench_report(result: BenchResult) -> dict[str, Any]:
         "resumed_samples": result.resumed,
         "device": result.device,
         "dtype": result.dtype,
+        "decode_steps": result.decode_steps,
         "data": result.data,
         "baseline": pass_summary(base),
         "speculative": speculative,

@@ -369,6 +369,7 @@ class BenchResult:
     dtype: str = "float32"
     texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (baseline text, speculative text)
     data: dict[str, Any] | None = None  # PromptSet.to_dict()
+    decode_steps: dict[str, str] = field(default_factory=dict)  # role -> ModelRunner.describe()
 
     @property
     def completed(self) -> int:
@@ -560,7 +561,17 @@ def run_benchmark(
         result.failed_batch_size = in_flight
         result.failure = f"out of memory with a batch of {in_flight} prompt(s) ({type(e).__name__})"
     _sort_by_index(result)
+    result.decode_steps = decode_steps(decoder)
     return result
+
+
+def decode_steps(decoder) -> dict[str, str]:
+    """How the target's and the draft model's decode steps ran (fused/compiled/graphs)."""
+    out = {"target": decoder.runner(decoder.target).describe()}
+    runner = getattr(decoder.engine().drafter, "runner", None) if decoder.settings.drafter != "none" else None
+    if runner is not None:
+        out["draft"] = runner.describe()
+    return out
 
 
 def _sort_by_index(result: BenchResult) -> None:

@@ -197,6 +197,16 @@ class ModelRunner:
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._pool = None
 
+    def describe(self) -> str:
+        """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
+        parts = ["fused layers" if self.native is not None else "transformers modules"]
+        if self.compiled:
+            parts.append("compiled")
+        elif self.compile_error:
+            parts.append(f"not compiled ({self.compile_error})")
+        parts.append("CUDA graphs" if self.graphs else "eager")
+        return ", ".join(parts)
+
     @staticmethod
     def pool_len(max_len: int) -> int:
         """Cache size of the pooled caches of graph mode: the next power of two, at least 256.
