@@ -302,6 +302,7 @@ def bench_pair(name, tcfg, dcfg, bw, args, rec):
         first = time.perf_counter() - t0
         rv = step_time(tr, 1, K + 1, P) * 1e3
         rd = step_time(dr, 1, 1, P) * 1e3
+        rec(name, f"decode_step_{mode}", tr.describe())  # shows a compile that fell back
         rec(name, f"step_ms_target_{mode}_q1", r1)
         rec(name, f"step_ms_target_{mode}_q{K + 1}", rv)
         rec(name, f"step_ms_draft_{mode}_q1", rd)
