@@ -40,7 +40,7 @@ import torch
 
 from .. import metrics
 from ..decoding.cache import ModelRunner
-from ..decoding.engine import SpeculativeEngine, make_generator
+from ..decoding.engine import RowStats, SpeculativeEngine, make_generator
 from ..io import atomic_write_text, json_line
 
 __all__ = [
@@ -72,9 +72,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass
-class SequenceRun:
-    """One prompt through one engine."""
+@dataclass(kw_only=True)
+class SequenceRun(RowStats):
+    """One prompt through one engine: the engine's per-row counters (RowStats: rounds, draft and
+    accepted tokens, per-position trials) plus what the benchmark measures around them."""
 
     index: int  # position of the prompt in the benchmark
     prompt_tokens: int
@@ -82,24 +83,10 @@ class SequenceRun:
     latency_s: float  # batch start -> this row's last token
     ttft_s: float  # batch start -> this row's first token (the round-0 event)
     finish_reason: str | None
-    rounds: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
     rejected_rounds: int = 0  # rounds that rejected a draft token (for Leviathan's α)
-    position_trials: list[int] = field(default_factory=list)
-    position_accepts: list[int] = field(default_factory=list)
 
-    @property
-    def new_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return metrics.acceptance_rate(self.accepted_tokens, self.draft_tokens)
-
-    @property
-    def block_efficiency(self) -> float | None:
-        return metrics.block_efficiency(self.accepted_tokens, self.rounds)
+    def __post_init__(self) -> None:
+        self.new_tokens = len(self.token_ids)
 
     def to_dict(self, speculative: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
