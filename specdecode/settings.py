@@ -179,6 +179,11 @@ class Settings(BaseModel):
 
     # ---- derived views -------------------------------------------------------------------
     @property
+    def max_draft_tokens(self) -> int:
+        """The most draft tokens one round can propose: k, or max_k under `k: auto`."""
+        return self.max_k if self.k == "auto" else int(self.k)
+
+    @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 

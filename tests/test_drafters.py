@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fixtures import PROMPTS, oracle_greedy
+from helpers import cpu_decoder
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.policy import AdaptiveK
 from specdecode.decoding.sampling import SamplingParams
@@ -23,23 +24,14 @@ from specdecode.drafters import DraftState, EarlyExitDrafter, NgramDrafter
 from specdecode.drafters.early_exit import shallow_view
 from specdecode.drafters.ngram import NgramIndex, lookup
 from specdecode.models.loading import load_model
-from specdecode.settings import Settings, SettingsError
+from specdecode.settings import SettingsError
 
 MAX_NEW = 44
 RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]  # 3, 25 and 9 words
 
 
 def decoder(target, draft=None, **kw) -> SpeculativeDecoder:
-    s = Settings(
-        target=str(target),
-        draft=str(draft) if draft else None,
-        device="cpu",
-        dtype="float32",
-        chat=False,
-        max_new_tokens=kw.pop("max_new_tokens", MAX_NEW),
-        **kw,
-    )
-    return SpeculativeDecoder.from_settings(s)
+    return cpu_decoder(target, draft, **{"max_new_tokens": MAX_NEW, **kw})
 
 
 def state_for(histories, target_rows=112, device="cpu") -> DraftState:

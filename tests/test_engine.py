@@ -13,27 +13,17 @@ import pytest
 import torch
 
 from fixtures import PROMPTS, oracle_greedy
+from helpers import cpu_decoder
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine
 from specdecode.drafters.draft_model import ModelDrafter
-from specdecode.settings import Settings
 
 MAX_NEW = 40
 RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]  # 3, 25 and 9 words
 
 
 def decoder(target, draft=None, **kw) -> SpeculativeDecoder:
-    s = Settings(
-        target=str(target),
-        draft=str(draft) if draft else None,
-        drafter=kw.pop("drafter", "model" if draft else "none"),
-        device="cpu",
-        dtype="float32",
-        chat=False,
-        max_new_tokens=kw.pop("max_new_tokens", MAX_NEW),
-        **kw,
-    )
-    return SpeculativeDecoder.from_settings(s)
+    return cpu_decoder(target, draft, **{"max_new_tokens": MAX_NEW, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -247,9 +247,13 @@ def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, int] | None:
     runner = decoder.runner(decoder.target)
     if not runner.graphs:
         return None
+    return len(batch), runner.pool_len(_cache_len(decoder, max(map(len, batch))))
+
+
+def _cache_len(decoder, longest_prompt: int) -> int:
+    """Cache slots the engine allocates for a batch whose longest prompt has this many tokens."""
     s = decoder.settings
-    max_k = s.max_k if s.k == "auto" else int(s.k)
-    return len(batch), runner.pool_len(SpeculativeEngine.cache_len(max(map(len, batch)), s.max_new_tokens, max_k))
+    return SpeculativeEngine.cache_len(longest_prompt, s.max_new_tokens, s.max_draft_tokens)
 
 
 def warm_up(decoder, ids: list[list[int]]) -> None:
@@ -300,8 +304,7 @@ def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
         return None
     batch = s.batch_size
     prompt = ids[0]
-    max_k = s.max_k if s.k == "auto" else int(s.k)
-    size = SpeculativeEngine.cache_len(len(prompt), s.max_new_tokens, max_k)
+    size = _cache_len(decoder, len(prompt))
     target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
     if s.drafter == "ngram":
         return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0)
@@ -455,9 +458,11 @@ def _restore(result: BenchResult, records: list[dict[str, Any]]) -> None:
     result.resumed = len(records)
 
 
-def _free_memory(device: torch.device) -> None:
-    if device.type == "cuda":
+def _out_of_memory(decoder, batch_size: int, error: BaseException) -> str:
+    """Free what the failed batch held; the failure line that names its size."""
+    if decoder.target.device.type == "cuda":
         torch.cuda.empty_cache()
+    return f"out of memory with a batch of {batch_size} prompt(s) ({type(error).__name__})"
 
 
 def run_benchmark(
@@ -544,9 +549,8 @@ def run_benchmark(
     except KeyboardInterrupt:
         result.interrupted = True
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        _free_memory(decoder.target.device)
         result.failed_batch_size = in_flight
-        result.failure = f"out of memory with a batch of {in_flight} prompt(s) ({type(e).__name__})"
+        result.failure = _out_of_memory(decoder, in_flight, e)
     _sort_by_index(result)
     result.decode_steps = decode_steps(decoder)
     return result
@@ -634,8 +638,6 @@ def run_sweep(
     except KeyboardInterrupt:
         result.interrupted = True
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        _free_memory(decoder.target.device)
         result.failed_combo = combo
-        size = combo.batch_size if combo is not None else decoder.settings.batch_size
-        result.failure = f"out of memory with a batch of {size} prompt(s) ({type(e).__name__})"
+        result.failure = _out_of_memory(decoder, combo.batch_size if combo is not None else decoder.settings.batch_size, e)
     return result

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .native import NativeModel, native_support
+from .native import NativeModel, NativeUnsupported
 
 __all__ = ["KVCache", "ModelRunner", "UnsupportedModelError"]
 
@@ -184,11 +184,12 @@ class ModelRunner:
         self.native: NativeModel | None = None
         self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
         if native or (native is None and compile):
-            self.native_unsupported = native_support(model)
-            if self.native_unsupported is None:
+            try:  # NativeModel checks native_support itself
                 self.native = NativeModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend)
-            elif native:
-                raise UnsupportedModelError(self.native_unsupported)
+            except NativeUnsupported as e:
+                self.native_unsupported = str(e)
+                if native:
+                    raise UnsupportedModelError(self.native_unsupported) from None
         self._step = self._forward if self.native is None else self._native_forward
         if compile and self.native is None:
             # inductor fuses the step's elementwise work; CUDA graphs are ours (captured below)

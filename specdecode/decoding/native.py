@@ -34,7 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NativeModel", "native_support"]
+__all__ = ["NativeModel", "NativeUnsupported", "native_support"]
+
+
+class NativeUnsupported(ValueError):
+    """The fused step cannot run this model; the message says why."""
 
 # model class name -> family
 _FAMILIES = {
@@ -271,7 +275,7 @@ class NativeModel:
         keys of the masks `forward` receives."""
         reason = native_support(model)
         if reason is not None:
-            raise ValueError(reason)
+            raise NativeUnsupported(reason)
         base, config = _text_parts(model)
         self.family = _FAMILIES[type(model).__name__]
         gemma = self.family == "gemma3"
@@ -287,7 +291,7 @@ class NativeModel:
         )
         self.kinds = tuple(kinds)
         if len(self.kinds) != len(base.layers):
-            raise ValueError(f"{len(self.kinds)} layer kinds for {len(base.layers)} layers")
+            raise NativeUnsupported(f"{len(self.kinds)} layer kinds for {len(base.layers)} layers")
         self.rotary = base.rotary_emb
         self._rotary_per_kind = "layer_type" in inspect.signature(self.rotary.forward).parameters
         self.embed = base.embed_tokens
