@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
                     help="more inductor options for the compiled layers, e.g. max_autotune=True "
                          "max_autotune_gemm_backends=TRITON,ATEN")
+    ap.add_argument("--kernels", choices=["on", "off", "both"], default="both",
+                    help="Triton decode kernels for steps of <= 16 rows (default: profile with and without)")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -93,12 +95,17 @@ def main():
     bw = gpu_bench.copy_bandwidth()
     print(f"{args.pair}: attention={args.attention} inductor options {native.INDUCTOR_OPTIONS}; floors "
           f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
-    tr, dr = ModelRunner(target.model, graphs=True, compile=True), ModelRunner(draft.model, graphs=True, compile=True)
-    for b in args.batches:
-        t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
-        profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
-        d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
-        print(f"c = {d1 / t1:.3f}")
+    for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
+        print(f"\n==== Triton decode kernels {'on' if kern else 'off'}")
+        tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern)
+        dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern)
+        print(f"target: {tr.describe()}")
+        for b in args.batches:
+            t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
+            profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
+            d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
+            print(f"c = {d1 / t1:.3f}")
+        del tr, dr
 
 
 if __name__ == "__main__":

@@ -11,7 +11,17 @@ product does with these models (tests load them through the product's own code).
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+try:  # without a GPU, the Triton kernels run (slowly, exactly) under Triton's interpreter
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
 
 from fixtures import Pair, build_model, build_tokenizer
 

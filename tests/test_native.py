@@ -78,15 +78,16 @@ def _run(runner: ModelRunner, fused_prefill: bool = True):
     """Prefill a ragged batch of 3, then steps of 1, 4, 3 and 1 tokens with rollbacks between them."""
     gen = torch.Generator().manual_seed(1)
     batch, prompt = 3, 20
-    x = torch.randint(4, V, (batch, prompt), generator=gen)
+    dev = runner.device
+    x = torch.randint(4, V, (batch, prompt), generator=gen).to(dev)
     cache = runner.new_cache(batch, 64)
     first = runner.prefill(x, cache, attend_len=prompt, logits_to_keep=0)
-    cache.set_positions(torch.tensor([20, 13, 7]))
+    cache.set_positions(torch.tensor([20, 13, 7], device=dev))
     out = [first[:, :7]]  # positions every row holds
     for q in (1, 4, 3, 1):
-        ids = torch.randint(4, V, (batch, q), generator=gen)
+        ids = torch.randint(4, V, (batch, q), generator=gen).to(dev)
         out.append(runner.forward(ids, cache, attend_len=40, logits_to_keep=0))
-        cache.advance(torch.tensor([q, max(q - 1, 1), 1]))  # row 1 and 2 roll part of the step back
+        cache.advance(torch.tensor([q, max(q - 1, 1), 1], device=dev))  # row 1 and 2 roll part of the step back
     return [o.float() for o in out]
 
 

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .native import NativeModel, NativeUnsupported
+from . import kernels as _kernels
+from .native import KernelFailure, NativeModel, NativeUnsupported
 
 __all__ = ["KVCache", "ModelRunner", "UnsupportedModelError"]
 
@@ -169,7 +170,7 @@ class ModelRunner:
     """
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, native: bool | None = None,
-                 compile_backend: str = "inductor") -> None:
+                 compile_backend: str = "inductor", kernels: bool | None = None) -> None:
         self.model = model
         self.layout = _attention_layout(model)
         params = inspect.signature(model.forward).parameters
@@ -185,7 +186,8 @@ class ModelRunner:
         self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
         if native or (native is None and compile):
             try:  # NativeModel checks native_support itself
-                self.native = NativeModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend)
+                self.native = NativeModel(model, self.layout.kinds, compile=compile,
+                                          compile_backend=compile_backend, kernels=kernels)
             except NativeUnsupported as e:
                 self.native_unsupported = str(e)
                 if native:
@@ -201,6 +203,10 @@ class ModelRunner:
     def describe(self) -> str:
         """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
         parts = ["fused layers" if self.native is not None else "transformers modules"]
+        if self.native is not None and self.native.kernels:
+            parts.append(f"Triton decode kernels (whole steps of <= {_kernels.MAX_ROWS} rows, attention in larger ones)")
+        elif self.native is not None and self.native.kernel_error:
+            parts.append(f"no Triton kernels ({self.native.kernel_error})")
         if self.compiled:
             parts.append("compiled")
         elif self.compile_error:
@@ -280,6 +286,11 @@ class ModelRunner:
         compiler), the runner falls back to the uncompiled step once, says so, and carries on."""
         try:
             return self._step(*args)
+        except KernelFailure as e:
+            self.native.disable_kernels(e.__cause__ or e)
+            log.warning("the Triton decode kernels could not run here (%s); using the compiled layers "
+                        "instead", self.native.kernel_error)
+            return self._step(*args)
         except torch._dynamo.exc.TorchDynamoException as e:
             if not self.compiled:
                 raise
@@ -321,7 +332,10 @@ class ModelRunner:
     def _native_forward(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                         logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
         position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
-        masks = self._masks(position_ids, attend_len, boolean=True)
+        if not eager and self.native.uses_kernels(input_ids.numel()):
+            masks = {}  # the kernels mask from the positions themselves
+        else:
+            masks = self._masks(position_ids, attend_len, boolean=True)
         return self.native.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)
 
     def _forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:

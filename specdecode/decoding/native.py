@@ -34,11 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NativeModel", "NativeUnsupported", "native_support"]
+from . import kernels as _kernels
+
+__all__ = ["KernelFailure", "NativeModel", "NativeUnsupported", "native_support"]
 
 
 class NativeUnsupported(ValueError):
     """The fused step cannot run this model; the message says why."""
+
+
+class KernelFailure(RuntimeError):
+    """The Triton decode kernels could not be built or run here (the runner falls back)."""
 
 # model class name -> family
 _FAMILIES = {
@@ -179,6 +185,7 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
     eps, scaling = shape.eps, shape.scaling
     norm = _rms_gemma if shape.gemma else _rms_llama
     split = [H * D, Hkv * D, Hkv * D]
+    post = _make_post(shape, act)
 
     def layer(h, x, w, k_buf, v_buf, rows, pos, mask, cos, sin, next_norm):
         """One decoder layer on q tokens per row.
@@ -209,6 +216,19 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
         qf = qs.view(B, q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * q, D)
         o = _attend(qf, k_buf, v_buf, mask, scaling, how)
         o = o.view(B, Hkv, G, q, D).permute(0, 3, 1, 2, 4).reshape(B, q, H * D)
+        return post(h, o, w, next_norm)
+
+    return layer
+
+
+def _make_post(shape: _Shape, act: Callable[[Tensor], Tensor]) -> Callable:
+    """The layer after attention: output projection, residual adds, norms and the MLP."""
+    eps = shape.eps
+    norm = _rms_gemma if shape.gemma else _rms_llama
+
+    def post(h, o, w, next_norm):
+        """h: residual [B, q, E]; o: attention output [B, q, H*D]. Returns (h', next_norm(h'))."""
+        (_, _, _, _, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
         o = F.linear(o, wo, bo)
         if post_attn is not None:
             o = norm(o, post_attn, eps)
@@ -221,7 +241,7 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
         h = h + y
         return h, norm(h, next_norm, eps)
 
-    return layer
+    return post
 
 
 def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
@@ -230,13 +250,34 @@ def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
     def first_norm(h, w):
         return norm(h, w, eps)
 
+    def last_norm(h, d, d_norm, w):
+        """The last layer's residual add (with its post-norm, Gemma) and the final norm."""
+        if d_norm is not None:
+            d = norm(d, d_norm, eps)
+        return norm(h + d, w, eps)
+
     def head(x, lm_head):
         logits = F.linear(x, lm_head)
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
-    return first_norm, head
+    return first_norm, head, last_norm
+
+
+def _activation_name(act: nn.Module) -> str | None:
+    """Which of the kernels' activations `act` computes (checked numerically), or None."""
+    x = torch.linspace(-6.0, 6.0, 241, dtype=torch.float32)
+    try:
+        with torch.no_grad():
+            y = act(x)
+    except Exception:  # an activation that cannot run on a CPU tensor: not one we know
+        return None
+    refs = {"silu": F.silu(x), "gelu_tanh": F.gelu(x, approximate="tanh")}
+    for name, ref in refs.items():
+        if y.shape == ref.shape and torch.allclose(y, ref, atol=1e-5, rtol=1e-5):
+            return name
+    return None
 
 
 def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
@@ -270,9 +311,12 @@ def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
 class NativeModel:
     """The fused decode step of one model. `forward(input_ids, cache, masks, logits_to_keep)`."""
 
-    def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor") -> None:
+    def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
+                 kernels: bool | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
-        keys of the masks `forward` receives."""
+        keys of the masks `forward` receives. kernels: run steps of at most kernels.MAX_ROWS
+        rows through the Triton kernels of kernels.py (None: when compiling on a device they
+        run on; they are part of the compiled path)."""
         reason = native_support(model)
         if reason is not None:
             raise NativeUnsupported(reason)
@@ -325,9 +369,20 @@ class NativeModel:
             ))
             self.in_norms.append(layer.input_layernorm.weight)
         act = base.layers[0].mlp.act_fn
+        self.window = getattr(config, "sliding_window", None) if "sliding_attention" in self.kinds else None
+        self.act_name = _activation_name(act)
+        self.kernels_unsupported = self._kernel_support(model)
+        if kernels is None:
+            kernels = compile and _kernels.usable_on(self.device) and self.kernels_unsupported is None
+        elif kernels and self.kernels_unsupported is not None:
+            raise NativeUnsupported(self.kernels_unsupported)
+        self.kernels = bool(kernels)
+        self.kernel_error: str | None = None
+        self._kernel_shapes: set[tuple] = set()
         how = ATTENTION or ("matmul" if self.device.type == "cuda" else "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
-        first_norm, head = _make_head(gemma, self.shape.eps, self.softcap)
+        first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
+        post = _make_post(self.shape, act)
         self._uncompiled = (layer_fn, first_norm, head)
         # variable-length forwards (prefill) run uncompiled (one compile per prompt length would cost
         # more than it saves) and through sdpa, whose memory does not grow with prompt x cache
@@ -341,12 +396,44 @@ class NativeModel:
             layer_fn = torch.compile(layer_fn, **opts)
             first_norm = torch.compile(first_norm, **opts)
             head = torch.compile(head, **opts)
+            last_norm = torch.compile(last_norm, **opts)
+            post = torch.compile(post, **opts)
+        self._last_norm, self._post = last_norm, post
         self._layer, self._first_norm, self._head = layer_fn, first_norm, head
         self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
 
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
         self._layer, self._first_norm, self._head = self._uncompiled
+        self.kernels = False
+
+    def _kernel_support(self, model) -> str | None:
+        """None when the Triton decode kernels can run this model, else why not."""
+        if not _kernels.AVAILABLE:
+            return "Triton is not installed"
+        if self.act_name is None:
+            return "the MLP activation is neither SiLU nor tanh-approximated GELU"
+        d = self.shape.head_dim
+        if d & (d - 1) or d < 16:
+            return f"head_dim {d} is not a power of two of at least 16"
+        if self.shape.n_heads % self.shape.n_kv:
+            return "query heads are not a multiple of key/value heads"
+        hidden = self.lm_head.shape[1]
+        if hidden > _kernels.MAX_HIDDEN:
+            return (f"hidden size {hidden} > {_kernels.MAX_HIDDEN}: cuBLAS streams matrices this large faster "
+                    "than the kernels")
+        return None
+
+    def disable_kernels(self, error: BaseException) -> None:
+        """Stop using the Triton kernels (they failed to build or run here)."""
+        self.kernels = False
+        text = str(error).strip().splitlines()
+        self.kernel_error = f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+    def uses_kernels(self, rows: int) -> bool:
+        """Whether a (non-prefill) step of `rows` rows runs on the kernels: single-row steps
+        wholly (_kernel_forward), larger ones for their attention (_hybrid_forward)."""
+        return self.kernels
 
     # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------
     def tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
@@ -377,8 +464,19 @@ class NativeModel:
         """input_ids/position_ids [B, q]; masks {kind: bool [B, 1, q, attend_len]}; the step attends
         to the first attend_len slots of the cache (all of them in a captured step).
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
-        layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
         B, q = input_ids.shape
+        if not eager and self.uses_kernels(B * q):
+            step = self._kernel_forward if B * q <= _kernels.MAX_ROWS else self._hybrid_forward
+            shape = (B, q, cache.max_len)
+            if shape in self._kernel_shapes:
+                return step(input_ids, cache, position_ids, logits_to_keep)
+            try:  # first use of a shape: Triton compiles here; a failure falls back (KernelFailure)
+                out = step(input_ids, cache, position_ids, logits_to_keep)
+            except Exception as e:
+                raise KernelFailure(str(e)) from e
+            self._kernel_shapes.add(shape)
+            return out
+        layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
         G = self.shape.n_heads // self.shape.n_kv
         # the G query heads of a group become G*q query rows: repeat the mask rows to match
         folded = {kind: m.expand(B, 1, q, m.shape[-1]).unsqueeze(2).expand(B, 1, G, q, m.shape[-1])
@@ -405,6 +503,75 @@ class NativeModel:
         else:
             x = x[:, logits_to_keep]
         return head(x, self.lm_head)
+
+
+    def _kernel_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
+                        logits_to_keep: Tensor | int) -> Tensor:
+        """The step as five Triton kernels per layer (kernels.py): the residual adds and every
+        norm ride inside the matrix-vector products, attention writes the cache itself."""
+        sh = self.shape
+        gemma = sh.gemma
+        eps = sh.eps
+        tables = self.tables(cache.max_len)
+        h = F.embedding(input_ids, self.embed.weight)
+        if self.embed_scale is not None:
+            h = h * self.embed_scale.to(h.dtype)
+        d = None
+        d_norm = None
+        for i, w in enumerate(self.weights):
+            (wqkv, bqkv, _, _, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
+            qkv, h_new = _kernels.gemv(h, wqkv, bias=bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
+                                       delta=d, delta_norm=d_norm)
+            if h_new is not None:
+                h = h_new
+            o = self._attention(i, qkv, cache, position_ids, tables)
+            o, _ = _kernels.gemv(o, wo, bias=bo)
+            a, h = _kernels.gemv(h, wgu, bias=bgu, norm=pre_ff, gemma=gemma, eps=eps, delta=o,
+                                 delta_norm=post_attn, act=self.act_name)
+            d, _ = _kernels.gemv(a, wd, bias=bd)
+            d_norm = post_ff
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep:
+                h, d = h[:, -logits_to_keep:], d[:, -logits_to_keep:]
+        else:
+            h, d = h[:, logits_to_keep], d[:, logits_to_keep]
+        # the head stays on cuBLAS (it streams a 262k x 2560 matrix at 4.2 TB/s, the kernel at 3.6);
+        # the last residual add and the final norm run as one compiled function before it
+        return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
+
+
+    def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
+        sh = self.shape
+        (_, _, q_norm, k_norm, *_) = self.weights[i]
+        kind = self.kinds[i]
+        k_buf, v_buf = self._buffers(cache, i, qkv.shape[0])
+        cos, sin = tables[kind]
+        return _kernels.decode_attention(
+            qkv, position_ids, k_buf, v_buf, cos, sin, n_heads=sh.n_heads, n_kv=sh.n_kv,
+            head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=q_norm, k_norm=k_norm,
+            gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None)
+
+    def _hybrid_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
+                        logits_to_keep: Tensor | int) -> Tensor:
+        """Steps of several rows: the matrix products stay on cuBLAS (the compiled layers'
+        `post`), attention (q/k norms, rotary, cache write) runs as the Triton kernel."""
+        h = F.embedding(input_ids, self.embed.weight)
+        if self.embed_scale is not None:
+            h = h * self.embed_scale.to(h.dtype)
+        x = self._first_norm(h, self.in_norms[0])
+        tables = self.tables(cache.max_len)
+        n = len(self.weights)
+        for i, w in enumerate(self.weights):
+            qkv = F.linear(x, w[0], w[1])
+            o = self._attention(i, qkv, cache, position_ids, tables)
+            next_norm = self.in_norms[i + 1] if i + 1 < n else self.final_norm
+            h, x = self._post(h, o, w, next_norm)
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep:
+                x = x[:, -logits_to_keep:]
+        else:
+            x = x[:, logits_to_keep]
+        return self._head(x, self.lm_head)
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:

@@ -1,0 +1,199 @@
+"""The Triton decode kernels against cuBLAS / the compiled layers' attention, shape by shape (H200).
+
+    python3 benchmarks/kernel_bench.py [--pairs gemma llama] [--rows 1 6] [--sweep]
+
+For every matrix of the issue-6 models (Gemma 3 4B + 270M, Llama 3.1 8B + 3.2 1B, bf16) it
+times, at 1 and 6 rows:
+  * cuBLAS: F.linear(x, W), the plain product (the norms and residual adds it leaves out cost
+    extra kernels in the compiled layers);
+  * ours: kernels.gemv with what the model step fuses into it (norm, residual + post-norm,
+    gated activation), at the default launch configuration and, with --sweep, over a grid of
+    (BLOCK_N, BLOCK_K, warps, stages), printing the best.
+And decode attention (norms, rotary, cache write, attention, combine) against the matmul +
+softmax + matmul the compiled layers run, at 384 visible slots of a 512-slot cache.
+
+Method: weights are cold, as in a decode step: each measurement cycles through enough copies
+of the matrix to exceed the 50 MB L2 (at least 256 MB in all), captured as one CUDA graph,
+and reports the median of `triton.testing.do_bench_cudagraph` divided by the copies; so the
+per-kernel launch gap of a graph is included. Bandwidth = weight bytes / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from specdecode.decoding import kernels  # noqa: E402
+
+DEV = "cuda"
+DT = torch.bfloat16
+
+# pair -> (hidden, intermediate, heads, kv heads, head_dim, vocab) for target, draft; gemma norms?
+MODELS = {
+    "gemma": [("gemma-4b", 2560, 10240, 8, 4, 256, 262208, True), ("gemma-270m", 640, 2048, 4, 1, 256, 262144, True)],
+    "llama": [("llama-8b", 4096, 14336, 32, 8, 128, 128256, False), ("llama-1b", 2048, 8192, 32, 8, 64, 128256, False)],
+}
+
+
+def bench(fn, copies: int) -> float:
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=25, return_mode="median") / copies  # ms per product
+
+
+def products(model):
+    name, E, I, H, Hkv, D, V, gemma = model
+    # (label, N out, K in, gated, norm, delta, delta_norm)
+    return [
+        ("qkv", (H + 2 * Hkv) * D, E, False, True, True, gemma),
+        ("o", E, H * D, False, False, False, False),
+        ("gate_up", I, E, True, True, True, gemma),
+        ("down", E, I, False, False, False, False),
+        ("lm_head", V, E, False, True, True, gemma),
+    ]
+
+
+def gemv_rows(model, rows, sweep, results):
+    name, E = model[0], model[1]
+    for label, n, k, gated, norm, delta, dnorm in products(model):
+        wrows = 2 * n if gated else n
+        nbytes = wrows * k * 2
+        copies = max(1, math.ceil((256 << 20) / nbytes))
+        ws = [torch.randn(wrows, k, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
+        nw = torch.randn(k, device=DEV, dtype=DT) * 0.1
+        for m in rows:
+            x = torch.randn(m, k, device=DEV, dtype=DT)
+            dx = torch.randn(m, k, device=DEV, dtype=DT)
+            kw = dict(norm=nw if norm else None, gemma=model[-1], delta=dx if delta else None,
+                      delta_norm=nw if dnorm else None, act=("gelu_tanh" if model[-1] else "silu") if gated else None)
+
+            def cublas():
+                for w in ws:
+                    F.linear(x, w)
+
+            def ours(cfg=None):
+                def run():
+                    for w in ws:
+                        kernels.gemv(x, w, config=cfg, **kw)
+                return run
+
+            # correctness against torch at this shape (bf16 tolerance)
+            y, _ = kernels.gemv(x, ws[0], **kw)
+            xr = x
+            if delta:
+                dd = dx.float()
+                if dnorm:
+                    dd = (dd * torch.rsqrt(dd.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + nw.float())).to(DT)
+                xr = (x.float() + dd.float()).to(DT)
+            xin = xr.float()
+            if norm:
+                xin = xin * torch.rsqrt(xin.pow(2).mean(-1, keepdim=True) + 1e-6)
+                xin = xin * ((1 + nw.float()) if model[-1] else nw.float())
+            ref = xin.to(DT).float() @ ws[0].float().T
+            if gated:
+                g, u = ref[:, :n], ref[:, n:]
+                ref = (F.gelu(g, approximate="tanh") if model[-1] else F.silu(g)) * u
+            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            t_cublas = bench(cublas, copies)
+            t_ours = bench(ours(), copies)
+            best = (t_ours, kernels.gemv_config(m, n, k, gated))
+            if sweep:
+                block_m = 1 << max(0, (m - 1).bit_length())
+                grid = (itertools.product([1, 2, 4, 8], [512, 1024, 2048], [4, 8], [2, 3]) if m == 1 else
+                        itertools.product([1, 2, 4], [256, 512, 1024], [4, 8], [2]))
+                for cfg in grid:
+                    bn, bk, warps, stages = cfg
+                    if block_m * bn * bk * (2 if gated else 1) > 16384:
+                        continue
+                    try:
+                        t = bench(ours(cfg), copies)
+                    except Exception:  # out of resources for this config
+                        continue
+                    if t < best[0]:
+                        best = (t, cfg)
+            gbs = lambda t: nbytes / (t * 1e-3) / 1e12  # noqa: E731
+            line = (f"{name:11s} {label:8s} M={m:<2d} N={n:6d} K={k:5d} {nbytes / 1e6:7.1f} MB | cuBLAS "
+                    f"{t_cublas * 1e3:7.2f} us {gbs(t_cublas):4.2f} TB/s | ours {t_ours * 1e3:7.2f} us "
+                    f"{gbs(t_ours):4.2f} TB/s | best {best[0] * 1e3:7.2f} us {gbs(best[0]):4.2f} TB/s {best[1]} | err {err:.1e}")
+            print(line, flush=True)
+            results.append(dict(model=name, product=label, rows=m, n=n, k=k, mb=nbytes / 1e6, cublas_us=t_cublas * 1e3,
+                                ours_us=t_ours * 1e3, best_us=best[0] * 1e3, best_config=list(best[1]), rel_err=err))
+        del ws
+
+
+def attention_rows(model, rows, results, slots=512, visible=384):
+    name, E, I, H, Hkv, D, V, gemma = model
+    G = H // Hkv
+    n_layers = 34
+    kc = [torch.randn(1, Hkv, slots, D, device=DEV, dtype=DT) for _ in range(n_layers)]
+    vc = [torch.randn(1, Hkv, slots, D, device=DEV, dtype=DT) for _ in range(n_layers)]
+    ang = torch.arange(slots, device=DEV)[:, None] * torch.linspace(0.01, 1, D // 2, device=DEV)[None]
+    ang = torch.cat([ang, ang], -1)
+    cos, sin = ang.cos().to(DT), ang.sin().to(DT)
+    qn = torch.randn(D, device=DEV, dtype=DT) * 0.1 if gemma else None
+    for q in rows:
+        qkv = torch.randn(1, q, (H + 2 * Hkv) * D, device=DEV, dtype=DT)
+        pos = (visible - q + torch.arange(q, device=DEV))[None]
+        mask = (torch.arange(slots, device=DEV)[None, None, :] <= pos[:, :, None])[:, None]  # [1,1,q,S]
+        fmask = mask.unsqueeze(2).expand(1, 1, G, q, slots).reshape(1, 1, G * q, slots)
+
+        def compiled_style():
+            for i in range(n_layers):
+                qf = qkv[..., : H * D].view(1, q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(1, Hkv, G * q, D)
+                sc = torch.matmul(qf, kc[i].transpose(-1, -2)).float() * D ** -0.5
+                sc = sc.masked_fill(~fmask, float("-inf"))
+                torch.matmul(sc.softmax(-1).to(DT), vc[i])
+
+        def ours(splits=None, block_s=32):
+            def run():
+                for i in range(n_layers):
+                    kernels.decode_attention(qkv, pos, kc[i], vc[i], cos, sin, n_heads=H, n_kv=Hkv, head_dim=D,
+                                             scaling=D ** -0.5, q_norm=qn, k_norm=qn, gemma=gemma,
+                                             splits=splits, block_s=block_s)
+            return run
+
+        t_ref = bench(compiled_style, n_layers)
+        t_def = bench(ours(), n_layers)
+        best = (t_def, "default")
+        for splits, bs in itertools.product([1, 2, 4, 8, 16, 32], [16, 32, 64]):
+            try:
+                t = bench(ours(splits, bs), n_layers)
+            except Exception:
+                continue
+            if t < best[0]:
+                best = (t, (splits, bs))
+        print(f"{name:11s} attention q={q} slots {visible}/{slots} | matmul+softmax+matmul (no rope/norm/write) "
+              f"{t_ref * 1e3:6.2f} us | ours {t_def * 1e3:6.2f} us | best {best[0] * 1e3:6.2f} us {best[1]}", flush=True)
+        results.append(dict(model=name, product="attention", rows=q, torch_us=t_ref * 1e3, ours_us=t_def * 1e3,
+                            best_us=best[0] * 1e3, best_config=best[1]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", nargs="+", default=["gemma", "llama"])
+    ap.add_argument("--rows", nargs="+", type=int, default=[1, 6])
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, triton {kernels.triton.__version__}, {torch.cuda.get_device_name()}")
+    results: list[dict] = []
+    with torch.inference_mode():
+        for pair in args.pairs:
+            for model in MODELS[pair]:
+                attention_rows(model, args.rows, results)
+                gemv_rows(model, args.rows, args.sweep, results)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""Triton kernels for decode-sized steps: a few query rows per sequence (draft [B, 1], verify [B, k+1]).
+
+A decode step reads every weight once and does little arithmetic with it, so its speed is the
+rate at which the weights stream in; what costs time besides that is the number of kernels
+(each one a launch gap and a ramp-up/drain) and the small ones between the matrix products
+(norms, residual adds, rotary embedding, softmax). These kernels fold that small work into the
+matrix products themselves, so a decoder layer runs as five kernels:
+
+    gemv     h' = h + norm_prev(d); qkv = norm_in(h') @ Wqkv       (residual + both norms in)
+    attention   q/k norm, rotary, cache write, attention           (one kernel, + a combine)
+    gemv     o = attn @ Wo
+    gemv     h'' = h' + norm_post(o); a = act(norm_pre(h'') @ Wg) * (norm_pre(h'') @ Wu)
+    gemv     d = a @ Wd                                             (its norm and residual go
+                                                                     into the next layer's qkv)
+
+How the norms fold in. An RMS norm is y = x * rsqrt(mean(x^2) + eps) * w. The per-column
+weight w multiplies x as its tiles are loaded; the per-row scale rsqrt(...) is a scalar that
+commutes with the product, so it is applied to the accumulator at the end, and mean(x^2) is
+accumulated along the way from the same tiles of x the product loads anyway. One pass, no
+separate norm kernel. A residual's own norm (Gemma's post-norms) needs its scale before the sum
+h + norm(d) can be formed, so those kernels first reduce d (a few KB, from L2) and then stream.
+
+Numerics: the norm weight is applied before rounding to the weight dtype and the row scale
+after the product, so bf16 results differ from transformers' in rounding only (the same
+kind of differences as any other kernel choice); fp32 matches to summation order (tested
+against the reference layers, and greedy exactness in fp32 is tested on CUDA).
+
+Without Triton (or off CUDA) nothing here is used. On CPU the kernels run under Triton's
+interpreter (TRITON_INTERPRET=1), which is how the tests check them against torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # optional: the compiled CUDA path uses these kernels when Triton is importable
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - ImportError, or a broken Triton install
+    triton = None
+    tl = None
+
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_ROWS", "decode_attention", "gemv", "usable_on"]
+
+AVAILABLE = triton is not None
+
+# Decode steps of at most this many rows (batch x query tokens) run on the kernels; larger ones
+# keep the compiled layers (cuBLAS). On the H200 the kernels win at one row and lose from two
+# on (the [M, N, K] elementwise accumulator costs M times the arithmetic: Gemma 3 4B gate/up at
+# 6 rows 124 us against cuBLAS's 29; benchmarks/results/2026-11-29-h200-kernels-gemma.txt).
+MAX_ROWS = 1
+# ... and models of at most this hidden size: the kernels' matrix-vector products beat cuBLAS on
+# the small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and
+# lose on large ones. H200, single-row step, compiled layers -> kernels: Gemma 3 270M (640)
+# 0.64 -> 0.52 ms, Llama 3.2 1B (2048) 1.06 -> 1.01, Gemma 3 4B (2560) 3.68 -> 3.03, but Llama
+# 3.1 8B (4096) 4.52 -> 4.79 (benchmarks/results/2026-11-29-h200-*-kernels.json).
+MAX_HIDDEN = 3072
+# gemv takes up to this many rows (tests exercise the multi-row form)
+MAX_GEMV_ROWS = 16
+
+# activation name -> code in the kernel
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+def usable_on(device: torch.device) -> bool:
+    """Whether the compiled path uses the kernels on `device` by default: CUDA with Triton.
+    SPECDECODE_KERNELS=0 turns them off. (Asked for explicitly they also run on CPU tensors
+    under Triton's interpreter, TRITON_INTERPRET=1: that is how the tests check them.)"""
+    if not AVAILABLE or os.environ.get("SPECDECODE_KERNELS", "1") == "0":
+        return False
+    return device.type == "cuda"
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _gemv_kernel(
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
+        M, N, K, eps,
+        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
+        then up rows) and Y = act(gate) * up. f: x (+ norm_d(D)) then an RMS norm (see module doc).
+        Program pid computes the columns pid*BLOCK_N.. of every row (M <= BLOCK_M).
+
+        The products accumulate elementwise in a [BLOCK_M, BLOCK_N, BLOCK_K] fp32 tile and are
+        reduced over K once, after the loop: a reduction across threads in every iteration
+        would stall the loads behind it (this is what keeps a GEMV bandwidth-bound)."""
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_ok = rm < M
+        n_ok = rn < N
+        wdt = W.dtype.element_ty
+        if HAS_D and D_NORM:  # the residual's own RMS scale, before it can be added
+            ssd2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + rk
+                dm = m_ok[:, None] & (kk < K)[None, :]
+                dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=dm, other=0.0).to(tl.float32)
+                ssd2 += dv * dv
+            rsd = tl.rsqrt(tl.sum(ssd2, axis=1) / K + eps)
+        ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            xm = m_ok[:, None] & k_ok[None, :]
+            wmask = n_ok[:, None] & k_ok[None, :]
+            w = tl.load(W + rn[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
+            if GATED:
+                w2 = tl.load(W + (rn + N)[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
+            x = tl.load(X + rm[:, None] * sxm + kk[None, :], mask=xm, other=0.0)
+            if HAS_D:
+                dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0)
+                if D_NORM:
+                    wd = tl.load(WD + kk, mask=k_ok, other=0.0).to(tl.float32)
+                    dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)[None, :]).to(x.dtype)
+                x = (x.to(tl.float32) + dv.to(tl.float32)).to(x.dtype)  # the residual stream's dtype
+                if WRITE_R:
+                    if pid == 0:
+                        tl.store(R + rm[:, None] * srm + kk[None, :], x, mask=xm)
+            xf = x.to(tl.float32)
+            if NORM:
+                ss2 += xf * xf
+                wn = tl.load(WN + kk, mask=k_ok, other=0.0).to(tl.float32)
+                if GEMMA:
+                    xf = xf * (1.0 + wn)[None, :]
+                else:
+                    xf = xf * wn[None, :]
+            xw = xf.to(wdt).to(tl.float32)[:, None, :]
+            acc3 += xw * w.to(tl.float32)[None, :, :]
+            if GATED:
+                acc3b += xw * w2.to(tl.float32)[None, :, :]
+        acc = tl.sum(acc3, axis=2)
+        if GATED:
+            acc2 = tl.sum(acc3b, axis=2)
+        if NORM:
+            rs = tl.rsqrt(tl.sum(ss2, axis=1) / K + eps)
+            acc = acc * rs[:, None]
+            if GATED:
+                acc2 = acc2 * rs[:, None]
+        if HAS_BIAS:
+            acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            if GATED:
+                acc2 += tl.load(BIAS + N + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            if ACT == 0:  # silu
+                acc = acc * tl.sigmoid(acc) * acc2
+            else:  # gelu, tanh approximation: 0.5 x (1 + tanh(u)) = x * sigmoid(2u)
+                u = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+                acc = acc * tl.sigmoid(2.0 * u) * acc2
+        ym = m_ok[:, None] & n_ok[None, :]
+        tl.store(Y + rm[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=ym)
+
+    @triton.jit
+    def _rope_rows(ptr, rows_ok, NORM_W, COS, SIN, pos, eps,
+                   QK_NORM: tl.constexpr, GEMMA: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr):
+        """Rows [BLOCK_R, D] at ptr (a [BLOCK_R] pointer vector to row starts), RMS-normed per row
+        (QK_NORM) and rotated: x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1]. Returns them
+        in the input dtype, rounded as transformers rounds (norm, then rotary)."""
+        d = tl.arange(0, D)
+        half = D // 2
+        drot = (d + half) % D
+        sign = tl.where(d < half, -1.0, 1.0)
+        msk = rows_ok[:, None]
+        x = tl.load(ptr[:, None] + d[None, :], mask=msk, other=0.0)
+        xr = tl.load(ptr[:, None] + drot[None, :], mask=msk, other=0.0)
+        dt = x.dtype
+        xf = x.to(tl.float32)
+        xrf = xr.to(tl.float32)
+        if QK_NORM:
+            rs = tl.rsqrt(tl.sum(xf * xf, axis=1) / D + eps)
+            wn = tl.load(NORM_W + d).to(tl.float32)
+            wr = tl.load(NORM_W + drot).to(tl.float32)
+            if GEMMA:
+                xf = (xf * rs[:, None] * (1.0 + wn)[None, :]).to(dt).to(tl.float32)
+                xrf = (xrf * rs[:, None] * (1.0 + wr)[None, :]).to(dt).to(tl.float32)
+            else:
+                xf = (wn[None, :] * (xf * rs[:, None]).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+                xrf = (wr[None, :] * (xrf * rs[:, None]).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        c = tl.load(COS + pos[:, None] * D + d[None, :], mask=msk, other=0.0).to(tl.float32)
+        s = tl.load(SIN + pos[:, None] * D + d[None, :], mask=msk, other=0.0).to(tl.float32)
+        return (xf * c + sign[None, :] * xrf * s).to(dt)
+
+    @triton.jit
+    def _softmax_step(m_i, l_i, acc, sc, v, IEEE: tl.constexpr):
+        """One online-softmax update with masked scores sc [R, S] (-inf where invisible)."""
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(sc - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc * alpha[:, None] + pv
+
+    @triton.jit
+    def _attention_kernel(
+        QKV, sqb, sqq, QN, KN, COS, SIN, POS, spb, KC, VC, scb, sch, scs, O, sob, soq,
+        PM, PA, Q, HKV, scaling, eps, window,
+        G: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
+        WINDOW: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
+    ):
+        """Program (b * HKV + kv head, split): the G query heads of one KV head over q tokens
+        (R = G*q rows, row r = g*q + t), attending to this split's share of the cached slots
+        before the step's first position, and (split 0) to the step's own q new tokens, whose
+        keys and values it holds in registers and writes to the cache for later steps. The
+        cache reads never touch this step's slots, so nothing orders the write before them."""
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
+        b = bh // HKV
+        kvh = bh % HKV
+        H = HKV * G
+        d = tl.arange(0, D)
+        # ---- queries: norm, rotary ----
+        r = tl.arange(0, BLOCK_R)
+        r_ok = r < G * Q
+        g = r // Q
+        rt = r % Q
+        rpos = tl.load(POS + b * spb + rt, mask=r_ok, other=0)
+        qptr = QKV + b * sqb + rt * sqq + (kvh * G + g) * D
+        qv = _rope_rows(qptr, r_ok, QN, COS, SIN, rpos, eps, QK_NORM, GEMMA, D, BLOCK_R)
+        # ---- cached slots [lo, hi) of this split: before the step's first position ----
+        first = tl.load(POS + b * spb)
+        lo_all = first * 0
+        if WINDOW:
+            lo_all = tl.maximum(first - window + 1, 0)
+            lo_all = (lo_all // BLOCK_S) * BLOCK_S
+        span = first - lo_all
+        per = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_S) * BLOCK_S
+        lo = lo_all + split * per
+        hi = tl.minimum(lo + per, first)
+        m_i = tl.full([BLOCK_R], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_R, D], dtype=tl.float32)
+        sl = tl.arange(0, BLOCK_S)
+        kv_base = b * scb + kvh * sch
+        for s0 in range(lo, hi, BLOCK_S):
+            slots = s0 + sl
+            s_ok = slots < hi
+            off = kv_base + slots[:, None] * scs + d[None, :]
+            kb = tl.load(KC + off, mask=s_ok[:, None], other=0.0)
+            vb = tl.load(VC + off, mask=s_ok[:, None], other=0.0)
+            if IEEE:
+                sc = tl.dot(qv, tl.trans(kb), input_precision="ieee")
+            else:
+                sc = tl.dot(qv, tl.trans(kb))
+            vis = s_ok[None, :] & (slots[None, :] <= rpos[:, None])
+            if WINDOW:
+                vis = vis & (slots[None, :] > rpos[:, None] - window)
+            sc = tl.where(vis, sc * scaling, float("-inf"))
+            m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, vb, IEEE)
+        # ---- the step's own tokens (split 0): norm, rotary, write, attend ----
+        if split == 0:
+            t = tl.arange(0, BLOCK_Q)
+            t_ok = t < Q
+            tpos = tl.load(POS + b * spb + t, mask=t_ok, other=0)
+            row_base = QKV + b * sqb + t * sqq
+            k_new = _rope_rows(row_base + (H + kvh) * D, t_ok, KN, COS, SIN, tpos, eps, QK_NORM, GEMMA, D, BLOCK_Q)
+            v_new = tl.load(row_base[:, None] + ((H + HKV + kvh) * D + d)[None, :], mask=t_ok[:, None], other=0.0)
+            cache_off = kv_base + tpos[:, None] * scs + d[None, :]
+            tl.store(KC + cache_off, k_new.to(KC.dtype.element_ty), mask=t_ok[:, None])
+            tl.store(VC + cache_off, v_new.to(VC.dtype.element_ty), mask=t_ok[:, None])
+            if IEEE:
+                sc = tl.dot(qv, tl.trans(k_new), input_precision="ieee")
+            else:
+                sc = tl.dot(qv, tl.trans(k_new))
+            vis = t_ok[None, :] & (tpos[None, :] <= rpos[:, None])
+            if WINDOW:
+                vis = vis & (tpos[None, :] > rpos[:, None] - window)
+            sc = tl.where(vis, sc * scaling, float("-inf"))
+            m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, v_new, IEEE)
+        if SPLITS == 1:
+            out = acc / tl.maximum(l_i, 1.0e-30)[:, None]
+            optr = O + b * sob + rt[:, None] * soq + ((kvh * G + g) * D)[:, None] + d[None, :]
+            tl.store(optr, out.to(O.dtype.element_ty), mask=r_ok[:, None])
+        else:
+            base = (bh * SPLITS + split) * BLOCK_R
+            tl.store(PM + (base + r) * 2, m_i)
+            tl.store(PM + (base + r) * 2 + 1, l_i)
+            tl.store(PA + (base + r)[:, None] * D + d[None, :], acc)
+
+    @triton.jit
+    def _combine_kernel(PM, PA, O, sob, soq, Q, HKV,
+                        G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr):
+        """Merge the splits' online-softmax partials of one query row of one (b, KV head)."""
+        bh = tl.program_id(0)
+        r = tl.program_id(1)
+        b = bh // HKV
+        kvh = bh % HKV
+        g = r // Q
+        rt = r % Q
+        s = tl.arange(0, SPLITS)
+        d = tl.arange(0, D)
+        base = (bh * SPLITS + s) * BLOCK_R + r  # [SPLITS]
+        ms = tl.load(PM + base * 2)
+        ls = tl.load(PM + base * 2 + 1)
+        m = tl.max(ms, axis=0)
+        w = tl.exp(ms - m)
+        den = tl.sum(w * ls, axis=0)
+        acc = tl.sum(w[:, None] * tl.load(PA + base[:, None] * D + d[None, :]), axis=0)
+        out = acc / tl.maximum(den, 1.0e-30)
+        tl.store(O + b * sob + rt * soq + (kvh * G + g) * D + d, out.to(O.dtype.element_ty))
+
+
+# ------------------------------------------------------------------------------ launch configs
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) by the shape of the product; chosen from the H200
+# sweep of benchmarks/kernel_bench.py (benchmarks/results/*-kernels.txt). Overridable for sweeps.
+GEMV_CONFIG: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
+
+
+def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tuple[int, int, int, int]:
+    found = GEMV_CONFIG.get((m, n, k, gated))
+    if found is not None:
+        return found
+    block_m = _row_block(m)
+    if block_m == 1:
+        # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-gemma.txt) for
+        # the Gemma 3 4B and 270M products, by kind: gated (gate/up), normed (qkv), plain (o, down)
+        if gated:
+            return (8, 1024, 4, 2) if k <= 1024 else (4, 512, 4, 2)
+        if norm:
+            return (4, 1024, 4, 2) if k <= 1024 else (4, 512, 4, 3)
+        return (2, 2048, 4, 2) if k <= 2048 and k > 1024 else (2, 1024, 4, 2)
+    # several rows: keep the [BLOCK_M, BLOCK_N, BLOCK_K] accumulator within 8192 floats
+    return (8, max(16, min(256, 1024 // block_m)), 4, 2)
+
+
+def _row_block(m: int) -> int:
+    return 1 << max(0, (m - 1).bit_length())
+
+
+def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
+         gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
+         delta_norm: Tensor | None = None, act: str | None = None,
+         config: tuple[int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+    """y = f(x) @ weight.T (+ bias) for x [..., K] with at most MAX_ROWS rows (see module doc).
+
+    delta: x' = x + norm_delta(delta) (or x + delta without delta_norm) is formed first and
+    returned as the second result (the residual stream after the add); norm: an RMS norm of
+    x' with this weight (Gemma's (1 + w) form when `gemma`); act: weight is [2N, K], gate rows
+    then up rows, and y = act(gate) * up ("silu" or "gelu_tanh")."""
+    lead = x.shape[:-1]
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    if m > MAX_GEMV_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_GEMV_ROWS} rows, got {m}")
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(-1) != 1:
+        raise ValueError("gemv needs a row-major weight")
+    n = weight.shape[0] // 2 if act is not None else weight.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if delta is not None:
+        d2 = delta.reshape(-1, k)
+        if d2.stride(-1) != 1:
+            d2 = d2.contiguous()
+        r = torch.empty_like(x2)
+    else:
+        d2, r = x2, x2
+    block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
+    block_k = min(block_k, max(16, triton.next_power_of_2(k)))  # small models: no idle lanes
+    block_n = min(block_n, triton.next_power_of_2(n))
+    block_m = _row_block(m)
+    grid = (triton.cdiv(n, block_n),)
+    _gemv_kernel[grid](
+        x2, x2.stride(0), d2, d2.stride(0),
+        delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
+        weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
+        m, n, k, float(eps),
+        HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
+        GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
+        HAS_BIAS=bias is not None, WRITE_R=delta is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+    )
+    return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+def _pow2(n: int, least: int = 1) -> int:
+    return max(least, 1 << max(0, (n - 1).bit_length()))
+
+
+def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:
+    """Splits of the slot range per (row, KV head), a power of two: about 32 programs in all
+    (the H200 sweep of benchmarks/kernel_bench.py: more splits cost more in the combine than
+    they gain in spread), never more than the cache has blocks."""
+    want = max(1, 32 // max(1, batch * n_kv))
+    want = min(want, 16, max(1, cache_len // block_s))
+    return 1 << (want.bit_length() - 1)
+
+
+def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
+                     cos: Tensor, sin: Tensor, *, n_heads: int, n_kv: int, head_dim: int,
+                     scaling: float, eps: float = 1e-6, q_norm: Tensor | None = None,
+                     k_norm: Tensor | None = None, gemma: bool = False, window: int | None = None,
+                     splits: int | None = None, block_s: int = 64) -> Tensor:
+    """Attention of q new tokens per row over the cache, with the new keys/values written.
+
+    qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position);
+    caches [B, Hkv, S, D]; cos/sin [S', D] rotary tables; q_norm/k_norm: per-head RMS norms.
+    A query at position p sees slots <= p (and > p - window on sliding layers).
+    Returns [B, q, H D]."""
+    b, q, _ = qkv.shape
+    g = n_heads // n_kv
+    if head_dim & (head_dim - 1):
+        raise ValueError(f"decode_attention needs a power-of-two head_dim, got {head_dim}")
+    if qkv.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or k_cache.stride() != v_cache.stride():
+        raise ValueError("decode_attention needs contiguous rows")
+    cos = cos if cos.is_contiguous() else cos.contiguous()
+    sin = sin if sin.is_contiguous() else sin.contiguous()
+    out = torch.empty(b, q, n_heads * head_dim, dtype=qkv.dtype, device=qkv.device)
+    block_r = _pow2(g * q, 16)
+    block_q = _pow2(q, 16)
+    splits = splits or attention_splits(b, n_kv, k_cache.shape[2], block_s)
+    if splits > 1:
+        pm = torch.empty(b * n_kv * splits * block_r * 2, dtype=torch.float32, device=qkv.device)
+        pa = torch.empty(b * n_kv * splits * block_r * head_dim, dtype=torch.float32, device=qkv.device)
+    else:
+        pm = pa = out
+    ieee = qkv.dtype == torch.float32
+    pos = positions if positions.stride(-1) == 1 else positions.contiguous()
+    warps = 4 if head_dim <= 128 else 8
+    _attention_kernel[(b * n_kv, splits)](
+        qkv, qkv.stride(0), qkv.stride(1),
+        q_norm if q_norm is not None else qkv, k_norm if k_norm is not None else qkv,
+        cos, sin, pos, pos.stride(0),
+        k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        out, out.stride(0), out.stride(1), pm, pa,
+        q, n_kv, float(scaling), float(eps), int(window or 0),
+        G=g, D=head_dim, QK_NORM=q_norm is not None, GEMMA=bool(gemma), WINDOW=bool(window),
+        SPLITS=splits, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
+        num_warps=warps, num_stages=2,
+    )
+    if splits > 1:
+        _combine_kernel[(b * n_kv, g * q)](pm, pa, out, out.stride(0), out.stride(1), q, n_kv,
+                                           G=g, D=head_dim, SPLITS=splits, BLOCK_R=block_r, num_warps=4)
+    return out

@@ -1,0 +1,252 @@
+"""The Triton decode kernels (specdecode/decoding/kernels.py) compute what torch computes.
+
+Without a GPU they run under Triton's interpreter (conftest sets TRITON_INTERPRET=1), which
+executes the same kernel code on CPU tensors; on the device the same tests run compiled.
+
+* gemv: plain, bias, RMS norm (Llama and Gemma forms) folded into the product, the residual
+  add with and without its own norm (written back as the new residual), the gated MLP
+  (SiLU and tanh-GELU); one row and several; sizes that are not multiples of the blocks;
+* decode_attention: q/k norms, rotary, cache write and attention over ragged per-row positions,
+  1-6 query tokens, grouped queries, sliding windows, one split and several;
+* the model step through the kernels equals the transformers forward, for Llama, Mistral,
+  Qwen2, Qwen3 and Gemma 3, and the engine stays greedy-exact on it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+kernels = pytest.importorskip("specdecode.decoding.kernels")
+if not kernels.AVAILABLE:  # pragma: no cover - triton is in the test extra
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _rms(x, w, eps, gemma):
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if gemma:
+        return (xf * (1.0 + w.float())).to(x.dtype)
+    return w * xf.to(x.dtype)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _t(*shape, g, scale=1.0, dtype=torch.float32):
+    return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEV)
+
+
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("case", ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm",
+                                  "gated-silu", "gated-gelu"])
+def test_gemv_matches_torch(m, case):
+    g = _gen(1)
+    k, n = 200, 72  # neither a multiple of the blocks
+    x = _t(m, k, g=g)
+    w = _t(2 * n if case.startswith("gated") else n, k, g=g, scale=0.1)
+    nw = _t(k, g=g, scale=0.3)
+    dn = _t(k, g=g, scale=0.3)
+    delta = _t(m, k, g=g, scale=2.0)
+    kw: dict = {}
+    xr = x
+    if case == "bias":
+        kw["bias"] = _t(n, g=g)
+    if case.startswith("norm") or case.startswith("delta") or case.startswith("gated"):
+        gemma = case != "norm-llama"
+        kw.update(norm=nw, gemma=gemma, eps=1e-6)
+    if case.startswith("delta") or case.startswith("gated"):
+        kw["delta"] = delta
+        if case in ("delta-norm", "gated-gelu"):
+            kw["delta_norm"] = dn
+            xr = x + _rms(delta, dn, 1e-6, True)
+        else:
+            xr = x + delta
+    if case.startswith("gated"):
+        kw["act"] = "silu" if case == "gated-silu" else "gelu_tanh"
+    y, r = kernels.gemv(x, w, **kw)
+    xin = _rms(xr, nw, 1e-6, kw["gemma"]) if "norm" in kw else xr
+    ref = xin @ w.T
+    if "bias" in kw:
+        ref = ref + kw["bias"]
+    if case.startswith("gated"):
+        gate, up = ref[:, :n], ref[:, n:]
+        act = F.silu(gate) if case == "gated-silu" else F.gelu(gate, approximate="tanh")
+        ref = act * up
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    if "delta" in kw:
+        torch.testing.assert_close(r, xr, rtol=1e-5, atol=1e-5)
+    else:
+        assert r is None
+
+
+def test_gemv_half_precision_rounds_like_torch():
+    g = _gen(2)
+    x = _t(3, 256, g=g, dtype=torch.float16)
+    w = _t(96, 256, g=g, scale=0.05, dtype=torch.float16)
+    nw = _t(256, g=g, scale=0.3, dtype=torch.float16)
+    y, _ = kernels.gemv(x, w, norm=nw, gemma=False, eps=1e-6)
+    ref = (_rms(x, nw, 1e-6, False).float() @ w.float().T)
+    assert y.dtype == torch.float16
+    assert (y.float() - ref).abs().max().item() <= 2e-3 * ref.abs().max().item() + 1e-3
+
+
+def test_gemv_refuses_too_many_rows():
+    x = torch.zeros(kernels.MAX_GEMV_ROWS + 1, 32, device=DEV)
+    with pytest.raises(ValueError, match="at most"):
+        kernels.gemv(x, torch.zeros(16, 32, device=DEV))
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn, kn, gemma, window):
+    B, q, _ = qkv.shape
+    qs, ks, vs = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+    qs, ks, vs = qs.view(B, q, H, D), ks.view(B, q, Hkv, D), vs.view(B, q, Hkv, D)
+    if qn is not None:
+        qs, ks = _rms(qs, qn, eps, gemma), _rms(ks, kn, eps, gemma)
+    c, s = cos[pos].unsqueeze(2), sin[pos].unsqueeze(2)
+    qs = qs * c + _rotate_half(qs) * s
+    ks = ks * c + _rotate_half(ks) * s
+    kc, vc = kc.clone(), vc.clone()
+    for b in range(B):
+        kc[b, :, pos[b]] = ks[b].transpose(0, 1)
+        vc[b, :, pos[b]] = vs[b].transpose(0, 1)
+    S = kc.shape[2]
+    slots = torch.arange(S, device=qkv.device)
+    vis = slots[None, None, :] <= pos[:, :, None]  # [B, q, S]
+    if window:
+        vis = vis & (slots[None, None, :] > pos[:, :, None] - window)
+    G = H // Hkv
+    kr = kc.repeat_interleave(G, dim=1)  # [B, H, S, D]
+    vr = vc.repeat_interleave(G, dim=1)
+    sc = torch.einsum("bqhd,bhsd->bhqs", qs.float(), kr.float()) * scaling
+    sc = sc.masked_fill(~vis[:, None], float("-inf"))
+    o = torch.einsum("bhqs,bhsd->bqhd", sc.softmax(-1), vr.float())
+    return o.reshape(B, q, H * D).to(qkv.dtype), kc, vc
+
+
+@pytest.mark.parametrize("q", [1, 3, 6])
+@pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits"])
+def test_decode_attention_matches_torch(q, setup):
+    g = _gen(3)
+    B, S = 2, 96
+    H, Hkv, D = (4, 2, 32) if setup != "gemma-window" else (2, 1, 64)
+    gemma = setup.startswith("gemma")
+    window = 9 if setup == "gemma-window" else None
+    splits = 4 if setup == "qwen3-splits" else 1
+    qn = kn = None
+    if setup != "llama":
+        qn, kn = _t(D, g=g, scale=0.3), _t(D, g=g, scale=0.3)
+    qkv = _t(B, q, (H + 2 * Hkv) * D, g=g)
+    kc = _t(B, Hkv, S, D, g=g)  # stale contents everywhere: only the visible slots may count
+    vc = _t(B, Hkv, S, D, g=g)
+    start = torch.tensor([40, 5])
+    pos = (start[:, None] + torch.arange(q)).to(DEV)
+    ang = torch.arange(S)[:, None] * torch.linspace(0.01, 1.0, D // 2)[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    cos, sin = ang.cos().to(DEV), ang.sin().to(DEV)
+    scaling = D ** -0.5
+    ref, kref, vref = _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, 1e-6, qn, kn, gemma, window)
+    out = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D, scaling=scaling,
+                                   eps=1e-6, q_norm=qn, k_norm=kn, gemma=gemma, window=window, splits=splits,
+                                   block_s=16)
+    torch.testing.assert_close(kc, kref, rtol=1e-5, atol=1e-5)  # the new keys/values were written
+    torch.testing.assert_close(vc, vref, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_splits_follow_the_batch():
+    assert kernels.attention_splits(1, 4, 512) == 8
+    assert kernels.attention_splits(16, 8, 512) == 1
+    assert kernels.attention_splits(1, 1, 128) == 2  # never more splits than blocks of slots
+    assert kernels.attention_splits(1, 3, 4096) == 8  # a power of two
+
+
+# ---- the model step ------------------------------------------------------------------------
+from test_native import _model, _run  # noqa: E402  (tiny models and the ragged step sequence)
+
+from specdecode.decoding.cache import ModelRunner  # noqa: E402
+
+
+@pytest.fixture
+def multi_row(monkeypatch):
+    """Route steps of up to 16 rows through the kernels (the product routes single-row steps,
+    where they are fastest on the H200; the kernels themselves take up to 16 rows)."""
+    monkeypatch.setattr(kernels, "MAX_ROWS", 16)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
+def test_kernel_step_matches_transformers_fp32(arch, multi_row):
+    model = _model(arch).to(DEV)
+    reference = _run(ModelRunner(model, native=False))
+    runner = ModelRunner(model, native=True, kernels=True)
+    assert runner.native.kernels and "Triton decode kernels" in runner.describe()
+    got = _run(runner)
+    assert runner.native._kernel_shapes  # the steps (3 rows x 1-4 tokens) ran on the kernels
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
+    """Steps of more than MAX_ROWS rows keep the layers' matrix products and run the attention
+    kernel (the product's routing: MAX_ROWS = 1, so every multi-row step of _run goes here)."""
+    model = _model(arch).to(DEV)
+    reference = _run(ModelRunner(model, native=False))
+    runner = ModelRunner(model, native=True, kernels=True)
+    calls = []
+    monkeypatch.setattr(runner.native, "_kernel_forward", lambda *a: calls.append("whole") or 1 / 0)
+    hybrid = runner.native._hybrid_forward
+    monkeypatch.setattr(runner.native, "_hybrid_forward", lambda *a: calls.append("hybrid") or hybrid(*a))
+    got = _run(runner)
+    assert calls == ["hybrid"] * 4  # the four steps of 3 rows x 1-4 tokens
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_row):
+    model = _model("gemma3").to(DEV)
+    reference = _run(ModelRunner(model, native=False))
+    runner = ModelRunner(model, native=True, kernels=True)
+
+    def broken(*a, **k):
+        raise RuntimeError("PTX JIT compilation failed\nmore detail")
+
+    monkeypatch.setattr(kernels, "decode_attention", broken)
+    with caplog.at_level("WARNING", logger="specdecode"):
+        got = _run(runner)
+    assert not runner.native.kernels
+    assert "PTX JIT compilation failed" in runner.describe()
+    assert sum("Triton decode kernels could not run" in r.message for r in caplog.records) == 1
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
+    """Batch 1: the product's routing (single-row draft steps on the kernels, verify on the
+    layers); batch 2: every step on the kernels."""
+    from fixtures import PROMPTS, oracle_greedy
+    from specdecode.api import SpeculativeDecoder
+    from specdecode.settings import Settings
+
+    if batch == 1:
+        kernels.MAX_ROWS = 1
+    prompts = [PROMPTS[0], PROMPTS[7]]
+    s = Settings(target=str(gemma3_pair.target), draft=str(gemma3_pair.draft), device=DEV, dtype="float32",
+                 chat=False, k=3, batch_size=batch, max_new_tokens=12)
+    dec = SpeculativeDecoder.from_settings(s)
+    for loaded in (dec.target, dec.draft):
+        runner = ModelRunner(loaded.model, graphs=DEV == "cuda", native=True, kernels=True)
+        dec.set_runner(loaded, runner)
+    got = [r.token_ids for r in dec.generate(prompts)]
+    assert dec.runner(dec.draft).native._kernel_shapes
+    assert got == oracle_greedy(gemma3_pair.target, prompts, 12)
