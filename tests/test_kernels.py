@@ -250,3 +250,24 @@ def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
     got = [r.token_ids for r in dec.generate(prompts)]
     assert dec.runner(dec.draft).native._kernel_shapes
     assert got == oracle_greedy(gemma3_pair.target, prompts, 12)
+
+
+def test_a_compile_failure_in_a_kernel_step_is_reported_as_one(caplog):
+    """The multi-row kernel step calls compiled parts: when torch.compile fails there, the runner
+    falls back as for any compile failure (one compile warning, no blame on the kernels)."""
+    model = _model("gemma3").to(DEV)
+    reference = _run(ModelRunner(model, native=False))
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C compiler here")
+
+    torch._dynamo.reset()
+    runner = ModelRunner(model, native=True, kernels=True, compile=True, compile_backend=broken_backend)
+    with caplog.at_level("WARNING", logger="specdecode"):
+        got = _run(runner)
+    messages = [r.message for r in caplog.records]
+    assert sum("torch.compile could not build" in m for m in messages) == 1
+    assert not any("Triton decode kernels could not run" in m for m in messages)
+    assert not runner.compiled and runner.native.kernel_error is None
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

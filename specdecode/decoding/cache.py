@@ -290,7 +290,7 @@ class ModelRunner:
             self.native.disable_kernels(e.__cause__ or e)
             log.warning("the Triton decode kernels could not run here (%s); using the compiled layers "
                         "instead", self.native.kernel_error)
-            return self._step(*args)
+            return self._guarded_step(*args)  # now without kernels (and torch.compile still guarded)
         except torch._dynamo.exc.TorchDynamoException as e:
             if not self.compiled:
                 raise

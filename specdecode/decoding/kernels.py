@@ -191,17 +191,30 @@ if AVAILABLE:
         return (xf * c + sign[None, :] * xrf * s).to(dt)
 
     @triton.jit
+    def _dot(a, b, IEEE: tl.constexpr):
+        """a @ b; IEEE: exact fp32 products (fp32 models; Triton would use tf32 otherwise)."""
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
+    def _masked_scores(qv, k, key_pos, key_ok, rpos, scaling, window, WINDOW: tl.constexpr, IEEE: tl.constexpr):
+        """Scaled scores of queries qv [R, D] (at positions rpos) against keys k [S, D] at key_pos:
+        -inf where a key is invalid, in a query's future, or (WINDOW) outside its window."""
+        sc = _dot(qv, tl.trans(k), IEEE)
+        vis = key_ok[None, :] & (key_pos[None, :] <= rpos[:, None])
+        if WINDOW:
+            vis = vis & (key_pos[None, :] > rpos[:, None] - window)
+        return tl.where(vis, sc * scaling, float("-inf"))
+
+    @triton.jit
     def _softmax_step(m_i, l_i, acc, sc, v, IEEE: tl.constexpr):
         """One online-softmax update with masked scores sc [R, S] (-inf where invisible)."""
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        return m_new, l_i, acc * alpha[:, None] + pv
+        return m_new, l_i, acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
 
     @triton.jit
     def _attention_kernel(
@@ -251,14 +264,7 @@ if AVAILABLE:
             off = kv_base + slots[:, None] * scs + d[None, :]
             kb = tl.load(KC + off, mask=s_ok[:, None], other=0.0)
             vb = tl.load(VC + off, mask=s_ok[:, None], other=0.0)
-            if IEEE:
-                sc = tl.dot(qv, tl.trans(kb), input_precision="ieee")
-            else:
-                sc = tl.dot(qv, tl.trans(kb))
-            vis = s_ok[None, :] & (slots[None, :] <= rpos[:, None])
-            if WINDOW:
-                vis = vis & (slots[None, :] > rpos[:, None] - window)
-            sc = tl.where(vis, sc * scaling, float("-inf"))
+            sc = _masked_scores(qv, kb, slots, s_ok, rpos, scaling, window, WINDOW, IEEE)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, vb, IEEE)
         # ---- the step's own tokens (split 0): norm, rotary, write, attend ----
         if split == 0:
@@ -271,14 +277,7 @@ if AVAILABLE:
             cache_off = kv_base + tpos[:, None] * scs + d[None, :]
             tl.store(KC + cache_off, k_new.to(KC.dtype.element_ty), mask=t_ok[:, None])
             tl.store(VC + cache_off, v_new.to(VC.dtype.element_ty), mask=t_ok[:, None])
-            if IEEE:
-                sc = tl.dot(qv, tl.trans(k_new), input_precision="ieee")
-            else:
-                sc = tl.dot(qv, tl.trans(k_new))
-            vis = t_ok[None, :] & (tpos[None, :] <= rpos[:, None])
-            if WINDOW:
-                vis = vis & (tpos[None, :] > rpos[:, None] - window)
-            sc = tl.where(vis, sc * scaling, float("-inf"))
+            sc = _masked_scores(qv, k_new, tpos, t_ok, rpos, scaling, window, WINDOW, IEEE)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, v_new, IEEE)
         if SPLITS == 1:
             out = acc / tl.maximum(l_i, 1.0e-30)[:, None]

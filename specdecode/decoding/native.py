@@ -472,6 +472,8 @@ class NativeModel:
                 return step(input_ids, cache, position_ids, logits_to_keep)
             try:  # first use of a shape: Triton compiles here; a failure falls back (KernelFailure)
                 out = step(input_ids, cache, position_ids, logits_to_keep)
+            except torch._dynamo.exc.TorchDynamoException:
+                raise  # torch.compile's own failure (the compiled parts): the runner handles it
             except Exception as e:
                 raise KernelFailure(str(e)) from e
             self._kernel_shapes.add(shape)
