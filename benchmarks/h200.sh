@@ -4,16 +4,20 @@
 #   bash benchmarks/h200.sh tests     # GPU tests: fp32 exactness on the compiled default, ~2 min
 #   bash benchmarks/h200.sh llama     # Llama 3.1 8B + 3.2 1B: all modes, batches 1 4 16, transformers
 #   bash benchmarks/h200.sh gemma     # Gemma 3 4B + 270M: the same
-#   bash benchmarks/h200.sh profile   # kernel profile of the Gemma steps
+#   bash benchmarks/h200.sh profile   # kernel profile of the Gemma steps, Triton kernels on and off
+#   bash benchmarks/h200.sh kernels   # kernels.py against cuBLAS per matrix, with the config sweep (~5 min)
+#   bash benchmarks/h200.sh gemma-decode | llama-decode   # the product default only, batches 1 16,
+#                                     # no transformers baselines (~4 / ~2 min): the issue-6 checks
 #
 # Through the device tool, with the wheels of the pinned versions carried in .whl/ (see the
 # device README: transformers, pydantic, pydantic-core, annotated-types, typing-inspection,
 # typer, annotated-doc): run(command="bash benchmarks/h200.sh gemma", carry=[".whl"]).
 # Results land in $OUT (JSON, Markdown, log); commit them to benchmarks/results/.
 set -euo pipefail
-step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile}
+step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|kernels|gemma-decode|llama-decode}
 out=${OUT:-benchmarks/results}
-case "$step" in tests|llama|gemma|profile) ;; *) echo "unknown step '$step' (tests|llama|gemma|profile)" >&2; exit 2 ;; esac
+case "$step" in tests|llama|gemma|profile|kernels|gemma-decode|llama-decode) ;;
+    *) echo "unknown step '$step' (tests|llama|gemma|profile|kernels|gemma-decode|llama-decode)" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
@@ -22,10 +26,19 @@ export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
 case "$step" in
     tests)
-        timeout 400 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_verify.py -p no:cacheprovider 2>&1 | tee "$out/gpu-tests-log.txt" ;;
+        { timeout 300 python3 -m pytest -q tests/test_kernels.py tests/test_gpu.py -p no:cacheprovider 2>&1
+          timeout 100 python3 -m pytest -q -m gpu tests/test_verify.py -p no:cacheprovider 2>&1; } \
+            | tee "$out/gpu-tests-log.txt" ;;
     llama|gemma)
         timeout 560 python3 benchmarks/gpu_bench.py --pairs "$step" --modes eager graphs compiled \
             --batches 1 4 16 --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
+    gemma-decode|llama-decode)
+        pair=${step%-decode}
+        timeout 560 python3 benchmarks/gpu_bench.py --pairs "$pair" --modes compiled --batches 1 16 --no-hf \
+            --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
     profile)
         timeout 400 python3 benchmarks/profile_step.py --pair gemma 2>&1 | quiet | tee "$out/h200-profile.txt" ;;
+    kernels)
+        timeout 560 python3 benchmarks/kernel_bench.py --pairs gemma --sweep --out "$out/h200-kernels.json" 2>&1 \
+            | quiet | tee "$out/h200-kernels.txt" ;;
 esac

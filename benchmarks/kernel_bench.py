@@ -8,7 +8,8 @@ times, at 1 and 6 rows:
     extra kernels in the compiled layers);
   * ours: kernels.gemv with what the model step fuses into it (norm, residual + post-norm,
     gated activation), at the default launch configuration and, with --sweep, over a grid of
-    (BLOCK_N, BLOCK_K, warps, stages), printing the best.
+    (form, BLOCK_N, BLOCK_K, warps, stages) for both forms (elementwise reduction, one row only;
+    tensor cores with the weights as the left operand), printing the best.
 And decode attention (norms, rotary, cache write, attention, combine) against the matmul +
 softmax + matmul the compiled layers run, at 384 visible slots of a 512-slot cache.
 
@@ -44,6 +45,9 @@ MODELS = {
 }
 
 
+COLD_BYTES = 256 << 20  # the copies of a matrix cycled through per measurement (> 5x the L2)
+
+
 def bench(fn, copies: int) -> float:
     from triton.testing import do_bench_cudagraph
 
@@ -67,7 +71,7 @@ def gemv_rows(model, rows, sweep, results):
     for label, n, k, gated, norm, delta, dnorm in products(model):
         wrows = 2 * n if gated else n
         nbytes = wrows * k * 2
-        copies = max(1, math.ceil((256 << 20) / nbytes))
+        copies = max(1, math.ceil(COLD_BYTES / nbytes))
         ws = [torch.randn(wrows, k, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
         nw = torch.randn(k, device=DEV, dtype=DT) * 0.1
         for m in rows:
@@ -105,15 +109,14 @@ def gemv_rows(model, rows, sweep, results):
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             t_cublas = bench(cublas, copies)
             t_ours = bench(ours(), copies)
-            best = (t_ours, kernels.gemv_config(m, n, k, gated))
+            best = (t_ours, kernels.gemv_config(m, n, k, gated, norm))
             if sweep:
-                block_m = 1 << max(0, (m - 1).bit_length())
-                grid = (itertools.product([1, 2, 4, 8], [512, 1024, 2048], [4, 8], [2, 3]) if m == 1 else
-                        itertools.product([1, 2, 4], [256, 512, 1024], [4, 8], [2]))
+                grid = [("mma", *c) for c in itertools.product([16, 32, 64, 128], [64, 128, 256], [4, 8], [3, 4])
+                        if c[0] * c[1] <= 16384]
+                if m == 1:  # the reduction form only pays at one row
+                    grid += [("reduce", *c) for c in itertools.product([1, 2, 4, 8], [512, 1024, 2048], [4, 8], [2, 3])
+                             if c[0] * c[1] * (2 if gated else 1) <= 16384]
                 for cfg in grid:
-                    bn, bk, warps, stages = cfg
-                    if block_m * bn * bk * (2 if gated else 1) > 16384:
-                        continue
                     try:
                         t = bench(ours(cfg), copies)
                     except Exception:  # out of resources for this config
@@ -177,13 +180,46 @@ def attention_rows(model, rows, results, slots=512, visible=384):
                             best_us=best[0] * 1e3, best_config=best[1]))
 
 
+def _smoke(args) -> None:
+    """Run every code path of the script on CPU tensors (TRITON_INTERPRET=1 must be set before
+    Triton is imported: the caller's environment). Times are not measured (1 us each)."""
+    global DEV, DT, COLD_BYTES, bench
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--smoke needs TRITON_INTERPRET=1 in the environment")
+    DEV, DT, COLD_BYTES = "cpu", torch.float32, 1
+    bench = lambda fn, copies: (fn(), 1e-3)[1]  # noqa: E731
+    first = itertools.product
+
+    class _FirstOnly:  # one configuration per form
+        @staticmethod
+        def product(*axes):
+            return list(first(*[a[:1] for a in axes]))
+
+    globals()["itertools"] = _FirstOnly
+    tiny = ("tiny", 64, 128, 4, 2, 16, 300, True)
+    results: list[dict] = []
+    attention_rows(tiny, args.rows, results, slots=64, visible=40)
+    gemv_rows(tiny, args.rows, True, results)
+    bad = [r for r in results if r.get("rel_err", 0.0) > 1e-4]
+    print(f"smoke: {len(results)} measurements, {len(bad)} with a wrong result")
+    if bad:
+        raise SystemExit(1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["gemma", "llama"])
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 6])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, Triton's interpreter, a tiny model, one config per form, no timing: checks the script")
     args = ap.parse_args()
+    if args.smoke:
+        _smoke(args)
+        return
     print(f"torch {torch.__version__}, triton {kernels.triton.__version__}, {torch.cuda.get_device_name()}")
     results: list[dict] = []
     with torch.inference_mode():

@@ -41,10 +41,11 @@ def _t(*shape, g, scale=1.0, dtype=torch.float32):
     return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEV)
 
 
+@pytest.mark.parametrize("form", ["reduce", "mma"])
 @pytest.mark.parametrize("m", [1, 5])
 @pytest.mark.parametrize("case", ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm",
                                   "gated-silu", "gated-gelu"])
-def test_gemv_matches_torch(m, case):
+def test_gemv_matches_torch(m, case, form):
     g = _gen(1)
     k, n = 200, 72  # neither a multiple of the blocks
     x = _t(m, k, g=g)
@@ -68,7 +69,8 @@ def test_gemv_matches_torch(m, case):
             xr = x + delta
     if case.startswith("gated"):
         kw["act"] = "silu" if case == "gated-silu" else "gelu_tanh"
-    y, r = kernels.gemv(x, w, **kw)
+    config = ("reduce", 8, 64, 4, 2) if form == "reduce" else ("mma", 32, 64, 4, 2)
+    y, r = kernels.gemv(x, w, config=config, **kw)
     xin = _rms(xr, nw, 1e-6, kw["gemma"]) if "norm" in kw else xr
     ref = xin @ w.T
     if "bias" in kw:
@@ -93,6 +95,13 @@ def test_gemv_half_precision_rounds_like_torch():
     ref = (_rms(x, nw, 1e-6, False).float() @ w.float().T)
     assert y.dtype == torch.float16
     assert (y.float() - ref).abs().max().item() <= 2e-3 * ref.abs().max().item() + 1e-3
+
+
+def test_gemv_configs():
+    assert kernels.gemv_config(1, 20480 // 2, 2560, True)[0] == "reduce"  # one row: the swept form
+    assert kernels.gemv_config(6, 4096, 2560, False)[0] == "mma"
+    with pytest.raises(ValueError, match="unknown gemv form"):
+        kernels.gemv(torch.zeros(1, 32, device=DEV), torch.zeros(16, 32, device=DEV), config=("fast", 8, 32, 4, 2))
 
 
 def test_gemv_refuses_too_many_rows():
@@ -271,3 +280,20 @@ def test_a_compile_failure_in_a_kernel_step_is_reported_as_one(caplog):
     assert not runner.compiled and runner.native.kernel_error is None
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke run is the CPU stand-in for the GPU sweep")
+def test_kernel_bench_smoke_runs_every_path():
+    """benchmarks/kernel_bench.py --smoke: every measurement path of the sweep script on CPU, with
+    each kernel's result checked against torch (the script exits 1 on a wrong result)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "kernel_bench.py"), "--smoke"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "smoke: 12 measurements, 0 with a wrong result" in done.stdout

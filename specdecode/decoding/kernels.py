@@ -77,73 +77,50 @@ def usable_on(device: torch.device) -> bool:
 if AVAILABLE:
 
     @triton.jit
-    def _gemv_kernel(
-        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
-        M, N, K, eps,
-        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
-        GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
-        then up rows) and Y = act(gate) * up. f: x (+ norm_d(D)) then an RMS norm (see module doc).
-        Program pid computes the columns pid*BLOCK_N.. of every row (M <= BLOCK_M).
-
-        The products accumulate elementwise in a [BLOCK_M, BLOCK_N, BLOCK_K] fp32 tile and are
-        reduced over K once, after the loop: a reduction across threads in every iteration
-        would stall the loads behind it (this is what keeps a GEMV bandwidth-bound)."""
-        pid = tl.program_id(0)
-        rm = tl.arange(0, BLOCK_M)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    def _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Per-row RMS scale of the residual delta D [M, K] (its own norm comes before the add)."""
         rk = tl.arange(0, BLOCK_K)
-        m_ok = rm < M
-        n_ok = rn < N
-        wdt = W.dtype.element_ty
-        if HAS_D and D_NORM:  # the residual's own RMS scale, before it can be added
-            ssd2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                kk = k0 + rk
-                dm = m_ok[:, None] & (kk < K)[None, :]
-                dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=dm, other=0.0).to(tl.float32)
-                ssd2 += dv * dv
-            rsd = tl.rsqrt(tl.sum(ssd2, axis=1) / K + eps)
-        ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        ssd2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
-            k_ok = kk < K
-            xm = m_ok[:, None] & k_ok[None, :]
-            wmask = n_ok[:, None] & k_ok[None, :]
-            w = tl.load(W + rn[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
-            if GATED:
-                w2 = tl.load(W + (rn + N)[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
-            x = tl.load(X + rm[:, None] * sxm + kk[None, :], mask=xm, other=0.0)
-            if HAS_D:
-                dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0)
-                if D_NORM:
-                    wd = tl.load(WD + kk, mask=k_ok, other=0.0).to(tl.float32)
-                    dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)[None, :]).to(x.dtype)
-                x = (x.to(tl.float32) + dv.to(tl.float32)).to(x.dtype)  # the residual stream's dtype
-                if WRITE_R:
-                    if pid == 0:
-                        tl.store(R + rm[:, None] * srm + kk[None, :], x, mask=xm)
-            xf = x.to(tl.float32)
-            if NORM:
-                ss2 += xf * xf
-                wn = tl.load(WN + kk, mask=k_ok, other=0.0).to(tl.float32)
-                if GEMMA:
-                    xf = xf * (1.0 + wn)[None, :]
-                else:
-                    xf = xf * wn[None, :]
-            xw = xf.to(wdt).to(tl.float32)[:, None, :]
-            acc3 += xw * w.to(tl.float32)[None, :, :]
-            if GATED:
-                acc3b += xw * w2.to(tl.float32)[None, :, :]
-        acc = tl.sum(acc3, axis=2)
-        if GATED:
-            acc2 = tl.sum(acc3b, axis=2)
+            dm = m_ok[:, None] & (kk < K)[None, :]
+            dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=dm, other=0.0).to(tl.float32)
+            ssd2 += dv * dv
+        return tl.rsqrt(tl.sum(ssd2, axis=1) / K + eps)
+
+    @triton.jit
+    def _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
+                    HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr,
+                    GEMMA: tl.constexpr, WRITE_R: tl.constexpr):
+        """Columns kk of the product's input: x' = x (+ norm_d(d)), in the residual stream's dtype
+        and written to R by program 0; returns (x' in fp32, x' times the norm weight in fp32)."""
+        xm = m_ok[:, None] & k_ok[None, :]
+        x = tl.load(X + rm[:, None] * sxm + kk[None, :], mask=xm, other=0.0)
+        if HAS_D:
+            dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0)
+            if D_NORM:
+                wd = tl.load(WD + kk, mask=k_ok, other=0.0).to(tl.float32)
+                dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)[None, :]).to(x.dtype)
+            x = (x.to(tl.float32) + dv.to(tl.float32)).to(x.dtype)
+            if WRITE_R:
+                if pid == 0:
+                    tl.store(R + rm[:, None] * srm + kk[None, :], x, mask=xm)
+        xf = x.to(tl.float32)
+        xn = xf
         if NORM:
-            rs = tl.rsqrt(tl.sum(ss2, axis=1) / K + eps)
+            wn = tl.load(WN + kk, mask=k_ok, other=0.0).to(tl.float32)
+            if GEMMA:
+                xn = xf * (1.0 + wn)[None, :]
+            else:
+                xn = xf * wn[None, :]
+        return xf, xn
+
+    @triton.jit
+    def _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                       NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr):
+        """acc (acc2: the up rows) [M, BLOCK_N]: row scale of the norm, bias, gated activation, store."""
+        if NORM:
+            rs = tl.rsqrt(ss / K + eps)
             acc = acc * rs[:, None]
             if GATED:
                 acc2 = acc2 * rs[:, None]
@@ -159,6 +136,75 @@ if AVAILABLE:
                 acc = acc * tl.sigmoid(2.0 * u) * acc2
         ym = m_ok[:, None] & n_ok[None, :]
         tl.store(Y + rm[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=ym)
+
+    @triton.jit
+    def _gemv_kernel(
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
+        M, N, K, eps,
+        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
+        IEEE: tl.constexpr, MMA: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
+        then up rows) and Y = act(gate) * up. f: x (+ norm_d(D)) then an RMS norm (see module doc).
+        Program pid computes the columns pid*BLOCK_N.. of every row (M <= BLOCK_M).
+
+        Two forms. Reduction (MMA=False): products accumulate elementwise in a [BLOCK_M, BLOCK_N,
+        BLOCK_K] fp32 tile, reduced over K once after the loop (a reduction across threads in
+        every iteration would stall the loads behind it); the arithmetic grows with the rows, so
+        it suits one. Tensor cores (MMA=True, BLOCK_M/N/K >= 16): the weight tile is the MMA's
+        left operand and the (padded) rows its right one, [BLOCK_N, BLOCK_K] x [BLOCK_K, BLOCK_M]
+        ("swap AB", as cuBLAS runs thin products): the weights are read once for up to BLOCK_M
+        rows at no extra arithmetic cost."""
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_ok = rm < M
+        n_ok = rn < N
+        wdt = W.dtype.element_ty
+        if HAS_D and D_NORM:
+            rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_K)
+        else:
+            rsd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        if MMA:
+            acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        else:
+            acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+            acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            wmask = n_ok[:, None] & k_ok[None, :]
+            w = tl.load(W + rn[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
+            if GATED:
+                w2 = tl.load(W + (rn + N)[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
+            xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
+                                 HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
+            if NORM:
+                ss2 += xf * xf
+            xw = xn.to(wdt)
+            if MMA:
+                xt = tl.trans(xw)
+                acc_t += _dot(w, xt, IEEE)
+                if GATED:
+                    acc2_t += _dot(w2, xt, IEEE)
+            else:
+                xw3 = xw.to(tl.float32)[:, None, :]
+                acc3 += xw3 * w.to(tl.float32)[None, :, :]
+                if GATED:
+                    acc3b += xw3 * w2.to(tl.float32)[None, :, :]
+        if MMA:
+            acc = tl.trans(acc_t)
+            acc2 = tl.trans(acc2_t)
+        else:
+            acc = tl.sum(acc3, axis=2)
+            acc2 = tl.sum(acc3b, axis=2)
+        _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                       NORM, HAS_BIAS, GATED, ACT)
 
     @triton.jit
     def _rope_rows(ptr, rows_ok, NORM_W, COS, SIN, pos, eps,
@@ -315,24 +361,26 @@ if AVAILABLE:
 # ------------------------------------------------------------------------------ launch configs
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) by the shape of the product; chosen from the H200
 # sweep of benchmarks/kernel_bench.py (benchmarks/results/*-kernels.txt). Overridable for sweeps.
-GEMV_CONFIG: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
+GEMV_CONFIG: dict[tuple[int, int, int, bool], tuple[str, int, int, int, int]] = {}
 
 
-def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tuple[int, int, int, int]:
+def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tuple[str, int, int, int, int]:
+    """(form, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [k, n] product; form is
+    "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left operand)."""
     found = GEMV_CONFIG.get((m, n, k, gated))
     if found is not None:
         return found
-    block_m = _row_block(m)
-    if block_m == 1:
+    if m == 1:
         # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-gemma.txt) for
         # the Gemma 3 4B and 270M products, by kind: gated (gate/up), normed (qkv), plain (o, down)
         if gated:
-            return (8, 1024, 4, 2) if k <= 1024 else (4, 512, 4, 2)
+            return ("reduce", 8, 1024, 4, 2) if k <= 1024 else ("reduce", 4, 512, 4, 2)
         if norm:
-            return (4, 1024, 4, 2) if k <= 1024 else (4, 512, 4, 3)
-        return (2, 2048, 4, 2) if k <= 2048 and k > 1024 else (2, 1024, 4, 2)
-    # several rows: keep the [BLOCK_M, BLOCK_N, BLOCK_K] accumulator within 8192 floats
-    return (8, max(16, min(256, 1024 // block_m)), 4, 2)
+            return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 4, 512, 4, 3)
+        return ("reduce", 2, 2048, 4, 2) if 1024 < k <= 2048 else ("reduce", 2, 1024, 4, 2)
+    # several rows: tensor cores read the weights once for all of them (not yet swept on the
+    # H200; the product routes multi-row steps to the compiled layers, see MAX_ROWS)
+    return ("mma", 64, 64, 4, 3)
 
 
 def _row_block(m: int) -> int:
@@ -342,7 +390,7 @@ def _row_block(m: int) -> int:
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
-         config: tuple[int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+         config: tuple[str, int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
     """y = f(x) @ weight.T (+ bias) for x [..., K] with at most MAX_ROWS rows (see module doc).
 
     delta: x' = x + norm_delta(delta) (or x + delta without delta_norm) is formed first and
@@ -368,10 +416,14 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         r = torch.empty_like(x2)
     else:
         d2, r = x2, x2
-    block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
-    block_k = min(block_k, max(16, triton.next_power_of_2(k)))  # small models: no idle lanes
-    block_n = min(block_n, triton.next_power_of_2(n))
-    block_m = _row_block(m)
+    form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
+    if form not in ("reduce", "mma"):
+        raise ValueError(f"unknown gemv form {form!r} (reduce, mma)")
+    mma = form == "mma"
+    least = 16 if mma else 1  # tensor-core operands are at least 16 wide
+    block_k = max(least, min(block_k, max(16, triton.next_power_of_2(k))))  # small models: no idle lanes
+    block_n = max(least, min(block_n, triton.next_power_of_2(n)))
+    block_m = max(least, _row_block(m))
     grid = (triton.cdiv(n, block_n),)
     _gemv_kernel[grid](
         x2, x2.stride(0), d2, d2.stride(0),
@@ -381,6 +433,7 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
         GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
         HAS_BIAS=bias is not None, WRITE_R=delta is not None,
+        IEEE=weight.dtype == torch.float32, MMA=mma,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
