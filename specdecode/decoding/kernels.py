@@ -199,10 +199,14 @@ if AVAILABLE:
                     acc3b += xw3 * w2.to(tl.float32)[None, :, :]
         if MMA:
             acc = tl.trans(acc_t)
-            acc2 = tl.trans(acc2_t)
+            acc2 = acc
+            if GATED:
+                acc2 = tl.trans(acc2_t)
         else:
             acc = tl.sum(acc3, axis=2)
-            acc2 = tl.sum(acc3b, axis=2)
+            acc2 = acc
+            if GATED:
+                acc2 = tl.sum(acc3b, axis=2)
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM, HAS_BIAS, GATED, ACT)
 
