@@ -297,3 +297,13 @@ def test_kernel_bench_smoke_runs_every_path():
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "smoke: 12 measurements, 0 with a wrong result" in done.stdout
+
+
+def test_kernels_default_to_captured_steps_only(monkeypatch):
+    """By default the kernels serve CUDA-graph steps: launched one by one from Python they would
+    cost more than they save. (On this CPU there are no graphs; usable_on is forced true.)"""
+    monkeypatch.setattr(kernels, "usable_on", lambda device: True)
+    model = _model("llama")
+    runner = ModelRunner(model, graphs=False, compile=True, compile_backend="aot_eager")
+    assert runner.native is not None and not runner.native.kernels
+    assert ModelRunner(model, graphs=False, native=True, kernels=True).native.kernels  # asked for: used

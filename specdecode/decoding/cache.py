@@ -184,6 +184,10 @@ class ModelRunner:
         self.compile_error: str | None = None  # set when compiling failed and the runner fell back
         self.native: NativeModel | None = None
         self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
+        if kernels is None and not self.graphs:
+            # uncaptured, every Triton launch pays Python's launch cost (tens of us, five a layer):
+            # by default the kernels serve captured steps only
+            kernels = False
         if native or (native is None and compile):
             try:  # NativeModel checks native_support itself
                 self.native = NativeModel(model, self.layout.kinds, compile=compile,
