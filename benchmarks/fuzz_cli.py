@@ -246,7 +246,8 @@ def real_args(draw, models: dict[str, Path], n: list[int]) -> tuple[list[str], s
     args += ["--batch-size", *[pick(rnd, *bs) for _ in range(rnd.randint(1, 2 if command == "compare" else 1))]]
     switches = pick(rnd, [[], ["--no-chat"], ["--chat"], ["--trust-remote-code"]], [["--quantized"]])
     args += switches
-    args += pick(rnd, [[], ["--fused"], ["--no-fused"], ["--compile"], ["--no-compile", "--no-cuda-graphs"]], [])
+    args += pick(rnd, [[], ["--fused"], ["--no-fused"], ["--compile"], ["--no-compile", "--no-cuda-graphs"],
+                       ["--kernels"], ["--no-kernels"]], [])
     written = ""
     if command == "generate":
         args[1:1] = prompts

@@ -187,13 +187,19 @@ class SpeculativeDecoder:
             # by default only the fused layers are compiled: torch.compile over arbitrary
             # transformers modules and this cache is not something to turn on unasked
             compile = cuda and (s.compile if s.compile is not None else fused)
-            self._runners[key] = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused)
+            if s.kernels and cuda and not fused:
+                raise SettingsError(f"--kernels: the kernels run the fused layers, and {reason or '--no-fused was given'}")
+            kernels = s.kernels if cuda else False
+            runner = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused, kernels=kernels)
+            if s.kernels and cuda and runner.native is not None and not runner.native.kernels:
+                raise SettingsError(f"--kernels: {runner.native.kernels_unsupported}")
+            self._runners[key] = runner
         return self._runners[key]
 
     def _runner_key(self, loaded: LoadedModel) -> tuple:
         s = self.settings
         graphs = loaded.device.type == "cuda" and (s.cuda_graphs if s.cuda_graphs is not None else True)
-        return (id(loaded.model), graphs, s.compile, s.fused)
+        return (id(loaded.model), graphs, s.compile, s.fused, s.kernels)
 
     def set_runner(self, loaded: LoadedModel, runner: ModelRunner) -> None:
         """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""
@@ -231,8 +237,8 @@ class SpeculativeDecoder:
         ):
             notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
                          "torch caches them on disk for later runs; --no-compile skips it)")
-        elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs):
-            notes.append("--compile and --cuda-graphs apply to CUDA devices; on "
+        elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs or s.kernels):
+            notes.append("--compile, --cuda-graphs and --kernels apply to CUDA devices; on "
                          f"{self.target.device.type} the decode steps run eagerly")
         return notes
 

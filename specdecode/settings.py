@@ -113,6 +113,10 @@ class Settings(BaseModel):
     compile: bool | None = Field(
         None, description="compile decode steps with torch.compile before capturing them; None = on CUDA for fused layers"
     )
+    kernels: bool | None = Field(
+        None, description="Triton decode kernels for captured steps of fused models (hidden size <= 3072); "
+                          "None = with --compile on CUDA"
+    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

@@ -307,3 +307,50 @@ def test_kernels_default_to_captured_steps_only(monkeypatch):
     runner = ModelRunner(model, graphs=False, compile=True, compile_backend="aot_eager")
     assert runner.native is not None and not runner.native.kernels
     assert ModelRunner(model, graphs=False, native=True, kernels=True).native.kernels  # asked for: used
+
+
+# ---- --kernels / --no-kernels ----------------------------------------------------------------
+def _decoder(target_dir, **kw):
+    from specdecode.api import SpeculativeDecoder
+    from specdecode.settings import Settings
+
+    s = Settings(target=str(target_dir), drafter="none", device="cpu", dtype="float32", chat=False, **kw)
+    return SpeculativeDecoder.from_settings(s)
+
+
+def _as_cuda(loaded):
+    """The loaded model as the runner choice sees a CUDA model (the tensors stay on this CPU)."""
+    import dataclasses
+
+    return dataclasses.replace(loaded, device=torch.device("cuda"))
+
+
+def test_kernels_flag_on_cpu_is_a_note(llama_pair):
+    dec = _decoder(llama_pair.target, kernels=True)
+    assert any("--kernels apply to CUDA devices" in n for n in dec.notes)
+    assert not dec.runner(dec.target).native.kernels
+
+
+def test_kernels_flag_reaches_the_runner(llama_pair):
+    on = _decoder(llama_pair.target, kernels=True, cuda_graphs=False)
+    assert on.runner(_as_cuda(on.target)).native.kernels  # asked for: used even uncaptured
+    off = on.with_settings(kernels=False, compile=True)
+    assert not off.runner(_as_cuda(off.target)).native.kernels
+
+
+def test_kernels_flag_on_a_model_they_cannot_run_is_a_settings_error(tmp_path, tokenizer_dir, llama_pair):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specdecode.settings import SettingsError
+
+    model = AutoModelForCausalLM.from_pretrained(llama_pair.target)
+    model.config.hidden_act = "relu"  # neither SiLU nor tanh-GELU
+    relu = AutoModelForCausalLM.from_config(model.config)
+    relu.save_pretrained(tmp_path / "relu")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "relu")
+    dec = _decoder(tmp_path / "relu", kernels=True)
+    with pytest.raises(SettingsError, match="--kernels: the MLP activation is neither SiLU nor tanh"):
+        dec.runner(_as_cuda(dec.target))
+    no_fused = dec.with_settings(fused=False)
+    with pytest.raises(SettingsError, match="--kernels: the kernels run the fused layers"):
+        no_fused.runner(_as_cuda(no_fused.target))

@@ -68,6 +68,7 @@ class SharedOptions:
     cuda_graphs: bool | None
     fused: bool | None
     compile: bool | None
+    kernels: bool | None
     trust_remote_code: bool
     debug: bool
     dry_run: bool
@@ -112,6 +113,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("cuda_graphs", Optional[bool], _opt("--cuda-graphs/--no-cuda-graphs", help="replay decode steps as CUDA graphs (default on CUDA)")),
     ("fused", Optional[bool], _opt("--fused/--no-fused", help="fused decode layers for Llama/Mistral/Qwen/Gemma 3 (default: where supported)")),
     ("compile", Optional[bool], _opt("--compile/--no-compile", help="torch.compile decode steps before capture (default: on CUDA, for fused layers)")),
+    ("kernels", Optional[bool], _opt("--kernels/--no-kernels", help="Triton decode kernels for captured steps (default: with --compile on CUDA, models up to hidden size 3072)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),

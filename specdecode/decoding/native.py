@@ -375,7 +375,7 @@ class NativeModel:
         if kernels is None:
             kernels = compile and _kernels.usable_on(self.device) and self.kernels_unsupported is None
         elif kernels and self.kernels_unsupported is not None:
-            raise NativeUnsupported(self.kernels_unsupported)
+            kernels = False  # asked for but not possible: `kernels_unsupported` says why
         self.kernels = bool(kernels)
         self.kernel_error: str | None = None
         self._kernel_shapes: set[tuple] = set()
