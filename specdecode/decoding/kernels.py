@@ -4,7 +4,8 @@ A decode step reads every weight once and does little arithmetic with it, so its
 rate at which the weights stream in; what costs time besides that is the number of kernels
 (each one a launch gap and a ramp-up/drain) and the small ones between the matrix products
 (norms, residual adds, rotary embedding, softmax). These kernels fold that small work into the
-matrix products themselves, so a decoder layer runs as five kernels:
+matrix products themselves, so a single-row decoder layer runs as five kernels (steps of
+several rows keep cuBLAS's products and use the attention kernel: see MAX_ROWS):
 
     gemv     h' = h + norm_prev(d); qkv = norm_in(h') @ Wqkv       (residual + both norms in)
     attention   q/k norm, rotary, cache write, attention           (one kernel, + a combine)
@@ -43,7 +44,8 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_ROWS", "decode_attention", "gemv", "usable_on"]
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "decode_attention", "gemv", "gemv_config",
+           "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -463,10 +465,11 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                      splits: int | None = None, block_s: int = 64) -> Tensor:
     """Attention of q new tokens per row over the cache, with the new keys/values written.
 
-    qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position);
-    caches [B, Hkv, S, D]; cos/sin [S', D] rotary tables; q_norm/k_norm: per-head RMS norms.
-    A query at position p sees slots <= p (and > p - window on sliding layers).
-    Returns [B, q, H D]."""
+    qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position),
+    consecutive in each row (the engine's steps are: positions[b] + 0..q-1), with every slot
+    before a row's first position holding that row's keys/values; caches [B, Hkv, S, D];
+    cos/sin [S', D] rotary tables; q_norm/k_norm: per-head RMS norms. A query at position p
+    sees slots <= p (and > p - window on sliding layers). Returns [B, q, H D]."""
     b, q, _ = qkv.shape
     g = n_heads // n_kv
     if head_dim & (head_dim - 1):
