@@ -347,8 +347,11 @@ def bench_pair(name, tcfg, dcfg, bw, args, rec):
             acc = sum(s.accepted_tokens for s in stats) / max(1, sum(s.draft_tokens for s in stats))
             key = f"b{batch}_spec_a{alpha}"
             tokens_round = (1 - alpha ** (K + 1)) / (1 - alpha)
-            # a round: the draft's [B, 2] first step, k - 1 [B, 1] steps, one verify
-            predicted_rate = tokens_round / ((td2 + (K - 1) * td + tv) / 1e3)  # per row
+            # a round: k draft steps, the first of them [B, 2] after a round in which some row
+            # accepted all k (the draft has not seen that `prev`: probability 1 - (1 - α^k)^B),
+            # [B, 1] otherwise; then one verify
+            two = 1 - (1 - alpha ** K) ** batch
+            predicted_rate = tokens_round / ((two * td2 + (1 - two) * td + (K - 1) * td + tv) / 1e3)  # per row
             rec(name, key + "_ms_per_token", t_spec * 1e3)
             rec(name, key + "_e2e_ms_per_token", e2e / N * 1e3)
             rec(name, key + "_measured_acceptance", acc)

@@ -333,3 +333,31 @@ def test_k_auto_uses_confidence_stop_and_stays_exact(llama_pair):
     assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, dec.settings.max_new_tokens)
     proposed = [ev.proposed for r in results for ev in r.events if ev.round > 0]
     assert len(set(proposed)) > 1  # proposals of different lengths: the draft length adapts
+
+
+@pytest.mark.parametrize("draft_is_target", [True, False])
+def test_the_draft_feeds_prev_only_when_it_has_not_seen_it(llama_pair, draft_is_target):
+    """A round's first draft step feeds [prev, last] only after a round in which a row accepted
+    every draft step's token (the draft never fed its own last proposal), [last] otherwise;
+    either way the output is the target's own. The target as its own draft accepts everything
+    (two-token first steps after the first round); the noisy draft mostly does not."""
+    prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
+    dec = cpu_decoder(llama_pair.target, llama_pair.target if draft_is_target else llama_pair.draft,
+                      k=3, batch_size=3, max_new_tokens=30)
+    runner = dec.runner(dec.draft)
+    widths: list[int] = []
+    forward = runner.forward
+
+    def spy(input_ids, *a, **kw):
+        widths.append(input_ids.shape[1])
+        return forward(input_ids, *a, **kw)
+
+    runner.forward = spy
+    results = dec.generate(prompts)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, 30)
+    firsts = widths[::3]  # k = 3 steps a round (fixed k: no early stop)
+    assert firsts[0] == 1  # after prefill the draft has seen each prompt's last token
+    if draft_is_target:
+        assert set(firsts[1:]) == {2}
+    else:
+        assert firsts.count(1) > firsts.count(2)

@@ -1,11 +1,15 @@
 """A small causal LM as the drafter (the classic draft/target pair).
 
-Runs the draft model autoregressively k steps per round over its own KVCache. The first
-step of a round feeds two tokens, [prev, last], at positions [P-1, P]: `prev` is already
-in the cache unless the previous round accepted all k proposals (then the draft never saw
-its own k-th token), and rewriting a slot with the same token is harmless. This keeps
-every step a fixed shape ([B, 2] once, then [B, 1]) with no host-side branching, and the
-draft cache needs no rollback of its own: the target's position P defines it.
+Runs the draft model autoregressively k steps per round over its own KVCache; the draft
+cache needs no rollback of its own: the target's position P defines it. The first step of
+a round feeds `last` at position P, and `prev` (position P-1) with it only when the draft
+has not seen `prev`: after a round in which a row accepted every draft step's token (the
+draft never fed its own last proposal). Rewriting a slot with the same token is harmless,
+so one such row makes it [prev, last] for the whole batch. Steps therefore have two fixed
+shapes, [B, 1] and (after fully accepted rounds) [B, 2]; which one is decided on the device
+during the previous round and read on the host after the engine's synchronisation, so the
+choice costs no synchronisation of its own. (On the GPU single-row steps run the fastest
+kernels: benchmarks/results/2026-11-29-h200-kernels-notes.md.)
 
 What it does not: verify, or know whether the draft is a good match for the target.
 """
@@ -34,6 +38,11 @@ class ModelDrafter:
         self.runner = runner if runner is not None else ModelRunner(draft.model)
         self.cache: KVCache | None = None
         self.stop_below = stop_below
+        self._prev_seen = False  # whether the draft cache holds every row's next `prev`
+        self._seen_pending = False  # observe() decided it on the device; propose() reads it
+        self._seen_host: Tensor | None = None  # where it lands (pinned memory on CUDA)
+        self._seen_ready: torch.cuda.Event | None = None
+        self._steps = 0  # draft steps run in the last round
 
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         b, length = input_ids.shape
@@ -41,6 +50,7 @@ class ModelDrafter:
         # logits are not needed: the first proposal comes after the target's first token
         self.runner.prefill(input_ids, self.cache, attend_len=length)
         self.cache.set_positions(lengths)
+        self._prev_seen, self._seen_pending = True, False  # `prev`: each row's last prompt token
 
     def _next(self, logits: Tensor, state: DraftState) -> tuple[Tensor, Tensor | None]:
         """logits: [B, V] already aligned to the target's rows."""
@@ -53,11 +63,21 @@ class ModelDrafter:
     def propose(self, state: DraftState, k: int) -> Draft:
         assert self.cache is not None, "prefill() first"
         cache = self.cache
-        # 1. rewind to the slot of `prev`: everything before it is already verified context
-        cache.set_positions(state.positions - 1)
+        if self._seen_pending:
+            if self._seen_ready is not None:
+                self._seen_ready.synchronize()  # done by now: the engine synchronised after verify
+            self._prev_seen = bool(self._seen_host)
+            self._seen_pending = False
+        # 1. rewind to the slot of `last` (of `prev` when the draft has not seen it): everything
+        #    before it is verified context the draft cache holds
+        if self._prev_seen:
+            cache.set_positions(state.positions)
+            step_in = state.last[:, None]  # [B, 1]
+        else:
+            cache.set_positions(state.positions - 1)
+            step_in = torch.stack([state.prev, state.last], dim=1)  # [B, 2]
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
-        step_in = torch.stack([state.prev, state.last], dim=1)  # [B, 2]
         bsz = step_in.shape[0]
         num_proposed = torch.full((bsz,), k, dtype=torch.long, device=step_in.device)
         stopped = torch.zeros(bsz, dtype=torch.bool, device=step_in.device)
@@ -82,6 +102,9 @@ class ModelDrafter:
                 stopped |= low
                 if bool(stopped.all()):  # host sync: every row is done drafting
                     break
+        # the draft fed last, d_1 .. d_{k'-1}: the next `prev` (d_a) is in its cache iff a < k'
+        self._steps = len(tokens)
+        self._prev_seen = False  # until observe() says otherwise
         return Draft(
             tokens=torch.stack(tokens, dim=1),  # [B, k'] (k' <= k)
             probs=torch.stack(probs, dim=1) if probs else None,  # [B, k', V]
@@ -89,7 +112,19 @@ class ModelDrafter:
         )
 
     def observe(self, num_accepted: Tensor) -> None:
-        """Nothing to roll back: the next propose() rewinds to the target's position."""
+        """Nothing to roll back: the next propose() rewinds to the target's position. Whether the
+        draft has seen every row's next `prev` is computed on the device and copied to the host
+        without waiting; the next propose() reads it."""
+        seen = (num_accepted < self._steps).all()
+        if seen.device.type == "cuda":
+            if self._seen_host is None:
+                self._seen_host = torch.empty((), dtype=torch.bool, pin_memory=True)
+                self._seen_ready = torch.cuda.Event()
+            self._seen_host.copy_(seen, non_blocking=True)
+            self._seen_ready.record()
+        else:
+            self._seen_host, self._seen_ready = seen, None
+        self._seen_pending = True
 
     def select_rows(self, rows: Tensor) -> None:
         if self.cache is not None:
