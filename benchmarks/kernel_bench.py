@@ -211,7 +211,7 @@ def _smoke(args) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["gemma", "llama"])
-    ap.add_argument("--rows", nargs="+", type=int, default=[1, 6])
+    ap.add_argument("--rows", nargs="+", type=int, default=[1, 2, 6])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true",
