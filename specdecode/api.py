@@ -208,18 +208,11 @@ class SpeculativeDecoder:
     def early_exit_view(self, exit_layer: int) -> LoadedModel:
         """The target's first `exit_layer` layers as a model (shared modules), one per decoder and
         exit layer, so its runner (and any captured steps) serve every batch."""
-        from .drafters.early_exit import shallow_view
+        from .drafters.early_exit import exit_view
 
         found = self._views.get(exit_layer)
         if found is None:
-            t = self.target
-            n = t.num_layers
-            if not isinstance(exit_layer, int) or not 1 <= exit_layer < n:
-                raise ValueError(f"exit_layer must be between 1 and {n - 1} (the target has {n} layers), got {exit_layer!r}")
-            found = self._views[exit_layer] = LoadedModel(
-                name=f"{t.name} (first {exit_layer} of {n} layers)", model=shallow_view(t.model, exit_layer),
-                tokenizer=t.tokenizer, device=t.device, dtype=t.dtype,
-            )
+            found = self._views[exit_layer] = exit_view(self.target, exit_layer)
         return found
 
     @classmethod

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fixtures import PROMPTS, oracle_greedy
-from helpers import cpu_decoder
+from helpers import cpu_decoder, record_step_widths
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.policy import AdaptiveK
 from specdecode.decoding.sampling import SamplingParams
@@ -344,15 +344,7 @@ def test_the_draft_feeds_prev_only_when_it_has_not_seen_it(llama_pair, draft_is_
     prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
     dec = cpu_decoder(llama_pair.target, llama_pair.target if draft_is_target else llama_pair.draft,
                       k=3, batch_size=3, max_new_tokens=30)
-    runner = dec.runner(dec.draft)
-    widths: list[int] = []
-    forward = runner.forward
-
-    def spy(input_ids, *a, **kw):
-        widths.append(input_ids.shape[1])
-        return forward(input_ids, *a, **kw)
-
-    runner.forward = spy
+    widths = record_step_widths(dec.runner(dec.draft))
     results = dec.generate(prompts)
     assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, 30)
     firsts = widths[::3]  # k = 3 steps a round (fixed k: no early stop)

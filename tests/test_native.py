@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from fixtures import PROMPTS, oracle_greedy
+from helpers import record_step_widths
 from specdecode.decoding import native
 from specdecode.decoding.cache import ModelRunner, UnsupportedModelError
 from specdecode.decoding.native import native_support
@@ -211,18 +212,11 @@ def test_adaptive_k_verifies_one_padded_shape_when_steps_are_compiled(llama_pair
     s = Settings(target=str(llama_pair.target), draft=str(llama_pair.draft), device="cpu", dtype="float32",
                  chat=False, k="auto", max_k=6, batch_size=3, max_new_tokens=40)
     dec = SpeculativeDecoder.from_settings(s)
-    shapes = []
     for loaded in (dec.target, dec.draft):  # what CUDA would build, traced without a C compiler
         dec.set_runner(loaded, ModelRunner(loaded.model, compile=True, compile_backend="aot_eager"))
     target_runner = dec.runner(dec.target)
     assert target_runner.compiled
-    forward = target_runner.forward
-
-    def spy(input_ids, *args, **kwargs):
-        shapes.append(input_ids.shape[1])
-        return forward(input_ids, *args, **kwargs)
-
-    target_runner.forward = spy
+    shapes = record_step_widths(target_runner)
     results = dec.generate(prompts)
     assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, 40)
     assert set(shapes) == {7}

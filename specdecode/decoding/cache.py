@@ -336,7 +336,7 @@ class ModelRunner:
     def _native_forward(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                         logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
         position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
-        if not eager and self.native.uses_kernels(input_ids.numel()):
+        if not eager and self.native.kernels:
             masks = {}  # the kernels mask from the positions themselves
         else:
             masks = self._masks(position_ids, attend_len, boolean=True)

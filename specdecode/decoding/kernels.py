@@ -389,10 +389,6 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tupl
     return ("mma", 64, 64, 4, 3)
 
 
-def _row_block(m: int) -> int:
-    return 1 << max(0, (m - 1).bit_length())
-
-
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
@@ -429,7 +425,7 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     least = 16 if mma else 1  # tensor-core operands are at least 16 wide
     block_k = max(least, min(block_k, max(16, triton.next_power_of_2(k))))  # small models: no idle lanes
     block_n = max(least, min(block_n, triton.next_power_of_2(n)))
-    block_m = max(least, _row_block(m))
+    block_m = max(least, triton.next_power_of_2(m))
     grid = (triton.cdiv(n, block_n),)
     _gemv_kernel[grid](
         x2, x2.stride(0), d2, d2.stride(0),
@@ -443,10 +439,6 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
-
-
-def _pow2(n: int, least: int = 1) -> int:
-    return max(least, 1 << max(0, (n - 1).bit_length()))
 
 
 def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:
@@ -479,8 +471,8 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
     cos = cos if cos.is_contiguous() else cos.contiguous()
     sin = sin if sin.is_contiguous() else sin.contiguous()
     out = torch.empty(b, q, n_heads * head_dim, dtype=qkv.dtype, device=qkv.device)
-    block_r = _pow2(g * q, 16)
-    block_q = _pow2(q, 16)
+    block_r = max(16, triton.next_power_of_2(g * q))  # tensor-core operands: at least 16 rows
+    block_q = max(16, triton.next_power_of_2(q))
     splits = splits or attention_splits(b, n_kv, k_cache.shape[2], block_s)
     if splits > 1:
         pm = torch.empty(b * n_kv * splits * block_r * 2, dtype=torch.float32, device=qkv.device)

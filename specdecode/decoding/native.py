@@ -368,6 +368,8 @@ class NativeModel:
                 wgu, bgu, m.down_proj.weight, m.down_proj.bias,
             ))
             self.in_norms.append(layer.input_layernorm.weight)
+        # the norm after layer i: the next layer's input norm, the final norm after the last
+        self.next_norms = [*self.in_norms[1:], self.final_norm]
         act = base.layers[0].mlp.act_fn
         self.window = getattr(config, "sliding_window", None) if "sliding_attention" in self.kinds else None
         self.act_name = _activation_name(act)
@@ -430,10 +432,18 @@ class NativeModel:
         text = str(error).strip().splitlines()
         self.kernel_error = f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
-    def uses_kernels(self, rows: int) -> bool:
-        """Whether a (non-prefill) step of `rows` rows runs on the kernels: single-row steps
-        wholly (_kernel_forward), larger ones for their attention (_hybrid_forward)."""
-        return self.kernels
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        h = F.embedding(input_ids, self.embed.weight)
+        if self.embed_scale is not None:
+            h = h * self.embed_scale.to(h.dtype)
+        return h
+
+    @staticmethod
+    def _keep(t: Tensor, logits_to_keep: Tensor | int) -> Tensor:
+        """The query positions [B, q, ...] whose logits the caller wants (0: all)."""
+        if isinstance(logits_to_keep, int):
+            return t[:, -logits_to_keep:] if logits_to_keep else t
+        return t[:, logits_to_keep]
 
     # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------
     def tables(self, length: int) -> dict[str, tuple[Tensor, Tensor]]:
@@ -465,7 +475,7 @@ class NativeModel:
         to the first attend_len slots of the cache (all of them in a captured step).
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
-        if not eager and self.uses_kernels(B * q):
+        if not eager and self.kernels:  # single-row steps wholly on the kernels, larger ones their attention
             step = self._kernel_forward if B * q <= _kernels.MAX_ROWS else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
@@ -485,27 +495,17 @@ class NativeModel:
                   .reshape(B, 1, G * q, m.shape[-1]) for kind, m in masks.items()}
         tables = self.tables(cache.max_len)
         rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, q)
-        h = F.embedding(input_ids, self.embed.weight)
-        if self.embed_scale is not None:
-            h = h * self.embed_scale.to(h.dtype)
+        h = self._embed(input_ids)
         x = first_norm(h, self.in_norms[0])
-        n = len(self.weights)
-        for i in range(n):
+        for i, w in enumerate(self.weights):
             kind = self.kinds[i]
             k_buf, v_buf = self._buffers(cache, i, B)
             if attend_len < cache.max_len:  # views: the step's writes land in the buffers
                 k_buf, v_buf = k_buf[:, :, :attend_len], v_buf[:, :, :attend_len]
             cos, sin = tables[kind]
-            next_norm = self.in_norms[i + 1] if i + 1 < n else self.final_norm
-            h, x = layer_fn(h, x, self.weights[i], k_buf, v_buf, rows, position_ids,
-                               folded[kind], cos, sin, next_norm)
-        if isinstance(logits_to_keep, int):
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]
-        else:
-            x = x[:, logits_to_keep]
-        return head(x, self.lm_head)
-
+            h, x = layer_fn(h, x, w, k_buf, v_buf, rows, position_ids, folded[kind], cos, sin,
+                            self.next_norms[i])
+        return head(self._keep(x, logits_to_keep), self.lm_head)
 
     def _kernel_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                         logits_to_keep: Tensor | int) -> Tensor:
@@ -515,9 +515,7 @@ class NativeModel:
         gemma = sh.gemma
         eps = sh.eps
         tables = self.tables(cache.max_len)
-        h = F.embedding(input_ids, self.embed.weight)
-        if self.embed_scale is not None:
-            h = h * self.embed_scale.to(h.dtype)
+        h = self._embed(input_ids)
         d = None
         d_norm = None
         for i, w in enumerate(self.weights):
@@ -532,15 +530,10 @@ class NativeModel:
                                  delta_norm=post_attn, act=self.act_name)
             d, _ = _kernels.gemv(a, wd, bias=bd)
             d_norm = post_ff
-        if isinstance(logits_to_keep, int):
-            if logits_to_keep:
-                h, d = h[:, -logits_to_keep:], d[:, -logits_to_keep:]
-        else:
-            h, d = h[:, logits_to_keep], d[:, logits_to_keep]
+        h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a 262k x 2560 matrix at 4.2 TB/s, the kernel at 3.6);
         # the last residual add and the final norm run as one compiled function before it
         return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
-
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
         sh = self.shape
@@ -557,23 +550,14 @@ class NativeModel:
                         logits_to_keep: Tensor | int) -> Tensor:
         """Steps of several rows: the matrix products stay on cuBLAS (the compiled layers'
         `post`), attention (q/k norms, rotary, cache write) runs as the Triton kernel."""
-        h = F.embedding(input_ids, self.embed.weight)
-        if self.embed_scale is not None:
-            h = h * self.embed_scale.to(h.dtype)
+        h = self._embed(input_ids)
         x = self._first_norm(h, self.in_norms[0])
         tables = self.tables(cache.max_len)
-        n = len(self.weights)
         for i, w in enumerate(self.weights):
             qkv = F.linear(x, w[0], w[1])
             o = self._attention(i, qkv, cache, position_ids, tables)
-            next_norm = self.in_norms[i + 1] if i + 1 < n else self.final_norm
-            h, x = self._post(h, o, w, next_norm)
-        if isinstance(logits_to_keep, int):
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]
-        else:
-            x = x[:, logits_to_keep]
-        return self._head(x, self.lm_head)
+            h, x = self._post(h, o, w, self.next_norms[i])
+        return self._head(self._keep(x, logits_to_keep), self.lm_head)
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:

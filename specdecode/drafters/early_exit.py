@@ -28,7 +28,7 @@ from torch import nn
 from ..models.loading import LoadedModel
 from .draft_model import ModelDrafter
 
-__all__ = ["EarlyExitDrafter", "shallow_view"]
+__all__ = ["EarlyExitDrafter", "exit_view", "shallow_view"]
 
 
 def _find_layers(model: nn.Module) -> list[str]:
@@ -81,6 +81,25 @@ def shallow_view(model: nn.Module, exit_layer: int) -> nn.Module:
     return root
 
 
+def _check_exit_layer(target: LoadedModel, exit_layer: int) -> None:
+    n = target.num_layers
+    if not isinstance(exit_layer, int) or not 1 <= exit_layer < n:
+        raise ValueError(f"exit_layer must be between 1 and {n - 1} (the target has {n} layers), got {exit_layer!r}")
+
+
+def exit_view(target: LoadedModel, exit_layer: int) -> LoadedModel:
+    """The target's first `exit_layer` layers (with its final norm and head) as a LoadedModel
+    sharing the target's modules."""
+    _check_exit_layer(target, exit_layer)
+    return LoadedModel(
+        name=f"{target.name} (first {exit_layer} of {target.num_layers} layers)",
+        model=shallow_view(target.model, exit_layer),
+        tokenizer=target.tokenizer,
+        device=target.device,
+        dtype=target.dtype,
+    )
+
+
 class EarlyExitDrafter(ModelDrafter):
     name = "early-exit"
 
@@ -88,17 +107,9 @@ class EarlyExitDrafter(ModelDrafter):
                  view: LoadedModel | None = None, runner=None) -> None:
         """`view`/`runner`: a prebuilt shallow view of the target and its runner (the decoder keeps
         one per exit layer, so captured steps are reused across batches); built here otherwise."""
-        n_layers = target.num_layers
-        if not isinstance(exit_layer, int) or not 1 <= exit_layer < n_layers:
-            raise ValueError(f"exit_layer must be between 1 and {n_layers - 1} (the target has {n_layers} layers), "
-                             f"got {exit_layer!r}")
-        self.exit_layer = exit_layer
         if view is None:
-            view = LoadedModel(
-                name=f"{target.name} (first {exit_layer} of {n_layers} layers)",
-                model=shallow_view(target.model, exit_layer),
-                tokenizer=target.tokenizer,
-                device=target.device,
-                dtype=target.dtype,
-            )
+            view = exit_view(target, exit_layer)
+        else:
+            _check_exit_layer(target, exit_layer)
+        self.exit_layer = exit_layer
         super().__init__(view, runner=runner, stop_below=stop_below)
