@@ -41,8 +41,8 @@ def _t(*shape, g, scale=1.0, dtype=torch.float32):
     return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEV)
 
 
-@pytest.mark.parametrize("form", ["reduce", "mma"])
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("form", ["reduce", "prefetch", "mma"])
+@pytest.mark.parametrize("m", [1, 2, 5])
 @pytest.mark.parametrize("case", ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm",
                                   "gated-silu", "gated-gelu"])
 def test_gemv_matches_torch(m, case, form):
@@ -69,7 +69,7 @@ def test_gemv_matches_torch(m, case, form):
             xr = x + delta
     if case.startswith("gated"):
         kw["act"] = "silu" if case == "gated-silu" else "gelu_tanh"
-    config = ("reduce", 8, 64, 4, 2) if form == "reduce" else ("mma", 32, 64, 4, 2)
+    config = (form, 8, 64, 4, 2) if form != "mma" else ("mma", 32, 64, 4, 2)
     y, r = kernels.gemv(x, w, config=config, **kw)
     xin = _rms(xr, nw, 1e-6, kw["gemma"]) if "norm" in kw else xr
     ref = xin @ w.T
@@ -207,7 +207,7 @@ def test_kernel_step_matches_transformers_fp32(arch, multi_row):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
     """Steps of more than MAX_ROWS rows keep the layers' matrix products and run the attention
-    kernel (the product's routing: MAX_ROWS = 1, so every multi-row step of _run goes here)."""
+    kernel (the product's routing: MAX_ROWS = 2, so every step of _run, 3 rows, goes here)."""
     model = _model(arch).to(DEV)
     reference = _run(ModelRunner(model, native=False))
     runner = ModelRunner(model, native=True, kernels=True)
@@ -241,14 +241,14 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_r
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
-    """Batch 1: the product's routing (single-row draft steps on the kernels, verify on the
-    layers); batch 2: every step on the kernels."""
+    """Batch 1: the product's routing (one- and two-row draft steps on the kernels, verify on
+    the layers); batch 2: every step on the kernels."""
     from fixtures import PROMPTS, oracle_greedy
     from specdecode.api import SpeculativeDecoder
     from specdecode.settings import Settings
 
     if batch == 1:
-        kernels.MAX_ROWS = 1
+        kernels.MAX_ROWS = 2  # the product's routing
     prompts = [PROMPTS[0], PROMPTS[7]]
     s = Settings(target=str(gemma3_pair.target), draft=str(gemma3_pair.draft), device=DEV, dtype="float32",
                  chat=False, k=3, batch_size=batch, max_new_tokens=12)

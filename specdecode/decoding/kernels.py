@@ -4,8 +4,8 @@ A decode step reads every weight once and does little arithmetic with it, so its
 rate at which the weights stream in; what costs time besides that is the number of kernels
 (each one a launch gap and a ramp-up/drain) and the small ones between the matrix products
 (norms, residual adds, rotary embedding, softmax). These kernels fold that small work into the
-matrix products themselves, so a single-row decoder layer runs as five kernels (steps of
-several rows keep cuBLAS's products and use the attention kernel: see MAX_ROWS):
+matrix products themselves, so a decoder layer of one or two rows runs as five kernels (steps
+of more rows keep cuBLAS's products and use the attention kernel: see MAX_ROWS):
 
     gemv     h' = h + norm_prev(d); qkv = norm_in(h') @ Wqkv       (residual + both norms in)
     attention   q/k norm, rotary, cache write, attention           (one kernel, + a combine)
@@ -49,11 +49,13 @@ __all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "decode_attenti
 
 AVAILABLE = triton is not None
 
-# Decode steps of at most this many rows (batch x query tokens) run on the kernels; larger ones
-# keep the compiled layers (cuBLAS). On the H200 the kernels win at one row and lose from two
-# on (the [M, N, K] elementwise accumulator costs M times the arithmetic: Gemma 3 4B gate/up at
-# 6 rows 124 us against cuBLAS's 29; benchmarks/results/2026-11-29-h200-kernels-gemma.txt).
-MAX_ROWS = 1
+# Decode steps of at most this many rows (batch x query tokens) run wholly on the kernels; larger
+# ones keep cuBLAS's products (with the attention kernel). One row: the draft's steps at batch 1
+# and target-alone decoding; two: a draft round's first step after a fully accepted round
+# ([prev, last]), and batch 2. From three rows on the tensor-core form (the only one whose cost
+# does not grow with the rows) loses to cuBLAS on the large products: Gemma 3 4B gate/up at 6
+# rows 36 us against 29, qkv 14 against 8 (benchmarks/results/2026-11-29-h200-kernels-sweep.txt).
+MAX_ROWS = 2
 # ... and models of at most this hidden size: the kernels' matrix-vector products beat cuBLAS on
 # the small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and
 # lose on large ones. H200, single-row step, compiled layers -> kernels: Gemma 3 270M (640)
@@ -62,6 +64,10 @@ MAX_ROWS = 1
 MAX_HIDDEN = 3072
 # gemv takes up to this many rows (tests exercise the multi-row form)
 MAX_GEMV_ROWS = 16
+
+# gemv's forms (see _gemv_kernel): elementwise reduction, the same with the next weight tile
+# prefetched, tensor cores
+FORMS = ("reduce", "prefetch", "mma")
 
 # activation name -> code in the kernel
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
@@ -98,11 +104,14 @@ if AVAILABLE:
         and written to R by program 0; returns (x' in fp32, x' times the norm weight in fp32)."""
         xm = m_ok[:, None] & k_ok[None, :]
         x = tl.load(X + rm[:, None] * sxm + kk[None, :], mask=xm, other=0.0)
+        # per-column weights are loaded as [rows, columns] tiles (each row the same) rather than
+        # broadcast from a vector: the same register layout as x's tile, so no shuffle per tile
+        zero_m = rm * 0
         if HAS_D:
             dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0)
             if D_NORM:
-                wd = tl.load(WD + kk, mask=k_ok, other=0.0).to(tl.float32)
-                dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)[None, :]).to(x.dtype)
+                wd = tl.load(WD + zero_m[:, None] + kk[None, :], mask=xm, other=0.0).to(tl.float32)
+                dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)).to(x.dtype)
             x = (x.to(tl.float32) + dv.to(tl.float32)).to(x.dtype)
             if WRITE_R:
                 if pid == 0:
@@ -110,11 +119,11 @@ if AVAILABLE:
         xf = x.to(tl.float32)
         xn = xf
         if NORM:
-            wn = tl.load(WN + kk, mask=k_ok, other=0.0).to(tl.float32)
+            wn = tl.load(WN + zero_m[:, None] + kk[None, :], mask=xm, other=0.0).to(tl.float32)
             if GEMMA:
-                xn = xf * (1.0 + wn)[None, :]
+                xn = xf * (1.0 + wn)
             else:
-                xn = xf * wn[None, :]
+                xn = xf * wn
         return xf, xn
 
     @triton.jit
@@ -145,7 +154,7 @@ if AVAILABLE:
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        IEEE: tl.constexpr, MMA: tl.constexpr,
+        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
@@ -158,7 +167,9 @@ if AVAILABLE:
         it suits one. Tensor cores (MMA=True, BLOCK_M/N/K >= 16): the weight tile is the MMA's
         left operand and the (padded) rows its right one, [BLOCK_N, BLOCK_K] x [BLOCK_K, BLOCK_M]
         ("swap AB", as cuBLAS runs thin products): the weights are read once for up to BLOCK_M
-        rows at no extra arithmetic cost."""
+        rows at no extra arithmetic cost. PREFETCH (reduction form): the loads of the next weight
+        tile are issued before this tile's arithmetic, so a program keeps two tiles in flight
+        (Triton does not pipeline loads that feed no dot)."""
         pid = tl.program_id(0)
         rm = tl.arange(0, BLOCK_M)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -174,16 +185,36 @@ if AVAILABLE:
         if MMA:
             acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        elif BLOCK_M == 1:  # one row: a 2-D accumulator in the weight tile's own layout
+            acc_t = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+            acc2_t = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
         else:
             acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
             acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        w_rows = W + rn[:, None] * swn
+        w2_rows = W + (rn + N)[:, None] * swn
+        if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
+            pmask = n_ok[:, None] & (rk < K)[None, :]
+            w_nx = tl.load(w_rows + rk[None, :], mask=pmask, other=0.0)
+            w2_nx = w_nx
+            if GATED:
+                w2_nx = tl.load(w2_rows + rk[None, :], mask=pmask, other=0.0)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
-            wmask = n_ok[:, None] & k_ok[None, :]
-            w = tl.load(W + rn[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
-            if GATED:
-                w2 = tl.load(W + (rn + N)[:, None] * swn + kk[None, :], mask=wmask, other=0.0)
+            if PREFETCH:
+                w = w_nx
+                w2 = w2_nx
+                kn = kk + BLOCK_K
+                pmask = n_ok[:, None] & (kn < K)[None, :]
+                w_nx = tl.load(w_rows + kn[None, :], mask=pmask, other=0.0)
+                if GATED:
+                    w2_nx = tl.load(w2_rows + kn[None, :], mask=pmask, other=0.0)
+            else:
+                wmask = n_ok[:, None] & k_ok[None, :]
+                w = tl.load(w_rows + kk[None, :], mask=wmask, other=0.0)
+                if GATED:
+                    w2 = tl.load(w2_rows + kk[None, :], mask=wmask, other=0.0)
             xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
                                  HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
             if NORM:
@@ -194,6 +225,11 @@ if AVAILABLE:
                 acc_t += _dot(w, xt, IEEE)
                 if GATED:
                     acc2_t += _dot(w2, xt, IEEE)
+            elif BLOCK_M == 1:
+                xw1 = tl.sum(xw.to(tl.float32), axis=0)[None, :]  # [BLOCK_K]: w's layout decides
+                acc_t += tl.sum(tl.reshape(xw1 * w.to(tl.float32), [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+                if GATED:
+                    acc2_t += tl.sum(tl.reshape(xw1 * w2.to(tl.float32), [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
             else:
                 xw3 = xw.to(tl.float32)[:, None, :]
                 acc3 += xw3 * w.to(tl.float32)[None, :, :]
@@ -204,12 +240,102 @@ if AVAILABLE:
             acc2 = acc
             if GATED:
                 acc2 = tl.trans(acc2_t)
+        elif BLOCK_M == 1:
+            acc = tl.sum(acc_t, axis=1)[None, :]
+            acc2 = acc
+            if GATED:
+                acc2 = tl.sum(acc2_t, axis=1)[None, :]
         else:
             acc = tl.sum(acc3, axis=2)
             acc2 = acc
             if GATED:
                 acc2 = tl.sum(acc3b, axis=2)
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                       NORM, HAS_BIAS, GATED, ACT)
+
+    @triton.jit
+    def _gemv2_kernel(
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
+        M, N, K, eps,
+        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
+        PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """_gemv_kernel's reduction form for two rows (M <= 2): each weight tile is loaded once
+        and multiplied into one [BLOCK_N, BLOCK_K / 8] accumulator per row, each row's input
+        tile handled as in the one-row form (its own [1, BLOCK_K] tile: no tile crosses
+        threads). A draft model's two-token step, or two sequences' one-token steps."""
+        pid = tl.program_id(0)
+        ra = tl.arange(0, 1)
+        rb = ra + 1
+        a_ok = ra < M
+        b_ok = rb < M
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        n_ok = rn < N
+        wdt = W.dtype.element_ty
+        if HAS_D and D_NORM:
+            rsd_a = _delta_rms(D, sdm, ra, a_ok, K, eps, 1, BLOCK_K)
+            rsd_b = _delta_rms(D, sdm, rb, b_ok, K, eps, 1, BLOCK_K)
+        else:
+            rsd_a = tl.full([1], 1.0, dtype=tl.float32)
+            rsd_b = rsd_a
+        ss_a = tl.zeros([1, BLOCK_K], dtype=tl.float32)
+        ss_b = tl.zeros([1, BLOCK_K], dtype=tl.float32)
+        acc_a = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        acc2_a = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        acc2_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        w_rows = W + rn[:, None] * swn
+        w2_rows = W + (rn + N)[:, None] * swn
+        if PREFETCH:
+            pmask = n_ok[:, None] & (rk < K)[None, :]
+            w_nx = tl.load(w_rows + rk[None, :], mask=pmask, other=0.0)
+            w2_nx = w_nx
+            if GATED:
+                w2_nx = tl.load(w2_rows + rk[None, :], mask=pmask, other=0.0)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            if PREFETCH:
+                w = w_nx
+                w2 = w2_nx
+                kn = kk + BLOCK_K
+                pmask = n_ok[:, None] & (kn < K)[None, :]
+                w_nx = tl.load(w_rows + kn[None, :], mask=pmask, other=0.0)
+                if GATED:
+                    w2_nx = tl.load(w2_rows + kn[None, :], mask=pmask, other=0.0)
+            else:
+                wmask = n_ok[:, None] & k_ok[None, :]
+                w = tl.load(w_rows + kk[None, :], mask=wmask, other=0.0)
+                if GATED:
+                    w2 = tl.load(w2_rows + kk[None, :], mask=wmask, other=0.0)
+            wf = w.to(tl.float32)
+            xf_a, xn_a = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, ra, a_ok, kk, k_ok, rsd_a, pid,
+                                     HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
+            xf_b, xn_b = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rb, b_ok, kk, k_ok, rsd_b, pid,
+                                     HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
+            if NORM:
+                ss_a += xf_a * xf_a
+                ss_b += xf_b * xf_b
+            xa = tl.sum(xn_a.to(wdt).to(tl.float32), axis=0)[None, :]
+            xb = tl.sum(xn_b.to(wdt).to(tl.float32), axis=0)[None, :]
+            acc_a += tl.sum(tl.reshape(xa * wf, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+            acc_b += tl.sum(tl.reshape(xb * wf, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+            if GATED:
+                w2f = w2.to(tl.float32)
+                acc2_a += tl.sum(tl.reshape(xa * w2f, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+                acc2_b += tl.sum(tl.reshape(xb * w2f, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+        out_a = tl.sum(acc_a, axis=1)[None, :]
+        out_b = tl.sum(acc_b, axis=1)[None, :]
+        up_a = out_a
+        up_b = out_b
+        if GATED:
+            up_a = tl.sum(acc2_a, axis=1)[None, :]
+            up_b = tl.sum(acc2_b, axis=1)[None, :]
+        _gemv_epilogue(out_a, up_a, tl.sum(ss_a, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, ra, a_ok,
+                       NORM, HAS_BIAS, GATED, ACT)
+        _gemv_epilogue(out_b, up_b, tl.sum(ss_b, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rb, b_ok,
                        NORM, HAS_BIAS, GATED, ACT)
 
     @triton.jit
@@ -377,15 +503,25 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tupl
     if found is not None:
         return found
     if m == 1:
-        # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-gemma.txt) for
-        # the Gemma 3 4B and 270M products, by kind: gated (gate/up), normed (qkv), plain (o, down)
+        # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-sweep.txt: Gemma
+        # 3 4B and 270M) by kind: gated (gate/up), normed (qkv), plain (o, down). BLOCK_K is a
+        # multiple of 256 x warps: the weight tile then loads in the input tile's register layout
+        # (see kernel_bench.sweep_grid); smaller programs fit more of them on an SM at once.
         if gated:
-            return ("reduce", 8, 1024, 4, 2) if k <= 1024 else ("reduce", 4, 512, 4, 2)
+            return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 4, 256, 1, 2)
         if norm:
-            return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 4, 512, 4, 3)
-        return ("reduce", 2, 2048, 4, 2) if 1024 < k <= 2048 else ("reduce", 2, 1024, 4, 2)
-    # several rows: tensor cores read the weights once for all of them (not yet swept on the
-    # H200; the product routes multi-row steps to the compiled layers, see MAX_ROWS)
+            return ("reduce", 4, 1024, 2, 2) if k <= 1024 else ("reduce", 8, 1024, 4, 2)
+        if k <= 1024 or k > 2048:
+            return ("reduce", 2, 1024, 4, 2)
+        return ("reduce", 2, 2048, 8, 2) if n <= 1024 else ("reduce", 4, 2048, 4, 2)
+    if m == 2:  # the two-row reduction (_gemv2_kernel), from the same sweep at two rows
+        if gated:
+            return ("prefetch", 2, 256, 1, 2) if k <= 1024 else ("reduce", 4, 512, 2, 2)
+        if norm:
+            return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
+        return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
+    # several rows: tensor cores read the weights once for all of them (the product routes these
+    # steps to cuBLAS, see MAX_ROWS)
     return ("mma", 64, 64, 4, 3)
 
 
@@ -419,14 +555,26 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     else:
         d2, r = x2, x2
     form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
-    if form not in ("reduce", "mma"):
-        raise ValueError(f"unknown gemv form {form!r} (reduce, mma)")
+    if form not in FORMS:
+        raise ValueError(f"unknown gemv form {form!r} ({', '.join(FORMS)})")
     mma = form == "mma"
     least = 16 if mma else 1  # tensor-core operands are at least 16 wide
     block_k = max(least, min(block_k, max(16, triton.next_power_of_2(k))))  # small models: no idle lanes
     block_n = max(least, min(block_n, triton.next_power_of_2(n)))
     block_m = max(least, triton.next_power_of_2(m))
     grid = (triton.cdiv(n, block_n),)
+    if not mma and m == 2:
+        _gemv2_kernel[grid](
+            x2, x2.stride(0), d2, d2.stride(0),
+            delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
+            weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
+            m, n, k, float(eps),
+            HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
+            GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
+            HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
+            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        )
+        return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
     _gemv_kernel[grid](
         x2, x2.stride(0), d2, d2.stride(0),
         delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
@@ -435,7 +583,7 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
         GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
         HAS_BIAS=bias is not None, WRITE_R=delta is not None,
-        IEEE=weight.dtype == torch.float32, MMA=mma,
+        IEEE=weight.dtype == torch.float32, MMA=mma, PREFETCH=form == "prefetch",
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
