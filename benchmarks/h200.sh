@@ -14,8 +14,12 @@
 # typer, annotated-doc): run(command="bash benchmarks/h200.sh gemma", carry=[".whl"]).
 # Results land in $OUT (JSON, Markdown, log); commit them to benchmarks/results/.
 set -euo pipefail
-step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|kernels|gemma-decode|llama-decode}
+step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|kernels|gemma-decode|llama-decode [extra args]}
+shift
+# extra arguments go to the step's script (argparse: a repeated option's last value wins),
+# e.g. bash benchmarks/h200.sh gemma-decode --batches 1
 out=${OUT:-benchmarks/results}
+limit=${H200_TIMEOUT:-560}  # seconds for the step's script (a device call may run 600)
 case "$step" in tests|llama|gemma|profile|kernels|gemma-decode|llama-decode) ;;
     *) echo "unknown step '$step' (tests|llama|gemma|profile|kernels|gemma-decode|llama-decode)" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
@@ -26,19 +30,20 @@ export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
 case "$step" in
     tests)
-        { timeout 300 python3 -m pytest -q tests/test_kernels.py tests/test_gpu.py -p no:cacheprovider 2>&1
+        { timeout "$limit" python3 -m pytest -q tests/test_kernels.py tests/test_gpu.py -p no:cacheprovider 2>&1
           timeout 100 python3 -m pytest -q -m gpu tests/test_verify.py -p no:cacheprovider 2>&1; } \
             | tee "$out/gpu-tests-log.txt" ;;
     llama|gemma)
-        timeout 560 python3 benchmarks/gpu_bench.py --pairs "$step" --modes eager graphs compiled \
+        timeout "$limit" python3 benchmarks/gpu_bench.py --pairs "$step" --modes eager graphs compiled \
             --batches 1 4 16 --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
     gemma-decode|llama-decode)
         pair=${step%-decode}
-        timeout 560 python3 benchmarks/gpu_bench.py --pairs "$pair" --modes compiled --batches 1 16 --no-hf \
-            --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
+        timeout "$limit" python3 benchmarks/gpu_bench.py --pairs "$pair" --modes compiled --batches 1 16 --no-hf \
+            --out "$out" --tag "h200-$step" "$@" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
     profile)
         timeout 400 python3 benchmarks/profile_step.py --pair gemma 2>&1 | quiet | tee "$out/h200-profile.txt" ;;
     kernels)
-        timeout 560 python3 benchmarks/kernel_bench.py --pairs gemma --sweep --out "$out/h200-kernels.json" 2>&1 \
+        timeout "$limit" python3 benchmarks/kernel_bench.py --pairs gemma --rows 1 2 6 --draft-rows 1 --sweep \
+            --out "$out/h200-kernels.json" "$@" 2>&1 \
             | quiet | tee "$out/h200-kernels.txt" ;;
 esac

@@ -66,6 +66,54 @@ def products(model):
     ]
 
 
+def sweep_grid(m: int, gated: bool) -> list[tuple]:
+    """Launch configurations to time. One or two rows: the reduction forms with BLOCK_K a multiple of
+    256 x warps, so the weight tile's load layout (8 contiguous bf16 per thread, 32 threads and
+    every warp along K) is the layout of the input tile and no tile is shuffled through shared
+    memory (Triton's TTGIR shows convert_layout otherwise), at most 64 weight elements per thread
+    per tile. More rows: tensor cores within the shared memory (num_stages tiles)."""
+    g = 2 if gated else 1
+    if m <= 2:  # one row: _gemv_kernel; two: _gemv2_kernel (the same layouts)
+        out = []
+        for form, bn, w, r in itertools.product(("reduce", "prefetch"), [1, 2, 4, 8], [1, 2, 4, 8], [1, 2]):
+            bk = 256 * w * r
+            if bk <= 2048 and bn * bk * g <= 64 * 32 * w:
+                out.append((form, bn, bk, w, 2))  # num_stages does not change these kernels
+        return out
+    return [("mma", bn, bk, w, st) for bn, bk, w, st in itertools.product([16, 32, 64, 128], [64, 128, 256], [4], [3, 4])
+            if st * (bn * bk * 2 * g + bk * 16 * 2) <= 200_000]
+
+
+def _compile_one(job) -> bool:
+    """In a worker process: run gemv once at this shape and config (compiles it into Triton's
+    on-disk cache, which the timing process then loads)."""
+    wrows, k, m, gated, norm, delta, dnorm, gemma, cfg = job
+    try:
+        w = torch.zeros(wrows, k, device=DEV, dtype=DT)
+        x = torch.zeros(m, k, device=DEV, dtype=DT)
+        nw = torch.zeros(k, device=DEV, dtype=DT)
+        kernels.gemv(x, w, config=cfg, norm=nw if norm else None, gemma=gemma, delta=x if delta else None,
+                     delta_norm=nw if dnorm else None, act=("gelu_tanh" if gemma else "silu") if gated else None)
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # out of resources for this config
+        return False
+
+
+def precompile(jobs: list) -> list[bool]:
+    """Compile a sweep's kernels in parallel processes (Triton compiles one at a time per
+    process; a few hundred configurations would otherwise take minutes of a device call)."""
+    if DEV != "cuda" or len(jobs) < 4:
+        return [True] * len(jobs)
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+
+    workers = max(1, min(12, (os.cpu_count() or 2) - 2))
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_compile_one, jobs))
+
+
 def gemv_rows(model, rows, sweep, results):
     name, E = model[0], model[1]
     for label, n, k, gated, norm, delta, dnorm in products(model):
@@ -110,13 +158,10 @@ def gemv_rows(model, rows, sweep, results):
             t_cublas = bench(cublas, copies)
             t_ours = bench(ours(), copies)
             best = (t_ours, kernels.gemv_config(m, n, k, gated, norm))
-            if sweep:
-                grid = [("mma", *c) for c in itertools.product([16, 32, 64, 128], [64, 128, 256], [4, 8], [3, 4])
-                        if c[0] * c[1] <= 16384]
-                if m == 1:  # the reduction form only pays at one row
-                    grid += [("reduce", *c) for c in itertools.product([1, 2, 4, 8], [512, 1024, 2048], [4, 8], [2, 3])
-                             if c[0] * c[1] * (2 if gated else 1) <= 16384]
-                for cfg in grid:
+            if sweep and label != "lm_head":  # the head stays on cuBLAS
+                grid = sweep_grid(m, gated)
+                ok = precompile([(wrows, k, m, gated, norm, delta, dnorm, model[-1], cfg) for cfg in grid])
+                for cfg in [c for c, good in zip(grid, ok) if good]:
                     try:
                         t = bench(ours(cfg), copies)
                     except Exception:  # out of resources for this config
@@ -133,7 +178,7 @@ def gemv_rows(model, rows, sweep, results):
         del ws
 
 
-def attention_rows(model, rows, results, slots=512, visible=384):
+def attention_rows(model, rows, results, slots=512, visible=384, sweep=True):
     name, E, I, H, Hkv, D, V, gemma = model
     G = H // Hkv
     n_layers = 34
@@ -167,7 +212,7 @@ def attention_rows(model, rows, results, slots=512, visible=384):
         t_ref = bench(compiled_style, n_layers)
         t_def = bench(ours(), n_layers)
         best = (t_def, "default")
-        for splits, bs in itertools.product([1, 2, 4, 8, 16, 32], [16, 32, 64]):
+        for splits, bs in itertools.product([1, 2, 4, 8, 16, 32], [16, 32, 64]) if sweep else ():
             try:
                 t = bench(ours(splits, bs), n_layers)
             except Exception:
@@ -212,7 +257,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["gemma", "llama"])
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 2, 6])
-    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--draft-rows", nargs="+", type=int, default=None,
+                    help="rows for each pair's draft model (default: --rows)")
+    ap.add_argument("--sweep", action="store_true", help="sweep gemv's launch configurations")
+    ap.add_argument("--attention-sweep", action="store_true", help="sweep the attention's splits and slot blocks")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, Triton's interpreter, a tiny model, one config per form, no timing: checks the script")
@@ -224,9 +272,10 @@ def main():
     results: list[dict] = []
     with torch.inference_mode():
         for pair in args.pairs:
-            for model in MODELS[pair]:
-                attention_rows(model, args.rows, results)
-                gemv_rows(model, args.rows, args.sweep, results)
+            for i, model in enumerate(MODELS[pair]):
+                rows = args.rows if i == 0 or args.draft_rows is None else args.draft_rows
+                attention_rows(model, rows, results, sweep=args.attention_sweep)
+                gemv_rows(model, rows, args.sweep, results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
