@@ -16,6 +16,7 @@ from fixtures import PROMPTS, oracle_greedy
 from helpers import cpu_decoder
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+from specdecode.decoding.sampling import SamplingParams
 from specdecode.drafters.draft_model import ModelDrafter
 
 MAX_NEW = 40
@@ -232,3 +233,38 @@ def test_other_architectures_exact_through_the_loader(tmp_path, tokenizer_dir, a
         assert dec.target.model.config._attn_implementation == "eager"
     results = dec.generate(RAGGED)
     assert [r.token_ids for r in results] == oracle_greedy(dirs[0], RAGGED, MAX_NEW)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)])
+@pytest.mark.parametrize("max_new", [1, 2, 9])
+def test_target_alone_lookahead_emits_what_the_plain_loop_does(llama_pair, sampling, max_new):
+    """Target alone with rows kept in the batch (the captured path) launches round r+1 before
+    reading round r: the events, stats and stops must be those of the loop that reads every
+    round first (rows of different lengths, one stopped by EOS mid-way, the rest by length)."""
+    dec = decoder(llama_pair.target)
+    ids = [dec.encode(p) for p in RAGGED]
+    free = oracle_greedy(llama_pair.target, RAGGED, max_new)
+    eos = (free[1][1],) if max_new > 2 else ()  # row 1 stops on its second token
+
+    def run(lookahead: bool):
+        # attend_bucket=1: each step attends exactly to the slots it may see, so a position the
+        # look-ahead got wrong would change the tokens
+        params = EngineParams(0, max_new, sampling=sampling, eos_token_ids=eos, seed=7, attend_bucket=1)
+        eng = SpeculativeEngine(dec.target, None, params)
+        eng.compact_rows = False  # as under CUDA graphs: finished rows stay, masked
+        eng.lookahead = lookahead
+        events = list(eng.stream(ids))
+        return events, [(s.rounds, s.new_tokens) for s in eng.stats]
+
+    plain, plain_stats = run(lookahead=False)
+    ahead, ahead_stats = run(lookahead=True)
+    assert ahead == plain
+    assert ahead_stats == plain_stats
+    per_row = [[t for ev in plain if ev.row == r for t in ev.tokens] for r in range(len(ids))]
+    if sampling.greedy:
+        for r, ref in enumerate(free):
+            cut = ref.index(eos[0]) + 1 if eos and eos[0] in ref else len(ref)
+            assert per_row[r] == ref[:cut]
+    if eos and sampling.greedy:
+        assert [ev.finish_reason for ev in plain if ev.row == 1 and ev.finished] == ["eos"]
+    assert all(len(toks) <= max_new for toks in per_row)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -149,6 +150,40 @@ class _NoDrafter:
         pass
 
 
+_NO_DRAFTER = _NoDrafter()
+
+
+def k_fixed_zero(engine: "SpeculativeEngine") -> bool:
+    """Whether every round of `engine` is a plain target step (no drafter, no adaptive k)."""
+    return isinstance(engine.drafter, _NoDrafter) and engine.k_policy is None
+
+
+@dataclass
+class _Pending:
+    """A launched round whose results [B, 3 + k] (accepted, next token, proposed, draft tokens)
+    have not been read by the host yet."""
+
+    round: int
+    k_round: int
+    out: Tensor
+    done: torch.cuda.Event | None = None
+
+    @classmethod
+    def start(cls, rnd: int, k_round: int, out: Tensor, copy_ahead: bool) -> "_Pending":
+        if not copy_ahead or not out.is_cuda:
+            return cls(rnd, k_round, out)
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return cls(rnd, k_round, host, done)
+
+    def read(self) -> list[list[int]]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.out.tolist()
+
+
 class SpeculativeEngine:
     def __init__(
         self,
@@ -169,6 +204,10 @@ class SpeculativeEngine:
         self.device = target.device
         self.target_rows = target.vocab_rows
         self.stats: list[RowStats] = []
+        # finished rows leave the batch (None: unless the runner replays fixed-shape graphs)
+        self.compact_rows: bool | None = None
+        # target alone on fixed rows: launch each round before reading the previous one (see stream)
+        self.lookahead = True
         # one random stream for every batch of a call: batches must not repeat each other's draws
         self.generator = generator if generator is not None else self._new_generator()
 
@@ -243,7 +282,7 @@ class SpeculativeEngine:
         finished_now: list[int] = []
         # eager: finished rows leave the batch. Graph mode keeps shapes fixed: finished rows stay,
         # masked — their caches stop advancing and they emit nothing.
-        compact = not self.runner.graphs
+        compact = not self.runner.graphs if self.compact_rows is None else self.compact_rows
         # captured/compiled steps exist per shape: a round with fewer draft tokens (adaptive k, a
         # drafter that stopped early) verifies padded to max_k, so one verify shape serves them all
         fixed_shapes = self.runner.graphs or getattr(self.runner, "compiled", False)
@@ -258,27 +297,22 @@ class SpeculativeEngine:
                 finished_now.append(b)
             yield RoundEvent(b, 0, (), (), tok, "first", 0, 0, reason is not None, reason)
 
+        # Target alone through the captured path: each round's input is the previous round's
+        # token, already on the device, so round r+1 is launched before round r's tokens are read
+        # back, and the host's reading and bookkeeping overlap the GPU's next step instead of
+        # idling it. (With a drafter the next round's shape depends on what the host reads.) The
+        # only cost: when every row stops on EOS, one step past it was computed and is dropped.
+        lookahead = self.lookahead and not compact and k_fixed_zero(self)
+        pending: deque[_Pending] = deque()
         rnd = 0
-        while True:
-            if finished_now:
-                dead.update(finished_now)
-                keep_slots = [i for i, row in enumerate(active) if row not in dead]
-                finished_now = []
-                if not keep_slots:
-                    return
-                if not compact:
-                    alive = torch.tensor([row not in dead for row in active], dtype=torch.long, device=device)
-                elif len(keep_slots) < len(active):
-                    # 6. batch compaction: finished rows leave every cache
-                    rows = torch.tensor(keep_slots, dtype=torch.long, device=device)
-                    cache.select_rows(rows)
-                    self.drafter.select_rows(rows)
-                    last, prev = last.index_select(0, rows), prev.index_select(0, rows)
-                    active = [active[i] for i in keep_slots]
-                    positions_host = [positions_host[i] for i in keep_slots]
+
+        def launch() -> _Pending:
+            nonlocal rnd, last, prev
             rnd += 1
             k = self.params.num_draft_tokens if self.k_policy is None else int(self.k_policy.k)
-            live_positions = [pos for pos, row in zip(positions_host, active) if row not in dead]
+            # rounds in flight have each moved a row one position on (k = 0 when there are any)
+            ahead = len(pending)
+            live_positions = [pos + ahead for pos, row in zip(positions_host, active) if row not in dead]
             attend_len = self._bucket(max(live_positions) + k + 1, max_len)
             state = DraftState(
                 last=last,
@@ -292,7 +326,7 @@ class SpeculativeEngine:
             )
 
             # 2. draft: up to k tokens per row
-            draft = self.drafter.propose(state, k) if k > 0 else _NoDrafter().propose(state, 0)
+            draft = self.drafter.propose(state, k) if k > 0 else _NO_DRAFTER.propose(state, 0)
             if fixed_shapes and 0 < draft.tokens.shape[1] < self._max_k():
                 draft = _pad_draft(draft, self._max_k())
             k_round = draft.tokens.shape[1]
@@ -323,11 +357,40 @@ class SpeculativeEngine:
             else:
                 prev = last
             last = nxt
+            out = torch.cat([n_acc[:, None], nxt[:, None], num_proposed[:, None], draft.tokens], dim=1)
+            return _Pending.start(rnd, k_round, out, copy_ahead=lookahead)
 
+        def more_to_launch() -> bool:
+            """Whether a row may still need a round after those in flight (EOS is unknown
+            until they are read; max_new_tokens is not)."""
+            ahead = len(pending)
+            return any(row not in dead and generated[row] + ahead < p.max_new_tokens for row in active)
+
+        while True:
+            if finished_now:
+                dead.update(finished_now)
+                keep_slots = [i for i, row in enumerate(active) if row not in dead]
+                finished_now = []
+                if not keep_slots:
+                    return
+                if not compact:
+                    alive = torch.tensor([row not in dead for row in active], dtype=torch.long, device=device)
+                elif len(keep_slots) < len(active):
+                    # 6. batch compaction: finished rows leave every cache
+                    rows = torch.tensor(keep_slots, dtype=torch.long, device=device)
+                    cache.select_rows(rows)
+                    self.drafter.select_rows(rows)
+                    last, prev = last.index_select(0, rows), prev.index_select(0, rows)
+                    active = [active[i] for i in keep_slots]
+                    positions_host = [positions_host[i] for i in keep_slots]
+            if not pending:
+                pending.append(launch())
+            if lookahead and len(pending) < 2 and more_to_launch():
+                pending.append(launch())
+            this = pending.popleft()
+            rnd_done, k_round = this.round, this.k_round
             # the round's single host synchronisation
-            host = torch.cat(
-                [n_acc[:, None], nxt[:, None], num_proposed[:, None], draft.tokens], dim=1
-            ).tolist()
+            host = this.read()
             if self.k_policy is not None:
                 self.k_policy.update([h[0] for h in host], [h[2] for h in host])
 
@@ -367,5 +430,5 @@ class SpeculativeEngine:
                 if reason:
                     finished_now.append(row)
                 yield RoundEvent(
-                    row, rnd, accepted, tuple(drafted[a:proposed]), own, kind, proposed, a, reason is not None, reason
+                    row, rnd_done, accepted, tuple(drafted[a:proposed]), own, kind, proposed, a, reason is not None, reason
                 )
