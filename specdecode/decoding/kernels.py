@@ -127,6 +127,23 @@ if AVAILABLE:
         return xf, xn
 
     @triton.jit
+    def _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED: tl.constexpr):
+        """The weight tiles [BLOCK_N, BLOCK_K] at columns kk, zeros past K: the gate and up rows
+        when GATED (the second is the first otherwise)."""
+        wmask = n_ok[:, None] & (kk < K)[None, :]
+        w = tl.load(w_rows + kk[None, :], mask=wmask, other=0.0)
+        w2 = w
+        if GATED:
+            w2 = tl.load(w2_rows + kk[None, :], mask=wmask, other=0.0)
+        return w, w2
+
+    @triton.jit
+    def _row_partial(x, w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """x [1, BLOCK_K] (fp32) times the weight tile, summed within each thread's 8 contiguous
+        columns: [BLOCK_N, BLOCK_K // 8], no exchange between threads."""
+        return tl.sum(tl.reshape(x * w.to(tl.float32), [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+
+    @triton.jit
     def _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr):
         """acc (acc2: the up rows) [M, BLOCK_N]: row scale of the norm, bias, gated activation, store."""
@@ -194,27 +211,15 @@ if AVAILABLE:
         w_rows = W + rn[:, None] * swn
         w2_rows = W + (rn + N)[:, None] * swn
         if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
-            pmask = n_ok[:, None] & (rk < K)[None, :]
-            w_nx = tl.load(w_rows + rk[None, :], mask=pmask, other=0.0)
-            w2_nx = w_nx
-            if GATED:
-                w2_nx = tl.load(w2_rows + rk[None, :], mask=pmask, other=0.0)
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
             if PREFETCH:
-                w = w_nx
-                w2 = w2_nx
-                kn = kk + BLOCK_K
-                pmask = n_ok[:, None] & (kn < K)[None, :]
-                w_nx = tl.load(w_rows + kn[None, :], mask=pmask, other=0.0)
-                if GATED:
-                    w2_nx = tl.load(w2_rows + kn[None, :], mask=pmask, other=0.0)
+                w, w2 = w_nx, w2_nx
+                w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, kk + BLOCK_K, K, GATED)
             else:
-                wmask = n_ok[:, None] & k_ok[None, :]
-                w = tl.load(w_rows + kk[None, :], mask=wmask, other=0.0)
-                if GATED:
-                    w2 = tl.load(w2_rows + kk[None, :], mask=wmask, other=0.0)
+                w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED)
             xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
                                  HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
             if NORM:
@@ -227,9 +232,9 @@ if AVAILABLE:
                     acc2_t += _dot(w2, xt, IEEE)
             elif BLOCK_M == 1:
                 xw1 = tl.sum(xw.to(tl.float32), axis=0)[None, :]  # [BLOCK_K]: w's layout decides
-                acc_t += tl.sum(tl.reshape(xw1 * w.to(tl.float32), [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+                acc_t += _row_partial(xw1, w, BLOCK_N, BLOCK_K)
                 if GATED:
-                    acc2_t += tl.sum(tl.reshape(xw1 * w2.to(tl.float32), [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+                    acc2_t += _row_partial(xw1, w2, BLOCK_N, BLOCK_K)
             else:
                 xw3 = xw.to(tl.float32)[:, None, :]
                 acc3 += xw3 * w.to(tl.float32)[None, :, :]
@@ -289,28 +294,15 @@ if AVAILABLE:
         w_rows = W + rn[:, None] * swn
         w2_rows = W + (rn + N)[:, None] * swn
         if PREFETCH:
-            pmask = n_ok[:, None] & (rk < K)[None, :]
-            w_nx = tl.load(w_rows + rk[None, :], mask=pmask, other=0.0)
-            w2_nx = w_nx
-            if GATED:
-                w2_nx = tl.load(w2_rows + rk[None, :], mask=pmask, other=0.0)
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
             if PREFETCH:
-                w = w_nx
-                w2 = w2_nx
-                kn = kk + BLOCK_K
-                pmask = n_ok[:, None] & (kn < K)[None, :]
-                w_nx = tl.load(w_rows + kn[None, :], mask=pmask, other=0.0)
-                if GATED:
-                    w2_nx = tl.load(w2_rows + kn[None, :], mask=pmask, other=0.0)
+                w, w2 = w_nx, w2_nx
+                w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, kk + BLOCK_K, K, GATED)
             else:
-                wmask = n_ok[:, None] & k_ok[None, :]
-                w = tl.load(w_rows + kk[None, :], mask=wmask, other=0.0)
-                if GATED:
-                    w2 = tl.load(w2_rows + kk[None, :], mask=wmask, other=0.0)
-            wf = w.to(tl.float32)
+                w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED)
             xf_a, xn_a = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, ra, a_ok, kk, k_ok, rsd_a, pid,
                                      HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
             xf_b, xn_b = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rb, b_ok, kk, k_ok, rsd_b, pid,
@@ -320,12 +312,11 @@ if AVAILABLE:
                 ss_b += xf_b * xf_b
             xa = tl.sum(xn_a.to(wdt).to(tl.float32), axis=0)[None, :]
             xb = tl.sum(xn_b.to(wdt).to(tl.float32), axis=0)[None, :]
-            acc_a += tl.sum(tl.reshape(xa * wf, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
-            acc_b += tl.sum(tl.reshape(xb * wf, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+            acc_a += _row_partial(xa, w, BLOCK_N, BLOCK_K)
+            acc_b += _row_partial(xb, w, BLOCK_N, BLOCK_K)
             if GATED:
-                w2f = w2.to(tl.float32)
-                acc2_a += tl.sum(tl.reshape(xa * w2f, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
-                acc2_b += tl.sum(tl.reshape(xb * w2f, [BLOCK_N, BLOCK_K // 8, 8]), axis=2)
+                acc2_a += _row_partial(xa, w2, BLOCK_N, BLOCK_K)
+                acc2_b += _row_partial(xb, w2, BLOCK_N, BLOCK_K)
         out_a = tl.sum(acc_a, axis=1)[None, :]
         out_b = tl.sum(acc_b, axis=1)[None, :]
         up_a = out_a
@@ -563,29 +554,18 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     block_n = max(least, min(block_n, triton.next_power_of_2(n)))
     block_m = max(least, triton.next_power_of_2(m))
     grid = (triton.cdiv(n, block_n),)
-    if not mma and m == 2:
-        _gemv2_kernel[grid](
-            x2, x2.stride(0), d2, d2.stride(0),
+    args = (x2, x2.stride(0), d2, d2.stride(0),
             delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
             weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
-            m, n, k, float(eps),
-            HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
-            GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
-            HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        )
-        return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
-    _gemv_kernel[grid](
-        x2, x2.stride(0), d2, d2.stride(0),
-        delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
-        weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
-        m, n, k, float(eps),
-        HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
-        GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
-        HAS_BIAS=bias is not None, WRITE_R=delta is not None,
-        IEEE=weight.dtype == torch.float32, MMA=mma, PREFETCH=form == "prefetch",
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-    )
+            m, n, k, float(eps))
+    flags = dict(HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
+                 GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
+                 HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
+                 BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    if not mma and m == 2:
+        _gemv2_kernel[grid](*args, **flags)
+    else:
+        _gemv_kernel[grid](*args, IEEE=weight.dtype == torch.float32, MMA=mma, BLOCK_M=block_m, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
 
 
