@@ -84,6 +84,12 @@ def sweep_grid(m: int, gated: bool) -> list[tuple]:
             if st * (bn * bk * 2 * g + bk * 16 * 2) <= 200_000]
 
 
+def gemv_kwargs(norm_w, dx, gated: bool, norm: bool, delta: bool, dnorm: bool, gemma: bool) -> dict:
+    """kernels.gemv's keyword arguments for a product of the model step (see products())."""
+    return dict(norm=norm_w if norm else None, gemma=gemma, delta=dx if delta else None,
+                delta_norm=norm_w if dnorm else None, act=("gelu_tanh" if gemma else "silu") if gated else None)
+
+
 def _compile_one(job) -> bool:
     """In a worker process: run gemv once at this shape and config (compiles it into Triton's
     on-disk cache, which the timing process then loads)."""
@@ -92,8 +98,7 @@ def _compile_one(job) -> bool:
         w = torch.zeros(wrows, k, device=DEV, dtype=DT)
         x = torch.zeros(m, k, device=DEV, dtype=DT)
         nw = torch.zeros(k, device=DEV, dtype=DT)
-        kernels.gemv(x, w, config=cfg, norm=nw if norm else None, gemma=gemma, delta=x if delta else None,
-                     delta_norm=nw if dnorm else None, act=("gelu_tanh" if gemma else "silu") if gated else None)
+        kernels.gemv(x, w, config=cfg, **gemv_kwargs(nw, x, gated, norm, delta, dnorm, gemma))
         torch.cuda.synchronize()
         return True
     except Exception:  # out of resources for this config
@@ -125,8 +130,7 @@ def gemv_rows(model, rows, sweep, results):
         for m in rows:
             x = torch.randn(m, k, device=DEV, dtype=DT)
             dx = torch.randn(m, k, device=DEV, dtype=DT)
-            kw = dict(norm=nw if norm else None, gemma=model[-1], delta=dx if delta else None,
-                      delta_norm=nw if dnorm else None, act=("gelu_tanh" if model[-1] else "silu") if gated else None)
+            kw = gemv_kwargs(nw, dx, gated, norm, delta, dnorm, model[-1])
 
             def cublas():
                 for w in ws:

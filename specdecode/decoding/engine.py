@@ -153,11 +153,6 @@ class _NoDrafter:
 _NO_DRAFTER = _NoDrafter()
 
 
-def k_fixed_zero(engine: "SpeculativeEngine") -> bool:
-    """Whether every round of `engine` is a plain target step (no drafter, no adaptive k)."""
-    return isinstance(engine.drafter, _NoDrafter) and engine.k_policy is None
-
-
 @dataclass
 class _Pending:
     """A launched round whose results [B, 3 + k] (accepted, next token, proposed, draft tokens)
@@ -302,7 +297,8 @@ class SpeculativeEngine:
         # back, and the host's reading and bookkeeping overlap the GPU's next step instead of
         # idling it. (With a drafter the next round's shape depends on what the host reads.) The
         # only cost: when every row stops on EOS, one step past it was computed and is dropped.
-        lookahead = self.lookahead and not compact and k_fixed_zero(self)
+        lookahead = (self.lookahead and not compact and isinstance(self.drafter, _NoDrafter)
+                     and self.k_policy is None)
         pending: deque[_Pending] = deque()
         rnd = 0
 
