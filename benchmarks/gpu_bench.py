@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specdecode.decoding.cache import ModelRunner  # noqa: E402
+from specdecode.accel.runner import ModelRunner  # noqa: E402
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine  # noqa: E402
-from specdecode.drafters.base import Draft, DraftState  # noqa: E402
+from specdecode.decoding.drafting import Draft, DraftState  # noqa: E402
 from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
 from specdecode.models.loading import LoadedModel  # noqa: E402
 

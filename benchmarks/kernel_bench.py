@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specdecode.decoding import kernels  # noqa: E402
+from specdecode.accel import kernels  # noqa: E402
 
 DEV = "cuda"
 DT = torch.bfloat16

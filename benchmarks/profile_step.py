@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
-from specdecode.decoding import native  # noqa: E402
-from specdecode.decoding.cache import ModelRunner  # noqa: E402
+from specdecode.accel import native  # noqa: E402
+from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
 @torch.inference_mode()

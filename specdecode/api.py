@@ -15,19 +15,30 @@ What it does not: print (the CLI renders events), or time for benchmarks (bench/
 from __future__ import annotations
 
 import dataclasses
-import time
+import logging
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .decoding.cache import ModelRunner
-from .decoding.native import native_support
 from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
-from .models.loading import LoadedModel, ModelLoadError, load_model, load_tokenizer, resolve_attention, resolve_device, resolve_dtype
+from .models.loading import (
+    LoadedModel,
+    ModelLoadError,
+    apply_threads,
+    check_source,
+    load_model,
+    load_tokenizer,
+    model_source,
+    resolve_attention,
+    resolve_device,
+    resolve_dtype,
+)
 from .models.pairing import PairReport, check_pair
+from .results import batches, collect_batch
 from .settings import Settings, SettingsError
 
 __all__ = ["GenerationResult", "GenerationStats", "SpeculativeDecoder", "load_pair"]
@@ -90,11 +101,9 @@ class GenerationResult:
 
 def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, PairReport | None]:
     """Load the target, and the draft when the drafter needs one; check that they pair up."""
-    if not settings.target:
-        raise SettingsError("no target model: name one with --target or a --preset")
-    if settings.drafter == "model" and not settings.draft:
-        raise SettingsError("--drafter model needs a draft model: name one with --draft (or use --drafter ngram/none)")
+    check_models_named(settings)
     device = resolve_device(settings.device)
+    apply_threads(settings.threads, device)
     dtype = resolve_dtype(settings.dtype, device)
     attention = resolve_attention(settings.attention, device)
     if settings.quantized and device.type != "cuda":
@@ -105,20 +114,21 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
                 f"quantized (4-bit) loading needs bitsandbytes and a CUDA GPU; the device is {device.type}: "
                 "use --no-quantized"
             ) from None
-    t_tok = load_tokenizer(settings.target, settings.trust_remote_code)
+    gguf = settings.gguf_file
+    t_tok = load_tokenizer(settings.target, settings.trust_remote_code, gguf)
     report = None
     draft = None
     if settings.drafter == "model":
-        d_tok = load_tokenizer(settings.draft, settings.trust_remote_code)
+        d_tok = load_tokenizer(settings.draft, settings.trust_remote_code, gguf)
         # tokenizer check first: it is cheap and a mismatch makes loading the weights pointless
         pre = check_pair(t_tok, d_tok, target_rows=0, draft_rows=0)
         if not pre.compatible:
             raise ModelLoadError(f"cannot pair '{settings.draft}' with '{settings.target}': " + "; ".join(pre.reasons))
     kw = dict(device=device, dtype=dtype, attention=attention, quantized=settings.quantized,
               trust_remote_code=settings.trust_remote_code)
-    target = load_model(settings.target, tokenizer=t_tok, **kw)
+    target = load_model(settings.target, tokenizer=t_tok, gguf_file=gguf, **kw)
     if settings.drafter == "model":
-        draft = load_model(settings.draft, tokenizer=d_tok, **kw)
+        draft = load_model(settings.draft, tokenizer=d_tok, gguf_file=gguf, **kw)
         report = check_pair(t_tok, d_tok, target.vocab_rows, draft.vocab_rows)
     if settings.drafter == "early-exit" and settings.exit_layer is not None and settings.exit_layer >= target.num_layers:
         raise SettingsError(
@@ -126,6 +136,23 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
         )
     return target, draft, report
 
+
+def check_models_named(settings: Settings) -> None:
+    """A target, and a draft when the drafter is a model. The target's own path problem comes
+    first: `--target /typo` must report the typo, not the draft it lacks. A draft is never
+    taken from another pair: naming --target drops the default (demo) preset's draft."""
+    if not settings.target:
+        raise SettingsError("no target model: name one with --target or a --preset")
+    if settings.drafter == "model" and not settings.draft:
+        check_source(model_source(settings.target, settings.gguf_file))
+        raise SettingsError(
+            f"--target {settings.target} has no draft model to pair with: name one with --draft ID|PATH, "
+            "or draft without one: --drafter ngram, --drafter early-exit --exit-layer N, or --drafter none"
+        )
+
+
+# prompts already reported as truncated, per loaded target model
+_TRUNCATION_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # --k auto: a row stops drafting after a token its draft gave less than this probability
 # (Hugging Face's assistant_confidence_threshold default is the same 0.4)
@@ -170,40 +197,54 @@ class SpeculativeDecoder:
         self.draft = draft
         self.report = report
         self.tokenizer = target.tokenizer
-        self._runners: dict[tuple, ModelRunner] = {}
+        self._runners: dict[tuple, object] = {}  # (model, execution) -> accel.runner.ModelRunner
+        self._rounds: dict[int, object] = {}  # target runner -> accel.rounds.CapturedRounds
         self._views: dict[int, LoadedModel] = {}
+        self.reserved = 0  # longest prompt the caches are sized for (see reserve)
 
-    def runner(self, loaded: LoadedModel) -> ModelRunner:
-        """One ModelRunner per model and decoder: in graph mode its captured steps serve every batch."""
-        s = self.settings
-        cuda = loaded.device.type == "cuda"
-        key = self._runner_key(loaded)
-        graphs = key[1]
+    def execution(self, loaded: LoadedModel):
+        """How `loaded`'s decode steps run under these settings (accel.execution.Execution)."""
+        from .accel.execution import resolve_execution
+
+        return resolve_execution(self.settings, loaded.model, loaded.device)
+
+    def runner(self, loaded: LoadedModel):
+        """One ModelRunner per model, execution and decoder: its compiled steps and pooled caches
+        (and the rounds captured on them) serve every batch."""
+        from .accel.runner import ModelRunner
+
+        ex = self.execution(loaded)
+        key = (id(loaded.model), ex.key())
         if key not in self._runners:
-            reason = native_support(loaded.model)
-            if s.fused and reason is not None:
-                raise SettingsError(f"--fused: {reason}")
-            fused = reason is None and s.fused is not False
-            # by default only the fused layers are compiled: torch.compile over arbitrary
-            # transformers modules and this cache is not something to turn on unasked
-            compile = cuda and (s.compile if s.compile is not None else fused)
-            if s.kernels and cuda and not fused:
-                raise SettingsError(f"--kernels: the kernels run the fused layers, and {reason or '--no-fused was given'}")
-            kernels = s.kernels if cuda else False
-            runner = ModelRunner(loaded.model, graphs=graphs, compile=compile, native=fused, kernels=kernels)
-            if s.kernels and cuda and runner.native is not None and not runner.native.kernels:
+            runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, native=ex.fused,
+                                 kernels=ex.kernels)
+            if self.settings.kernels and loaded.device.type == "cuda" and runner.native is not None \
+                    and not runner.native.kernels:
                 raise SettingsError(f"--kernels: {runner.native.kernels_unsupported}")
             self._runners[key] = runner
         return self._runners[key]
 
-    def _runner_key(self, loaded: LoadedModel) -> tuple:
-        s = self.settings
-        graphs = loaded.device.type == "cuda" and (s.cuda_graphs if s.cuda_graphs is not None else True)
-        return (id(loaded.model), graphs, s.compile, s.fused, s.kernels)
-
-    def set_runner(self, loaded: LoadedModel, runner: ModelRunner) -> None:
+    def set_runner(self, loaded: LoadedModel, runner) -> None:
         """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""
-        self._runners[self._runner_key(loaded)] = runner
+        self._runners[(id(loaded.model), self.execution(loaded).key())] = runner
+
+    def rounds(self):
+        """How the target's rounds run: captured as CUDA graphs (one object per target runner, so
+        its graphs serve every batch), or None for the reference's eager rounds."""
+        runner = self.runner(self.target)
+        if not runner.graphs:
+            return None
+        found = self._rounds.get(id(runner))
+        if found is None:
+            from .accel.rounds import CapturedRounds
+
+            found = self._rounds[id(runner)] = CapturedRounds(runner)
+        return found
+
+    def reserve(self, ids: Sequence[Sequence[int]]) -> None:
+        """Size every later batch's caches for the longest of these prompts, so that prompts of
+        other lengths reuse the same compiled and captured shapes (bench sizes from its data set)."""
+        self.reserved = max([self.reserved, *map(len, ids)])
 
     def early_exit_view(self, exit_layer: int) -> LoadedModel:
         """The target's first `exit_layer` layers as a model (shared modules), one per decoder and
@@ -215,6 +256,16 @@ class SpeculativeDecoder:
             found = self._views[exit_layer] = exit_view(self.target, exit_layer)
         return found
 
+    def draft_model(self) -> tuple[LoadedModel, object] | None:
+        """(the model that drafts, its runner) for the model and early-exit drafters; None otherwise."""
+        s = self.settings
+        if s.drafter == "model" and self.draft is not None:
+            return self.draft, self.runner(self.draft)
+        if s.drafter == "early-exit":
+            view = self.early_exit_view(s.exit_layer)
+            return view, self.runner(view)
+        return None
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeculativeDecoder:
         target, draft, report = load_pair(settings)
@@ -225,9 +276,7 @@ class SpeculativeDecoder:
         """One-line notes from loading the models (e.g. pickle-only weights), target first."""
         notes = [*self.target.notes, *(self.draft.notes if self.draft is not None else [])]
         s = self.settings
-        if self.target.device.type == "cuda" and (
-            s.compile or (s.compile is None and s.fused is not False and native_support(self.target.model) is None)
-        ):
+        if self.target.device.type == "cuda" and self.execution(self.target).compile:
             notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
                          "torch caches them on disk for later runs; --no-compile skips it)")
         elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs or s.kernels):
@@ -240,8 +289,9 @@ class SpeculativeDecoder:
         s = self.settings.model_copy(update=changes)
         s = Settings.model_validate(s.model_dump())
         other = SpeculativeDecoder(s, self.target, self.draft, self.report)
-        # same models: share their runners (compiled and captured steps) and early-exit views
-        other._runners, other._views = self._runners, self._views
+        # same models: share their runners (compiled steps, pooled caches), captured rounds and views
+        other._runners, other._rounds, other._views = self._runners, self._rounds, self._views
+        other.reserved = self.reserved
         return other
 
     # ---- prompts ------------------------------------------------------------------------
@@ -254,6 +304,8 @@ class SpeculativeDecoder:
         return self.settings.chat
 
     def encode(self, prompt: str) -> list[int]:
+        if not prompt.strip():
+            raise SettingsError("a prompt is empty: give the text to continue")
         tok = self.tokenizer
         if self.use_chat():
             text = tok.apply_chat_template(
@@ -265,7 +317,15 @@ class SpeculativeDecoder:
         # verbose=False: the tokenizer's "longer than the maximum sequence length" warning is wrong
         # here, the prompt is cut to --max-length below and checked against the context in encode_all
         if len(ids) > self.settings.max_length:
+            dropped = len(ids) - self.settings.max_length
             ids = ids[-self.settings.max_length :]  # keep the end: generation continues from it
+            warned = _TRUNCATION_WARNED.setdefault(self.target.model, set())
+            if (key := hash(prompt)) not in warned:  # once per prompt and model: bench encodes it for each run
+                warned.add(key)
+                logging.getLogger("specdecode").warning(
+                    "a prompt of %d tokens was cut to its last %d (--max-length): %d tokens dropped from its start",
+                    len(ids) + dropped, len(ids), dropped,
+                )
         if not ids:
             raise SettingsError("a prompt is empty after tokenization and the tokenizer adds no BOS token")
         return list(ids)
@@ -295,16 +355,18 @@ class SpeculativeDecoder:
             from .decoding.policy import AdaptiveK
 
             k_policy = AdaptiveK(max_k=s.max_k)
+        k = s.k if isinstance(s.k, int) else s.max_k
         params = EngineParams(
-            num_draft_tokens=s.k if isinstance(s.k, int) else s.max_k,
+            num_draft_tokens=k,
             max_new_tokens=s.max_new_tokens,
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p),
             eos_token_ids=self.target.eos_token_ids,
             seed=s.seed,
+            min_cache_len=SpeculativeEngine.cache_len(self.reserved, s.max_new_tokens, s.max_draft_tokens)
+            if self.reserved else 0,
         )
-        return SpeculativeEngine(
-            self.target, drafter, params, k_policy=k_policy, generator=generator, runner=self.runner(self.target)
-        )
+        return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator,
+                                 runner=self.runner(self.target), rounds=self.rounds())
 
     def _generator(self) -> torch.Generator | None:
         """One random stream per call, shared by its batches (seeded: reproducible)."""
@@ -315,16 +377,10 @@ class SpeculativeDecoder:
     def stream(self, prompts: Sequence[str]) -> Iterator[RoundEvent]:
         """Round events for all prompts (batched by batch_size), rows numbered in prompt order."""
         ids = self.encode_all(prompts)
-        offset = 0
         generator = self._generator()
-        for batch in self._batches(ids):
+        for offset, batch in batches(ids, self.settings.batch_size):
             for ev in self.engine(generator=generator).stream(batch):
                 yield dataclasses.replace(ev, row=offset + ev.row)
-            offset += len(batch)
-
-    def _batches(self, ids: list[list[int]]) -> list[list[list[int]]]:
-        n = self.settings.batch_size
-        return [ids[i : i + n] for i in range(0, len(ids), n)]
 
     def generate(self, prompts: Sequence[str] | str, on_event=None) -> list[GenerationResult]:
         """Generate for every prompt; results in input order. `on_event(row, event)` sees each round."""
@@ -338,39 +394,19 @@ class SpeculativeDecoder:
     def iter_results(self, prompts: Sequence[str], on_event=None) -> Iterator[tuple[int, list[GenerationResult]]]:
         """Per batch, as it completes: (index of its first prompt, its results in order)."""
         ids = self.encode_all(prompts)
-        offset = 0
         generator = self._generator()
-        for batch in self._batches(ids):
-            eng = self.engine(generator=generator)
-            tokens: list[list[int]] = [[] for _ in batch]
-            events: list[list[RoundEvent]] = [[] for _ in batch]
-            reasons: list[str | None] = [None] * len(batch)
-            done_at: list[float] = [0.0] * len(batch)
-            _sync(self.target.device)
-            t0 = time.perf_counter()
-            for ev in eng.stream(batch):
-                tokens[ev.row].extend(ev.tokens)
-                events[ev.row].append(ev)
-                if on_event is not None:
-                    on_event(offset + ev.row, ev)
-                if ev.finished:
-                    reasons[ev.row] = ev.finish_reason
-                    done_at[ev.row] = time.perf_counter() - t0  # events follow a host sync
-            results = [
+        for offset, batch in batches(ids, self.settings.batch_size):
+            seen = None if on_event is None else (lambda row, ev, o=offset: on_event(o + row, ev))
+            rows, _ = collect_batch(self.engine(generator=generator), batch, self.target.device, seen,
+                                    keep_events=True)
+            yield offset, [
                 GenerationResult(
                     prompt=prompts[offset + i],
-                    text=self.decode(tokens[i]),
-                    token_ids=tokens[i],
-                    finish_reason=reasons[i],
-                    stats=GenerationStats.from_row(eng.stats[i], done_at[i]),
-                    events=events[i],
+                    text=self.decode(r.tokens),
+                    token_ids=r.tokens,
+                    finish_reason=r.finish_reason,
+                    stats=GenerationStats.from_row(r.stats, r.done_s),
+                    events=r.events,
                 )
-                for i in range(len(batch))
+                for i, r in enumerate(rows)
             ]
-            yield offset, results
-            offset += len(batch)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

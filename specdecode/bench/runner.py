@@ -4,8 +4,11 @@ How a benchmark runs (benchmarks/README.md has the reasoning):
 
   1. prompts are tokenized once (chat template, --max-length) and cut into batches of
      batch_size; both runs see exactly the same token ids;
-  2. warm-up: one short generation of the first batch through each engine (allocator,
-     kernels, lazy initialisation), not timed;
+  2. warm-up, not timed: caches are sized for the data set's longest prompt, so every batch
+     of a size runs the same shapes; before the first batch of each size, every round shape
+     the engine can run (each k under --k auto, with and without the draft's `prev` step) is
+     compiled and captured, then one short generation warms the rest. Nothing compiles or
+     captures inside a timing;
   3. the step-time ratio c: a few timed [B, 1] forwards of the draft and of the target on
      a fresh KVCache, median of each (prompt lookup costs no forward: c = 0);
   4. per batch: the baseline (the same engine with the drafter `none`), then speculative
@@ -27,6 +30,7 @@ What it does not: print or format (report.py does), or load models (api.py does)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -39,9 +43,9 @@ from typing import Any
 import torch
 
 from .. import metrics
-from ..decoding.cache import ModelRunner
-from ..decoding.engine import RowStats, SpeculativeEngine, make_generator
+from ..decoding.engine import RowStats, SpeculativeEngine
 from ..io import atomic_write_text, json_line
+from ..results import batches, collect_batch, sync
 
 __all__ = [
     "BenchResult",
@@ -65,11 +69,6 @@ __all__ = [
 WARMUP_TOKENS = 8
 STEP_WARMUP = 2
 STEP_REPEATS = 5
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass(kw_only=True)
@@ -171,12 +170,7 @@ def encode_prompts(decoder, prompts: Sequence[str]) -> list[list[int]]:
 
 def new_generator(decoder) -> torch.Generator | None:
     """One random stream per pass (seeded: reproducible), shared by its batches; None when greedy."""
-    s = decoder.settings
-    return None if s.greedy else make_generator(decoder.target.device, s.seed)
-
-
-def batches(ids: list[list[int]], batch_size: int) -> list[tuple[int, list[list[int]]]]:
-    return [(i, ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    return decoder._generator()
 
 
 def run_batch(decoder, batch: list[list[int]], start: int,
@@ -185,43 +179,22 @@ def run_batch(decoder, batch: list[list[int]], start: int,
     """Generate one batch through `decoder`'s engine; (per-row runs, device-synchronised wall time).
 
     Row i is prompt `start + i`, or `indices[i]` when given (a resumed run's batches have gaps)."""
-    engine = decoder.engine(generator=generator)
-    n = len(batch)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    ttft = [0.0] * n
-    done = [0.0] * n
-    reasons: list[str | None] = [None] * n
-    rejections = [0] * n
-    device = decoder.target.device
-    _sync(device)
-    t0 = time.perf_counter()
-    for ev in engine.stream(batch):
-        now = time.perf_counter() - t0  # events follow the round's host synchronisation
-        tokens[ev.row].extend(ev.tokens)
-        if ev.round == 0:
-            ttft[ev.row] = now
-        elif ev.num_accepted < ev.proposed:
-            rejections[ev.row] += 1
-        if ev.finished:
-            done[ev.row] = now
-            reasons[ev.row] = ev.finish_reason
-    _sync(device)
-    wall = time.perf_counter() - t0
+    rows, wall = collect_batch(decoder.engine(generator=generator), batch, decoder.target.device)
     runs = []
-    for i in range(n):
-        s = engine.stats[i]
+    for i, r in enumerate(rows):
+        s = r.stats
         runs.append(
             SequenceRun(
                 index=indices[i] if indices is not None else start + i,
                 prompt_tokens=len(batch[i]),
-                token_ids=tokens[i],
-                latency_s=done[i] or wall,
-                ttft_s=ttft[i],
-                finish_reason=reasons[i],
+                token_ids=r.tokens,
+                latency_s=r.done_s or wall,
+                ttft_s=r.ttft_s,
+                finish_reason=r.finish_reason,
                 rounds=s.rounds,
                 draft_tokens=s.draft_tokens,
                 accepted_tokens=s.accepted_tokens,
-                rejected_rounds=rejections[i],
+                rejected_rounds=r.rejected_rounds,
                 position_trials=list(s.position_trials),
                 position_accepts=list(s.position_accepts),
             )
@@ -230,11 +203,17 @@ def run_batch(decoder, batch: list[list[int]], start: int,
 
 
 def run_pass(decoder, ids: list[list[int]], on_batch: Callable[[PassRun], None] | None = None,
-             into: PassRun | None = None) -> PassRun:
-    """All prompts through one engine, in batches of the decoder's batch_size."""
+             into: PassRun | None = None, warmed: set | None = None) -> PassRun:
+    """All prompts through one engine, in batches of the decoder's batch_size. `warmed`: warm up
+    (untimed) each batch whose shapes are not in this set yet, and add them."""
     out = into if into is not None else PassRun()
     generator = new_generator(decoder)
     for start, batch in batches(ids, decoder.settings.batch_size):
+        if warmed is not None:
+            shapes = _step_shapes(decoder, batch) or len(batch)
+            if shapes not in warmed:
+                warm_up(decoder, batch)
+                warmed.add(shapes)
         runs, wall = run_batch(decoder, batch, start, generator)
         out.extend(runs, wall)
         if on_batch is not None:
@@ -243,9 +222,10 @@ def run_pass(decoder, ids: list[list[int]], on_batch: Callable[[PassRun], None] 
 
 
 def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, int] | None:
-    """(batch size, pooled cache size) of the captured steps this batch runs; None without CUDA graphs."""
+    """(batch size, pooled cache size) of the compiled or captured rounds this batch runs; None
+    when rounds run eagerly (nothing to compile or capture)."""
     runner = decoder.runner(decoder.target)
-    if not runner.graphs:
+    if not runner.fixed_shapes:
         return None
     return len(batch), runner.pool_len(_cache_len(decoder, max(map(len, batch))))
 
@@ -253,30 +233,41 @@ def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, int] | None:
 def _cache_len(decoder, longest_prompt: int) -> int:
     """Cache slots the engine allocates for a batch whose longest prompt has this many tokens."""
     s = decoder.settings
-    return SpeculativeEngine.cache_len(longest_prompt, s.max_new_tokens, s.max_draft_tokens)
+    return SpeculativeEngine.cache_len(max(longest_prompt, decoder.reserved), s.max_new_tokens, s.max_draft_tokens)
 
 
-def warm_up(decoder, ids: list[list[int]]) -> None:
-    """One short, untimed generation of the first batch."""
-    if not ids:
+def warm_up(decoder, batch: list[list[int]]) -> None:
+    """Untimed: compile and capture every round shape this batch's engine can run, then one short
+    generation through it (allocator, lazy initialisation). Caches keep the size the timed runs
+    use, so the warm-up prepares exactly their shapes."""
+    if not batch:
         return
-    short = decoder.with_settings(max_new_tokens=min(WARMUP_TOKENS, decoder.settings.max_new_tokens))
-    for _ in short.engine().stream(ids[: decoder.settings.batch_size]):
+    engine = decoder.engine()
+    full = engine.params
+    need = _cache_len(decoder, max(map(len, batch)))
+    engine.params = dataclasses.replace(full, max_new_tokens=min(WARMUP_TOKENS, full.max_new_tokens),
+                                        min_cache_len=max(full.min_cache_len, need))
+    engine.prepare(batch)
+    for _ in engine.stream(batch):
         pass
 
 
 @torch.inference_mode()
 def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP_REPEATS,
-                 runner: ModelRunner | None = None, cache_len: int = 0) -> float:
-    """Median wall time (ms) of a [B, 1] forward of `loaded` after prefilling `prompt` on a fresh KVCache.
+                 runner=None, cache_len: int = 0) -> float:
+    """Median wall time (ms) of a [B, 1] forward of `loaded` after prefilling `prompt` on a fresh cache.
 
     `runner`: the decoder's own runner for this model, so the step is timed as generation runs
-    it (fused, compiled and captured on CUDA); a plain eager runner otherwise. `cache_len`: the
-    cache size generation uses (in graph mode captured steps are specific to it)."""
-    runner = runner if runner is not None else ModelRunner(loaded.model)
+    it (fused, compiled, and captured as a CUDA graph when rounds are); a plain eager step
+    otherwise. `cache_len`: the cache size generation uses (compiled steps are specific to it)."""
+    if runner is None:
+        from ..decoding.step import ModelStep
+
+        runner = ModelStep(loaded.model)
     device = runner.device
     ctx = len(prompt)
-    max_len = max(ctx + STEP_WARMUP + repeats + 2, cache_len if runner.graphs else 0)
+    fixed = getattr(runner, "fixed_shapes", False)
+    max_len = max(ctx + STEP_WARMUP + repeats + 2, cache_len if fixed else 0)
     cache = runner.new_cache(batch_size, max_len)
     rows = int(loaded.model.get_output_embeddings().weight.shape[0])
     x = torch.tensor([prompt] * batch_size, dtype=torch.long, device=device).clamp_(max=rows - 1)
@@ -284,16 +275,25 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
     cache.set_positions(torch.full((batch_size,), ctx, dtype=torch.long, device=device))
     tok = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
     one = torch.ones(batch_size, dtype=torch.long, device=device)
+
+    def step() -> None:
+        nxt = runner.forward(tok, cache, cache.max_len, logits_to_keep=1)[:, -1].argmax(dim=-1, keepdim=True)
+        tok.copy_(nxt)
+        cache.advance(one)
+
+    if getattr(runner, "graphs", False):
+        from ..accel.rounds import capture
+
+        graph, _ = capture(step, [tok, cache.positions])
+        step = graph.replay
     times = []
     for i in range(STEP_WARMUP + repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
-        logits = runner.forward(tok, cache, attend_len=max_len, logits_to_keep=1)
-        tok = logits[:, -1].argmax(dim=-1, keepdim=True)
-        _sync(device)
+        step()
+        sync(device)
         if i >= STEP_WARMUP:
             times.append(time.perf_counter() - t0)
-        cache.advance(one)
     return 1000.0 * metrics.median(times)
 
 
@@ -308,11 +308,10 @@ def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
     target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
     if s.drafter == "ngram":
         return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0)
-    drafter = decoder.engine().drafter
-    draft_loaded = getattr(drafter, "draft", None)  # ModelDrafter and EarlyExitDrafter hold a LoadedModel
-    if draft_loaded is None:
+    found = decoder.draft_model()
+    if found is None:
         return None
-    draft_ms = step_time_ms(draft_loaded, prompt, batch, runner=getattr(drafter, "runner", None), cache_len=size)
+    draft_ms = step_time_ms(found[0], prompt, batch, runner=found[1], cache_len=size)
     return StepTimes(c=draft_ms / target_ms, method="measured", target_ms=target_ms, draft_ms=draft_ms)
 
 
@@ -484,7 +483,6 @@ def run_benchmark(
     (see `read_samples`) and measure only the other prompts.
     """
     settings = decoder.settings
-    baseline = decoder.with_settings(drafter="none")
     result = BenchResult(
         settings=settings,
         prompts=list(prompts),
@@ -493,6 +491,8 @@ def run_benchmark(
         data=data,
     )
     ids = encode_prompts(decoder, prompts)  # refuses prompts that overflow the context before any file is touched
+    decoder.reserve(ids)  # one cache size for every batch: no capture or compile per prompt length
+    baseline = decoder.with_settings(drafter="none")
     kept: list[dict[str, Any]] = []
     if samples_path is not None:
         result.samples_path = Path(samples_path)
@@ -559,9 +559,9 @@ def run_benchmark(
 def decode_steps(decoder) -> dict[str, str]:
     """How the target's and the draft model's decode steps ran (fused/compiled/graphs)."""
     out = {"target": decoder.runner(decoder.target).describe()}
-    runner = getattr(decoder.engine().drafter, "runner", None) if decoder.settings.drafter != "none" else None
-    if runner is not None:
-        out["draft"] = runner.describe()
+    found = decoder.draft_model()
+    if found is not None:
+        out["draft"] = found[1].describe()
     return out
 
 
@@ -614,24 +614,25 @@ def run_sweep(
     combo = None
     try:
         ids = encode_prompts(decoder, prompts)
+        decoder.reserve(ids)  # one cache size for every batch and row of the sweep
         for combo in combos:
             key = (combo.batch_size, combo.temperature)
             if key not in baselines:
                 base = decoder.with_settings(drafter="none", batch_size=combo.batch_size, temperature=combo.temperature)
                 phase(f"baseline (batch {combo.batch_size}, temperature {combo.temperature:g})")
-                if warmup:
-                    warm_up(base, ids)
-                baselines[key] = run_pass(base, ids)
+                baselines[key] = run_pass(base, ids, warmed=set() if warmup else None)
             dec = decoder.with_settings(
                 drafter=combo.drafter, k=combo.k, batch_size=combo.batch_size, temperature=combo.temperature
             )
             phase(f"{combo.drafter} k={combo.k} batch {combo.batch_size} temperature {combo.temperature:g}")
-            if warmup:
-                warm_up(dec, ids)
+            warmed = set() if warmup else None
+            if warmup:  # before the step times, which use the same compiled steps
+                warm_up(dec, ids[: combo.batch_size])
+                warmed.add(_step_shapes(dec, ids[: combo.batch_size]) or len(ids[: combo.batch_size]))
             skey = (combo.drafter, combo.batch_size)
             if skey not in steps:
                 steps[skey] = measure_step_times(dec, ids)
-            spec = run_pass(dec, ids)
+            spec = run_pass(dec, ids, warmed=warmed)
             result.rows.append((combo, baselines[key], spec, steps[skey]))
             if on_row is not None:
                 on_row(result)

@@ -1,28 +1,30 @@
-"""The round loop: prefill, draft, verify, accept, roll back — one event per round and row.
+"""The round loop: prefill, then rounds of draft -> verify -> accept -> commit, one event per round and row.
 
-A round (Leviathan et al. 2022, Algorithm 1; Chen et al. 2023):
+Read it like gpt-fast's `speculative_decode`:
 
-  1. the drafter proposes up to k tokens per row                       tokens [B, k]
-  2. the target runs once over [last, d_1 .. d_k] at positions P..P+k   logits [B, k+1, V]
-  3. verify keeps the longest acceptable prefix and adds one target token (recovered at the
-     first rejection, bonus when all k are kept)                        accepted [B], next [B]
-  4. one host synchronisation: the round's tokens come back for events and stopping
-  5. the target cache keeps P..P+a (a = accepted), i.e. advances by a+1 — that is the
-     rollback: the rejected slots are simply never made visible again
-  6. rows that hit EOS or max_new_tokens stop (nothing follows EOS); finished rows leave
-     the batch so they cost nothing more
+  1. prefill the target over the prompts; its prediction at each row's last prompt token
+     is the first generated token (as in plain decoding); the drafter prefills its own cache
+  2. loop:
+       a. choose k (fixed, or the adaptive policy) and whether the drafter must feed `prev`
+       b. a host drafter (prompt lookup) proposes here, from the histories
+       c. one round (round.py): draft, verify, accept, commit, all device work
+       d. one host synchronisation: the round's counts and tokens come back
+       e. bookkeeping: stops (EOS, max_new_tokens; nothing follows EOS), statistics, events
+       f. finished rows leave the batch (uncaptured), or stay frozen (fixed shapes)
 
-The first generated token comes from the target's prefill, as in plain decoding. The
-target-only baseline is the same loop with the drafter `none` (k = 0): every round then
-emits exactly one target token, so baseline and speculative timings share all overhead.
+The target-only baseline is the same loop with k = 0: every round then emits exactly one
+target token, so baseline and speculative timings share all overhead.
+
+How rounds run is the `Rounds` seam: `EagerRounds` here calls `run_round` directly (the
+reference); the accelerated tier captures it as one CUDA graph per shape. With fixed-shape
+rounds and the target alone, the loop launches round r+1 before reading round r (the input
+of r+1 is already on the device), so the host's bookkeeping overlaps the device's work.
 
 What it does not: tokenize, time, print, or load models. It yields `RoundEvent`s; callers
 (api.py, the CLI, bench) render or time them. Nothing here imports rich.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,14 +34,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..drafters.base import Draft, Drafter, DraftState
 from ..metrics import acceptance_rate, block_efficiency
-from ..models.loading import LoadedModel
-from .cache import ModelRunner
+from .drafting import Drafter, DraftState
+from .round import RoundBuffers, RoundShape, run_round
 from .sampling import SamplingParams, logits_to_probs, sample
-from .verify import verify_greedy, verify_sampling
+from .step import ModelStep
 
-__all__ = ["EngineParams", "RoundEvent", "RowStats", "SpeculativeEngine", "make_generator"]
+__all__ = ["EagerRounds", "EngineParams", "RoundEvent", "RowStats", "SpeculativeEngine", "make_generator"]
 
 TokenKind = Literal["first", "recovered", "bonus", "target"]
 
@@ -52,6 +53,7 @@ class EngineParams:
     eos_token_ids: tuple[int, ...] = ()
     seed: int | None = None
     attend_bucket: int = 64  # eager path: attend over the cache in buckets of this many slots
+    min_cache_len: int = 0  # size caches for at least this many slots (a whole data set's longest)
 
 
 @dataclass(frozen=True)
@@ -115,93 +117,81 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return g
 
 
-def _pad_draft(draft: Draft, width: int) -> Draft:
-    """`draft` with its tokens (and probabilities) padded to `width` columns; the padding is not
-    proposed (num_proposed is unchanged, or the unpadded width), so verification never accepts it."""
-    b, n = draft.tokens.shape
-    tokens = torch.zeros((b, width), dtype=draft.tokens.dtype, device=draft.tokens.device)
-    tokens[:, :n] = draft.tokens
-    probs = None
-    if draft.probs is not None:
-        probs = draft.probs.new_zeros((b, width, draft.probs.shape[-1]))
-        probs[:, :n] = draft.probs
-    num = draft.num_proposed
-    if num is None:
-        num = torch.full((b,), n, dtype=torch.long, device=draft.tokens.device)
-    return dataclasses.replace(draft, tokens=tokens, probs=probs, num_proposed=num)
+class EagerRounds:
+    """The reference `Rounds`: each round calls `run_round` directly; `read` is its one sync.
 
+    `fixed_shapes`: every round verifies max_k draft positions and finished rows stay in the
+    batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
 
-class _NoDrafter:
-    """k = 0: the target alone, through the same loop."""
+    captured = False
 
-    name = "none"
+    def __init__(self, target, fixed_shapes: bool = False) -> None:
+        self.target = target  # the target's Step
+        self.fixed_shapes = fixed_shapes
+        self.drafter: Drafter | None = None
 
-    def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
-        pass
+    def open(self, drafter: Drafter | None, batch: int, max_len: int, width: int, vocab: int,
+             sampling: SamplingParams):
+        """A batch's target cache and round buffers."""
+        self.drafter = drafter
+        device = self.target.device
+        return self.target.new_cache(batch, max_len), RoundBuffers.new(batch, width, vocab, sampling, device)
 
-    def propose(self, state: DraftState, k: int) -> Draft:
-        b = state.last.shape[0]
-        return Draft(tokens=state.last.new_empty((b, 0)))
+    def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+                target_rows: int) -> None:
+        """Make the first round of this shape cost what later ones do: with fixed shapes, run it
+        once (compiled steps compile on first use) and put the round's state back."""
+        if not self.fixed_shapes:
+            return
+        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
+        if getattr(self.drafter, "cache", None) is not None:
+            state.append(self.drafter.cache.positions)
+        saved = [t.clone() for t in state]
+        self.launch(cache, bufs, shape, sampling, cache.max_len, target_rows)
+        for t, s in zip(state, saved):
+            t.copy_(s)
 
-    def observe(self, num_accepted: Tensor) -> None:
-        pass
+    def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+               attend_len: int, target_rows: int) -> tuple[int, Tensor]:
+        """Run one round; (draft steps run, the result tensor to read)."""
+        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
+        steps = run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows)
+        width = max(shape.width, steps)
+        return steps, bufs.out[:, : 3 + width].clone()
 
-    def select_rows(self, rows: Tensor) -> None:
-        pass
-
-
-_NO_DRAFTER = _NoDrafter()
-
-
-@dataclass
-class _Pending:
-    """A launched round whose results [B, 3 + k] (accepted, next token, proposed, draft tokens)
-    have not been read by the host yet."""
-
-    round: int
-    k_round: int
-    out: Tensor
-    done: torch.cuda.Event | None = None
-
-    @classmethod
-    def start(cls, rnd: int, k_round: int, out: Tensor, copy_ahead: bool) -> "_Pending":
-        if not copy_ahead or not out.is_cuda:
-            return cls(rnd, k_round, out)
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        host.copy_(out, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return cls(rnd, k_round, host, done)
-
-    def read(self) -> list[list[int]]:
-        if self.done is not None:
-            self.done.synchronize()
-        return self.out.tolist()
+    def read(self, result: Tensor) -> list[list[int]]:
+        return result.tolist()  # the round's single host synchronisation
 
 
 class SpeculativeEngine:
     def __init__(
         self,
-        target: LoadedModel,
+        target,
         drafter: Drafter | None,
         params: EngineParams,
         k_policy=None,
         generator: torch.Generator | None = None,
-        runner: ModelRunner | None = None,
+        runner=None,
+        rounds=None,
     ) -> None:
+        """`target`: the LoadedModel; `runner`: its Step (a plain ModelStep when None); `rounds`:
+        how rounds run (EagerRounds over the runner when None); `k_policy`: adaptive k, an object
+        with .k, .max_k and .update(accepted, proposed)."""
         self.target = target
-        self.runner = runner if runner is not None else ModelRunner(target.model)
-        self.drafter: Drafter = drafter if drafter is not None else _NoDrafter()
+        self.runner = runner if runner is not None else ModelStep(target.model)
+        self.rounds = rounds if rounds is not None else EagerRounds(
+            self.runner, fixed_shapes=getattr(self.runner, "fixed_shapes", False))
+        self.drafter = drafter if drafter is not None and drafter.name != "none" else None
         self.params = params
-        self.k_policy = k_policy  # adaptive k: an object with .k (int) and .update(num_accepted list, proposed)
-        if self.drafter.name == "none":
+        self.k_policy = k_policy if self.drafter is not None else None
+        if self.drafter is None:
             self.params = EngineParams(**{**params.__dict__, "num_draft_tokens": 0})
         self.device = target.device
         self.target_rows = target.vocab_rows
         self.stats: list[RowStats] = []
-        # finished rows leave the batch (None: unless the runner replays fixed-shape graphs)
+        # finished rows leave the batch (None: unless rounds have fixed shapes)
         self.compact_rows: bool | None = None
-        # target alone on fixed rows: launch each round before reading the previous one (see stream)
+        # fixed shapes, target alone: launch each round before reading the previous one
         self.lookahead = True
         # one random stream for every batch of a call: batches must not repeat each other's draws
         self.generator = generator if generator is not None else self._new_generator()
@@ -212,11 +202,12 @@ class SpeculativeEngine:
             return None
         return make_generator(self.device, self.params.seed)
 
-    def _pick(self, logits: Tensor, generator: torch.Generator | None) -> Tensor:
-        """The target's own token from logits [B, V]."""
-        if self.params.sampling.greedy:
-            return logits.argmax(dim=-1)
-        return sample(logits_to_probs(logits, self.params.sampling), generator)
+    @property
+    def max_k(self) -> int:
+        return int(self.k_policy.max_k) if self.k_policy is not None else self.params.num_draft_tokens
+
+    def _k(self) -> int:
+        return int(self.k_policy.k) if self.k_policy is not None else self.params.num_draft_tokens
 
     def _bucket(self, need: int, max_len: int) -> int:
         b = self.params.attend_bucket
@@ -227,10 +218,14 @@ class SpeculativeEngine:
         """Cache slots a batch needs: its longest prompt, every new token, and one round's overshoot."""
         return longest_prompt + max_new_tokens + max_k + 2
 
-    def _max_k(self) -> int:
-        if self.k_policy is not None:
-            return int(self.k_policy.max_k)
-        return self.params.num_draft_tokens
+    def shapes(self) -> list[RoundShape]:
+        """Every round shape this engine can run (what a warm-up must capture or compile)."""
+        if self.drafter is None:
+            return [RoundShape(0, 0, False)]
+        width = self.max_k
+        ks = range(1, width + 1) if self.k_policy is not None else [width]
+        prev = (False, True) if self.drafter.on_device else (False,)
+        return [RoundShape(k, width, p) for k in ks for p in prev]
 
     # ---- the loop -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -241,190 +236,176 @@ class SpeculativeEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("a prompt is empty after tokenization")
         p = self.params
-        device = self.device
         bsz = len(prompts)
-        lengths_host = [len(x) for x in prompts]
-        longest = max(lengths_host)
-        max_len = self.cache_len(longest, p.max_new_tokens, self._max_k())
         eos = set(p.eos_token_ids)
-        generator = self.generator
         self.stats = [RowStats() for _ in range(bsz)]
         histories = [list(x) for x in prompts]
         generated = [0] * bsz
 
-        # right-padded prompts: row b holds its tokens at slots 0..L_b-1 (slot == position)
-        input_ids = torch.zeros((bsz, longest), dtype=torch.long)
-        for b, ids in enumerate(prompts):
-            input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        input_ids = input_ids.to(device)
-        lengths = torch.tensor(lengths_host, dtype=torch.long, device=device)
-
-        # 1. prefill the target; its prediction at each row's last prompt token is the first token
-        cache = self.runner.new_cache(bsz, max_len)
-        keep = sorted(set(n - 1 for n in lengths_host))
-        keep_t = torch.tensor(keep, dtype=torch.long, device=device)
-        logits = self.runner.prefill(input_ids, cache, attend_len=longest, logits_to_keep=keep_t)  # [B, |keep|, V]
-        col = torch.tensor([keep.index(n - 1) for n in lengths_host], device=device)
-        first = self._pick(logits[torch.arange(bsz, device=device), col], generator)  # [B]
-        cache.set_positions(lengths)
-        self.drafter.prefill(input_ids, lengths, max_len)
-
-        last = first  # [B] newest token, not yet in any cache
-        prev = input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1)  # [B]
-        positions_host = list(lengths_host)  # position of `last` per row
-
+        # 1. prefill: target (its first token) and drafter
+        cache, bufs, input_ids, lengths, max_len = self._open(prompts)
+        first = self._prefill(cache, input_ids, lengths)  # [B]
+        bufs.last.copy_(first)
+        bufs.prev.copy_(input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1))
+        if self.drafter is not None:
+            self.drafter.prefill(input_ids, lengths, max_len)
+        positions = [len(x) for x in prompts]  # host copy: position of `last` per row
         active = list(range(bsz))  # batch slot -> prompt index
-        finished_now: list[int] = []
-        # eager: finished rows leave the batch. Graph mode keeps shapes fixed: finished rows stay,
-        # masked — their caches stop advancing and they emit nothing.
-        compact = not self.runner.graphs if self.compact_rows is None else self.compact_rows
-        # captured/compiled steps exist per shape: a round with fewer draft tokens (adaptive k, a
-        # drafter that stopped early) verifies padded to max_k, so one verify shape serves them all
-        fixed_shapes = self.runner.graphs or getattr(self.runner, "compiled", False)
-        dead: set[int] = set()
-        alive = torch.ones(bsz, dtype=torch.long, device=device)
+        finished: set[int] = set()
         for b, tok in enumerate(first.tolist()):
             generated[b] = 1
             histories[b].append(tok)
             self.stats[b].new_tokens = 1
             reason = "eos" if tok in eos else ("length" if p.max_new_tokens <= 1 else None)
             if reason:
-                finished_now.append(b)
+                finished.add(b)
             yield RoundEvent(b, 0, (), (), tok, "first", 0, 0, reason is not None, reason)
 
-        # Target alone through the captured path: each round's input is the previous round's
-        # token, already on the device, so round r+1 is launched before round r's tokens are read
-        # back, and the host's reading and bookkeeping overlap the GPU's next step instead of
-        # idling it. (With a drafter the next round's shape depends on what the host reads.) The
-        # only cost: when every row stops on EOS, one step past it was computed and is dropped.
-        lookahead = (self.lookahead and not compact and isinstance(self.drafter, _NoDrafter)
-                     and self.k_policy is None)
-        pending: deque[_Pending] = deque()
+        fixed = self.rounds.fixed_shapes
+        compact = not fixed if self.compact_rows is None else self.compact_rows
+        lookahead = self.lookahead and not compact and self.drafter is None
+        feed_prev = False  # the draft prefilled the whole prompt: it has seen `prev`
+        pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
         rnd = 0
-
-        def launch() -> _Pending:
-            nonlocal rnd, last, prev
-            rnd += 1
-            k = self.params.num_draft_tokens if self.k_policy is None else int(self.k_policy.k)
-            # rounds in flight have each moved a row one position on (k = 0 when there are any)
-            ahead = len(pending)
-            live_positions = [pos + ahead for pos, row in zip(positions_host, active) if row not in dead]
-            attend_len = self._bucket(max(live_positions) + k + 1, max_len)
-            state = DraftState(
-                last=last,
-                prev=prev,
-                positions=cache.positions,
-                attend_len=attend_len,
-                sampling=p.sampling,
-                generator=generator,
-                target_rows=self.target_rows,
-                histories=[histories[row] for row in active],
-            )
-
-            # 2. draft: up to k tokens per row
-            draft = self.drafter.propose(state, k) if k > 0 else _NO_DRAFTER.propose(state, 0)
-            if fixed_shapes and 0 < draft.tokens.shape[1] < self._max_k():
-                draft = _pad_draft(draft, self._max_k())
-            k_round = draft.tokens.shape[1]
-            nb = last.shape[0]
-            num_proposed = (
-                draft.num_proposed
-                if draft.num_proposed is not None
-                else torch.full((nb,), k_round, dtype=torch.long, device=device)
-            )
-
-            # 3. verify: one target forward over k+1 positions
-            verify_in = torch.cat([last[:, None], draft.tokens], dim=1)  # [B, k+1]
-            logits = self.runner.forward(verify_in, cache, attend_len)  # [B, k+1, V]
-
-            # 4. accept (pure functions, no host sync)
-            if p.sampling.greedy:
-                n_acc, nxt = verify_greedy(draft.tokens, logits, num_proposed)
-            else:
-                target_probs = logits_to_probs(logits, p.sampling)  # [B, k+1, V] float32
-                n_acc, nxt = verify_sampling(draft.tokens, draft.probs, target_probs, generator, num_proposed)
-
-            # 5. roll back: keep last, d_1..d_a in the target cache; the new `prev` is d_a (or last)
-            cache.advance((n_acc + 1) * alive if not compact else n_acc + 1)
-            self.drafter.observe(n_acc)
-            if k_round > 0:
-                gathered = draft.tokens.gather(1, (n_acc - 1).clamp(min=0)[:, None]).squeeze(1)
-                prev = torch.where(n_acc > 0, gathered, last)
-            else:
-                prev = last
-            last = nxt
-            out = torch.cat([n_acc[:, None], nxt[:, None], num_proposed[:, None], draft.tokens], dim=1)
-            return _Pending.start(rnd, k_round, out, copy_ahead=lookahead)
-
-        def more_to_launch() -> bool:
-            """Whether a row may still need a round after those in flight (EOS is unknown
-            until they are read; max_new_tokens is not)."""
-            ahead = len(pending)
-            return any(row not in dead and generated[row] + ahead < p.max_new_tokens for row in active)
-
+        gone: set[int] = set()  # rows whose finishing the batch has already absorbed
         while True:
-            if finished_now:
-                dead.update(finished_now)
-                keep_slots = [i for i, row in enumerate(active) if row not in dead]
-                finished_now = []
-                if not keep_slots:
+            if finished - gone:
+                bufs, active, positions = self._retire(finished, gone, active, positions, cache, bufs, compact)
+                if all(row in finished for row in active):
                     return
-                if not compact:
-                    alive = torch.tensor([row not in dead for row in active], dtype=torch.long, device=device)
-                elif len(keep_slots) < len(active):
-                    # 6. batch compaction: finished rows leave every cache
-                    rows = torch.tensor(keep_slots, dtype=torch.long, device=device)
-                    cache.select_rows(rows)
-                    self.drafter.select_rows(rows)
-                    last, prev = last.index_select(0, rows), prev.index_select(0, rows)
-                    active = [active[i] for i in keep_slots]
-                    positions_host = [positions_host[i] for i in keep_slots]
-            if not pending:
-                pending.append(launch())
-            if lookahead and len(pending) < 2 and more_to_launch():
-                pending.append(launch())
-            this = pending.popleft()
-            rnd_done, k_round = this.round, this.k_round
-            # the round's single host synchronisation
-            host = this.read()
+            # 2a-c. launch a round (two ahead when the target runs alone on fixed shapes)
+            while not pending or (lookahead and len(pending) < 2 and self._more(active, finished, generated, len(pending))):
+                rnd += 1
+                k = self._k() if self.drafter is not None else 0
+                width = self.max_k if fixed else k
+                if self.drafter is not None and not self.drafter.on_device:
+                    draft = self.drafter.propose(self._host_state(bufs, cache, histories, active, k), k)
+                    bufs.give(draft)
+                    if not fixed:
+                        k = width = draft.tokens.shape[1]  # uncaptured: verify only what was proposed
+                ahead = len(pending)
+                live = [pos + ahead for pos, row in zip(positions, active) if row not in finished]
+                attend_len = self._bucket(max(live) + max(width, k) + 1, max_len)
+                shape = RoundShape(k, width, feed_prev)
+                if self.generator is not None:
+                    bufs.draw_noise(self.generator)
+                steps, result = self.rounds.launch(cache, bufs, shape, p.sampling, attend_len, self.target_rows)
+                pending.append((rnd, k, steps, result))
+            # 2d. the round's single host synchronisation
+            rnd_done, k_round, steps, result = pending.popleft()
+            host = self.rounds.read(result)
             if self.k_policy is not None:
                 self.k_policy.update([h[0] for h in host], [h[2] for h in host])
+            if self.drafter is not None:
+                self.drafter.observe(torch.tensor([h[0] for h in host]))
+                # the draft fed last, d_1 .. d_{steps-1}: it lacks the next `prev` iff a row kept all
+                feed_prev = steps > 0 and any(
+                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished)
 
-            # 6. per-row bookkeeping, stops, events
+            # 2e. per-row bookkeeping, stops, events
             for slot, row in enumerate(active):
-                if row in dead:
+                if row in finished:
                     continue
                 a, tok, proposed = host[slot][0], host[slot][1], host[slot][2]
                 drafted = host[slot][3:]
-                positions_host[slot] += a + 1
+                positions[slot] += a + 1
                 self.stats[row].record(proposed, a)
-                block = drafted[:a] + [tok]
-                budget = p.max_new_tokens - generated[row]
-                out: list[int] = []
-                reason = None
-                for t in block:
-                    out.append(t)
-                    if t in eos:
-                        reason = "eos"
-                        break
-                    if len(out) >= budget:
-                        reason = "length"
-                        break
-                if reason is None and generated[row] + len(out) >= p.max_new_tokens:
-                    reason = "length"
+                out, reason = self._emit(drafted[:a] + [tok], generated[row], eos)
                 generated[row] += len(out)
                 histories[row].extend(out)
                 self.stats[row].new_tokens = generated[row]
-                accepted = tuple(out[: min(a, len(out))])
                 own = out[a] if len(out) > a else None
-                if k_round == 0:
-                    kind: TokenKind = "target"
-                elif a >= proposed:
-                    kind = "bonus"
-                else:
-                    kind = "recovered"
+                kind: TokenKind = "target" if k_round == 0 else ("bonus" if a >= proposed else "recovered")
                 if reason:
-                    finished_now.append(row)
-                yield RoundEvent(
-                    row, rnd_done, accepted, tuple(drafted[a:proposed]), own, kind, proposed, a, reason is not None, reason
-                )
+                    finished.add(row)
+                yield RoundEvent(row, rnd_done, tuple(out[: min(a, len(out))]), tuple(drafted[a:proposed]), own,
+                                 kind, proposed, a, reason is not None, reason)
+
+    @torch.inference_mode()
+    def prepare(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Compile or capture, now, every round shape this engine may run on a batch like `prompts`
+        (bench calls it before timing); generates nothing."""
+        cache, bufs, input_ids, lengths, max_len = self._open(prompts)
+        bufs.last.copy_(self._prefill(cache, input_ids, lengths))
+        bufs.prev.copy_(bufs.last)
+        if self.drafter is not None:
+            self.drafter.prefill(input_ids, lengths, max_len)
+        for shape in self.shapes():
+            if self.drafter is not None and not self.drafter.on_device:
+                bufs.give(self.drafter.propose(self._host_state(bufs, cache, [list(p) for p in prompts],
+                                                                range(len(prompts)), shape.k), shape.k))
+            if self.generator is not None:
+                bufs.draw_noise(self.generator)
+            self.rounds.prepare(cache, bufs, shape, self.params.sampling, self.target_rows)
+
+    # ---- pieces of the loop ----------------------------------------------------------------
+    def _open(self, prompts: Sequence[Sequence[int]]):
+        """Right-padded prompts on the device (slot == position), the target cache and buffers."""
+        p = self.params
+        lengths_host = [len(x) for x in prompts]
+        longest = max(lengths_host)
+        max_len = max(self.cache_len(longest, p.max_new_tokens, self.max_k), p.min_cache_len)
+        input_ids = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        input_ids = input_ids.to(self.device)
+        lengths = torch.tensor(lengths_host, dtype=torch.long, device=self.device)
+        cache, bufs = self.rounds.open(self.drafter, len(prompts), max_len, self.max_k, self.target_rows, p.sampling)
+        return cache, bufs, input_ids, lengths, max(max_len, cache.max_len)
+
+    def _prefill(self, cache, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Prefill the target; its token after each row's last prompt token. [B]"""
+        bsz = input_ids.shape[0]
+        lengths_host = lengths.tolist()
+        keep = sorted(set(n - 1 for n in lengths_host))
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.device)
+        logits = self.runner.prefill(input_ids, cache, attend_len=input_ids.shape[1], logits_to_keep=keep_t)
+        col = torch.tensor([keep.index(n - 1) for n in lengths_host], device=self.device)
+        logits = logits[torch.arange(bsz, device=self.device), col]  # [B, V]
+        cache.set_positions(lengths)
+        if self.params.sampling.greedy:
+            return logits.argmax(dim=-1)
+        return sample(logits_to_probs(logits, self.params.sampling), self.generator)
+
+    def _host_state(self, bufs: RoundBuffers, cache, histories, active, k: int) -> DraftState:
+        return DraftState(last=bufs.last, prev=bufs.prev, positions=cache.positions, attend_len=0,
+                          sampling=self.params.sampling, target_rows=self.target_rows,
+                          histories=[histories[row] for row in active], generator=self.generator)
+
+    def _more(self, active: list[int], finished: set[int], generated: list[int], ahead: int) -> bool:
+        """Whether a row may still need a round after those in flight (EOS is unknown until they
+        are read; max_new_tokens is not)."""
+        return any(row not in finished and generated[row] + ahead < self.params.max_new_tokens for row in active)
+
+    def _emit(self, block: list[int], generated: int, eos: set[int]) -> tuple[list[int], str | None]:
+        """The tokens of a round's block a row keeps (up to EOS or max_new_tokens) and why it stops."""
+        budget = self.params.max_new_tokens - generated
+        out: list[int] = []
+        for t in block:
+            out.append(t)
+            if t in eos:
+                return out, "eos"
+            if len(out) >= budget:
+                return out, "length"
+        return out, ("length" if generated + len(out) >= self.params.max_new_tokens else None)
+
+    def _retire(self, finished: set[int], gone: set[int], active: list[int], positions: list[int], cache,
+                bufs: RoundBuffers, compact: bool):
+        """Finished rows stop: frozen in place (fixed shapes) or removed from every cache."""
+        gone |= finished
+        keep = [i for i, row in enumerate(active) if row not in finished]
+        if not keep:
+            return bufs, active, positions
+        if not compact:
+            alive = torch.tensor([row not in finished for row in active], dtype=torch.long)
+            bufs.alive.copy_(alive.pin_memory() if bufs.alive.is_cuda else alive, non_blocking=True)
+            return bufs, active, positions
+        if len(keep) < len(active):
+            rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+            cache.select_rows(rows)
+            bufs.select_rows(rows)
+            if self.drafter is not None:
+                self.drafter.select_rows(rows)
+            active = [active[i] for i in keep]
+            positions = [positions[i] for i in keep]
+        return bufs, active, positions

@@ -99,8 +99,12 @@ def logits_to_probs(logits: Tensor, params: SamplingParams) -> Tensor:
     return processed.softmax(dim=-1)
 
 
-def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample(probs: Tensor, generator: torch.Generator | None = None, race: Tensor | None = None) -> Tensor:
     """[..., V] probabilities (any positive scale) -> int64 [...] token ids.
+
+    `race`: the Exp(1) draws to use, same shape as `probs` (drawn beforehand, e.g. once per round
+    into a fixed buffer so a captured round consumes no random state of its own); drawn here from
+    `generator` when None.
 
     The exponential race: argmax(probs / E) with E ~ Exp(1) i.i.d. per entry picks index i with
     probability probs[i] / sum(probs) (the minimum of independent exponentials with rates
@@ -109,7 +113,8 @@ def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     Zero-probability tokens are never chosen unless the whole row is zero (then index 0).
     """
     probs = probs.float()
-    race = torch.empty_like(probs).exponential_(generator=generator)  # [..., V], E ~ Exp(1)
+    if race is None:
+        race = torch.empty_like(probs).exponential_(generator=generator)  # [..., V], E ~ Exp(1)
     # Clamp E away from 0 so a (rare) exact zero draw cannot give inf or 0/0 = NaN, which argmax
     # would pick; then pin zero-probability tokens below every live one (scores are >= 0).
     scores = probs / race.clamp_min(torch.finfo(torch.float32).tiny)

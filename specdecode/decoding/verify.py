@@ -81,6 +81,8 @@ def verify_sampling(
     target_probs: Tensor,
     generator: torch.Generator | None = None,
     num_proposed: Tensor | None = None,
+    uniform: Tensor | None = None,
+    race: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Speculative sampling verification (Leviathan et al. 2022, Algorithm 1; Chen et al. 2023).
 
@@ -88,7 +90,9 @@ def verify_sampling(
     draft_probs [B, k, V] float32: q, the draft's processed distribution; None = deterministic
         proposal, treated as a one-hot q at the draft token.
     target_probs [B, k+1, V] float32: p, the target's processed distribution.
-    generator: the source of every random draw (uniforms, then the exponential race).
+    generator: the source of every random draw (uniforms, then the exponential race) that is not
+        given: `uniform` [B, k] U[0, 1) and `race` [B, V] Exp(1) may be drawn beforehand (a captured
+        round draws them into fixed buffers before it is launched).
     num_proposed [B] int64 <= k, or None = all k; positions >= num_proposed[b] act as q = 0.
     Returns (num_accepted [B] int64, next_token [B] int64): the index of the first rejection
     (num_proposed[b] if none), and the recovered token drawn from norm(max(0, p_j - q_j)) at
@@ -122,7 +126,8 @@ def verify_sampling(
     # 1. Accept x_j with probability min(1, p_j(x_j) / q_j(x_j)) (Leviathan et al. 2022, Alg. 1):
     #    u < p/q, written u * q < p so that q(x) == 0 never divides by zero: it accepts when
     #    p(x) > 0 (ratio +inf) and rejects when p(x) == 0. u is in [0, 1), so p >= q always accepts.
-    uniform = torch.rand((batch, k), generator=generator, device=device, dtype=torch.float32)  # [B, k]
+    if uniform is None:
+        uniform = torch.rand((batch, k), generator=generator, device=device, dtype=torch.float32)  # [B, k]
     accepted = (uniform * q_x < p_x) & proposed  # [B, k]
     num_accepted = _accepted_prefix(accepted)  # [B], in [0, num_proposed]
 
@@ -152,5 +157,5 @@ def verify_sampling(
     # `sample` is scale invariant, so neither distribution needs normalising.
     empty = residual.sum(dim=-1, keepdim=True) <= 0  # [B, 1]
     next_distribution = torch.where(empty, p_j, residual)  # [B, V]
-    next_token = sample(next_distribution, generator)  # [B]
+    next_token = sample(next_distribution, generator, race=race)  # [B]
     return num_accepted, next_token

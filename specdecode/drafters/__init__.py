@@ -1,6 +1,6 @@
 """Drafters: what proposes tokens for the target to verify."""
 
-from .base import Draft, Drafter, DraftState, align_vocab
+from ..decoding.drafting import Draft, Drafter, DraftState, align_vocab
 from .draft_model import ModelDrafter
 from .early_exit import EarlyExitDrafter
 from .ngram import NgramDrafter

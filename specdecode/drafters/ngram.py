@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Draft, DraftState
+from ..decoding.drafting import Draft, DraftState
 
 __all__ = ["NgramDrafter", "NgramIndex", "lookup"]
 
@@ -103,6 +103,8 @@ class NgramDrafter:
         self.min_ngram = min_ngram
         self.indexes: list[NgramIndex] = []
 
+    on_device = False  # the lookup reads the host-side histories
+
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         # histories arrive with every propose(); only the per-row indexes need a fresh start
         self.indexes = [NgramIndex(self.min_ngram, self.max_ngram) for _ in range(input_ids.shape[0])]
@@ -118,11 +120,11 @@ class NgramDrafter:
         width = max((len(p) for p in proposals), default=0)
         # padding: any valid id (never accepted past num_proposed)
         tokens = [p + [0] * (width - len(p)) for p in proposals]
-        device = state.last.device
+        # host tensors: the engine moves them into the round's device buffers without a sync
         return Draft(
-            tokens=torch.tensor(tokens, dtype=torch.long).reshape(rows, width).to(device),  # [B, <=k]
+            tokens=torch.tensor(tokens, dtype=torch.long).reshape(rows, width),  # [B, <=k]
             probs=None,
-            num_proposed=torch.tensor([len(p) for p in proposals], dtype=torch.long).to(device),  # [B]
+            num_proposed=torch.tensor([len(p) for p in proposals], dtype=torch.long),  # [B]
         )
 
     def observe(self, num_accepted: Tensor) -> None:

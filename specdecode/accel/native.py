@@ -461,12 +461,8 @@ class NativeModel:
         return found
 
     def _buffers(self, cache, i: int, batch: int) -> tuple[Tensor, Tensor]:
-        k = cache.keys.get(i)
-        if k is None:
-            shape = (batch, self.shape.n_kv, cache.max_len, self.shape.head_dim)
-            k = cache.keys[i] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            cache.values[i] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return k, cache.values[i]
+        d = self.shape.head_dim
+        return cache.layer(i, self.shape.n_kv, d, d, self.dtype)
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],

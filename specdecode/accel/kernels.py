@@ -32,7 +32,6 @@ interpreter (TRITON_INTERPRET=1), which is how the tests check them against torc
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import Tensor
@@ -75,9 +74,9 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
 def usable_on(device: torch.device) -> bool:
     """Whether the compiled path uses the kernels on `device` by default: CUDA with Triton.
-    SPECDECODE_KERNELS=0 turns them off. (Asked for explicitly they also run on CPU tensors
+    (--no-kernels turns them off. Asked for explicitly they also run on CPU tensors
     under Triton's interpreter, TRITON_INTERPRET=1: that is how the tests check them.)"""
-    if not AVAILABLE or os.environ.get("SPECDECODE_KERNELS", "1") == "0":
+    if not AVAILABLE:
         return False
     return device.type == "cuda"
 

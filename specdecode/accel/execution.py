@@ -1,0 +1,58 @@
+"""How a model's decode steps run on a device, decided once where settings meet the device.
+
+`resolve_execution(settings, model, device)` turns the four three-way settings
+(`cuda_graphs`, `fused`, `compile`, `kernels`: on, off, or None = the default for this model
+and device) into one `Execution`, each choice with the reason for it. The decoder builds its
+runners and rounds from it; nothing below reads settings, environment variables or module
+globals to decide behaviour.
+
+Defaults: the fused layers wherever the architecture is supported (CPU too); on CUDA,
+compiled fused layers, the Triton kernels inside captured steps where they can run, and
+rounds captured as CUDA graphs. Asking for what cannot run is a SettingsError naming why.
+
+What it does not: load models or build runners (api.py), or run anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..settings import SettingsError
+from .native import native_support
+
+__all__ = ["Execution", "resolve_execution"]
+
+
+@dataclass(frozen=True)
+class Execution:
+    graphs: bool
+    fused: bool
+    compile: bool
+    kernels: bool | None  # None: the runner's default (on for captured fused steps that the kernels can run)
+    reasons: tuple[str, ...] = ()  # one line per choice that was not asked for explicitly
+
+    def key(self) -> tuple:
+        return (self.graphs, self.fused, self.compile, self.kernels)
+
+
+def resolve_execution(settings, model, device: torch.device) -> Execution:
+    cuda = device.type == "cuda"
+    reasons: list[str] = []
+    unsupported = native_support(model)
+    if settings.fused and unsupported is not None:
+        raise SettingsError(f"--fused: {unsupported}")
+    fused = unsupported is None and settings.fused is not False
+    if unsupported is not None:
+        reasons.append(f"transformers modules: {unsupported}")
+    # by default only the fused layers are compiled: torch.compile over arbitrary transformers
+    # modules and this cache is not something to turn on unasked
+    compile = cuda and (settings.compile if settings.compile is not None else fused)
+    if settings.kernels and cuda and not fused:
+        raise SettingsError(f"--kernels: the kernels run the fused layers, and {unsupported or '--no-fused was given'}")
+    kernels = settings.kernels if cuda else False
+    graphs = cuda and (settings.cuda_graphs if settings.cuda_graphs is not None else True)
+    if not cuda:
+        reasons.append(f"eager rounds: CUDA graphs and torch.compile need a CUDA device (this is {device.type})")
+    return Execution(graphs=graphs, fused=fused, compile=compile, kernels=kernels, reasons=tuple(reasons))

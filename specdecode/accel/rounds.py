@@ -1,0 +1,145 @@
+"""Captured rounds: a whole round of speculative decoding as one CUDA graph, one sync per round.
+
+`run_round` (decoding/round.py) is device work only: the draft steps (token choice, cache
+advances), the verify forward, the acceptance decision and the commits, on buffers that
+stay at fixed addresses. `CapturedRounds` captures it once per shape — (batch, cache size,
+k, whether the draft feeds `prev`, sampling) — and from then on a round costs one graph
+launch, a small copy of its counts into pinned host memory, and one wait on that copy:
+the one host synchronisation the engine needs for streaming and stopping. Nothing is
+compiled or captured later than a warm-up (`prepare`) when the caller asks for it.
+
+Capture needs warm-up runs (torch.compile and Triton compile on first use, cuBLAS picks its
+kernels); they run on a side stream and their effects on the round's state (cache lengths,
+`last`/`prev`, the result buffer) are undone afterwards. Their cache writes land past each
+row's length, where nothing reads them. All graphs of one object share one memory pool;
+everything a round leaves for later lives in buffers allocated outside the graphs, so any
+replay order is safe.
+
+Caches and round buffers are pooled per (batch, cache size): the graphs are bound to them,
+and every batch of that shape reuses them.
+
+What it does not: decide k or stops (the engine does), or run on anything but CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..decoding.engine import EagerRounds
+from ..decoding.round import RoundBuffers, RoundShape, run_round
+from ..decoding.sampling import SamplingParams
+
+__all__ = ["CapturedRounds", "Pending", "capture"]
+
+
+def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
+    """`fn` (device work, no host sync) captured as a CUDA graph; returns (graph, fn's result).
+
+    Runs `fn` `warmups` times first on a side stream (torch.compile and Triton compile there,
+    cuBLAS picks its kernels), restoring `state` — the tensors `fn` changes — after each, so
+    the capture leaves the state as it found it."""
+    saved = [t.clone() for t in state]
+    device = state[0].device if state else torch.device("cuda")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+            for t, s in zip(state, saved):
+                t.copy_(s)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        result = fn()
+    return graph, result
+
+
+@dataclass
+class Pending:
+    """A launched round: its counts are on their way to pinned host memory."""
+
+    host: Tensor
+    done: torch.cuda.Event
+
+
+class CapturedRounds(EagerRounds):
+    captured = True
+
+    def __init__(self, target) -> None:
+        """`target`: the target's ModelRunner (CUDA, fixed shapes)."""
+        super().__init__(target, fixed_shapes=True)
+        self._bufs: dict[tuple, RoundBuffers] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, int]] = {}
+        self._pool = None
+        self._host: dict[tuple[int, int], list[Tensor]] = {}  # pinned result buffers, a ring per shape
+        self._turn = 0
+        self.captures = 0  # graphs captured so far (tests and warm-up reports)
+
+    def open(self, drafter, batch: int, max_len: int, width: int, vocab: int, sampling: SamplingParams):
+        self.drafter = drafter
+        cache = self.target.new_cache(batch, max_len)  # pooled: the same buffers every batch of this shape
+        key = (batch, cache.max_len, width, vocab, sampling.greedy)
+        bufs = self._bufs.get(key)
+        if bufs is None:
+            bufs = self._bufs[key] = RoundBuffers.new(batch, width, vocab, sampling, self.target.device)
+        bufs.alive.fill_(1)
+        return cache, bufs
+
+    def _key(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams) -> tuple:
+        d = self.drafter
+        draft_key = None
+        if d is not None:
+            # the graph is bound to the drafter's runner and pooled cache, not to the Python object
+            draft_key = (d.name, id(getattr(d, "runner", None)), d.on_device)
+        return (id(cache), id(bufs), shape, sampling, draft_key)
+
+    def _round(self, cache, bufs, shape, sampling, target_rows) -> int:
+        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
+        return run_round(self.target, cache, drafter, bufs, shape, sampling, cache.max_len, target_rows,
+                         may_sync=False)
+
+    def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
+        """The tensors a round changes that must survive a warm-up unchanged."""
+        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
+        dcache = getattr(self.drafter, "cache", None)
+        if dcache is not None:
+            state.append(dcache.positions)
+        return state
+
+    def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, target_rows: int):
+        """Capture the round of this shape now (warm-ups first); the round's state is unchanged."""
+        key = self._key(cache, bufs, shape, sampling)
+        found = self._graphs.get(key)
+        if found is not None:
+            return found
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph, steps = capture(lambda: self._round(cache, bufs, shape, sampling, target_rows),
+                               self._state(cache, bufs), pool=self._pool)
+        self._graphs[key] = (graph, steps)
+        self.captures += 1
+        return graph, steps
+
+    def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+               attend_len: int, target_rows: int) -> tuple[int, Pending]:
+        graph, steps = self.prepare(cache, bufs, shape, sampling, target_rows)
+        graph.replay()
+        width = max(shape.width, steps)
+        # a ring of pinned buffers: at most two rounds are in flight, each read before its slot returns
+        ring = self._host.get((bufs.out.shape[0], width))
+        if ring is None:
+            ring = self._host[(bufs.out.shape[0], width)] = [
+                torch.empty((bufs.out.shape[0], 3 + width), dtype=torch.long, pin_memory=True) for _ in range(4)]
+        self._turn = (self._turn + 1) % len(ring)
+        host = ring[self._turn]
+        host.copy_(bufs.out[:, : 3 + width], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return steps, Pending(host, done)
+
+    def read(self, result: Pending) -> list[list[int]]:
+        result.done.synchronize()  # the round's single host synchronisation
+        return result.host.tolist()

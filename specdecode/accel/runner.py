@@ -1,0 +1,171 @@
+"""The accelerated model step: fused layers, torch.compile and Triton kernels over the KVCache.
+
+`ModelRunner` implements the reference tier's Step seam (decoding/step.py: `new_cache`,
+`prefill`, `forward`) and adds:
+
+* the fused decode layers of native.py (Llama, Mistral, Qwen2, Qwen3, Gemma 3), each layer
+  compiled with torch.compile when `compile=True`; other architectures get torch.compile
+  over the transformers forward instead;
+* the Triton decode kernels (kernels.py) inside those layers, by default for captured steps
+  only (uncaptured, their Python launches would cost more than they save);
+* fixed shapes: a compiled or captured step always attends over the whole cache, and cache
+  sizes are pooled (`pool_len`), so one compiled function and one captured graph serve every
+  batch of a given size; pooled caches are reused, which is what lets a captured round
+  replay on them (rounds.py).
+
+Prefill (variable length) never compiles: it runs the fused layers uncompiled (sdpa), or the
+transformers modules. A torch.compile or Triton failure falls back once, with one warning.
+
+What it does not: capture graphs (rounds.py captures whole rounds), or decide its own
+settings (execution.py does).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from ..decoding.cache import KVCache
+from ..decoding.step import ModelStep, UnsupportedModelError
+from . import kernels as _kernels
+from .native import KernelFailure, NativeModel, NativeUnsupported
+
+__all__ = ["ModelRunner", "pool_len"]
+
+log = logging.getLogger("specdecode")
+
+
+def pool_len(max_len: int) -> int:
+    """Cache size of pooled caches: the next power of two, at least 256. Compiled and captured
+    steps are specific to a cache size; powers of two keep the number of sizes, and so of
+    compiles and captures, small. Attending over the unused slots of a larger cache costs
+    little next to reading the weights."""
+    return max(256, 1 << (max_len - 1).bit_length())
+
+
+class ModelRunner(ModelStep):
+    """A model's decode step with the accelerations `Execution` chose for it.
+
+    `graphs`: its steps will run inside captured rounds (CUDA only): caches are pooled and the
+    Triton kernels are on by default. `compile`: torch.compile the decode step. `native`: use
+    the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
+    for captured steps where they can run)."""
+
+    def __init__(self, model, graphs: bool = False, compile: bool = False, native: bool | None = None,
+                 compile_backend: str = "inductor", kernels: bool | None = None) -> None:
+        super().__init__(model)
+        self.graphs = bool(graphs) and self.device.type == "cuda"
+        self.compiled = bool(compile)
+        self.compile_error: str | None = None  # set when compiling failed and the runner fell back
+        self.native: NativeModel | None = None
+        self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
+        if kernels is None and not self.graphs:
+            kernels = False  # uncaptured, each Triton launch pays Python's launch cost
+        if native or (native is None and compile):
+            try:  # NativeModel checks native_support itself
+                self.native = NativeModel(model, self.layout.kinds, compile=compile,
+                                          compile_backend=compile_backend, kernels=kernels)
+            except NativeUnsupported as e:
+                self.native_unsupported = str(e)
+                if native:
+                    raise UnsupportedModelError(self.native_unsupported) from None
+        self._step = self._transformers_step if self.native is None else self._native_step
+        if compile and self.native is None:
+            # inductor fuses the step's elementwise work; CUDA graphs are captured around rounds
+            self._step = torch.compile(self._transformers_step, dynamic=False, backend=compile_backend)
+        self._caches: dict[tuple[int, int], KVCache] = {}
+
+    @property
+    def fixed_shapes(self) -> bool:
+        """Steps attend over the whole (pooled) cache: compiled and captured code is per shape."""
+        return self.graphs or self.compiled
+
+    def describe(self) -> str:
+        """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
+        parts = ["fused layers" if self.native is not None else "transformers modules"]
+        if self.native is not None and self.native.kernels:
+            parts.append(f"Triton decode kernels (whole steps of <= {_kernels.MAX_ROWS} rows, attention in larger ones)")
+        elif self.native is not None and self.native.kernel_error:
+            parts.append(f"no Triton kernels ({self.native.kernel_error})")
+        if self.compiled:
+            parts.append("compiled")
+        elif self.compile_error:
+            parts.append(f"not compiled ({self.compile_error})")
+        parts.append("CUDA graphs (one per round)" if self.graphs else "eager")
+        return ", ".join(parts)
+
+    pool_len = staticmethod(pool_len)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        if not self.fixed_shapes:
+            return KVCache(batch_size, max_len, self.device)
+        # fixed shapes: pooled sizes, and (for captured rounds) the same buffers every batch
+        max_len = pool_len(max_len)
+        key = (batch_size, max_len)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = KVCache(batch_size, max_len, self.device)
+        cache.positions.zero_()
+        return cache
+
+    def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
+        """One decode step (see ModelStep.forward). With fixed shapes it attends over the whole
+        cache, so one compiled function serves every round."""
+        if self.fixed_shapes:
+            attend_len = cache.max_len
+        return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
+
+    def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
+        """A variable-length forward (prompts): never compiled or captured. With the fused path it
+        runs the fused layers uncompiled (a third of the kernel launches of the transformers
+        modules); otherwise the transformers modules."""
+        if self.native is not None:
+            return self._native_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
+        return super().forward(input_ids, cache, attend_len, logits_to_keep)
+
+    def _guarded_step(self, *args) -> Tensor:
+        """The step; if torch.compile fails to build it (no working Triton, an unsupported GPU or
+        compiler), the runner falls back to the uncompiled step once, says so, and carries on."""
+        try:
+            return self._step(*args)
+        except KernelFailure as e:
+            self.native.disable_kernels(e.__cause__ or e)
+            log.warning("the Triton decode kernels could not run here (%s); using the compiled layers "
+                        "instead", self.native.kernel_error)
+            return self._guarded_step(*args)  # now without kernels (and torch.compile still guarded)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            if not self.compiled:
+                raise
+            self.uncompile(e)
+            return self._step(*args)
+
+    def uncompile(self, error: BaseException | None = None) -> None:
+        """Run decode steps uncompiled from now on."""
+        self.compiled = False
+        if self.native is not None:
+            self.native.uncompile()
+            self._step = self._native_step
+        else:
+            self._step = self._transformers_step
+        if error is not None:
+            # the backend's own exception says what went wrong; dynamo's wrapper only that it did
+            cause = getattr(error, "inner_exception", None) or error.__cause__ or error
+            text = str(cause).strip().splitlines()
+            self.compile_error = f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
+            log.warning("torch.compile could not build the decode step (%s); running it uncompiled "
+                        "(--no-compile avoids the attempt)", self.compile_error)
+
+    def _transformers_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
+                           logits_to_keep: Tensor | int = 0) -> Tensor:
+        return ModelStep.forward(self, input_ids, cache, attend_len, logits_to_keep)
+
+    def _native_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
+                     logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
+        position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
+        if not eager and self.native.kernels:
+            masks = {}  # the kernels mask from the positions themselves
+        else:
+            masks = self.masks(position_ids, attend_len, boolean=True)
+        return self.native.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)

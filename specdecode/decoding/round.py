@@ -1,0 +1,159 @@
+"""One round of speculative decoding as device work: draft -> verify -> accept -> commit.
+
+A round (Leviathan et al. 2022, Algorithm 1; Chen et al. 2023), for B rows:
+
+  1. draft: the drafter proposes up to k tokens per row                 tokens [B, k]
+     (a host drafter's proposal is handed in, already on the device)
+  2. verify: the target runs once over [last, d_1 .. d_w]               logits [B, w+1, V]
+  3. accept: verify.py keeps the longest acceptable prefix and adds one target token
+     (recovered at the first rejection, bonus when all are kept)       accepted [B], next [B]
+  4. commit: the target cache keeps last, d_1 .. d_a (advances by a+1: that is the
+     rollback), `prev` and `last` move on, and the round's counts and tokens land in
+     `RoundBuffers.out`, the one thing the host reads back
+
+Everything a round reads or writes between rounds lives in `RoundBuffers` and the caches,
+updated in place, and no step reads a tensor's value on the host: only Python parameters
+and shapes decide branches. So the same function runs eagerly (the reference the tests
+check) and, captured once per shape, as one CUDA graph per round (accel/rounds.py).
+
+Random numbers are drawn before the round into `RoundBuffers` (`draw_noise`): the exponential
+races of the draft's samples and of the target's token, and the acceptance uniforms. A
+captured round then consumes no random state of its own, and a seed fixes the output.
+
+What it does not: choose k, read results, stop rows or emit events (engine.py does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .drafting import Draft, DraftState
+from .sampling import SamplingParams, logits_to_probs
+from .verify import verify_greedy, verify_sampling
+
+__all__ = ["RoundBuffers", "RoundShape", "run_round"]
+
+
+@dataclass(frozen=True)
+class RoundShape:
+    """What a round's device program depends on (a captured round exists per shape)."""
+
+    k: int  # draft steps this round (0: the target alone)
+    width: int  # draft positions verified (>= k; fixed shapes pad a shorter round to max_k)
+    feed_prev: bool  # the drafter's first step also feeds `prev` (see drafting.DraftState)
+
+
+@dataclass
+class RoundBuffers:
+    """Device tensors a round reads and writes in place, for B rows; W = widest round."""
+
+    last: Tensor  # [B] int64 newest emitted token, not yet in the target cache
+    prev: Tensor  # [B] int64 the token before it
+    alive: Tensor  # [B] int64 1 = generating, 0 = finished (kept, frozen, in a fixed-shape batch)
+    out: Tensor  # [B, 3 + W] int64: accepted, next token, proposed, draft tokens
+    given_tokens: Tensor  # [B, W] int64 a host drafter's proposal
+    given_num: Tensor  # [B] int64 how many of them are real
+    race: Tensor | None = None  # [B, W + 1, V] float32 Exp(1): draft j uses [:, j], the target [:, w]
+    uniform: Tensor | None = None  # [B, W] float32 U[0, 1): acceptance tests
+
+    @classmethod
+    def new(cls, batch: int, width: int, vocab: int, sampling: SamplingParams, device: torch.device) -> RoundBuffers:
+        z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
+        race = uniform = None
+        if not sampling.greedy:
+            race = torch.ones((batch, width + 1, vocab), dtype=torch.float32, device=device)
+            uniform = torch.zeros((batch, width), dtype=torch.float32, device=device)
+        return cls(last=z(batch), prev=z(batch), alive=torch.ones(batch, dtype=torch.long, device=device),
+                   out=z(batch, 3 + width), given_tokens=z(batch, width), given_num=z(batch),
+                   race=race, uniform=uniform)
+
+    def draw_noise(self, generator: torch.Generator | None) -> None:
+        """This round's random numbers, in place (sampling only; one stream, so a seed fixes them)."""
+        if self.race is not None:
+            self.race.exponential_(generator=generator)
+            self.uniform.uniform_(generator=generator)
+
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep only these rows (eager batch compaction)."""
+        for name in ("last", "prev", "alive", "out", "given_tokens", "given_num", "race", "uniform"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, rows))
+
+    def give(self, draft: Draft) -> None:
+        """A host drafter's proposal (host tensors) into the device buffers, without a sync."""
+        n = draft.tokens.shape[1]
+        self.given_tokens.zero_()
+        if n:
+            src = draft.tokens.pin_memory() if self.given_tokens.is_cuda else draft.tokens
+            self.given_tokens[:, :n].copy_(src, non_blocking=True)
+        num = draft.num_proposed if draft.num_proposed is not None else torch.full((draft.tokens.shape[0],), n)
+        src = num.pin_memory() if self.given_num.is_cuda else num
+        self.given_num.copy_(src, non_blocking=True)
+
+
+def _padded(draft: Draft, width: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(tokens [B, width], probs [B, width, V] or None, num_proposed [B]): padding is never proposed."""
+    tokens, probs = draft.tokens, draft.probs
+    b, n = tokens.shape
+    num = draft.num_proposed if draft.num_proposed is not None else torch.full(
+        (b,), n, dtype=torch.long, device=tokens.device)
+    if n < width:
+        tokens = torch.cat([tokens, tokens.new_zeros((b, width - n))], dim=1)
+        if probs is not None:
+            probs = torch.cat([probs, probs.new_zeros((b, width - n, probs.shape[-1]))], dim=1)
+    return tokens, probs, num
+
+
+def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+              attend_len: int, target_rows: int, may_sync: bool = True) -> int:
+    """One round over `bufs` and the caches (see the module doc); returns the draft steps the
+    drafter ran (<= k; fewer only when an uncaptured drafter stopped early).
+
+    `target`: the target's Step (forward over `cache`); `drafter`: an on-device drafter, or None
+    when the proposal was handed in (`bufs.give`) or k == 0."""
+    B = bufs.last.shape[0]
+    k, width = shape.k, shape.width
+
+    # 1. draft: up to k tokens per row
+    if k == 0:
+        draft = Draft(tokens=bufs.last.new_zeros((B, 0)), num_proposed=bufs.last.new_zeros(B))
+    elif drafter is None:  # a host drafter's proposal, handed in
+        draft = Draft(tokens=bufs.given_tokens[:, :k], num_proposed=bufs.given_num)
+    else:
+        state = DraftState(last=bufs.last, prev=bufs.prev, positions=cache.positions, attend_len=attend_len,
+                           sampling=sampling, target_rows=target_rows, feed_prev=shape.feed_prev,
+                           race=bufs.race[:, :k] if bufs.race is not None else None, may_sync=may_sync)
+        draft = drafter.propose(state, k)
+    steps = draft.tokens.shape[1]
+    width = max(width, steps)
+    tokens, probs, num_proposed = _padded(draft, width)  # [B, w], [B, w, V] | None, [B]
+
+    # 2. verify: one target forward over w+1 positions
+    verify_in = torch.cat([bufs.last[:, None], tokens], dim=1)  # [B, w+1]
+    logits = target.forward(verify_in, cache, attend_len)  # [B, w+1, V]
+
+    # 3. accept (pure functions, no host sync)
+    if sampling.greedy:
+        n_acc, nxt = verify_greedy(tokens, logits, num_proposed)
+    else:
+        p = logits_to_probs(logits, sampling)  # [B, w+1, V] float32
+        n_acc, nxt = verify_sampling(tokens, probs, p, num_proposed=num_proposed,
+                                     uniform=bufs.uniform[:, :width], race=bufs.race[:, width])
+
+    # 4. commit: the target cache keeps last, d_1..d_a; the new `prev` is d_a (or last)
+    cache.advance((n_acc + 1) * bufs.alive)
+    if width > 0:
+        gathered = tokens.gather(1, (n_acc - 1).clamp(min=0)[:, None]).squeeze(1)  # [B]
+        bufs.prev.copy_(torch.where(n_acc > 0, gathered, bufs.last))
+    else:
+        bufs.prev.copy_(bufs.last)
+    bufs.last.copy_(nxt)
+    bufs.out[:, 0] = n_acc
+    bufs.out[:, 1] = nxt
+    bufs.out[:, 2] = num_proposed.clamp(max=width)
+    bufs.out[:, 3:3 + width] = tokens
+    return steps

@@ -1,0 +1,143 @@
+"""The round as one device program (decoding/round.py) and the fixed-shape rounds around it.
+
+On CPU the accelerated tier's captured rounds cannot run, but everything they rely on can:
+fixed-shape rounds (finished rows stay frozen in the batch, every round verifies max_k
+positions, compiled steps) must emit exactly what the target alone would; `prepare` must
+compile every shape up front so that generating afterwards compiles nothing; random numbers
+come from the buffers drawn before each round, so a seed fixes the output; and a round
+reads nothing back to the host until the engine's single read.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fixtures import PROMPTS, oracle_greedy
+from helpers import cpu_decoder
+from specdecode.accel.runner import ModelRunner
+from specdecode.decoding.engine import EagerRounds
+from specdecode.decoding.round import RoundBuffers, RoundShape, run_round
+from specdecode.decoding.sampling import SamplingParams
+
+RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
+MAX_NEW = 30
+
+
+def _compiled(dec):
+    """Every model of `dec` on compiled fixed-shape steps (what CUDA builds), traced without a C compiler."""
+    models = [dec.target] + ([dec.draft] if dec.draft is not None else [])
+    for loaded in models:
+        dec.set_runner(loaded, ModelRunner(loaded.model, compile=True, compile_backend="aot_eager"))
+    return dec
+
+
+@pytest.mark.parametrize("k", [3, "auto"])
+@pytest.mark.parametrize("drafter", ["model", "ngram"])
+def test_fixed_shape_rounds_are_exact(llama_pair, k, drafter):
+    """Compiled steps: rows stay in the batch after they finish, rounds verify max_k positions,
+    the draft's [prev, last] first step after fully accepted rounds: still the target's output."""
+    torch._dynamo.reset()
+    dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft if drafter == "model" else None,
+                                drafter=drafter, k=k, max_k=5, batch_size=3, max_new_tokens=MAX_NEW))
+    eng = dec.engine()
+    assert isinstance(eng.rounds, EagerRounds) and eng.rounds.fixed_shapes
+    results = dec.generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+    assert sum(r.stats.accepted_tokens for r in results) > 0
+
+
+def test_prepare_compiles_every_shape_before_generation(llama_pair):
+    """After engine.prepare() (what bench runs untimed), generating compiles nothing new: every
+    k of --k auto and both first-step shapes of the draft were built up front."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=4, batch_size=3,
+                                max_new_tokens=MAX_NEW))
+    ids = dec.encode_all(RAGGED)
+    dec.reserve(ids)
+    eng = dec.engine()
+    assert {(s.k, s.feed_prev) for s in eng.shapes()} == {(k, p) for k in range(1, 5) for p in (False, True)}
+    eng.prepare(ids)
+    before = counters["stats"]["unique_graphs"]
+    assert before > 0
+    for other in (dec.engine(), dec.with_settings(drafter="none").engine()):
+        if other.drafter is None:
+            other.prepare(ids)
+            before = counters["stats"]["unique_graphs"]
+        list(other.stream(ids))
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_prompts_of_other_lengths_reuse_the_reserved_cache_size(llama_pair):
+    """bench reserves the data set's longest prompt: every batch then gets one pooled cache size."""
+    dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=1, max_new_tokens=MAX_NEW))
+    ids = dec.encode_all(PROMPTS[:6])
+    dec.reserve(ids)
+    runner = dec.runner(dec.target)
+    sizes = set()
+    for one in ids:
+        eng = dec.engine()
+        cache, *_ = eng._open([one])
+        sizes.add(cache.max_len)
+    assert len(sizes) == 1 and sizes.pop() >= max(map(len, ids)) + MAX_NEW
+    assert runner.fixed_shapes
+
+
+def test_a_round_reads_nothing_back_to_the_host(llama_pair, monkeypatch):
+    """run_round is device work only: no .item()/.tolist()/bool() of a tensor inside it (here,
+    on CPU, those are trapped), so a captured round has nothing to wait for."""
+    dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=4, batch_size=2, max_new_tokens=MAX_NEW,
+                      temperature=0.8, top_p=0.9, seed=1)
+    eng = dec.engine()
+    ids = dec.encode_all(RAGGED[:2])
+    cache, bufs, input_ids, lengths, max_len = eng._open(ids)
+    bufs.last.copy_(eng._prefill(cache, input_ids, lengths))
+    eng.drafter.prefill(input_ids, lengths, max_len)
+    bufs.draw_noise(eng.generator)
+
+    def trap(*a, **k):
+        raise AssertionError("host read inside a round")
+
+    for name in ("item", "tolist", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, trap)
+    steps = run_round(eng.runner, cache, eng.drafter, bufs, RoundShape(4, 4, True), eng.params.sampling,
+                      max_len, eng.target_rows, may_sync=False)
+    monkeypatch.undo()
+    assert steps == 4
+    out = bufs.out.tolist()
+    assert all(0 <= row[0] <= 4 and row[2] == 4 for row in out)
+
+
+def test_noise_is_drawn_before_the_round_and_fixes_the_output(llama_pair):
+    """Sampling: all randomness of a round sits in RoundBuffers (drawn from the seeded generator
+    before the round), so two runs with one seed agree and another seed differs."""
+    def run(seed):
+        dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3, max_new_tokens=MAX_NEW,
+                          temperature=1.0, seed=seed)
+        return [r.token_ids for r in dec.generate(RAGGED)]
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+    bufs = RoundBuffers.new(2, 3, 50, SamplingParams(temperature=1.0), torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    bufs.draw_noise(g)
+    assert bufs.race.shape == (2, 4, 50) and bufs.uniform.shape == (2, 3)
+    assert (bufs.race > 0).all() and ((bufs.uniform >= 0) & (bufs.uniform < 1)).all()
+    assert RoundBuffers.new(2, 3, 50, SamplingParams(), torch.device("cpu")).race is None  # greedy: none
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_target_alone_on_fixed_shapes_with_lookahead(llama_pair, lookahead):
+    """The baseline on fixed shapes launches round r+1 before reading round r (its input is on
+    the device already); output and stops are the target's own."""
+    torch._dynamo.reset()
+    dec = _compiled(cpu_decoder(llama_pair.target, batch_size=3, max_new_tokens=MAX_NEW))
+    eng = dec.engine()
+    eng.lookahead = lookahead
+    ids = dec.encode_all(RAGGED)
+    tokens = [[] for _ in ids]
+    for ev in eng.stream(ids):
+        tokens[ev.row].extend(ev.tokens)
+    assert tokens == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
