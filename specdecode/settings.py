@@ -2,9 +2,9 @@
 
 Layers, lowest first: the model's defaults < a preset or `--config` YAML file < CLI flags.
 YAML is read with `yaml.safe_load`; a malformed file is reported with its file and line,
-an unknown key by name. The seed project's flat YAML (draft_model, target_model, k,
-max_new_tokens, max_length, num_samples, dataset.path/name, batch_size, device, quantized,
-summary_file_name) loads unchanged.
+an unknown key by name. The flat YAML format (draft_model, target_model, k, max_new_tokens,
+max_length, num_samples, dataset.path/name, batch_size, device, quantized, summary_file_name)
+loads unchanged.
 
 This module imports no torch and loads no model: `--dry-run` and `--help` stay instant.
 """
@@ -34,7 +34,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 OutputFormat = Literal["table", "json", "csv"]
 
-# The seed project's YAML names -> this model's names.
+# The flat YAML format's names -> this model's names.
 _ALIASES = {"target_model": "target", "draft_model": "draft", "num_draft_tokens": "k"}
 
 
@@ -82,8 +82,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # models
-    target: str | None = Field(None, description="target model: hub id or local directory")
-    draft: str | None = Field(None, description="draft model: hub id or local directory")
+    target: str | None = Field(None, description="target model: hub id, local directory or .gguf file")
+    draft: str | None = Field(None, description="draft model: hub id, local directory or .gguf file")
+    gguf_file: str | None = Field(
+        None, description="the .gguf file inside --target/--draft when they name a directory (or a hub id)"
+    )
     drafter: Drafter = "model"
     exit_layer: int | None = Field(None, ge=1, description="layers of the target used by the early-exit drafter")
     k: int | Literal["auto"] = Field(5, description="draft tokens per round, or 'auto' (adaptive)")
@@ -102,6 +105,10 @@ class Settings(BaseModel):
     # execution
     batch_size: int = Field(1, ge=1)
     device: str = "auto"
+    threads: int | Literal["auto"] = Field(
+        "auto", description="CPU threads for torch; 'auto' = half the usable cores (at least 1), or "
+                            "OMP_NUM_THREADS when it is set"
+    )
     dtype: DType = "auto"
     quantized: bool = False
     attention: Attention = "auto"
@@ -128,7 +135,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _seed_aliases(cls, data: Any) -> Any:
+    def _flat_format_aliases(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
             for old, new in _ALIASES.items():
@@ -138,7 +145,7 @@ class Settings(BaseModel):
                     data[new] = data.pop(old)
         return data
 
-    @field_validator("target", "draft", "output", "summary_file_name", mode="before")
+    @field_validator("target", "draft", "gguf_file", "output", "summary_file_name", mode="before")
     @classmethod
     def _names_not_blank(cls, v: Any) -> Any:
         return _not_blank(v)
@@ -163,6 +170,19 @@ class Settings(BaseModel):
             raise ValueError("k must be at least 1")
         if isinstance(v, int) and v > 64:
             raise ValueError("k must be at most 64")
+        return v
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("threads must be a positive integer or 'auto'")
+        if not 1 <= v <= 1024:
+            raise ValueError("threads must be between 1 and 1024")
         return v
 
     @field_validator("device")

@@ -1,4 +1,4 @@
-"""Load target and draft models: hub id or local directory, dtype, device, 4-bit, attention.
+"""Load target and draft models: hub id, local directory or GGUF file; dtype, device, 4-bit, attention.
 
 What it does: resolves `device`/`dtype`/`attention` from Settings, loads tokenizer and
 model with transformers' Auto classes, and turns the usual failures (missing path,
@@ -9,6 +9,11 @@ Untrusted checkpoints: `trust_remote_code` is passed through as given (off by de
 a model's own Python files never run unless asked; safetensors weights are loaded whenever
 a checkpoint has them (`use_safetensors=True`), and a checkpoint with only pickle weights
 (pytorch_model.bin) loads with a note in `LoadedModel.notes`, which the CLI prints.
+
+GGUF files (llama.cpp and Ollama exports) load through transformers' own GGUF support: it
+dequantizes the weights (float32, then cast to the resolved dtype) and builds the tokenizer
+from the same file. `ModelSource` says where a name's files are; `gguf_info` reads a GGUF
+file's architecture and quantization without loading its tensors.
 
 What it does not: generate, or decide whether two models can pair up (see `pairing.py`).
 """
@@ -25,12 +30,17 @@ import torch
 __all__ = [
     "LoadedModel",
     "ModelLoadError",
+    "ModelSource",
+    "apply_threads",
     "check_causal_lm",
+    "check_source",
+    "gguf_info",
     "load_model",
     "resolve_attention",
     "resolve_device",
     "resolve_model_path",
     "resolve_dtype",
+    "translate_error",
     "weights_format",
 ]
 
@@ -140,11 +150,90 @@ def resolve_model_path(name: str) -> str:
     return str(entry)
 
 
-def _check_source(name: str) -> None:
+GGUF_SUFFIX = ".gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: `path` (hub id or local directory) for from_pretrained, and the
+    GGUF file inside it when the model is one. `name` is what the user typed, for messages."""
+
+    name: str
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The local GGUF file (None for a hub id or a non-GGUF model)."""
+        if self.gguf_file is None:
+            return None
+        p = Path(self.path).expanduser() / self.gguf_file
+        return p if p.is_file() else None
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def model_source(name: str, gguf_file: str | None = None) -> ModelSource:
+    """`x.gguf` -> (its directory, its file name); a directory or hub id plus `gguf_file` (the
+    --gguf-file option) -> that file inside it, unless the directory is a transformers checkpoint
+    (config.json), which --gguf-file does not concern (it may name the other model's file)."""
+    name = resolve_model_path(name)
+    p = Path(name).expanduser()
+    if name.lower().endswith(GGUF_SUFFIX) and not p.is_dir():
+        return ModelSource(name, str(p.parent), p.name)
+    if gguf_file and not (p.is_dir() and (p / "config.json").is_file()):
+        return ModelSource(name, name, gguf_file)
+    return ModelSource(name, name)
+
+
+def _check_gguf(source: ModelSource) -> None:
+    name = source.name
+    local = Path(source.path).expanduser()
+    if not local.is_dir():
+        if source.name.lower().endswith(GGUF_SUFFIX) or local.exists() or source.path.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model file '{name}' does not exist")
+        _check_hub_reachable(source.path)
+        return
+    f = local / str(source.gguf_file)
+    if not f.exists():
+        if name.lower().endswith(GGUF_SUFFIX):
+            raise ModelLoadError(f"model file '{name}' does not exist")
+        raise ModelLoadError(f"--gguf-file: '{source.gguf_file}' is not in '{name}'")
+    if not f.is_file():
+        raise ModelLoadError(f"'{f}' is a directory, not a GGUF file")
+    try:
+        with f.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read '{f}': {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise ModelLoadError(f"'{f}' is not a GGUF file (it does not start with the GGUF header)")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from None
+
+
+def check_source(source: "ModelSource | str") -> None:
+    """Refuse, in one line, a path that does not exist, a file that is no model, or a hub id
+    that cannot be reached (instead of minutes of retries)."""
+    if isinstance(source, str):
+        source = model_source(source)
+    if source.is_gguf:
+        _check_gguf(source)
+        return
+    name = source.path
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise ModelLoadError(f"model path '{name}' is a file; point at the directory holding config.json")
+            raise ModelLoadError(
+                f"model path '{name}' is a file; point at the directory holding config.json, or at a .gguf file"
+            )
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"model directory '{name}' has no config.json")
         return
@@ -189,7 +278,8 @@ def _check_hub_reachable(repo_id: str) -> None:
         ) from None
 
 
-def _translate(name: str, err: Exception) -> ModelLoadError:
+def translate_error(name: str, err: Exception) -> ModelLoadError:
+    """One line saying what to do about a failure to load `name` (a hub id, directory or file)."""
     text = f"{type(err).__name__}: {err}"
     low = text.lower()
     # what the checkpoint itself says comes first: with HF_HUB_OFFLINE set, or a path that
@@ -199,8 +289,9 @@ def _translate(name: str, err: Exception) -> ModelLoadError:
     if "unrecognized configuration class" in low or "does not recognize this architecture" in low:
         return ModelLoadError(f"'{name}' is not a causal language model that transformers can load ({err})".splitlines()[0])
     if "ignore_mismatched_sizes" in low or "size mismatch" in low:
+        where = "its metadata" if name.lower().endswith(GGUF_SUFFIX) else "its config.json"
         return ModelLoadError(
-            f"the weights of '{name}' do not match the shapes in its config.json (a corrupt or mixed-up checkpoint)"
+            f"the weights of '{name}' do not match the shapes in {where} (a corrupt or mixed-up checkpoint)"
         )
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return ModelLoadError(f"out of memory loading '{name}': try --quantized, a smaller --dtype or another device")
@@ -246,8 +337,50 @@ SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def gguf_info(path: str | Path) -> dict[str, Any]:
+    """Architecture, quantization ('Q4_K_M', from general.file_type) and tensor types (name ->
+    count) of a GGUF file, read from its header (no tensor data is loaded)."""
+    from collections import Counter
+
+    try:
+        from gguf import GGUFReader, LlamaFileType
+    except ImportError:
+        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from None
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as e:  # noqa: BLE001 - a damaged file is one line
+        raise ModelLoadError(f"'{path}' is not a readable GGUF file ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        try:
+            return f.contents() if f is not None else None
+        except Exception:  # noqa: BLE001 - an odd field: unknown
+            return None
+
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    file_type = field("general.file_type")
+    quant = None
+    if isinstance(file_type, int):
+        try:
+            quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            quant = None
+    if quant is None and types:  # no file type recorded: the type most tensors have
+        quant = types.most_common(1)[0][0]
+    return {
+        "file": str(path),
+        "architecture": field("general.architecture"),
+        "quantization": quant,
+        "tensor_types": dict(types.most_common()),
+    }
+
+
 def weights_format(name: str) -> str | None:
-    """'safetensors' or 'pickle' for a local directory (or a hub id whose files are cached); None when unknown."""
+    """'gguf' for a .gguf file, 'safetensors' or 'pickle' for a local directory (or a hub id whose
+    files are cached); None when unknown."""
+    if name.lower().endswith(GGUF_SUFFIX):
+        return "gguf"
     p = Path(name).expanduser()
 
     def have(fname: str) -> bool:
@@ -267,15 +400,18 @@ def weights_format(name: str) -> str | None:
     return None
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """The tokenizer of a model directory or hub id, or the one a GGUF file carries."""
     from transformers import AutoTokenizer
 
-    name = resolve_model_path(name)
-    _check_source(name)
+    source = model_source(name, gguf_file)
+    check_source(source)
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                                **source.pretrained_kwargs())
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
-        raise _translate(name, e) from e
+        raise translate_error(source.name, e) from e
     if tok.pad_token_id is None:
         # padding is internal (right-padded prompts, masked out); any id works
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
@@ -291,12 +427,17 @@ def load_model(
     quantized: bool = False,
     trust_remote_code: bool = False,
     tokenizer=None,
+    gguf_file: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM (and its tokenizer unless given) for inference on `device`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    name = resolve_model_path(name)
-    _check_source(name)
+    source = model_source(name, gguf_file)
+    check_source(source)
+    if source.is_gguf:
+        return _load_gguf(source, device=device, dtype=dtype, attention=attention, quantized=quantized,
+                          trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    name = source.path
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
@@ -307,7 +448,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise _translate(name, e) from e
+        raise translate_error(name, e) from e
     check_causal_lm(name, config)
     notes: list[str] = []
     fmt = weights_format(name)
@@ -327,26 +468,115 @@ def load_model(
     kwargs["attn_implementation"] = _auto_attention(config) if attention == "auto" else attention
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
+            with _quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
         except ValueError as e:
             if attention != "auto" or "scaled_dot_product_attention" not in str(e):
                 raise
             kwargs["attn_implementation"] = "eager"  # an architecture without sdpa support
-            model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
+            with _quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(name, config=config, **kwargs)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             raise ModelLoadError(
                 f"'{name}' is not a causal language model (config {type(config).__name__})"
             ) from e
-        raise _translate(name, e) from e
+        raise translate_error(name, e) from e
     except Exception as e:  # noqa: BLE001
-        raise _translate(name, e) from e
+        raise translate_error(name, e) from e
     if not quantized:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
     tok = tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code)
     return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype, notes=notes)
+
+
+def _load_gguf(source: ModelSource, *, device: torch.device, dtype: torch.dtype, attention: str,
+               quantized: bool, trust_remote_code: bool, tokenizer) -> LoadedModel:
+    """transformers dequantizes a GGUF file's tensors; float32 is its fast path, then one cast."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if quantized:
+        raise ModelLoadError(
+            f"--quantized loads 4-bit weights with bitsandbytes from safetensors checkpoints; '{source.name}' is a "
+            "GGUF file, whose weights are dequantized on load: use --no-quantized (and --dtype bfloat16 to halve memory)"
+        )
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(source.path, **source.pretrained_kwargs())
+    except Exception as e:  # noqa: BLE001
+        raise translate_error(source.name, e) from e
+    check_causal_lm(source.name, config)
+    attn = _auto_attention(config) if attention == "auto" else attention
+    try:
+        with _quiet_transformers(gguf=True):
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path, dtype=torch.float32, attn_implementation=attn, **source.pretrained_kwargs()
+            )
+    except Exception as e:  # noqa: BLE001
+        raise translate_error(source.name, e) from e
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    model.requires_grad_(False)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(source.name, trust_remote_code, source.gguf_file)
+    return LoadedModel(name=source.name, model=model, tokenizer=tok, device=device, dtype=dtype)
+
+
+class _quiet_transformers:
+    """transformers' own progress bars ("Loading weights", and the GGUF loader's tqdm bar, which
+    ignores that switch) off while loading: the CLI draws its own status, and a notebook user of
+    the Python API did not ask for them (TRANSFORMERS_VERBOSITY=info keeps them)."""
+
+    def __init__(self, gguf: bool = False) -> None:
+        self.gguf = gguf
+        self._tqdm = None
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._was = hf_logging.is_progress_bar_enabled()
+        if os.environ.get("TRANSFORMERS_VERBOSITY", "").lower() in ("info", "debug"):
+            return
+        hf_logging.disable_progress_bar()
+        if self.gguf:
+            from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+            self._tqdm = getattr(gguf_utils, "tqdm", None)
+            if self._tqdm is not None:
+                gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+
+    def __exit__(self, *exc) -> None:
+        from transformers.utils import logging as hf_logging
+
+        if self._was:
+            hf_logging.enable_progress_bar()
+        if self._tqdm is not None:
+            from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+            gguf_utils.tqdm = self._tqdm
+
+
+def apply_threads(threads: "int | str", device: torch.device) -> int:
+    """Set torch's CPU threads once, where settings meet the device; return the number used.
+
+    `auto`: OMP_NUM_THREADS when the user set it; otherwise half the usable cores, at least one.
+    torch's own default (every core) spins its OpenMP workers against any other busy process,
+    and a descheduled worker stalls every step: on two cores with one of them busy, decoding
+    ran 20-60x slower (benchmarks/results/2026-12-02-threads.md).
+    """
+    if threads == "auto":
+        if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+            return torch.get_num_threads()
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            usable = os.cpu_count() or 1
+        threads = max(1, usable // 2)
+    n = int(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def _bnb_config(dtype: torch.dtype, device: torch.device):
