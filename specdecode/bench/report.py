@@ -259,7 +259,8 @@ def _match(report: dict[str, Any]) -> str:
 
 
 def render_bench(report: dict[str, Any], console) -> None:
-    """The seed's summary table, then the details, the per-position acceptance and the prediction."""
+    """The summary table (baseline and speculative time, speedup, acceptance rate, block
+    efficiency), then the details, the per-position acceptance and the prediction."""
     from rich.table import Table
 
     s = report["settings"]
@@ -315,15 +316,23 @@ def render_bench(report: dict[str, Any], console) -> None:
     pred = report["prediction"]
     if pred:
         cost = (
-            f"c={pred['c']:.3f} (draft {pred['draft_step_ms']:.2f} ms / target {pred['target_step_ms']:.2f} ms per step)"
+            f"c={pred['c']:.3f} (draft {pred['draft_step_ms']:.2f} / target {pred['target_step_ms']:.2f} ms per step)"
             if pred["c_method"] == "measured"
-            else "c=0 (prompt lookup, no draft forward)"
+            else "c=0 (prompt lookup)"
         )
+        k = pred["k"]
+        k_text = f"{k:g}" if float(k).is_integer() else f"{k:.2f} (mean proposed)"
         realised = f", {pred['realised']:.0%} of predicted" if pred.get("realised") is not None else ""
+        # two short lines that a 100-column terminal does not wrap
         console.print(
-            f"predicted speedup (Leviathan et al.: per-token α={pred['alpha']:.3f}, k={pred['k']:g}, {cost})  "
-            f"{_x(pred['speedup'])} at {pred['tokens_per_round']:.2f} tokens/round; "
-            f"measured {_x(pred['measured_speedup'])} at {_f(pred['measured_tokens_per_round'])} tokens/round{realised}"
+            f"predicted speedup {_x(pred['speedup'])} at {pred['tokens_per_round']:.2f} tokens/round "
+            f"(Leviathan et al.: α={pred['alpha']:.3f}, k={k_text}, {cost})",
+            soft_wrap=True,
+        )
+        console.print(
+            f"measured  speedup {_x(pred['measured_speedup'])} at {_f(pred['measured_tokens_per_round'])} "
+            f"tokens/round{realised}",
+            soft_wrap=True,
         )
     if report.get("samples_file"):
         console.print(f"samples: {report['samples_file']}", style="dim")

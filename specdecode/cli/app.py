@@ -33,6 +33,26 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("specdecode")
+        except PackageNotFoundError:  # run from a source tree without installing
+            from .. import __version__ as v
+        sys.stdout.write(f"specdecode {v}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="print the version and exit"),
+) -> None:
+    """Lossless speculative decoding for Hugging Face causal LMs: generate, benchmark, compare, inspect."""
+
+
 app.command(help="Generate text, streaming accepted draft tokens and the target's own tokens in distinct styles.")(generate)
 
 
@@ -122,6 +142,30 @@ def _log_to_stderr() -> None:
         log.setLevel(logging.WARNING)
 
 
+_METAVARS = {"int": "N", "float": "F", "list[int]": "N...", "list[float]": "F...", "list[str]": "TEXT..."}
+
+
+def _tidy_help(command) -> None:
+    """No type tags in help: a switch shows none, a value option its kind (N, F, TEXT) unless it
+    names its own metavar (ID|PATH, N|auto ...)."""
+    ctx = typer.Context(command, info_name=command.name, help_option_names=["-h", "--help"])
+    help_option = command.get_help_option(ctx) if hasattr(command, "get_help_option") else None
+    for param in [*getattr(command, "params", []), *([help_option] if help_option is not None else [])]:
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # `[PROMPT]...` in the usage line says it
+        elif param.metavar is None:
+            if getattr(param, "is_flag", False) or getattr(param, "count", False):
+                param.metavar = ""
+            else:
+                try:
+                    kind = param.bare_type()
+                except Exception:  # noqa: BLE001 - help text only
+                    kind = ""
+                param.metavar = _METAVARS.get(kind, "TEXT")
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
     if "--debug" not in args:
@@ -132,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     _log_to_stderr()
     command = typer.main.get_command(app)
+    _tidy_help(command)
     try:
         code = command.main(args=args, prog_name="specdecode", standalone_mode=False)
     except cx.NoArgsIsHelpError:

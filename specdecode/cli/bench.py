@@ -158,9 +158,12 @@ def bench(
         if settings.drafter == "none":
             note("--drafter none: the speculative run is the baseline itself (speedup ~1)")
 
-        from ..api import SpeculativeDecoder
+        from .render import Status, describe_models
 
-        decoder = SpeculativeDecoder.from_settings(settings)
+        with Status(f"loading {describe_models(settings)} …"):
+            from ..api import SpeculativeDecoder
+
+            decoder = SpeculativeDecoder.from_settings(settings)
         print_load_notes(decoder)
         if decoder.report is not None:
             for w in decoder.report.warnings:
@@ -181,14 +184,24 @@ def bench(
             progress.close()
         if result.resumed:
             note(f"resumed {result.resumed} sample(s) from {samples_path}")
+        if result.interrupted and result.completed == 0:
+            # nothing measured: leave no empty samples file or empty report behind
+            if samples_path.is_file() and samples_path.stat().st_size == 0:
+                samples_path.unlink()
+            sys.stderr.write(f"interrupted before the first of {len(result.prompts)} samples finished: nothing measured\n")
+            raise typer.Exit(130)
         report = bench_report(result)
         write_report(report, summary_path, "bench")
         if settings.output:
             write_report(report, settings.output, "bench")
         emit(report, settings.format, "bench")
         if result.interrupted:
+            again = "--resume" if name or settings.summary_file_name else f"--name {samples_path.stem} --resume"
+            if results_dir != DEFAULT_RESULTS_DIR and not (name or settings.summary_file_name):
+                again = f"--results-dir {results_dir} {again}"
             sys.stderr.write(
-                f"interrupted: {result.completed} of {len(result.prompts)} samples measured, kept in {samples_path}\n"
+                f"interrupted: {result.completed} of {len(result.prompts)} samples measured, kept in {samples_path}; "
+                f"to measure the rest, run the same command with {again}\n"
             )
             raise typer.Exit(130)
         if result.failure:

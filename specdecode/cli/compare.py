@@ -6,6 +6,10 @@ baseline is measured once per batch size (and temperature) and reused by every r
 row with the best speedup is highlighted. `--plot PATH` draws speedup and acceptance
 against the swept value (needs the `plot` extra: matplotlib).
 
+Like bench, the report is written to `<results-dir>/<name>.json` (default name
+`compare-<date>-<time>`), rewritten after every row so an interrupted sweep keeps its rows,
+and to --output when given.
+
 What it does not: write per-sample files (bench does), or pick settings for you.
 """
 
@@ -45,6 +49,8 @@ def compare(
     temperature: Annotated[Optional[list[float]], typer.Option("--temperature", help="temperatures to sweep (0 = greedy)", rich_help_panel=SWEEP, show_default=False)] = None,
     plot: Annotated[Optional[str], typer.Option("--plot", help="write a PNG of speedup and acceptance (needs matplotlib)", show_default=False)] = None,
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="one untimed short generation per run first")] = True,
+    results_dir: Annotated[str, typer.Option("--results-dir", help="where the report (.json) goes")] = "specdecode-results",
+    results_name: Annotated[Optional[str], typer.Option("--name", help="report name: <results-dir>/NAME.json (default compare-<date>-<time>)", show_default=False)] = None,
     *,
     opts: SharedOptions,
     data: DataOptions,
@@ -71,7 +77,11 @@ def compare(
             return
         if plot and importlib.util.find_spec("matplotlib") is None:
             fail("--plot needs matplotlib: pip install 'specdecode[plot]' (or leave out --plot)", 1)
-        check_output_paths({"--output": base.output, "--plot": plot})
+        from ..bench.runner import results_paths
+
+        _, summary_path = results_paths(results_name, results_dir, prefix="compare")
+        check_output_paths({"--output": base.output, "--plot": plot, "--name": summary_path},
+                           {"--results-dir": results_dir})
 
         from ..bench.report import compare_report, plot_compare, write_report
         from ..bench.runner import run_sweep
@@ -81,11 +91,14 @@ def compare(
         prompt_set = load_prompts(base.dataset, base.num_samples)
         note(prompt_set.note())
 
-        from ..api import SpeculativeDecoder
+        from .render import Status, describe_models
 
         # load the draft model when any row needs it; other drafters reuse the loaded target
-        load_with = "model" if "model" in axes["drafter"] else axes["drafter"][0]
-        decoder = SpeculativeDecoder.from_settings(base.model_copy(update={"drafter": load_with}))
+        load_with = base.model_copy(update={"drafter": "model" if "model" in axes["drafter"] else axes["drafter"][0]})
+        with Status(f"loading {describe_models(load_with)} …"):
+            from ..api import SpeculativeDecoder
+
+            decoder = SpeculativeDecoder.from_settings(load_with)
         print_load_notes(decoder)
         if decoder.report is not None:
             for w in decoder.report.warnings:
@@ -94,8 +107,11 @@ def compare(
 
         def on_row(r) -> None:
             progress.update(len(r.rows), _row_stats(r))
-            if base.output:  # the rows so far, rewritten atomically: a crash keeps them
-                write_report(compare_report(base, r, swept, len(prompt_set.prompts)), base.output, "compare")
+            # the rows so far, rewritten atomically: a crash or Ctrl-C keeps them
+            partial = compare_report(base, r, swept, len(prompt_set.prompts))
+            write_report(partial, summary_path, "compare")
+            if base.output:
+                write_report(partial, base.output, "compare")
 
         try:
             sweep = run_sweep(
@@ -109,9 +125,13 @@ def compare(
         finally:
             progress.close()
         report = compare_report(base, sweep, swept, len(prompt_set.prompts))
+        if sweep.rows or not sweep.interrupted:
+            write_report(report, summary_path, "compare")
         if base.output:
             write_report(report, base.output, "compare")
         emit(report, base.format, "compare")
+        if sweep.rows or not sweep.interrupted:
+            note(f"report written to {summary_path}")
         if plot and report["rows"]:
             path = plot_compare(report, plot)
             note(f"plot written to {path}")
@@ -120,7 +140,7 @@ def compare(
             raise typer.Exit(130)
         if sweep.failure:
             failed = sweep.failed_combo
-            kept = f", kept in {base.output}" if base.output else ""
+            kept = f", kept in {summary_path}" + (f" and {base.output}" if base.output else "")
             fail(
                 f"{sweep.failure} ({_label(failed) if failed else 'before the first row'}) after {len(sweep.rows)} of "
                 f"{len(combos)} combinations: {oom_advice(failed.batch_size if failed else base.batch_size)} "

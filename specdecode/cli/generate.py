@@ -71,28 +71,39 @@ def generate(
             print_dry_run(settings, json_out)
             return
         prompts = list(prompt or [])
+        for n, p in enumerate(prompts, 1):
+            if not p.strip():
+                where = "the prompt" if len(prompts) == 1 else f"prompt {n}"
+                raise SettingsError(f"{where} is empty: give the text to continue (or use --prompts-file)")
         if prompts_file:
             prompts += read_prompts_file(prompts_file)
         if not prompts:
             raise SettingsError("no prompt: give one as an argument or use --prompts-file")
-        from ..api import SpeculativeDecoder
+        from .render import Status, describe_models
 
-        decoder = SpeculativeDecoder.from_settings(settings)
-        print_load_notes(decoder)
-        if json_out:
-            from ..io import json_line
+        with Status(f"loading {describe_models(settings)} …") as status:
+            from ..api import SpeculativeDecoder
 
-            for result in decoder.generate(prompts):
-                sys.stdout.write(json_line(result.to_dict()))
-            return
-        _stream(decoder, prompts, show_rejected)
+            decoder = SpeculativeDecoder.from_settings(settings)
+            status.update("generating: the first round also prepares the decode steps …")
+            print_load_notes(decoder)
+            if json_out:
+                from ..io import json_line
+
+                for result in decoder.generate(prompts):
+                    status.stop()
+                    sys.stdout.write(json_line(result.to_dict()))
+                return
+            _stream(decoder, prompts, show_rejected, status.stop)
 
     guarded(opts.debug, body)
 
 
-def _stream(decoder, prompts: list[str], show_rejected: bool) -> None:
+def _stream(decoder, prompts: list[str], show_rejected: bool, first_output=lambda: None) -> None:
     """Print each prompt's answer. The first row of each batch streams live; the other rows of
-    the batch are buffered and printed, in order, when the batch completes."""
+    the batch are buffered and printed, in order, when the batch completes. `first_output` is
+    called before anything is written (it ends the loading status line). Piped, each answer's
+    stats line goes to stderr, so stdout holds the text alone."""
     from rich.console import Console
 
     from .render import TokenStreamer, legend, stats_line
@@ -100,6 +111,7 @@ def _stream(decoder, prompts: list[str], show_rejected: bool) -> None:
     console = Console(highlight=False, soft_wrap=True)
     styled = console.is_terminal
     if styled:
+        first_output()
         console.print(legend())
     streamers = [TokenStreamer(console, decoder.decode, show_rejected) for _ in prompts]
     buffers: list[list] = [[] for _ in prompts]
@@ -107,6 +119,7 @@ def _stream(decoder, prompts: list[str], show_rejected: bool) -> None:
     live = {"row": 0}
 
     def write(piece) -> None:
+        first_output()
         if styled:
             console.print(piece, end="")
         else:
@@ -137,10 +150,15 @@ def _stream(decoder, prompts: list[str], show_rejected: bool) -> None:
     for first, results in decoder.iter_results(prompts, on_event=on_event):
         for j, result in enumerate(results):
             start(first + j)
-            write_newline = "\n"
-            sys.stdout.write(write_newline) if not styled else console.print()
+            first_output()
             if styled:
+                console.print()
                 console.print(stats_line(result.stats.to_dict()))
+            else:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                label = f"prompt {first + j + 1}: " if len(prompts) > 1 else ""
+                sys.stderr.write(f"{label}{stats_line(result.stats.to_dict()).plain.strip()}\n")
         live["row"] = first + len(results)
 
 

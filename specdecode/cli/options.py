@@ -49,6 +49,7 @@ class SharedOptions:
     config: str | None
     target: str | None
     draft: str | None
+    gguf_file: str | None
     drafter: str | None
     exit_layer: int | None
     k: str | None
@@ -61,6 +62,7 @@ class SharedOptions:
     seed: int | None
     batch_size: int | None
     device: str | None
+    threads: str | None
     dtype: str | None
     quantized: bool | None
     attention: str | None
@@ -85,30 +87,53 @@ class DataOptions:
     output: str | None
 
 
-def _opt(*decls: str, help: str, panel: str = SHARED, default: Any = None, **kw: Any):
-    return typer.Option(default, *decls, help=help, rich_help_panel=panel, show_default=False, **kw)
+def _opt(*decls: str, help: str, panel: str = SHARED, default: Any = None, metavar: str | None = None,
+         key: str | None = None, **kw: Any):
+    """One option. Switches show no type tag (metavar ""); a value option shows `metavar`; `key`
+    names the setting whose default (and the demo preset's value, when it differs) the help shows."""
+    if key is not None:
+        help += _default_text(key)
+    return typer.Option(default, *decls, help=help, rich_help_panel=panel, show_default=False,
+                        metavar=metavar if metavar is not None else "", **kw)
+
+
+def _default_text(key: str) -> str:
+    """` (default 5; demo preset: auto)`: the layered defaults, without loading anything."""
+    from ..settings import DEFAULT_PRESET, preset_path, read_yaml
+
+    default = Settings.model_fields[key].default
+    shown = f" (default {'-' if default is None else default}"
+    try:
+        demo = read_yaml(preset_path(DEFAULT_PRESET)).get(key)
+    except Exception:  # noqa: BLE001 - help text must never fail
+        demo = None
+    if demo is not None and demo != default:
+        shown += f"; {DEFAULT_PRESET} preset: {demo}"
+    return shown + ")"
 
 
 _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
-    ("preset", Optional[str], _opt("--preset", help="built-in preset name or YAML path (`specdecode presets` lists them)")),
-    ("config", Optional[str], _opt("--config", help="YAML settings file (the seed's flat format works)")),
-    ("target", Optional[str], _opt("--target", help="target model: hub id or local directory")),
-    ("draft", Optional[str], _opt("--draft", help="draft model: hub id or local directory")),
-    ("drafter", Optional[str], _opt("--drafter", help="model | ngram | early-exit | none")),
-    ("exit_layer", Optional[int], _opt("--exit-layer", help="early-exit drafter: target layers to use")),
-    ("k", Optional[str], _opt("--k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
-    ("max_k", Optional[int], _opt("--max-k", help="upper bound for --k auto")),
-    ("max_new_tokens", Optional[int], _opt("--max-new-tokens", help="tokens to generate per prompt")),
-    ("max_length", Optional[int], _opt("--max-length", help="truncate prompts to this many tokens")),
-    ("temperature", Optional[float], _opt("--temperature", help="0 = greedy (default)")),
-    ("top_k", Optional[int], _opt("--top-k", help="sample from the k most likely tokens (0 = off)")),
-    ("top_p", Optional[float], _opt("--top-p", help="nucleus sampling mass in (0, 1]")),
-    ("seed", Optional[int], _opt("--seed", help="random seed (same seed, same output)")),
-    ("batch_size", Optional[int], _opt("--batch-size", help="prompts decoded together")),
-    ("device", Optional[str], _opt("--device", help="auto | cpu | cuda | cuda:N")),
-    ("dtype", Optional[str], _opt("--dtype", help="auto | float32 | bfloat16 | float16")),
-    ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes)")),
-    ("attention", Optional[str], _opt("--attention", help="auto | sdpa | eager")),
+    ("preset", Optional[str], _opt("--preset", metavar="NAME|PATH", help="built-in preset name or YAML path (`specdecode presets` lists them; default demo when no model is named)")),
+    ("config", Optional[str], _opt("--config", metavar="PATH", help="YAML settings file (the flat YAML format with target_model, draft_model, k, ... works too)")),
+    ("target", Optional[str], _opt("--target", metavar="ID|PATH", help="target model: hub id, local directory or .gguf file")),
+    ("draft", Optional[str], _opt("--draft", metavar="ID|PATH", help="draft model: hub id, local directory or .gguf file")),
+    ("gguf_file", Optional[str], _opt("--gguf-file", metavar="NAME", help="the .gguf file inside the --target/--draft directory")),
+    ("drafter", Optional[str], _opt("--drafter", metavar="NAME", key="drafter", help="model | ngram | early-exit | none")),
+    ("exit_layer", Optional[int], _opt("--exit-layer", metavar="N", help="early-exit drafter: target layers to use")),
+    ("k", Optional[str], _opt("--k", metavar="N|auto", key="k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
+    ("max_k", Optional[int], _opt("--max-k", metavar="N", key="max_k", help="upper bound for --k auto")),
+    ("max_new_tokens", Optional[int], _opt("--max-new-tokens", metavar="N", key="max_new_tokens", help="tokens to generate per prompt")),
+    ("max_length", Optional[int], _opt("--max-length", metavar="N", key="max_length", help="truncate prompts to this many tokens (from the left)")),
+    ("temperature", Optional[float], _opt("--temperature", metavar="F", key="temperature", help="0 = greedy")),
+    ("top_k", Optional[int], _opt("--top-k", metavar="N", key="top_k", help="sample from the k most likely tokens (0 = off)")),
+    ("top_p", Optional[float], _opt("--top-p", metavar="F", key="top_p", help="nucleus sampling mass in (0, 1]")),
+    ("seed", Optional[int], _opt("--seed", metavar="N", help="random seed (same seed, same output)")),
+    ("batch_size", Optional[int], _opt("--batch-size", metavar="N", key="batch_size", help="prompts decoded together")),
+    ("device", Optional[str], _opt("--device", metavar="NAME", key="device", help="auto | cpu | cuda | cuda:N")),
+    ("threads", Optional[str], _opt("--threads", metavar="N|auto", key="threads", help="CPU threads for torch (auto: half the usable cores, or OMP_NUM_THREADS when set)")),
+    ("dtype", Optional[str], _opt("--dtype", metavar="NAME", key="dtype", help="auto | float32 | bfloat16 | float16")),
+    ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes; default off)")),
+    ("attention", Optional[str], _opt("--attention", metavar="NAME", key="attention", help="auto | sdpa | eager")),
     ("chat", Optional[bool], _opt("--chat/--no-chat", help="apply the chat template (default: when the tokenizer has one)")),
     ("cuda_graphs", Optional[bool], _opt("--cuda-graphs/--no-cuda-graphs", help="replay decode steps as CUDA graphs (default on CUDA)")),
     ("fused", Optional[bool], _opt("--fused/--no-fused", help="fused decode layers for Llama/Mistral/Qwen/Gemma 3 (default: where supported)")),
@@ -120,13 +145,13 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
 ]
 
 _DATA_PARAMS: list[tuple[str, Any, Any]] = [
-    ("dataset", Optional[str], _opt("--dataset", help="HF dataset id or local .jsonl/.json/.csv/.parquet/.txt", panel=DATA)),
-    ("dataset_name", Optional[str], _opt("--dataset-name", help="dataset configuration (e.g. main)", panel=DATA)),
-    ("split", Optional[str], _opt("--split", help="dataset split (default test)", panel=DATA)),
-    ("prompt_field", Optional[str], _opt("--prompt-field", help="field holding the prompt (detected by default)", panel=DATA)),
-    ("num_samples", Optional[int], _opt("--num-samples", help="prompts to run", panel=DATA)),
-    ("format", Optional[str], _opt("--format", help="table | json | csv", panel=DATA)),
-    ("output", Optional[str], _opt("--output", help="write the results to this file", panel=DATA)),
+    ("dataset", Optional[str], _opt("--dataset", metavar="ID|PATH", help="HF dataset id or local .jsonl/.json/.csv/.parquet/.txt", panel=DATA)),
+    ("dataset_name", Optional[str], _opt("--dataset-name", metavar="NAME", help="dataset configuration (e.g. main)", panel=DATA)),
+    ("split", Optional[str], _opt("--split", metavar="NAME", help="dataset split (default test)", panel=DATA)),
+    ("prompt_field", Optional[str], _opt("--prompt-field", metavar="NAME", help="field holding the prompt (detected by default)", panel=DATA)),
+    ("num_samples", Optional[int], _opt("--num-samples", metavar="N", help="prompts to run (default: all; demo preset: 40)", panel=DATA)),
+    ("format", Optional[str], _opt("--format", metavar="NAME", help="table | json | csv (default table)", panel=DATA)),
+    ("output", Optional[str], _opt("--output", metavar="PATH", help="also write the results to this file", panel=DATA)),
 ]
 
 # settings key -> the flag that sets it (so errors name the flag the user typed)
@@ -134,7 +159,7 @@ FLAG_NAMES = {
     "target": "--target", "draft": "--draft", "drafter": "--drafter", "exit_layer": "--exit-layer", "k": "--k",
     "max_k": "--max-k", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
-    "batch_size": "--batch-size", "device": "--device", "dtype": "--dtype", "quantized": "--quantized",
+    "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",
     "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
     "output": "--output", "summary_file_name": "--name", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
     "dataset.prompt_field": "--prompt-field",
@@ -273,9 +298,6 @@ def fail(message: str, code: int) -> None:
 
 def guarded(debug: bool, body: Callable[[], Any]) -> Any:
     """Run a command body under the exit-code contract."""
-    from ..data import DataError
-    from ..models.loading import ModelLoadError
-
     try:
         return body()
     except typer.Exit:
@@ -289,14 +311,21 @@ def guarded(debug: bool, body: Callable[[], Any]) -> Any:
             raise
         sys.stderr.write("interrupted\n")
         raise typer.Exit(130) from None
-    except (ModelLoadError, DataError) as e:
-        if debug:
-            raise
-        fail(str(e), 1)
     except Exception as e:  # noqa: BLE001 - the contract: one line, exit 1, traceback only with --debug
         if debug:
             raise
-        fail(_runtime_message(e), 1)
+        fail(str(e) if _is_expected_runtime_error(e) else _runtime_message(e), 1)
+
+
+def _is_expected_runtime_error(e: BaseException) -> bool:
+    """A ModelLoadError or DataError: its message already says what to do. Looked up in
+    sys.modules, not imported: a validation error must not pay for importing torch, and an
+    error of a module never imported cannot have been raised."""
+    for module, name in (("specdecode.models.loading", "ModelLoadError"), ("specdecode.data", "DataError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
 
 
 def _runtime_message(e: BaseException) -> str:

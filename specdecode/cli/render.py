@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.text import Text
 
-__all__ = ["STYLES", "TokenStreamer", "legend", "stats_line"]
+__all__ = ["STYLES", "Status", "TokenStreamer", "describe_models", "legend", "stats_line"]
 
 STYLES = {
     "accepted": "green",
@@ -81,3 +81,37 @@ def stats_line(stats: dict) -> Text:
         f"{stats['tokens_per_s']:.1f} tokens/s",
     ]
     return Text("  " + " · ".join(parts), style="dim")
+
+
+class Status:
+    """A one-line spinner on stderr while nothing else shows (loading models, compiling the first
+    steps) when stderr is a terminal; nothing at all when it is piped or redirected."""
+
+    def __init__(self, message: str) -> None:
+        console = Console(stderr=True)
+        self._status = console.status(message) if console.is_terminal else None
+        if self._status is not None:
+            self._status.start()
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message)
+
+    def stop(self) -> None:
+        """Idempotent: called at the first output, and again on the way out."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __enter__(self) -> "Status":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def describe_models(settings) -> str:
+    """`builtin:demo/target + builtin:demo/draft` / `X (ngram drafter)`: what is being loaded."""
+    if settings.drafter == "model" and settings.draft:
+        return f"{settings.target} + {settings.draft}"
+    return f"{settings.target} ({settings.drafter} drafter)" if settings.drafter != "none" else str(settings.target)
