@@ -1,0 +1,327 @@
+"""What `specdecode inspect` computes: what a target/draft pair is, and what speculation can gain.
+
+For each model: architecture, parameters, layers, hidden size, dtype, memory footprint and
+KV-cache bytes per token, read from its config and tokenizer with the weights left on the
+`meta` device (nothing is loaded or downloaded beyond config and tokenizer files; for a GGUF
+file, its header: architecture and quantization). Then the tokenizer verdict
+(models/pairing.py), the cost ratio c estimated from parameters (the weights a step reads) and
+from layers, and Leviathan et al.'s predicted speedup over α in {0.5 .. 0.9} and k in {1 .. 8}.
+For the ngram, early-exit and none drafters it says what the drafter would do instead.
+
+`measure_pair` loads the pair and generates N prompts to measure α, block efficiency and
+acceptance per draft position, plus a token trace of one prompt showing where the draft goes
+wrong and the most frequent (draft token, target token) disagreements.
+
+What it does not: print or render (cli/inspect_cmd.py does), or time anything (see `bench`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DRAFTER_NOTES", "describe_model", "inspect_pair", "measure_pair"]
+
+TRACE_ROUNDS = 16
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+DRAFTER_NOTES = {
+    "model": "a small model of the same tokenizer drafts k tokens autoregressively; the target verifies them in one forward",
+    "ngram": (
+        "prompt lookup: proposes the up to k tokens that followed the most recent earlier occurrence of the last "
+        "n tokens in the prompt and output; no draft model (c ≈ 0), no extra memory; acceptance depends on how "
+        "much the output repeats its context (high for summarisation, extraction and code edits, low for open generation)"
+    ),
+    "early-exit": (
+        "self-speculation: the target's first N layers, final norm and LM head draft (no extra weights; a KV cache "
+        "for N layers); c ≈ N / layers; acceptance depends on how much the remaining layers change the argmax"
+    ),
+    "none": "no drafter: the target alone (the baseline bench compares against); nothing to predict",
+}
+
+
+def _meta_model(source, trust_remote_code: bool):
+    """(config, model on the meta device): shapes and parameter counts without weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models.loading import ModelLoadError, check_causal_lm, check_source, translate_error
+
+    name = source.name
+    check_source(source)
+    try:
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                            **source.pretrained_kwargs())
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        raise translate_error(name, e) from e
+    check_causal_lm(name, config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        raise ModelLoadError(f"'{name}' is not a causal language model (config {type(config).__name__})") from e
+    except Exception as e:  # noqa: BLE001
+        raise translate_error(name, e) from e
+    return config, model
+
+
+def _layer_index(name: str) -> int | None:
+    if ".layers." not in name:
+        return None
+    head = name.split(".layers.", 1)[1].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remote_code: bool,
+                   exit_layer: int | None = None, gguf_file: str | None = None) -> dict[str, Any]:
+    """Facts about one model from its config (weights on the meta device).
+
+    `exit_layer` describes the early-exit draft made of the first `exit_layer` layers instead.
+    A GGUF file (`x.gguf`, or a directory and `gguf_file`) also reports its quantization.
+    """
+    from .models.loading import gguf_info, model_source
+
+    source = model_source(name, gguf_file)
+    name = source.name
+    config, model = _meta_model(source, trust_remote_code)
+    text = config.get_text_config()
+    layers = int(text.num_hidden_layers)
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    out_emb = model.get_output_embeddings()
+    in_emb = model.get_input_embeddings()
+    rows = int(out_emb.weight.shape[0])
+    tied = out_emb.weight is in_emb.weight
+
+    params = 0
+    embed = 0
+    step_params = 0  # the weights one decoding step reads: all but the input embedding table
+    seen: set[int] = set()
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        layer = _layer_index(pname)
+        if exit_layer is not None and layer is not None and layer >= exit_layer:
+            continue
+        n = p.numel()
+        params += n
+        if p is in_emb.weight:
+            embed += n
+            if tied:
+                step_params += n  # read again as the LM head
+            continue
+        step_params += n
+    used_layers = exit_layer if exit_layer is not None else layers
+    bytes_per = DTYPE_BYTES.get(dtype, 4)
+    if quantized:  # 4-bit NF4 linear weights (~0.5 byte each plus scales); embeddings stay in dtype
+        memory = int((params - embed) * 0.53) + embed * bytes_per
+        kv_bytes = 2 * used_layers * kv_heads * head_dim * (bytes_per if dtype != "float32" else 2)
+    else:
+        memory = params * bytes_per
+        kv_bytes = 2 * used_layers * kv_heads * head_dim * bytes_per
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    layer_types = getattr(text, "layer_types", None)
+    info: dict[str, Any] = {
+        "name": name,
+        "architecture": (getattr(config, "architectures", None) or [type(model).__name__])[0],
+        "model_type": getattr(config, "model_type", None),
+        "params": params,
+        "embedding_params": embed,
+        "step_params": step_params,
+        "num_layers": used_layers,
+        "hidden_size": int(text.hidden_size),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": rows,
+        "tokenizer_vocab": len(tokenizer.get_vocab()) if tokenizer is not None else None,
+        "tied_embeddings": tied,
+        "dtype": dtype + (" (4-bit weights)" if quantized else ""),
+        "stored_dtype": str(stored).removeprefix("torch.") if stored is not None else None,
+        "memory_bytes": memory,
+        "kv_bytes_per_token": kv_bytes,
+        "sliding_window": getattr(text, "sliding_window", None) if layer_types and "sliding_attention" in layer_types else None,
+        "layer_types": dict(Counter(layer_types[:used_layers])) if layer_types else None,
+        "decode_step": _decode_step(model, quantized),
+    }
+    info["format"] = "gguf" if source.is_gguf else "transformers"
+    info["gguf"] = None
+    if source.is_gguf and source.gguf_path is not None:
+        info["gguf"] = gguf_info(source.gguf_path)
+        info["stored_dtype"] = f"GGUF {info['gguf']['quantization']}"
+    if exit_layer is not None:
+        info["name"] = f"{name} (first {exit_layer} of {layers} layers)"
+        info["memory_bytes"] = 0  # shares the target's weights
+        info["exit_layer"] = exit_layer
+    return info
+
+
+def _resolved_dtype(settings) -> str:
+    from .models.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    return str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+
+
+def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
+    """The report `inspect --format json` prints (without --measure)."""
+    from . import metrics
+    from .api import check_models_named
+    from .models.loading import load_tokenizer
+    from .models.pairing import check_pair
+    from .settings import SettingsError
+
+    check_models_named(settings)
+    dtype = _resolved_dtype(settings)
+    gguf = settings.gguf_file
+    t_tok = load_tokenizer(settings.target, settings.trust_remote_code, gguf)
+    target = describe_model(settings.target, t_tok, dtype, settings.quantized, settings.trust_remote_code,
+                            gguf_file=gguf)
+    draft = None
+    compatible = True
+    reasons: list[str] = []
+    warnings: list[str] = []
+    tokenizer = None
+    c_params = c_layers = None
+    if settings.drafter == "model":
+        d_tok = load_tokenizer(settings.draft, settings.trust_remote_code, gguf)
+        draft = describe_model(settings.draft, d_tok, dtype, settings.quantized, settings.trust_remote_code,
+                               gguf_file=gguf)
+        pair = check_pair(t_tok, d_tok, target["vocab_size"], draft["vocab_size"])
+        tokenizer = pair.to_dict()
+        compatible, reasons, warnings = pair.compatible, list(pair.reasons), list(pair.warnings)
+        c_params = metrics.cost_ratio(draft["step_params"], target["step_params"])
+        c_layers = metrics.cost_ratio(draft["num_layers"], target["num_layers"])
+    elif settings.drafter == "early-exit":
+        n = settings.exit_layer
+        if n is None or n >= target["num_layers"]:
+            raise SettingsError(f"--exit-layer {n} must be below the target's {target['num_layers']} layers")
+        draft = describe_model(settings.target, t_tok, dtype, settings.quantized, settings.trust_remote_code,
+                               exit_layer=n, gguf_file=gguf)
+        draft["kind"] = "early-exit"
+        c_params = metrics.cost_ratio(draft["step_params"], target["step_params"])
+        c_layers = metrics.cost_ratio(n, target["num_layers"])
+    elif settings.drafter == "ngram":
+        c_params = c_layers = 0.0
+
+    c = cost_ratio if cost_ratio is not None else c_params
+    c_source = "--cost-ratio" if cost_ratio is not None else "parameters"
+    if c is not None and c_layers is not None and settings.drafter == "model" and c_layers > 2 * c:
+        warnings.append(
+            f"the draft has {draft['num_layers']} of the target's {target['num_layers']} layers (c from layers "
+            f"{c_layers:.2f} vs {c:.2f} from parameters): when decoding is launch-bound (eager GPU, CPU) a step "
+            "costs per layer, and c is closer to the layer ratio"
+        )
+    if c is not None and c >= 0.5:
+        warnings.append(f"c = {c:.2f}: a draft step costs at least half a target step; speculation can hardly pay off")
+    prediction = None
+    if c is not None:
+        prediction = {
+            "c": c,
+            "c_source": c_source,
+            "alpha": list(metrics.ALPHAS),
+            "k": list(metrics.KS),
+            "speedup": metrics.prediction_table(c),
+            "tokens_per_round": [[metrics.expected_tokens_per_round(a, k) for k in metrics.KS] for a in metrics.ALPHAS],
+            "best_k": {str(a): metrics.best_k(a, c) for a in metrics.ALPHAS},
+        }
+    return {
+        "settings": settings.to_public_dict(),
+        "drafter": settings.drafter,
+        "drafter_note": DRAFTER_NOTES[settings.drafter],
+        "target": target,
+        "draft": draft,
+        "compatible": compatible,
+        "reasons": reasons,
+        "warnings": warnings,
+        "tokenizer": tokenizer,
+        "cost_ratio": {"c": c, "source": c_source, "c_params": c_params, "c_layers": c_layers},
+        "predicted_speedup": prediction,
+        "measure": None,
+    }
+
+
+def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Generate n prompts; α, block efficiency, acceptance per position, a trace and the top
+    disagreements. `on_loaded(decoder)` runs once the pair is loaded (the CLI prints its notes)."""
+    from . import metrics
+    from .api import SpeculativeDecoder
+    from .data import load_prompts
+
+    prompt_set = load_prompts(settings.dataset, n)
+    decoder = SpeculativeDecoder.from_settings(settings)
+    if on_loaded is not None:
+        on_loaded(decoder)
+    results = decoder.generate(prompt_set.prompts)
+    acc = metrics.acceptance_totals(r.stats for r in results)
+    tok = decoder.tokenizer
+
+    def piece(i: int) -> str:
+        return tok.decode([i], skip_special_tokens=False)
+
+    disagreements: Counter = Counter()
+    for r in results:
+        for ev in r.events:
+            if ev.rejected and ev.token is not None and ev.kind == "recovered":
+                disagreements[(ev.rejected[0], ev.token)] += 1
+    trace = []
+    first = results[0]
+    for ev in first.events:
+        if ev.round == 0:
+            continue
+        trace.append(
+            {
+                "round": ev.round,
+                "accepted": tok.decode(list(ev.accepted), skip_special_tokens=False),
+                "rejected": tok.decode(list(ev.rejected), skip_special_tokens=False),
+                "token": piece(ev.token) if ev.token is not None else None,
+                "kind": ev.kind,
+                "accepted_ids": list(ev.accepted),
+                "rejected_ids": list(ev.rejected),
+                "token_id": ev.token,
+            }
+        )
+    k = settings.k if isinstance(settings.k, int) else acc.mean_proposed
+    rejections = sum(1 for r in results for ev in r.events if ev.round > 0 and ev.num_accepted < ev.proposed)
+    alpha = metrics.iid_alpha(acc.accepted_tokens, rejections)
+    return {
+        "samples": len(results),
+        "data": prompt_set.to_dict(),
+        "acceptance_rate": acc.acceptance_rate,
+        "alpha": alpha,
+        "block_efficiency": acc.block_efficiency,
+        "acceptance_per_position": acc.position_acceptance,
+        "acceptance_per_position_conditional": metrics.conditional_position_acceptance(
+            acc.position_trials, acc.position_accepts
+        ),
+        "draft_tokens": acc.draft_tokens,
+        "accepted_tokens": acc.accepted_tokens,
+        "rounds": acc.rounds,
+        "predicted_speedup": (
+            {str(kk): metrics.predicted_speedup(alpha, kk, c) for kk in metrics.KS}
+            if alpha is not None and c is not None
+            else None
+        ),
+        "k": k,
+        "disagreements": [
+            {"draft": piece(d), "target": piece(t), "draft_id": d, "target_id": t, "count": cnt}
+            for (d, t), cnt in disagreements.most_common(10)
+        ],
+        "trace": {"prompt": first.prompt, "rounds": trace[:TRACE_ROUNDS], "total_rounds": len(trace)},
+    }
+
+
+def _decode_step(model, quantized: bool) -> str:
+    """How generation will run this model's decode steps: 'fused' or 'transformers: <why>'."""
+    from .accel.native import native_support
+
+    if quantized:
+        return "transformers: 4-bit weights are not plain nn.Linear layers"
+    try:
+        reason = native_support(model)
+    except Exception as e:  # noqa: BLE001 - a description, never a failure of inspect
+        reason = f"could not be checked ({type(e).__name__})"
+    return "fused" if reason is None else f"transformers: {reason}"
