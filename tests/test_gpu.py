@@ -1,8 +1,9 @@
 """GPU tests (marker `gpu`, skipped without CUDA): the invariants hold on the device too.
 
 float32 greedy output on CUDA equals Hugging Face generate() on the target alone; sampling
-with a seed is reproducible on CUDA; bf16 runs and its match rate against the bf16 baseline
-is reported, never asserted exact (near-ties can flip in bf16).
+with a seed is reproducible on CUDA. bf16 is never asserted exact (near-ties can flip): two
+bf16 greedy runs of one target (speculative vs target alone, kernels vs compiled layers) report
+their match rate, and every row that differs must first differ at a near-tie of the target.
 """
 
 from __future__ import annotations
@@ -17,6 +18,38 @@ from specdecode.settings import Settings
 pytestmark = pytest.mark.gpu
 
 RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
+TIE_FACTOR = 4.0  # a near-tie: float32 gap <= TIE_FACTOR x the bf16 rounding of the logits there
+
+
+@torch.inference_mode()
+def first_divergences(target_dir, prompt_ids, rows_a, rows_b):
+    """Compare two greedy runs of one target, row by row. Returns (identical rows, flips): per row
+    that differs, (row, position j of the first different token, gap, rounding), where gap is
+    |l(a_j) - l(b_j)| in the target's float32 logits after the common prefix, and rounding is
+    max over the vocabulary of |bf16 logits - float32 logits| there (transformers, on the device).
+    Each run emits the argmax of its own bf16 logits, so a run that computes the target right can
+    only pick differently where the two choices are within a few roundings of each other."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).to("cuda").eval()
+    half = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.bfloat16).to("cuda").eval()
+    same, flips = 0, []
+    for row, (ids, a, b) in enumerate(zip(prompt_ids, rows_a, rows_b, strict=True)):
+        if a == b:
+            same += 1
+            continue
+        j = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        assert j is not None, f"row {row}: same tokens but lengths {len(a)} and {len(b)} (a stop was missed)"
+        x = torch.tensor([ids + a[:j]], device="cuda")
+        l32 = ref(x).logits[0, -1].float()  # [V]
+        l16 = half(x).logits[0, -1].float()
+        flips.append((row, j, (l32[a[j]] - l32[b[j]]).abs().item(), (l16 - l32).abs().max().item()))
+    return same, flips
+
+
+def assert_flips_are_near_ties(flips):
+    far = [f for f in flips if f[2] > TIE_FACTOR * f[3]]
+    assert not far, "rows that differ away from a near-tie (row, position, float32 gap, bf16 rounding): " + str(far)
 
 
 def dec(pair, **kw):
@@ -40,13 +73,18 @@ def test_sampling_seeded_on_cuda(llama_pair):
 
 
 def test_bf16_match_rate_is_reported(llama_pair, capsys):
+    """bf16 speculative output against bf16 target alone: the match rate is printed; rows that
+    differ must first differ at a near-tie (verifying k+1 positions at once rounds differently
+    from one position at a time), never where the target clearly prefers one token."""
     d = dec(llama_pair, dtype="bfloat16", k=4, max_new_tokens=32, batch_size=4)
+    assert d.target.dtype == torch.bfloat16
     spec = [r.token_ids for r in d.generate(PROMPTS)]
     base = [r.token_ids for r in d.with_settings(drafter="none").generate(PROMPTS)]
-    rate = sum(a == b for a, b in zip(spec, base)) / len(spec)
+    same, flips = first_divergences(llama_pair.target, [d.encode(p) for p in PROMPTS], spec, base)
     with capsys.disabled():
-        print(f"\nbf16 greedy output match rate (speculative vs target alone): {rate:.2f}")
-    assert d.target.dtype == torch.bfloat16
+        print(f"\nbf16 greedy output match rate (speculative vs target alone): {same / len(spec):.2f}; "
+              f"first differences (row, position, float32 gap, bf16 rounding): {flips}")
+    assert_flips_are_near_ties(flips)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
@@ -76,8 +114,9 @@ def test_adaptive_k_on_the_cuda_default_is_exact(llama_pair):
 
 @pytest.mark.parametrize("batch", [1, 6])
 def test_kernels_and_compiled_layers_agree_in_bf16(gemma3_pair, batch, capsys):
-    """bf16: the Triton kernels (steps of <= 16 rows) against the compiled layers (kernels off):
-    the same greedy tokens in most rows (they round differently; near-ties may flip)."""
+    """bf16: the Triton kernels (steps of <= 16 rows) against the compiled layers (kernels off).
+    They round differently, and on these tiny random models near-ties are common (3/6 rows were
+    identical on the H200): every row is identical or first differs at a near-tie of the target."""
     from specdecode.decoding.cache import ModelRunner
 
     prompts = PROMPTS[:6]
@@ -87,7 +126,8 @@ def test_kernels_and_compiled_layers_agree_in_bf16(gemma3_pair, batch, capsys):
     for loaded in (plain.target, plain.draft):
         plain.set_runner(loaded, ModelRunner(loaded.model, graphs=True, compile=True, kernels=False))
     without = [r.token_ids for r in plain.generate(prompts)]
-    same = sum(a == b for a, b in zip(with_k, without))
+    same, flips = first_divergences(gemma3_pair.target, [d.encode(p) for p in prompts], with_k, without)
     with capsys.disabled():
-        print(f"\nbf16 kernels vs compiled layers, batch {batch}: {same}/{len(prompts)} rows identical")
-    assert same >= len(prompts) // 2
+        print(f"\nbf16 kernels vs compiled layers, batch {batch}: {same}/{len(prompts)} rows identical; "
+              f"first differences (row, position, float32 gap, bf16 rounding): {flips}")
+    assert_flips_are_near_ties(flips)

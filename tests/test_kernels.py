@@ -23,6 +23,10 @@ if not kernels.AVAILABLE:  # pragma: no cover - triton is in the test extra
     pytest.skip("Triton is not installed", allow_module_level=True)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# Under the interpreter (no GPU) a kernel launch costs milliseconds: the long tests and most of
+# the gemv grid are marked slow there (`python -m pytest -m slow`); compiled on a GPU they are
+# quick and stay in the default run.
+SLOW_ON_CPU = [pytest.mark.slow] if DEV == "cpu" else []
 
 
 def _rms(x, w, eps, gemma):
@@ -41,10 +45,15 @@ def _t(*shape, g, scale=1.0, dtype=torch.float32):
     return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEV)
 
 
-@pytest.mark.parametrize("form", ["reduce", "prefetch", "mma"])
-@pytest.mark.parametrize("m", [1, 2, 5])
-@pytest.mark.parametrize("case", ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm",
-                                  "gated-silu", "gated-gelu"])
+GEMV_CASES = ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm", "gated-silu", "gated-gelu"]
+# fast layer: every case in one form and row count, and every form and row count in one case
+# (the gated MLP: norm, residual delta and activation at once); the rest of the grid is slow
+GEMV_GRID = [pytest.param(m, case, form, id=f"{case}-{m}-{form}",
+                          marks=() if (form == "reduce" and m == 2) or case == "gated-silu" else SLOW_ON_CPU)
+             for form in ["reduce", "prefetch", "mma"] for m in [1, 2, 5] for case in GEMV_CASES]
+
+
+@pytest.mark.parametrize("m, case, form", GEMV_GRID)
 def test_gemv_matches_torch(m, case, form):
     g = _gen(1)
     k, n = 200, 72  # neither a multiple of the blocks
@@ -239,10 +248,11 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_r
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [pytest.param(1, marks=SLOW_ON_CPU), pytest.param(2, marks=SLOW_ON_CPU)])
 def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
     """Batch 1: the product's routing (one- and two-row draft steps on the kernels, verify on
-    the layers); batch 2: every step on the kernels."""
+    the layers); batch 2: every step on the kernels. About a minute each under the interpreter:
+    slow there; the fast layer keeps the kernel steps against transformers (above)."""
     from fixtures import PROMPTS, oracle_greedy
     from specdecode.api import SpeculativeDecoder
     from specdecode.settings import Settings
@@ -282,6 +292,7 @@ def test_a_compile_failure_in_a_kernel_step_is_reported_as_one(caplog):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # a subprocess running every kernel under the interpreter (about 40 s)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke run is the CPU stand-in for the GPU sweep")
 def test_kernel_bench_smoke_runs_every_path():
     """benchmarks/kernel_bench.py --smoke: every measurement path of the sweep script on CPU, with
