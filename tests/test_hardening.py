@@ -228,10 +228,14 @@ def test_json_lines_stay_one_line_per_prompt(llama_pair):
     assert o.code == 0 and [json.loads(line)["prompt"] for line in lines] == prompts
 
 
-def test_empty_prompt_generates_from_bos(llama_pair):
+def test_empty_prompt_is_refused_naming_it(llama_pair, tmp_path):
+    """Generating from nothing is a mistake (an unset shell variable), not a request (issue 16)."""
     o = ok(invoke(["generate", "", *pair_args(llama_pair), "--json"]))
-    assert o.code == 0
-    assert json.loads(o.out)["prompt"] == "" and 1 <= len(generated(o)[0]) <= MAX_NEW
+    assert o.code == 2 and "the prompt is empty" in error_line(o) and o.out == ""
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "the cat"}\n{"prompt": " "}\n')
+    o = ok(invoke(["generate", "--prompts-file", str(p), *pair_args(llama_pair), "--json"]))
+    assert o.code == 2 and error_line(o) == f"error: {p}:2: the prompt is empty"
 
 
 def test_prompt_longer_than_the_context(llama_pair):

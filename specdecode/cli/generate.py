@@ -37,6 +37,8 @@ def read_prompts_file(path: str) -> list[str]:
                 raise SettingsError(f"{p}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
                 raise SettingsError(f"{p}:{n}: expected an object with a string 'prompt' field")
+            if not obj["prompt"].strip():
+                raise SettingsError(f"{p}:{n}: the prompt is empty")
             prompts.append(obj["prompt"])
         else:
             prompts.append(line)
