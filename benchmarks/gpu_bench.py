@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from specdecode.accel.rounds import CapturedRounds, capture  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine  # noqa: E402
 from specdecode.decoding.drafting import Draft, DraftState  # noqa: E402
@@ -116,11 +117,17 @@ def build(config, name: str, oracle_target: bool = False) -> LoadedModel:
 
 
 def weight_bytes(model) -> int:
+    """Bytes a decode step of one token reads: every weight once, except an input embedding table
+    that is not also the output head, of which a step reads one row."""
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
+    if emb.data_ptr() != head.data_ptr():
+        total -= emb.numel() * emb.element_size() - emb.shape[1] * emb.element_size()
     return total
 
 
@@ -151,22 +158,38 @@ def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int
     return torch.randint(10, min(vocab, 30000), (batch, length), generator=g).tolist()
 
 
+ROUNDS: dict[int, object] = {}  # target runner -> its CapturedRounds (graphs reused across repeats)
+
+
+def rounds_for(runner):
+    if not runner.graphs:
+        return None
+    if id(runner) not in ROUNDS:
+        ROUNDS[id(runner)] = CapturedRounds(runner)
+    return ROUNDS[id(runner)]
+
+
 def run_engine(target, drafter, batch_prompts, new_tokens, k, runner, repeats=3):
     """(decode seconds per token, end-to-end seconds, (tokens, stats) of the last repeat).
 
-    Decode time runs from the first token (the prefill's, emitted once every row has it) to the
-    last, over new_tokens - 1 tokens per row: the per-token rate without the prompt's forward.
-    End-to-end includes prefill. Both are medians over `repeats` runs after one warm-up."""
+    The product's engine and rounds (captured as CUDA graphs when the runner's are). Decode time
+    runs from the moment every row has its first token (the prefill's) to the last token, over
+    new_tokens - 1 tokens per row, so it includes the first speculative round. End-to-end
+    includes prefill. Both are medians over `repeats` runs after one warm-up (captures)."""
     decode, e2e, out = [], [], None
     for r in range(repeats + 1):  # first = warm-up (captures graphs)
-        eng = SpeculativeEngine(target, drafter, EngineParams(k, new_tokens), runner=runner)
+        eng = SpeculativeEngine(target, drafter, EngineParams(k, new_tokens), runner=runner,
+                                rounds=rounds_for(runner))
         toks = [[] for _ in batch_prompts]
         sync()
         t = time.perf_counter()
         t_first = None
+        firsts = 0
         for ev in eng.stream(batch_prompts):
-            if t_first is None and ev.kind != "first":
-                t_first = time.perf_counter()  # every row's first token is out: prefill done
+            if ev.kind == "first":
+                firsts += 1
+                if firsts == len(batch_prompts):
+                    t_first = time.perf_counter()  # every row's first token is out: prefill done
             toks[ev.row].extend(ev.tokens)
         sync()
         t_end = time.perf_counter()
@@ -194,7 +217,9 @@ class OracleDrafter(ModelDrafter):
             ref[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         self.reference = ref.to(DEV)
         self.prompt_lens = torch.tensor(prompt_lens, dtype=torch.long, device=DEV)
-        self.rng = torch.Generator(device=DEV).manual_seed(1234)
+        # one coin per row and position, drawn up front: a captured round draws nothing itself
+        rng = torch.Generator(device=DEV).manual_seed(1234)
+        self.coins = torch.rand(ref.shape, generator=rng, device=DEV)
         self.rows = torch.arange(len(reference), device=DEV)
 
     def prefill(self, input_ids, lengths, max_len):
@@ -211,7 +236,7 @@ class OracleDrafter(ModelDrafter):
         done = state.positions + 1 - self.prompt_lens[self.rows]  # [B]
         idx = (done[:, None] + torch.arange(k, device=DEV)).clamp(max=self.reference.shape[1] - 1)
         ref = self.reference[self.rows].gather(1, idx)  # [B, k]
-        keep = torch.rand(ref.shape, generator=self.rng, device=DEV) < self.alpha
+        keep = self.coins[self.rows].gather(1, idx) < self.alpha
         return Draft(tokens=torch.where(keep, ref, (ref + 1) % self.vocab))
 
 
@@ -231,19 +256,24 @@ def hf_generate(model, batch_prompts, new_tokens, **kw):
 
 @torch.inference_mode()
 def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int) -> float:
-    """Median seconds of one decode step of q tokens per row through `runner` (graph replay when on)."""
+    """Median seconds of one decode step of q tokens per row through `runner`, captured as a CUDA
+    graph when the runner's rounds are (a step inside a round costs its replay, not its launches)."""
     cache = runner.new_cache(batch, prompt_len + 300)
     x = torch.randint(10, 500, (batch, prompt_len), device=DEV)
     runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
     cache.set_positions(torch.full((batch,), prompt_len, device=DEV))
     step = torch.randint(10, 500, (batch, q), device=DEV)
+    fn = lambda: runner.forward(step, cache, cache.max_len, logits_to_keep=0 if q > 1 else 1)  # noqa: E731
+    if runner.graphs:
+        graph, _ = capture(fn, [cache.positions])
+        fn = graph.replay
     for _ in range(3):
-        runner.forward(step, cache, cache.max_len, logits_to_keep=0 if q > 1 else 1)
+        fn()
     sync()
     times = []
     for _ in range(20):
         t = time.perf_counter()
-        runner.forward(step, cache, cache.max_len, logits_to_keep=0 if q > 1 else 1)
+        fn()
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)

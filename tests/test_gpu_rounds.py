@@ -1,0 +1,91 @@
+"""GPU tests (marker `gpu`): the round as one captured device program.
+
+On CUDA, rounds run as CUDA graphs (accel/rounds.py): each must be exactly the round the
+reference runs (fp32 greedy equals the target alone, for every drafter, k auto included),
+wait on the host exactly once per round, launch one graph per round and nothing else that
+drains the device, and capture nothing after `prepare` (what bench runs untimed).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fixtures import PROMPTS, oracle_greedy
+from specdecode.api import SpeculativeDecoder
+from specdecode.settings import Settings
+
+pytestmark = pytest.mark.gpu
+
+RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
+
+
+def dec(pair, **kw):
+    s = Settings(target=str(pair.target), draft=str(pair.draft), device="cuda", chat=False, dtype="float32", **kw)
+    return SpeculativeDecoder.from_settings(s)
+
+
+@pytest.mark.parametrize("drafter,k", [("model", 4), ("model", "auto"), ("ngram", 3), ("early-exit", 3)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_captured_rounds_are_exact(llama_pair, drafter, k, batch):
+    d = dec(llama_pair, drafter=drafter, k=k, max_k=5, exit_layer=1 if drafter == "early-exit" else None,
+            max_new_tokens=40, batch_size=batch)
+    rounds = d.rounds()
+    assert rounds is not None and rounds.captured
+    results = d.generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, 40)
+    assert rounds.captures > 0
+
+
+def test_one_host_wait_and_one_graph_launch_per_round(llama_pair, monkeypatch):
+    """After the first tokens, a round is one graph replay and one wait on its counts; any other
+    synchronising call (.item(), a pageable copy, torch.cuda.synchronize) raises in sync-debug mode."""
+    d = dec(llama_pair, k=4, max_new_tokens=40, batch_size=3)
+    ids = d.encode_all(RAGGED)
+    d.reserve(ids)
+    eng = d.engine()
+    eng.prepare(ids)  # capture first: capturing synchronises
+    captured = eng.rounds.captures
+    waits, replays = [0], [0]
+    real_sync, real_replay = torch.cuda.Event.synchronize, torch.cuda.CUDAGraph.replay
+
+    def counted_sync(self):
+        waits[0] += 1
+        return real_sync(self)
+
+    def counted_replay(self):
+        replays[0] += 1
+        return real_replay(self)
+
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", counted_sync)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted_replay)
+    rounds = 0
+    stream = eng.stream(ids)
+    for ev in stream:
+        if ev.round == 0 and ev.row == len(ids) - 1:
+            torch.cuda.set_sync_debug_mode("error")
+        rounds = max(rounds, ev.round)
+    torch.cuda.set_sync_debug_mode("default")
+    assert rounds > 3
+    assert waits[0] == rounds and replays[0] == rounds
+    assert eng.rounds.captures == captured  # nothing captured while generating
+
+
+def test_sampling_is_seeded_through_captured_rounds(llama_pair):
+    a = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)
+    b = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)
+    c = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=4, max_new_tokens=24, batch_size=3).generate(RAGGED)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+def test_captured_sampling_equals_the_eager_round_on_the_same_noise(llama_pair):
+    """Same modules (transformers, uncompiled), same seed: the captured round and the eager
+    round draw the same noise before each round, so they emit the same tokens."""
+    common = dict(k=3, temperature=1.0, seed=11, max_new_tokens=24, batch_size=1, fused=False, compile=False)
+    graphs = dec(llama_pair, cuda_graphs=True, **common)
+    eager = dec(llama_pair, cuda_graphs=False, **common)
+    assert graphs.rounds() is not None and eager.rounds() is None
+    got = [r.token_ids for r in graphs.generate(RAGGED[:1])]
+    ref = [r.token_ids for r in eager.generate(RAGGED[:1])]
+    assert got == ref
