@@ -117,7 +117,7 @@ def test_kernels_and_compiled_layers_agree_in_bf16(gemma3_pair, batch, capsys):
     """bf16: the Triton kernels (steps of <= 16 rows) against the compiled layers (kernels off).
     They round differently, and on these tiny random models near-ties are common (3/6 rows were
     identical on the H200): every row is identical or first differs at a near-tie of the target."""
-    from specdecode.decoding.cache import ModelRunner
+    from specdecode.accel.runner import ModelRunner
 
     prompts = PROMPTS[:6]
     d = dec(gemma3_pair, dtype="bfloat16", k=2, max_new_tokens=32, batch_size=batch)

@@ -1,4 +1,4 @@
-"""The Triton decode kernels (specdecode/decoding/kernels.py) compute what torch computes.
+"""The Triton decode kernels (specdecode/accel/kernels.py) compute what torch computes.
 
 Without a GPU they run under Triton's interpreter (conftest sets TRITON_INTERPRET=1), which
 executes the same kernel code on CPU tensors; on the device the same tests run compiled.
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-kernels = pytest.importorskip("specdecode.decoding.kernels")
+kernels = pytest.importorskip("specdecode.accel.kernels")
 if not kernels.AVAILABLE:  # pragma: no cover - triton is in the test extra
     pytest.skip("Triton is not installed", allow_module_level=True)
 
@@ -191,7 +191,7 @@ def test_splits_follow_the_batch():
 # ---- the model step ------------------------------------------------------------------------
 from test_native import _model, _run  # noqa: E402  (tiny models and the ragged step sequence)
 
-from specdecode.decoding.cache import ModelRunner  # noqa: E402
+from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The fused decode path (specdecode/decoding/native.py) computes what the transformers modules compute.
+"""The fused decode path (specdecode/accel/native.py) computes what the transformers modules compute.
 
 * logits of the fused step equal the transformers forward over the same cache, for Llama
   (llama3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms)
@@ -22,9 +22,10 @@ import torch
 
 from fixtures import PROMPTS, oracle_greedy
 from helpers import record_step_widths
-from specdecode.decoding import native
-from specdecode.decoding.cache import ModelRunner, UnsupportedModelError
-from specdecode.decoding.native import native_support
+from specdecode.accel import native
+from specdecode.accel.runner import ModelRunner
+from specdecode.decoding.step import UnsupportedModelError
+from specdecode.accel.native import native_support
 
 V = 120
 COMMON = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
