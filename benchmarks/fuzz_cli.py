@@ -10,7 +10,9 @@ strategies, shared with tests/test_hardening.py) in three phases:
   yaml      random --config documents (valid keys with wrong types, unknown keys, nested junk,
             non-mappings, broken syntax, non-UTF-8 bytes), --dry-run
   real      real runs on tiny local models built like the test fixtures (a Llama pair, a draft
-            with another tokenizer, a BERT, custom code, pickle-only weights, missing paths),
+            with another tokenizer, a BERT, custom code, pickle-only weights, missing paths; GGUF
+            files written with the gguf package: an F32 and a Q8_0 qwen2 pair, a directory of them
+            for --gguf-file, and bogus .gguf files: random bytes, a bare header, a missing one),
             random prompts, prompt files and datasets (random bytes, rows with missing or
             mistyped fields), sampling settings, devices, dtypes, batch sizes, k, outputs
 
@@ -56,6 +58,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from cli_fuzz import TEXT, cli_args, invoke, normalise, violation, yaml_documents  # noqa: E402
 from fixtures import WORDS, build_model, build_tokenizer  # noqa: E402
+from gguf_fixture import write_gguf  # noqa: E402
 
 RUN_TIMEOUT_S = 60
 
@@ -166,6 +169,21 @@ def build_models(root: Path) -> dict[str, Path]:
     m["pickle"] = pickle
     m["missing"] = root / "no-such-model"
     m["file"] = root / "target" / "config.json"
+    # GGUF: a qwen2 pair over one byte-level BPE tokenizer, as files and as a directory
+    gg = root / "gguf"
+    gg.mkdir()
+    qt = build_model("qwen2", root / "qwen_t", vocab_size=112, num_layers=2, seed=4, tokenizer_dir=qtok)
+    qd = build_model("qwen2", root / "qwen_d", vocab_size=112, num_layers=1, seed=5, from_model=qt, noise=0.05,
+                     tokenizer_dir=qtok)
+    m["gguf"] = write_gguf(qt, gg / "target-f32.gguf")
+    m["gguf_q8"] = write_gguf(qt, gg / "target-q8_0.gguf", quantize="Q8_0")
+    m["gguf_draft"] = write_gguf(qd, gg / "draft-f32.gguf")
+    m["gguf_dir"] = gg
+    (root / "bogus.gguf").write_bytes(os.urandom(300))
+    m["gguf_bogus"] = root / "bogus.gguf"
+    (root / "header.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    m["gguf_header"] = root / "header.gguf"
+    m["gguf_missing"] = root / "missing.gguf"
     return m
 
 
@@ -212,9 +230,16 @@ def real_args(draw, models: dict[str, Path], n: list[int]) -> tuple[list[str], s
     run_dir = WORK / f"run{n[0]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     command = rnd.choice(["generate", "generate", "bench", "compare", "inspect"])
-    target = pick(rnd, ["target", "target", "target", "chat"], ["bert", "custom", "pickle", "missing", "file"])
-    draft = pick(rnd, ["draft", "draft", "target"], ["qwen_draft", "bert", "missing", "pickle"])
+    target = pick(rnd, ["target", "target", "target", "chat", "gguf", "gguf_q8", "gguf_dir"],
+                  ["bert", "custom", "pickle", "missing", "file", "gguf_bogus", "gguf_header", "gguf_missing"])
+    gguf_pair = target.startswith("gguf")
+    draft = pick(rnd, ["gguf_draft", "gguf_draft", "gguf"] if gguf_pair else ["draft", "draft", "target"],
+                 ["qwen_draft", "bert", "missing", "pickle", "gguf_bogus", "gguf_draft" if not gguf_pair else "draft"])
     args = [command, "--target", str(models[target])]
+    if target == "gguf_dir" or rnd.random() < 0.05:
+        args += ["--gguf-file", pick(rnd, ["target-f32.gguf", "target-q8_0.gguf"], ["nope.gguf", "draft-f32.gguf/"])]
+    if rnd.random() < 0.3:
+        args += ["--threads", pick(rnd, ["1", "auto"], ["0", "x", "-2"])]
     drafter = pick(rnd, ["model", "model", "model", "ngram", "early-exit", "none", ""], ["medusa"])
     if drafter:
         args += ["--drafter", drafter]
@@ -327,6 +352,7 @@ def main() -> None:
             args, written = x
             fmt_json = "--json" in args or ("--format" in args and args[args.index("--format") + 1] == "json")
             rec.record("real", args, (0, 1, 2), False, extra=written, check_json=fmt_json)
+            torch.set_num_threads(1)  # a drawn --threads must not slow the runs after it
             if marker.exists():
                 marker.unlink()
                 if "--trust-remote-code" not in args:

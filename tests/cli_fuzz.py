@@ -152,6 +152,8 @@ SHARED_VALUES = {
     "--device": st.one_of(st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:7", "cuda:x", "mps", "tpu", "CUDA", ""]), TEXT),
     "--dtype": st.one_of(st.sampled_from(["auto", "float32", "bfloat16", "float16", "fp8", ""]), TEXT),
     "--attention": st.one_of(st.sampled_from(["auto", "sdpa", "eager", "flash_attention_2", "xformers", ""]), TEXT),
+    "--threads": st.one_of(st.sampled_from(["auto", "AUTO", "1", "2", "0", "-1", "1025", "1.5", ""]), _ints(-3, 2000), TEXT),
+    "--gguf-file": st.one_of(st.sampled_from(["model.gguf", "q4_k_m.gguf", "", " ", "../x.gguf"]), TEXT),
 }
 SHARED_SWITCHES = ["--quantized", "--no-quantized", "--chat", "--no-chat", "--trust-remote-code"]
 
@@ -207,7 +209,7 @@ def cli_args(draw, commands=("generate", "bench", "compare", "inspect"), config:
 SETTING_KEYS = (
     "target", "draft", "drafter", "exit_layer", "k", "max_k", "max_new_tokens", "max_length", "temperature",
     "top_k", "top_p", "seed", "batch_size", "device", "dtype", "quantized", "attention", "chat",
-    "trust_remote_code", "dataset", "num_samples", "format", "output", "summary_file_name",
+    "trust_remote_code", "dataset", "num_samples", "format", "output", "summary_file_name", "threads", "gguf_file",
 )
 ALIASES = ("target_model", "draft_model", "num_draft_tokens")
 
@@ -238,6 +240,8 @@ GOOD_VALUES = {
     "dtype": st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
     "quantized": st.booleans(),
     "attention": st.sampled_from(["auto", "sdpa", "eager"]),
+    "threads": st.one_of(st.integers(1, 64), st.just("auto")),
+    "gguf_file": st.sampled_from(["model.gguf", "qwen2.5-0.5b-q4_k_m.gguf"]),
     "chat": st.one_of(st.none(), st.booleans()),
     "trust_remote_code": st.booleans(),
     "dataset": st.one_of(

@@ -97,7 +97,7 @@ def test_inspect_says_gguf_and_its_quantization(capsys, ggufs):
     assert "stored as GGUF Q8_0" in out.replace("\n", " ").replace("│", " ") or "GGUF Q8_0" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "bogus", "empty", "dir-without-file", "quantized"])
+@pytest.mark.parametrize("case", ["missing", "bogus", "empty", "dir-without-file", "path-as-file", "quantized"])
 def test_gguf_failures_are_one_line(capsys, ggufs, tmp_path, case):
     args = ["--drafter", "ngram"]
     if case == "missing":
@@ -108,11 +108,14 @@ def test_gguf_failures_are_one_line(capsys, ggufs, tmp_path, case):
         expect, code = "is not a GGUF file", 1
     elif case == "empty":
         target = tmp_path / "empty.gguf"
-        target.write_bytes(b"GGUF")  # the header's magic and nothing else
-        expect, code = "bogus", 1
+        target.write_bytes(b"GGUF\x03\x00\x00\x00")  # the header's magic and version, nothing else
+        expect, code = f"could not read the GGUF file '{target}' (damaged or cut short", 1
     elif case == "dir-without-file":
         target, expect, code = tmp_path, "--gguf-file: 'x.gguf' is not in", 1
         args += ["--gguf-file", "x.gguf"]
+    elif case == "path-as-file":
+        target, expect, code = ggufs["files"], "--gguf-file: give the name of the file inside", 1
+        args += ["--gguf-file", ggufs["target"].name + "/"]
     else:
         target, expect, code = ggufs["target"], "--no-quantized", 1
         args += ["--quantized"]
@@ -120,8 +123,7 @@ def test_gguf_failures_are_one_line(capsys, ggufs, tmp_path, case):
     assert got == code, err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert "Traceback" not in err
-    if expect != "bogus":
-        assert expect in err, err
+    assert expect in err, err
 
 
 def test_a_copied_gguf_next_to_a_transformers_checkpoint(capsys, ggufs, tmp_path):

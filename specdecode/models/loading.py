@@ -174,6 +174,13 @@ class ModelSource:
         p = Path(self.path).expanduser() / self.gguf_file
         return p if p.is_file() else None
 
+    @property
+    def label(self) -> str:
+        """How messages name it: the GGUF file's path for a GGUF model, else the name given."""
+        if self.gguf_file is None or self.name.lower().endswith(GGUF_SUFFIX):
+            return self.name
+        return f"{self.path.rstrip('/')}/{self.gguf_file}"
+
     def pretrained_kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
@@ -193,6 +200,10 @@ def model_source(name: str, gguf_file: str | None = None) -> ModelSource:
 
 def _check_gguf(source: ModelSource) -> None:
     name = source.name
+    if any(sep in str(source.gguf_file) for sep in ("/", "\\", os.sep)):
+        raise ModelLoadError(
+            f"--gguf-file: give the name of the file inside '{name}', not a path (got '{source.gguf_file}')"
+        )
     local = Path(source.path).expanduser()
     if not local.is_dir():
         if source.name.lower().endswith(GGUF_SUFFIX) or local.exists() or source.path.startswith((".", "/", "~")):
@@ -319,6 +330,11 @@ def translate_error(name: str, err: Exception) -> ModelLoadError:
         if "repository not found" in low or "is not a valid model identifier" in low or "404" in low:
             return ModelLoadError(f"model '{name}' was not found: not a local directory and not a model id on the hub")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if name.lower().endswith(GGUF_SUFFIX):
+        return ModelLoadError(
+            f"could not read the GGUF file '{name}' (damaged or cut short, or an architecture transformers cannot "
+            f"load from GGUF): {first}"
+        )
     return ModelLoadError(f"could not load '{name}': {first}")
 
 
@@ -411,7 +427,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, gguf_file: str | 
             tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
                                                 **source.pretrained_kwargs())
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
-        raise translate_error(source.name, e) from e
+        raise translate_error(source.label, e) from e
     if tok.pad_token_id is None:
         # padding is internal (right-padded prompts, masked out); any id works
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
@@ -506,7 +522,7 @@ def _load_gguf(source: ModelSource, *, device: torch.device, dtype: torch.dtype,
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(source.path, **source.pretrained_kwargs())
     except Exception as e:  # noqa: BLE001
-        raise translate_error(source.name, e) from e
+        raise translate_error(source.label, e) from e
     check_causal_lm(source.name, config)
     attn = _auto_attention(config) if attention == "auto" else attention
     try:
@@ -515,7 +531,7 @@ def _load_gguf(source: ModelSource, *, device: torch.device, dtype: torch.dtype,
                 source.path, dtype=torch.float32, attn_implementation=attn, **source.pretrained_kwargs()
             )
     except Exception as e:  # noqa: BLE001
-        raise translate_error(source.name, e) from e
+        raise translate_error(source.label, e) from e
     model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
