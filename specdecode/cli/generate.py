@@ -112,16 +112,23 @@ def _stream(decoder, prompts: list[str], show_rejected: bool, first_output=lambd
 
     console = Console(highlight=False, soft_wrap=True)
     styled = console.is_terminal
-    if styled:
-        first_output()
-        console.print(legend())
+    begun = []
+
+    def begin() -> None:
+        """At the first output: end the status line, then (in a terminal) the legend."""
+        if not begun:
+            begun.append(True)
+            first_output()
+            if styled:
+                console.print(legend())
+
     streamers = [TokenStreamer(console, decoder.decode, show_rejected) for _ in prompts]
     buffers: list[list] = [[] for _ in prompts]
     started: set[int] = set()
     live = {"row": 0}
 
     def write(piece) -> None:
-        first_output()
+        begin()
         if styled:
             console.print(piece, end="")
         else:
@@ -131,6 +138,7 @@ def _stream(decoder, prompts: list[str], show_rejected: bool, first_output=lambd
     def start(i: int) -> None:
         if i in started:
             return
+        begin()
         started.add(i)
         if len(prompts) > 1 or styled:
             if styled:
@@ -152,7 +160,7 @@ def _stream(decoder, prompts: list[str], show_rejected: bool, first_output=lambd
     for first, results in decoder.iter_results(prompts, on_event=on_event):
         for j, result in enumerate(results):
             start(first + j)
-            first_output()
+            begin()
             if styled:
                 console.print()
                 console.print(stats_line(result.stats.to_dict()))
