@@ -70,7 +70,33 @@ def main() -> None:
                 counts[e.key] += e.count
             gpu_us += getattr(e, "self_device_time_total", 0.0) or 0.0
         wall = statistics.median(walls)
+        # the device's own pace: each captured round graph replayed back to back (no host in between)
+        replay_ms = {}
+        rounds_obj = d.rounds()
+        for key, (graph, _) in (rounds_obj._graphs.items() if rounds_obj is not None else []):
+            shape = key[2]
+            if (d.settings.drafter == "none") != (shape.k == 0):
+                continue
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(50):
+                graph.replay()
+            torch.cuda.synchronize()
+            replay_ms[f"k{shape.k}_w{shape.width}_prev{int(shape.feed_prev)}"] = (time.perf_counter() - t) / 50 * 1e3
+        eng = d.engine()
+        ids = d.encode_all([prompt])
+        lookahead = {}
+        for on in (True, False):
+            eng = d.engine()
+            eng.lookahead = on
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in eng.stream(ids):
+                pass
+            torch.cuda.synchronize()
+            lookahead[f"lookahead_{on}"] = {"s": time.perf_counter() - t, "max_in_flight": eng.max_in_flight}
         out[label] = {
+            "replay_ms_per_round": replay_ms, "lookahead": lookahead,
             "wall_s": wall, "rounds": rounds, "new_tokens": res.stats.new_tokens,
             "tokens_per_s": res.stats.new_tokens / wall, "ms_per_round": 1e3 * wall / max(rounds, 1),
             "gpu_ms_per_round": gpu_us / 1e3 / max(rounds, 1),
@@ -78,6 +104,22 @@ def main() -> None:
             "decode_steps": d.runner(d.target).describe(),
         }
         print(label, json.dumps(out[label], indent=1), flush=True)
+    # prefill of prompts of new lengths (bench: every prompt has its own), target alone
+    lengths = {}
+    base = dec.with_settings(drafter="none", max_new_tokens=2)
+    for n in (20, 50, 90, 150, 300):
+        p = " ".join(["def"] * n)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        base.generate([p])
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        base.generate([p])
+        torch.cuda.synchronize()
+        lengths[n] = {"first_s": first, "again_s": time.perf_counter() - t}
+    out["prefill_new_lengths"] = lengths
+    print("prefill", json.dumps(lengths), flush=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 
 

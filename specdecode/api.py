@@ -159,8 +159,13 @@ _TRUNCATION_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 DRAFT_CONFIDENCE = 0.4
 
 
-def _stop_below(settings: Settings) -> float | None:
-    return DRAFT_CONFIDENCE if settings.k == "auto" else None
+def _stop_below(settings: Settings, runner=None) -> float | None:
+    """The confidence stop of --k auto. Not on fixed-shape steps (compiled, captured): there every
+    round runs all k draft steps and verifies max_k positions anyway, so stopping a row's proposal
+    early saves nothing and only gives away tokens the target might have kept."""
+    if settings.k != "auto" or getattr(runner, "fixed_shapes", False):
+        return None
+    return DRAFT_CONFIDENCE
 
 
 def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None,
@@ -171,7 +176,7 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
         from .drafters.draft_model import ModelDrafter
 
         assert draft is not None
-        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings))
+        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings, draft_runner))
     if settings.drafter == "ngram":
         from .drafters.ngram import NgramDrafter
 
@@ -181,8 +186,9 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
 
         if decoder is not None:  # reuse the decoder's view and runner across batches
             view = decoder.early_exit_view(settings.exit_layer)
-            return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings),
-                                    view=view, runner=decoder.runner(view))
+            runner = decoder.runner(view)
+            return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings, runner),
+                                    view=view, runner=runner)
         return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings))
     raise SettingsError(f"unknown drafter '{settings.drafter}'")
 

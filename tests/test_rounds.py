@@ -141,3 +141,34 @@ def test_target_alone_on_fixed_shapes_with_lookahead(llama_pair, lookahead):
     for ev in eng.stream(ids):
         tokens[ev.row].extend(ev.tokens)
     assert tokens == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+
+
+@pytest.mark.parametrize("max_new", [3, 17])
+def test_speculative_lookahead_stops_where_the_plain_loop_does(llama_pair, max_new):
+    """With a drafter on the device and fixed shapes, round r+1 is launched before round r is read
+    (its draft then feeds [prev, last]); a row that ends on EOS or length in round r drops r+1.
+    Tokens and finish reasons must be those of the loop that reads every round first."""
+    torch._dynamo.reset()
+    free = oracle_greedy(llama_pair.target, RAGGED, max_new)
+    eos = (free[1][1],)  # row 1 stops on its second token
+
+    def run(lookahead: bool):
+        dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3, max_new_tokens=max_new))
+        eng = dec.engine()
+        eng.params = type(eng.params)(**{**eng.params.__dict__, "eos_token_ids": eos})
+        eng.lookahead = lookahead
+        ids = dec.encode_all(RAGGED)
+        tokens, reasons = [[] for _ in ids], [None] * len(ids)
+        for ev in eng.stream(ids):
+            tokens[ev.row].extend(ev.tokens)
+            if ev.finished:
+                reasons[ev.row] = ev.finish_reason
+        return tokens, reasons, eng.max_in_flight
+
+    plain, plain_reasons, plain_flight = run(False)
+    ahead, ahead_reasons, ahead_flight = run(True)
+    assert plain_flight == 1 and ahead_flight == (2 if max_new > 8 else 1)
+    assert ahead == plain and ahead_reasons == plain_reasons
+    cut = [ref[: ref.index(eos[0]) + 1] if eos[0] in ref else ref for ref in free]
+    assert plain == cut
+    assert plain_reasons[1] == "eos"

@@ -440,9 +440,12 @@ class NativeModel:
 
     @staticmethod
     def _keep(t: Tensor, logits_to_keep: Tensor | int) -> Tensor:
-        """The query positions [B, q, ...] whose logits the caller wants (0: all)."""
+        """The query positions [B, q, ...] whose logits the caller wants (0: all; a [B, n] tensor:
+        n positions per row)."""
         if isinstance(logits_to_keep, int):
             return t[:, -logits_to_keep:] if logits_to_keep else t
+        if logits_to_keep.dim() == 2:
+            return t.gather(1, logits_to_keep[..., None].expand(-1, -1, t.shape[-1]))
         return t[:, logits_to_keep]
 
     # ---- rotary tables: the model's own rotary module, evaluated once per cache size --------

@@ -76,6 +76,8 @@ class ModelRunner(ModelStep):
             # inductor fuses the step's elementwise work; CUDA graphs are captured around rounds
             self._step = torch.compile(self._transformers_step, dynamic=False, backend=compile_backend)
         self._caches: dict[tuple[int, int], KVCache] = {}
+        self._prefills: dict[tuple, tuple] = {}  # captured prefills per (cache, batch, bucket, kept logits)
+        self._pool = None
 
     @property
     def fixed_shapes(self) -> bool:
@@ -118,12 +120,47 @@ class ModelRunner(ModelStep):
         return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
-        """A variable-length forward (prompts): never compiled or captured. With the fused path it
-        runs the fused layers uncompiled (a third of the kernel launches of the transformers
-        modules); otherwise the transformers modules."""
+        """A variable-length forward (prompts): never compiled. With the fused path it runs the fused
+        layers uncompiled (sdpa); otherwise the transformers modules. With graphs, prompts are
+        right-padded to a bucket (`prefill_len`) and each (batch, bucket) is captured once: an eager
+        prefill is hundreds of launches, and a new prompt length would allocate memory on the
+        clock. The padding's cache writes land past each row's length, where nothing reads them."""
+        if not self.graphs:
+            return self._eager_prefill(input_ids, cache, attend_len, logits_to_keep)
+        B, L = input_ids.shape
+        span = min(self.prefill_len(L), cache.max_len)
+        keep_rows = isinstance(logits_to_keep, Tensor)
+        key = (id(cache), B, span, logits_to_keep if not keep_rows else tuple(logits_to_keep.shape))
+        entry = self._prefills.get(key)
+        if entry is None:
+            from .rounds import capture  # noqa: PLC0415 (rounds imports this module)
+
+            ids = torch.zeros((B, span), dtype=torch.long, device=self.device)
+            keep = logits_to_keep.clone() if keep_rows else logits_to_keep
+            if keep_rows:
+                keep.zero_()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph, out = capture(lambda: self._eager_prefill(ids, cache, span, keep), [cache.positions], pool=self._pool)
+            entry = self._prefills[key] = (graph, ids, keep, out)
+        graph, ids, keep, out = entry
+        ids.zero_()
+        ids[:, :L].copy_(input_ids)
+        if keep_rows:
+            keep.copy_(logits_to_keep)
+        graph.replay()
+        return out
+
+    @staticmethod
+    def prefill_len(length: int) -> int:
+        """The bucket a prompt of `length` tokens is padded to under graphs: a power of two, at least 32."""
+        return max(32, 1 << (length - 1).bit_length())
+
+    def _eager_prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int,
+                       logits_to_keep: Tensor | int) -> Tensor:
         if self.native is not None:
             return self._native_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
-        return super().forward(input_ids, cache, attend_len, logits_to_keep)
+        return ModelStep.prefill(self, input_ids, cache, attend_len, logits_to_keep)
 
     def _guarded_step(self, *args) -> Tensor:
         """The step; if torch.compile fails to build it (no working Triton, an unsupported GPU or

@@ -69,6 +69,7 @@ __all__ = [
 WARMUP_TOKENS = 8
 STEP_WARMUP = 2
 STEP_REPEATS = 5
+STEP_INNER = 8  # captured steps timed per synchronisation
 
 
 @dataclass(kw_only=True)
@@ -221,13 +222,15 @@ def run_pass(decoder, ids: list[list[int]], on_batch: Callable[[PassRun], None] 
     return out
 
 
-def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, int] | None:
-    """(batch size, pooled cache size) of the compiled or captured rounds this batch runs; None
-    when rounds run eagerly (nothing to compile or capture)."""
+def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, ...] | None:
+    """(batch size, pooled cache size, prefill bucket) of the compiled or captured work this batch
+    runs; None when everything runs eagerly (nothing to compile or capture)."""
     runner = decoder.runner(decoder.target)
     if not runner.fixed_shapes:
         return None
-    return len(batch), runner.pool_len(_cache_len(decoder, max(map(len, batch))))
+    longest = max(map(len, batch))
+    bucket = runner.prefill_len(longest) if runner.graphs else 0
+    return len(batch), runner.pool_len(_cache_len(decoder, longest)), bucket
 
 
 def _cache_len(decoder, longest_prompt: int) -> int:
@@ -267,7 +270,7 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
     device = runner.device
     ctx = len(prompt)
     fixed = getattr(runner, "fixed_shapes", False)
-    max_len = max(ctx + STEP_WARMUP + repeats + 2, cache_len if fixed else 0)
+    max_len = max(ctx + STEP_INNER + 2, cache_len if fixed else 0)
     cache = runner.new_cache(batch_size, max_len)
     rows = int(loaded.model.get_output_embeddings().weight.shape[0])
     x = torch.tensor([prompt] * batch_size, dtype=torch.long, device=device).clamp_(max=rows - 1)
@@ -281,19 +284,24 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
         tok.copy_(nxt)
         cache.advance(one)
 
+    inner = 1
     if getattr(runner, "graphs", False):
+        # captured: a step inside a round costs its replay, back to back with the next one, so time
+        # several replays per synchronisation (the sync's own latency is not a step's cost)
         from ..accel.rounds import capture
 
         graph, _ = capture(step, [tok, cache.positions])
-        step = graph.replay
+        step, inner = graph.replay, STEP_INNER
     times = []
     for i in range(STEP_WARMUP + repeats):
+        cache.positions.fill_(ctx)
         sync(device)
         t0 = time.perf_counter()
-        step()
+        for _ in range(inner):
+            step()
         sync(device)
         if i >= STEP_WARMUP:
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0) / inner)
     return 1000.0 * metrics.median(times)
 
 

@@ -17,8 +17,10 @@ target token, so baseline and speculative timings share all overhead.
 
 How rounds run is the `Rounds` seam: `EagerRounds` here calls `run_round` directly (the
 reference); the accelerated tier captures it as one CUDA graph per shape. With fixed-shape
-rounds and the target alone, the loop launches round r+1 before reading round r (the input
-of r+1 is already on the device), so the host's bookkeeping overlaps the device's work.
+rounds (the target alone, or a drafter on the device), the loop launches round r+1 before
+reading round r — every input of r+1 is already on the device — so the host's reading and
+bookkeeping overlap the device's work instead of idling it. A row that ends in round r
+wastes round r+1's work for it, nothing else: its events are dropped.
 
 What it does not: tokenize, time, print, or load models. It yields `RoundEvent`s; callers
 (api.py, the CLI, bench) render or time them. Nothing here imports rich.
@@ -191,8 +193,9 @@ class SpeculativeEngine:
         self.stats: list[RowStats] = []
         # finished rows leave the batch (None: unless rounds have fixed shapes)
         self.compact_rows: bool | None = None
-        # fixed shapes, target alone: launch each round before reading the previous one
+        # fixed shapes, target alone or an on-device drafter: launch each round before reading the last
         self.lookahead = True
+        self.max_in_flight = 0  # most rounds launched and not yet read, in the last stream
         # one random stream for every batch of a call: batches must not repeat each other's draws
         self.generator = generator if generator is not None else self._new_generator()
 
@@ -263,8 +266,12 @@ class SpeculativeEngine:
 
         fixed = self.rounds.fixed_shapes
         compact = not fixed if self.compact_rows is None else self.compact_rows
-        lookahead = self.lookahead and not compact and self.drafter is None
-        feed_prev = False  # the draft prefilled the whole prompt: it has seen `prev`
+        # look-ahead: launch round r+1 before reading round r when its inputs are all on the device
+        # (fixed shapes; the target alone or an on-device drafter). The draft then always feeds
+        # [prev, last] first: whether it has seen `prev` is only known after reading round r, and
+        # rewriting a slot it holds is harmless.
+        lookahead = self.lookahead and not compact and (self.drafter is None or self.drafter.on_device)
+        feed_prev = lookahead and self.drafter is not None  # else: the draft prefilled the whole prompt
         pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
         rnd = 0
         gone: set[int] = set()  # rows whose finishing the batch has already absorbed
@@ -273,8 +280,9 @@ class SpeculativeEngine:
                 bufs, active, positions = self._retire(finished, gone, active, positions, cache, bufs, compact)
                 if all(row in finished for row in active):
                     return
-            # 2a-c. launch a round (two ahead when the target runs alone on fixed shapes)
-            while not pending or (lookahead and len(pending) < 2 and self._more(active, finished, generated, len(pending))):
+            # 2a-c. launch a round (two in flight with look-ahead)
+            while not pending or (lookahead and len(pending) < 2
+                                  and self._more(active, finished, generated, len(pending) * (self.max_k + 1))):
                 rnd += 1
                 k = self._k() if self.drafter is not None else 0
                 width = self.max_k if fixed else k
@@ -283,7 +291,7 @@ class SpeculativeEngine:
                     bufs.give(draft)
                     if not fixed:
                         k = width = draft.tokens.shape[1]  # uncaptured: verify only what was proposed
-                ahead = len(pending)
+                ahead = len(pending) * (self.max_k + 1)  # positions the rounds in flight may add
                 live = [pos + ahead for pos, row in zip(positions, active) if row not in finished]
                 attend_len = self._bucket(max(live) + max(width, k) + 1, max_len)
                 shape = RoundShape(k, width, feed_prev)
@@ -291,6 +299,7 @@ class SpeculativeEngine:
                     bufs.draw_noise(self.generator)
                 steps, result = self.rounds.launch(cache, bufs, shape, p.sampling, attend_len, self.target_rows)
                 pending.append((rnd, k, steps, result))
+                self.max_in_flight = max(self.max_in_flight, len(pending))
             # 2d. the round's single host synchronisation
             rnd_done, k_round, steps, result = pending.popleft()
             host = self.rounds.read(result)
@@ -299,8 +308,8 @@ class SpeculativeEngine:
             if self.drafter is not None:
                 self.drafter.observe(torch.tensor([h[0] for h in host]))
                 # the draft fed last, d_1 .. d_{steps-1}: it lacks the next `prev` iff a row kept all
-                feed_prev = steps > 0 and any(
-                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished)
+                feed_prev = lookahead or (steps > 0 and any(
+                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished))
 
             # 2e. per-row bookkeeping, stops, events
             for slot, row in enumerate(active):
@@ -355,16 +364,11 @@ class SpeculativeEngine:
 
     def _prefill(self, cache, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Prefill the target; its token after each row's last prompt token. [B]"""
-        bsz = input_ids.shape[0]
-        lengths_host = lengths.tolist()
-        keep = sorted(set(n - 1 for n in lengths_host))
-        keep_t = torch.tensor(keep, dtype=torch.long, device=self.device)
-        logits = self.runner.prefill(input_ids, cache, attend_len=input_ids.shape[1], logits_to_keep=keep_t)
-        col = torch.tensor([keep.index(n - 1) for n in lengths_host], device=self.device)
-        logits = logits[torch.arange(bsz, device=self.device), col]  # [B, V]
+        last = (lengths - 1)[:, None]  # [B, 1]
+        logits = self.runner.prefill(input_ids, cache, attend_len=input_ids.shape[1], logits_to_keep=last)[:, 0]
         cache.set_positions(lengths)
         if self.params.sampling.greedy:
-            return logits.argmax(dim=-1)
+            return logits.argmax(dim=-1)  # [B]
         return sample(logits_to_probs(logits, self.params.sampling), self.generator)
 
     def _host_state(self, bufs: RoundBuffers, cache, histories, active, k: int) -> DraftState:
@@ -373,8 +377,8 @@ class SpeculativeEngine:
                           histories=[histories[row] for row in active], generator=self.generator)
 
     def _more(self, active: list[int], finished: set[int], generated: list[int], ahead: int) -> bool:
-        """Whether a row may still need a round after those in flight (EOS is unknown until they
-        are read; max_new_tokens is not)."""
+        """Whether a row still needs a round even if the rounds in flight emit `ahead` tokens for it
+        (their most): launching ahead then wastes nothing unless EOS comes first."""
         return any(row not in finished and generated[row] + ahead < self.params.max_new_tokens for row in active)
 
     def _emit(self, block: list[int], generated: int, eos: set[int]) -> tuple[list[int], str | None]:

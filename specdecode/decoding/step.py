@@ -125,5 +125,9 @@ class ModelStep:
         return logits
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
-        """A variable-length forward over right-padded prompts (the same forward, never compiled)."""
+        """A variable-length forward over right-padded prompts. `logits_to_keep` may also be a
+        [B, n] tensor: n positions per row (each row's last prompt token)."""
+        if isinstance(logits_to_keep, Tensor) and logits_to_keep.dim() == 2:
+            logits = self.forward(input_ids, cache, attend_len, 0)  # [B, L, V]
+            return logits.gather(1, logits_to_keep[..., None].expand(-1, -1, logits.shape[-1]))
         return self.forward(input_ids, cache, attend_len, logits_to_keep)
