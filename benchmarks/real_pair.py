@@ -76,6 +76,31 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ run
+def random_like(like: Path, out: Path) -> None:
+    """Random-weight bf16 models with the pair's configs and tokenizer (step costs without the
+    checkpoints: acceptance is meaningless). `like` holds config.json + tokenizer files per model."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for name in (DRAFT, TARGET):
+        dest = out / name
+        cfg = AutoConfig.from_pretrained(like / name)
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, 0.02)
+        model.save_pretrained(dest)
+        for f in [*(like / DRAFT).iterdir(), *(like / name).iterdir()]:  # one tokenizer serves both
+            if f.name != "config.json" and not f.name.endswith(".safetensors"):
+                shutil.copy(f, dest / f.name)
+        print(f"{name}: random weights in {dest}", flush=True)
+
+
 DEVICE = "cuda"  # run --device cpu: tries the script itself on a CPU (measures nothing)
 NEW_TOKENS = 128
 
