@@ -38,6 +38,8 @@ from .models.loading import (
     resolve_dtype,
 )
 from .models.pairing import PairReport, check_pair
+from .models.placement import init_tensor_parallel, shared_seed
+from .models.placement import world as _world
 from .results import batches, collect_batch
 from .settings import Settings, SettingsError
 
@@ -102,7 +104,11 @@ class GenerationResult:
 def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, PairReport | None]:
     """Load the target, and the draft when the drafter needs one; check that they pair up."""
     check_models_named(settings)
-    device = resolve_device(settings.device)
+    if settings.tp > 1 or world_size() > 1:
+        # torchrun: join the process group; this rank's GPU (or the CPU, gloo)
+        device = init_tensor_parallel(settings.tp, settings.device)
+    else:
+        device = resolve_device(settings.device)
     apply_threads(settings.threads, device)
     dtype = resolve_dtype(settings.dtype, device)
     attention = resolve_attention(settings.attention, device)
@@ -126,7 +132,14 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
             raise ModelLoadError(f"cannot pair '{settings.draft}' with '{settings.target}': " + "; ".join(pre.reasons))
     kw = dict(device=device, dtype=dtype, attention=attention, quantized=settings.quantized,
               trust_remote_code=settings.trust_remote_code)
-    target = load_model(settings.target, tokenizer=t_tok, gguf_file=gguf, **kw)
+    # the target alone is split (tensor parallel or accelerate's device map); the draft is small
+    # and loads whole: on every rank, or on the device the device-mapped target takes inputs on
+    target = load_model(settings.target, tokenizer=t_tok, gguf_file=gguf, tp=settings.tp,
+                        device_map=settings.device_map, max_memory=settings.max_memory,
+                        offload_folder=settings.offload_folder, **kw)
+    kw["device"] = target.device
+    if settings.tp > 1 and not settings.greedy and settings.seed is None:
+        settings.seed = shared_seed(device)  # every rank must draw the same numbers
     if settings.drafter == "model":
         draft = load_model(settings.draft, tokenizer=d_tok, gguf_file=gguf, **kw)
         report = check_pair(t_tok, d_tok, target.vocab_rows, draft.vocab_rows)
@@ -135,6 +148,11 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
             f"--exit-layer {settings.exit_layer} must be below the target's {target.num_layers} layers"
         )
     return target, draft, report
+
+
+def world_size() -> int:
+    """Processes torchrun started (1 in a plain process)."""
+    return _world()[2]
 
 
 def check_models_named(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """What `specdecode inspect` computes: what a target/draft pair is, and what speculation can gain.
 
 For each model: architecture, parameters, layers, hidden size, dtype, memory footprint and
-KV-cache bytes per token, read from its config and tokenizer with the weights left on the
+KV-cache bytes per token, where the pair would be placed (one device, `--tp N` ranks, or
+accelerate's `--device-map`) with the weight bytes per device, read from its config and tokenizer with the weights left on the
 `meta` device (nothing is loaded or downloaded beyond config and tokenizer files; for a GGUF
 file, its header: architecture and quantization). Then the tokenizer verdict
 (models/pairing.py), the cost ratio c estimated from parameters (the weights a step reads) and
@@ -166,6 +167,19 @@ def _resolved_dtype(settings) -> str:
     return str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
 
 
+def _placement(settings, target: dict[str, Any], draft: dict[str, Any] | None, dtype: str) -> dict[str, Any]:
+    """Where the pair's weights would go (one device, tensor parallel, or accelerate's device map)
+    and the weight bytes per device (models/placement.py), from the target's meta model."""
+    from .models.loading import model_source
+    from .models.placement import placement
+
+    draft_bytes = int(draft["memory_bytes"]) if draft is not None else 0
+    meta = None
+    if settings.tp > 1 or settings.device_map is not None:
+        _, meta = _meta_model(model_source(settings.target, settings.gguf_file), settings.trust_remote_code)
+    return placement(settings, meta, draft_bytes, int(target["memory_bytes"]), dtype, DTYPE_BYTES.get(dtype, 4))
+
+
 def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     """The report `inspect --format json` prints (without --measure)."""
     from . import metrics
@@ -230,6 +244,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         }
     return {
         "settings": settings.to_public_dict(),
+        "placement": _placement(settings, target, draft, dtype),
         "drafter": settings.drafter,
         "drafter_note": DRAFTER_NOTES[settings.drafter],
         "target": target,

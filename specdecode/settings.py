@@ -34,6 +34,42 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Attention = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 OutputFormat = Literal["table", "json", "csv"]
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
+
+
+def parse_max_memory(v: Any) -> dict[str, str] | None:
+    """`0=20GiB,cpu=64GiB` (or a YAML mapping) -> {"0": "20GiB", "cpu": "64GiB"}: device names are a
+    GPU index, cpu or disk; sizes are accelerate's (a number and a unit, e.g. 500MB, 2GiB)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        if not v.strip():
+            raise ValueError("must not be empty")
+        pairs = []
+        for part in v.split(","):
+            if "=" not in part:
+                raise ValueError(f"expected DEVICE=SIZE pairs separated by commas, e.g. 0=20GiB,cpu=64GiB (got {part.strip()!r})")
+            key, size = part.split("=", 1)
+            pairs.append((key, size))
+    elif isinstance(v, dict):
+        pairs = list(v.items())
+    else:
+        raise ValueError("expected DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=64GiB")
+    out: dict[str, str] = {}
+    for key, size in pairs:
+        key = str(key).strip().lower().removeprefix("cuda:")
+        size = str(size).strip().replace(" ", "")
+        if not (key.isdigit() or key in ("cpu", "disk")):
+            raise ValueError(f"device {key!r}: expected a GPU index (0, 1, ...), cpu or disk")
+        if not _MEMORY_RE.match(size):
+            raise ValueError(f"size {size!r} for device {key}: expected a number and a unit, e.g. 20GiB or 500MB")
+        if key in out:
+            raise ValueError(f"device {key} is given twice")
+        out[key] = size
+    return out
+
+
 # The flat YAML format's names -> this model's names.
 _ALIASES = {"target_model": "target", "draft_model": "draft", "num_draft_tokens": "k"}
 
@@ -109,6 +145,13 @@ class Settings(BaseModel):
         "auto", description="CPU threads for torch; 'auto' = half the usable cores (at least 1), or "
                             "OMP_NUM_THREADS when it is set"
     )
+    tp: int = Field(1, ge=1, le=1024, description="tensor-parallel degree of the target: the N of torchrun "
+                                                  "--nproc-per-node N (1 = one process)")
+    device_map: str | None = Field(None, description="load the target through accelerate's device map: auto | "
+                                                     "balanced | balanced_low_0 | sequential (None = one device)")
+    max_memory: dict[str, str] | None = Field(None, description="with device_map: memory per device, e.g. "
+                                                                "'0=20GiB,cpu=64GiB' (cpu and disk offload allowed)")
+    offload_folder: str | None = Field(None, description="with device_map: where layers offloaded to disk go")
     dtype: DType = "auto"
     quantized: bool = False
     attention: Attention = "auto"
@@ -185,6 +228,25 @@ class Settings(BaseModel):
             raise ValueError("threads must be between 1 and 1024")
         return v
 
+    @field_validator("device_map", mode="before")
+    @classmethod
+    def _device_map(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str) or v.strip().lower() not in DEVICE_MAPS:
+            raise ValueError(f"device_map must be one of {', '.join(DEVICE_MAPS)}")
+        return v.strip().lower()
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory(cls, v: Any) -> Any:
+        return parse_max_memory(v)
+
+    @field_validator("offload_folder", mode="before")
+    @classmethod
+    def _offload_folder(cls, v: Any) -> Any:
+        return _not_blank(v)
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -199,6 +261,14 @@ class Settings(BaseModel):
             return self  # one file of several: another layer (or a flag) may supply the rest
         if self.drafter == "early-exit" and self.exit_layer is None:
             raise ValueError("the early-exit drafter needs an exit layer: --exit-layer N (exit_layer: N in a config)")
+        if self.tp > 1 and self.device_map is not None:
+            raise ValueError("--tp and --device-map are two ways to split the target: choose one")
+        if self.tp > 1 and self.quantized:
+            raise ValueError("--tp shards the target's weights; 4-bit (--quantized) weights cannot be sharded: choose one")
+        if self.tp > 1 and self.device in ("mps",):
+            raise ValueError("--tp runs on CUDA GPUs (NCCL) or the CPU (gloo), not on mps")
+        if (self.max_memory is not None or self.offload_folder is not None) and self.device_map is None:
+            raise ValueError("--max-memory and --offload-folder apply to --device-map: add --device-map auto")
         return self
 
     # ---- derived views -------------------------------------------------------------------

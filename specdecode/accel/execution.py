@@ -37,6 +37,17 @@ class Execution:
         return (self.graphs, self.fused, self.compile, self.kernels)
 
 
+def split_reason(model) -> str | None:
+    """Why rounds of a model split across devices are not captured (None: one device, plain)."""
+    from ..models.placement import is_sharded
+
+    if is_sharded(model):
+        return "a tensor-parallel target's rounds run eagerly (its collectives are not captured as CUDA graphs)"
+    if getattr(model, "hf_device_map", None) and len(set(map(str, model.hf_device_map.values()))) > 1:
+        return "a device-mapped target's rounds run eagerly (accelerate's hooks move weights and activations between devices)"
+    return None
+
+
 def resolve_execution(settings, model, device: torch.device) -> Execution:
     cuda = device.type == "cuda"
     reasons: list[str] = []
@@ -52,7 +63,12 @@ def resolve_execution(settings, model, device: torch.device) -> Execution:
     if settings.kernels and cuda and not fused:
         raise SettingsError(f"--kernels: the kernels run the fused layers, and {unsupported or '--no-fused was given'}")
     kernels = settings.kernels if cuda else False
-    graphs = cuda and (settings.cuda_graphs if settings.cuda_graphs is not None else True)
+    split = split_reason(model)
+    if split is not None and settings.cuda_graphs:
+        raise SettingsError(f"--cuda-graphs: {split}")
+    graphs = cuda and split is None and (settings.cuda_graphs if settings.cuda_graphs is not None else True)
+    if cuda and split is not None:
+        reasons.append(f"eager rounds: {split}")
     if not cuda:
         reasons.append(f"eager rounds: CUDA graphs and torch.compile need a CUDA device (this is {device.type})")
     return Execution(graphs=graphs, fused=fused, compile=compile, kernels=kernels, reasons=tuple(reasons))

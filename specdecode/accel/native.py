@@ -69,6 +69,11 @@ def _text_parts(model) -> tuple[nn.Module, object]:
 
 def native_support(model) -> str | None:
     """None when the fused path can run `model`; otherwise the reason it cannot (one line)."""
+    from ..models.placement import is_sharded
+
+    if is_sharded(model):
+        # the fused layers read whole weight matrices and know no collectives
+        return "the weights are sharded (tensor parallel, DTensor); the fused step needs whole weights on one device"
     name = type(model).__name__
     family = _FAMILIES.get(name)
     if family is None:

@@ -166,7 +166,19 @@ def _tidy_help(command) -> None:
         _tidy_help(sub)
 
 
+def _quiet_other_ranks() -> None:
+    """Under torchrun, only rank 0 prints: the other ranks run the same rounds silently (their
+    failures still end the run: torchrun reports a rank's non-zero exit)."""
+    # read here, not through models.placement: that package imports torch, and --help must stay instant
+    rank, size = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
+    if size.isdigit() and int(size) > 1 and rank.isdigit() and int(rank) > 0:
+        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
+        sys.stdout = devnull
+        sys.stderr = devnull
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_other_ranks()
     args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
     if "--debug" not in args:
         # the CLI draws its own progress; keep library chatter (weight-loading bars, warnings) off

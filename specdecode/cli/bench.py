@@ -28,6 +28,7 @@ from .options import (
     oom_advice,
     print_dry_run,
     print_load_notes,
+    rank_results_dir,
     resolve_settings,
     shared_options,
 )
@@ -144,6 +145,9 @@ def bench(
         from ..data import load_prompts
 
         samples_path, summary_path = results_paths(settings.summary_file_name, results_dir)
+        own_dir = rank_results_dir(settings, results_dir, [str(samples_path)] if resume else [])
+        if own_dir != results_dir:  # a rank other than 0 (torchrun): same rounds, private files
+            samples_path, summary_path = results_paths(samples_path.stem, own_dir)
         named_by = "--name" if name else "summary_file_name"
         check_output_paths({"--output": settings.output, named_by: samples_path}, {"--results-dir": results_dir})
 

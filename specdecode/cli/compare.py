@@ -30,6 +30,7 @@ from .options import (
     oom_advice,
     print_dry_run,
     print_load_notes,
+    rank_results_dir,
     resolve_settings,
     shared_options_except,
 )
@@ -58,6 +59,7 @@ def compare(
     """Compare speculative decoding settings: one row per combination of the swept values."""
 
     def body() -> None:
+        nonlocal plot
         given = {"k": k, "batch_size": batch_size, "drafter": drafter, "temperature": temperature}
         # each value is validated through Settings (errors name the flag: `--k: ...`), and the
         # validated value is what runs (`--k 3` -> 3, `--k auto` -> 'auto')
@@ -80,6 +82,10 @@ def compare(
         from ..bench.runner import results_paths
 
         _, summary_path = results_paths(results_name, results_dir, prefix="compare")
+        own_dir = rank_results_dir(base, results_dir)
+        if own_dir != results_dir:  # a rank other than 0 (torchrun): same rounds, private files
+            _, summary_path = results_paths(summary_path.stem, own_dir, prefix="compare")
+            plot = None
         check_output_paths({"--output": base.output, "--plot": plot, "--name": summary_path},
                            {"--results-dir": results_dir})
 

@@ -90,6 +90,7 @@ def render(report: dict[str, Any], console) -> None:
         verdict = Text("tokenizers: ")
         verdict.append("compatible" if report["compatible"] else "NOT compatible", "bold green" if report["compatible"] else "bold red")
         console.print(verdict)
+    _render_placement(report.get("placement"), console)
     for r in report["reasons"]:
         console.print(f"  reason: {r}")
     for w in report["warnings"]:
@@ -165,6 +166,24 @@ def render(report: dict[str, Any], console) -> None:
                 (repr(r["token"]) + f" ({r['kind']})") if r["token"] is not None else "",
             )
         console.print(trace)
+
+
+def _render_placement(place: dict[str, Any] | None, console) -> None:
+    """Where the weights go: one row per device (or rank) with the target's and draft's bytes."""
+    from rich.table import Table
+
+    if not place:
+        return
+    title = f"placement: {place['mode']}" + (f", {place['tp']} ranks" if place.get("tp", 1) > 1 else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("device")
+    table.add_column("target weights", justify="right")
+    table.add_column("draft weights", justify="right")
+    table.add_column("total", justify="right")
+    for row in place["per_device"]:
+        table.add_row(row["device"], _bytes(row["target_bytes"]), _bytes(row["draft_bytes"]), _bytes(row["total_bytes"]))
+    console.print(table)
+    console.print(f"  {place['note']}", style="dim")
 
 
 @data_options

@@ -34,6 +34,7 @@ __all__ = [
     "one_line",
     "print_load_notes",
     "print_dry_run",
+    "rank_results_dir",
     "resolve_settings",
     "shared_options",
     "shared_options_except",
@@ -63,6 +64,10 @@ class SharedOptions:
     batch_size: int | None
     device: str | None
     threads: str | None
+    tp: int | None
+    device_map: str | None
+    max_memory: str | None
+    offload_folder: str | None
     dtype: str | None
     quantized: bool | None
     attention: str | None
@@ -131,6 +136,10 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("batch_size", Optional[int], _opt("--batch-size", metavar="N", key="batch_size", help="prompts decoded together")),
     ("device", Optional[str], _opt("--device", metavar="NAME", key="device", help="auto | cpu | cuda | cuda:N")),
     ("threads", Optional[str], _opt("--threads", metavar="N|auto", key="threads", help="CPU threads for torch (auto: half the usable cores, or OMP_NUM_THREADS when set)")),
+    ("tp", Optional[int], _opt("--tp", metavar="N", key="tp", help="tensor-parallel degree of the target; run under `torchrun --nproc-per-node N`")),
+    ("device_map", Optional[str], _opt("--device-map", metavar="NAME", help="split the target with accelerate's device map: auto | balanced | balanced_low_0 | sequential")),
+    ("max_memory", Optional[str], _opt("--max-memory", metavar="DEV=SIZE,...", help="with --device-map: memory per device, e.g. 0=20GiB,cpu=64GiB")),
+    ("offload_folder", Optional[str], _opt("--offload-folder", metavar="PATH", help="with --device-map: folder for layers offloaded to disk")),
     ("dtype", Optional[str], _opt("--dtype", metavar="NAME", key="dtype", help="auto | float32 | bfloat16 | float16")),
     ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes; default off)")),
     ("attention", Optional[str], _opt("--attention", metavar="NAME", key="attention", help="auto | sdpa | eager")),
@@ -159,7 +168,8 @@ FLAG_NAMES = {
     "target": "--target", "draft": "--draft", "drafter": "--drafter", "exit_layer": "--exit-layer", "k": "--k",
     "max_k": "--max-k", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
-    "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",
+    "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "tp": "--tp", "device_map": "--device-map", "max_memory": "--max-memory",
+    "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",
     "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
     "output": "--output", "summary_file_name": "--name", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
     "dataset.prompt_field": "--prompt-field",
@@ -266,6 +276,27 @@ def check_output_paths(files: dict[str, Any], dirs: dict[str, Any] | None = None
     for option, path in files.items():
         if path is not None and (problem := check_writable_file(path, option)):
             raise SettingsError(problem)
+
+
+def rank_results_dir(settings: Settings, results_dir: str, keep: list[str] | None = None) -> str:
+    """Under torchrun, rank 0 writes the result files; every other rank runs the same rounds and
+    writes into a private temporary folder instead (with a copy of the files in `keep` it must read,
+    e.g. the samples file --resume continues), and no --output."""
+    import os
+
+    rank, size = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
+    if not (size.isdigit() and int(size) > 1 and rank.isdigit() and int(rank) > 0):
+        return results_dir
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    private = tempfile.mkdtemp(prefix=f"specdecode-rank{rank}-")
+    for path in keep or []:
+        if Path(path).is_file():
+            shutil.copy(path, Path(private) / Path(path).name)
+    settings.output = None
+    return private
 
 
 def oom_advice(batch_size: int | None) -> str:

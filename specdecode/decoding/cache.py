@@ -54,23 +54,29 @@ class KVCache:
         self._step_positions: Tensor | None = None  # [B, q]
         self._attend_len = max_len
 
-    def layer(self, i: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def layer(self, i: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype,
+              device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """Layer i's key and value buffers [B, heads, max_len, dim], allocated on first use (the
-        transformers modules and the fused layers both get their buffers here)."""
+        transformers modules and the fused layers both get their buffers here), on `device` (the
+        layer's own, for a model split across GPUs by a device map; default: the cache's)."""
         k = self.keys.get(i)
         if k is None:
-            k = self.keys[i] = torch.zeros(self.batch_size, heads, self.max_len, key_dim, dtype=dtype, device=self.device)
+            device = self.device if device is None else device
+            k = self.keys[i] = torch.zeros(self.batch_size, heads, self.max_len, key_dim, dtype=dtype, device=device)
             self.values[i] = torch.zeros(self.batch_size, heads, self.max_len, value_dim, dtype=dtype,
-                                         device=self.device)
+                                         device=device)
         return k, self.values[i]
 
     # ---- transformers' cache protocol ---------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         """Write this step's keys/values at each row's positions; return the visible buffers."""
+        # head counts from the states themselves: under tensor parallelism, this rank's heads
         k_buf, v_buf = self.layer(layer_idx, key_states.shape[1], key_states.shape[-1], value_states.shape[-1],
-                                  key_states.dtype)
+                                  key_states.dtype, key_states.device)
         pos = self._step_positions  # [B, q]
         assert pos is not None, "KVCache.prepare() must run before a forward"
+        if pos.device != k_buf.device:  # a layer on another GPU (device map): no host sync
+            pos = pos.to(k_buf.device, non_blocking=True)
         b, h, q, d = key_states.shape
         # scatter along the sequence axis: slot positions[b] + j <- token j of row b
         idx_k = pos[:, None, :, None].expand(b, h, q, d)

@@ -444,12 +444,25 @@ def load_model(
     trust_remote_code: bool = False,
     tokenizer=None,
     gguf_file: str | None = None,
+    tp: int = 1,
+    device_map: str | None = None,
+    max_memory: dict[str, str] | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM (and its tokenizer unless given) for inference on `device`."""
+    """Load a causal LM (and its tokenizer unless given) for inference on `device`.
+
+    `tp > 1`: sharded with transformers' tensor-parallel plan over the process group that
+    models/placement.py joined (this rank's shard on `device`). `device_map`: placed by
+    accelerate within `max_memory` (layers may go to the CPU, or to disk in `offload_folder`);
+    the returned `device` is where it takes its inputs."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = model_source(name, gguf_file)
     check_source(source)
+    if source.is_gguf and (tp > 1 or device_map is not None):
+        raise ModelLoadError(
+            f"'{source.label}' is a GGUF file: --tp and --device-map load transformers checkpoints (safetensors)"
+        )
     if source.is_gguf:
         return _load_gguf(source, device=device, dtype=dtype, attention=attention, quantized=quantized,
                           trust_remote_code=trust_remote_code, tokenizer=tokenizer)
@@ -482,6 +495,10 @@ def load_model(
             "instead (pass --trust-remote-code to run the model's own code, if you trust it)"
         )
     kwargs["attn_implementation"] = _auto_attention(config) if attention == "auto" else attention
+    if tp > 1:
+        kwargs.update(_tp_kwargs(name, config, tp, trust_remote_code))
+    elif device_map is not None:
+        kwargs.update(_device_map_kwargs(device_map, max_memory, offload_folder))
     try:
         try:
             with _quiet_transformers():
@@ -500,12 +517,64 @@ def load_model(
         raise translate_error(name, e) from e
     except Exception as e:  # noqa: BLE001
         raise translate_error(name, e) from e
-    if not quantized:
+    if device_map is not None and tp == 1:
+        from .placement import execution_device
+
+        where = getattr(model, "hf_device_map", None) or {"": str(device)}
+        device = execution_device(where)
+        if model.get_input_embeddings().weight.device.type == "meta":
+            raise ModelLoadError(
+                f"--max-memory leaves no room for the input embedding of '{name}' (all of it went to disk): "
+                "give cpu or a GPU at least the embedding's size"
+            )
+        places = sorted({str(d) for d in where.values()})
+        notes.append(f"'{name}' placed by accelerate's device map ({device_map}) on {', '.join(places)}: "
+                     "decode steps run on the transformers modules")
+    elif tp > 1:
+        notes.append(f"'{name}' sharded over {tp} ranks (tensor parallel): decode steps run on the transformers modules")
+    elif not quantized:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
     tok = tokenizer if tokenizer is not None else load_tokenizer(name, trust_remote_code)
     return LoadedModel(name=name, model=model, tokenizer=tok, device=device, dtype=dtype, notes=notes)
+
+
+def _tp_kwargs(name: str, config, tp: int, trust_remote_code: bool) -> dict[str, Any]:
+    """from_pretrained's arguments for transformers' tensor-parallel plan over `tp` ranks."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not (getattr(text, "base_model_tp_plan", None) or getattr(config, "base_model_tp_plan", None)):
+        raise ModelLoadError(
+            f"'{name}' ({config.model_type}) has no tensor-parallel plan in transformers: --tp cannot shard it "
+            "(use --device-map auto)"
+        )
+    heads = getattr(text, "num_attention_heads", None)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    for label, n in (("attention heads", heads), ("key/value heads", kv_heads)):
+        if isinstance(n, int) and n % tp:
+            raise ModelLoadError(f"--tp {tp}: '{name}' has {n} {label}, not divisible by {tp}")
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:  # older transformers: the tp_plan argument itself
+        return {"tp_plan": "auto", "tp_size": tp}
+    return {"distributed_config": DistributedConfig(tp_size=tp)}
+
+
+def _device_map_kwargs(device_map: str, max_memory: dict[str, str] | None,
+                       offload_folder: str | None) -> dict[str, Any]:
+    """from_pretrained's arguments for accelerate's device map."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ModelLoadError("--device-map needs accelerate: pip install accelerate") from None
+    from .placement import accelerate_max_memory
+
+    kwargs: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        kwargs["max_memory"] = accelerate_max_memory(max_memory)
+    if offload_folder is not None:
+        kwargs["offload_folder"] = offload_folder
+    return kwargs
 
 
 def _load_gguf(source: ModelSource, *, device: torch.device, dtype: torch.dtype, attention: str,
