@@ -113,7 +113,9 @@ def emit(report: dict, fmt: str, kind: str) -> None:
         console = Console(highlight=False)
         if not console.is_terminal:
             console = Console(highlight=False, width=max(console.width, 100))  # piped: do not truncate
-        (rep.render_bench if kind == "bench" else rep.render_compare)(report, console)
+        from .tables import render_bench, render_compare
+
+        (render_bench if kind == "bench" else render_compare)(report, console)
 
 
 @data_options

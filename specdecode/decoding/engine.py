@@ -30,21 +30,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..metrics import acceptance_rate, block_efficiency
 from .drafting import Drafter, DraftState
-from .round import RoundBuffers, RoundShape, run_round
-from .sampling import SamplingParams, logits_to_probs, sample
+from .events import RoundEvent, RowStats, TokenKind
+from .round import EagerRounds, RoundBuffers, RoundShape
+from .sampling import SamplingParams, logits_to_probs, make_generator, sample
 from .step import ModelStep
 
 __all__ = ["EagerRounds", "EngineParams", "RoundEvent", "RowStats", "SpeculativeEngine", "make_generator"]
-
-TokenKind = Literal["first", "recovered", "bonus", "target"]
 
 
 @dataclass(frozen=True)
@@ -58,124 +55,9 @@ class EngineParams:
     min_cache_len: int = 0  # size caches for at least this many slots (a whole data set's longest)
 
 
-@dataclass(frozen=True)
-class RoundEvent:
-    """What one round emitted for one row (round 0 is the prefill's first token)."""
-
-    row: int  # index of the prompt in the call
-    round: int
-    accepted: tuple[int, ...]  # draft tokens kept and emitted
-    rejected: tuple[int, ...]  # draft tokens proposed and discarded
-    token: int | None  # the target's own token (first / recovered / bonus / target); None if cut by a stop
-    kind: TokenKind
-    proposed: int  # draft tokens proposed this round
-    num_accepted: int  # verification's decision (may exceed len(accepted) when a stop cut the block)
-    finished: bool
-    finish_reason: Literal["eos", "length"] | None = None
-
-    @property
-    def tokens(self) -> tuple[int, ...]:
-        """The ids this round emitted, in order."""
-        return self.accepted + ((self.token,) if self.token is not None else ())
-
-
-@dataclass
-class RowStats:
-    new_tokens: int = 0
-    rounds: int = 0  # verification rounds (the prefill's first token is not a round)
-    draft_tokens: int = 0  # proposed
-    accepted_tokens: int = 0  # kept by verification
-    position_trials: list[int] = field(default_factory=list)  # per draft position j: rounds that proposed it
-    position_accepts: list[int] = field(default_factory=list)  # ... and accepted it
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
-
-    @property
-    def block_efficiency(self) -> float | None:
-        return block_efficiency(self.accepted_tokens, self.rounds)
-
-    def record(self, proposed: int, accepted: int) -> None:
-        self.rounds += 1
-        self.draft_tokens += proposed
-        self.accepted_tokens += accepted
-        while len(self.position_trials) < proposed:
-            self.position_trials.append(0)
-            self.position_accepts.append(0)
-        for j in range(proposed):
-            self.position_trials[j] += 1
-            if j < accepted:
-                self.position_accepts[j] += 1
-
-
-def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
-    """A generator on `device`, seeded when a seed is given, from OS entropy otherwise."""
-    g = torch.Generator(device=device)
-    if seed is not None:
-        g.manual_seed(seed)
-    else:
-        g.seed()
-    return g
-
-
-class EagerRounds:
-    """The reference `Rounds`: each round calls `run_round` directly; `read` is its one sync.
-
-    `fixed_shapes`: every round verifies max_k draft positions and finished rows stay in the
-    batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
-
-    captured = False
-
-    def __init__(self, target, fixed_shapes: bool = False) -> None:
-        self.target = target  # the target's Step
-        self.fixed_shapes = fixed_shapes
-        self.drafter: Drafter | None = None
-
-    def open(self, drafter: Drafter | None, batch: int, max_len: int, width: int, vocab: int,
-             sampling: SamplingParams):
-        """A batch's target cache and round buffers."""
-        self.drafter = drafter
-        device = self.target.device
-        return self.target.new_cache(batch, max_len), RoundBuffers.new(batch, width, vocab, sampling, device)
-
-    def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-                target_rows: int) -> None:
-        """Make the first round of this shape cost what later ones do: with fixed shapes, run it
-        once (compiled steps compile on first use) and put the round's state back."""
-        if not self.fixed_shapes:
-            return
-        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
-        if getattr(self.drafter, "cache", None) is not None:
-            state.append(self.drafter.cache.positions)
-        saved = [t.clone() for t in state]
-        self.launch(cache, bufs, shape, sampling, cache.max_len, target_rows)
-        for t, s in zip(state, saved):
-            t.copy_(s)
-
-    def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-               attend_len: int, target_rows: int) -> tuple[int, Tensor]:
-        """Run one round; (draft steps run, the result tensor to read)."""
-        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
-        steps = run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows)
-        width = max(shape.width, steps)
-        return steps, bufs.out[:, : 3 + width].clone()
-
-    def read(self, result: Tensor) -> list[list[int]]:
-        return result.tolist()  # the round's single host synchronisation
-
-
 class SpeculativeEngine:
-    def __init__(
-        self,
-        target,
-        drafter: Drafter | None,
-        params: EngineParams,
-        k_policy=None,
-        generator: torch.Generator | None = None,
-        runner=None,
-        rounds=None,
-    ) -> None:
+    def __init__(self, target, drafter: Drafter | None, params: EngineParams, k_policy=None,
+                 generator: torch.Generator | None = None, runner=None, rounds=None) -> None:
         """`target`: the LoadedModel; `runner`: its Step (a plain ModelStep when None); `rounds`:
         how rounds run (EagerRounds over the runner when None); `k_policy`: adaptive k, an object
         with .k, .max_k and .update(accepted, proposed)."""
@@ -197,13 +79,8 @@ class SpeculativeEngine:
         self.lookahead = True
         self.max_in_flight = 0  # most rounds launched and not yet read, in the last stream
         # one random stream for every batch of a call: batches must not repeat each other's draws
-        self.generator = generator if generator is not None else self._new_generator()
-
-    # ---- helpers ------------------------------------------------------------------------
-    def _new_generator(self) -> torch.Generator | None:
-        if self.params.sampling.greedy:
-            return None
-        return make_generator(self.device, self.params.seed)
+        self.generator = generator if generator is not None or params.sampling.greedy else \
+            make_generator(self.device, params.seed)
 
     @property
     def max_k(self) -> int:

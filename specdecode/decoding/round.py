@@ -20,7 +20,11 @@ Random numbers are drawn before the round into `RoundBuffers` (`draw_noise`): th
 races of the draft's samples and of the target's token, and the acceptance uniforms. A
 captured round then consumes no random state of its own, and a seed fixes the output.
 
-What it does not: choose k, read results, stop rows or emit events (engine.py does).
+`EagerRounds` is the reference way to run rounds (the engine's `Rounds` seam): `run_round`
+called directly, its counts read with one `.tolist()`. The accelerated tier (accel/rounds.py)
+implements the same four methods with captured graphs.
+
+What it does not: choose k, stop rows or emit events (engine.py does).
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .drafting import Draft, DraftState
+from .drafting import Draft, Drafter, DraftState
 from .sampling import SamplingParams, logits_to_probs
 from .verify import verify_greedy, verify_sampling
 
-__all__ = ["RoundBuffers", "RoundShape", "run_round"]
+__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +161,49 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     bufs.out[:, 2] = num_proposed.clamp(max=width)
     bufs.out[:, 3:3 + width] = tokens
     return steps
+
+
+class EagerRounds:
+    """The reference `Rounds`: each round calls `run_round` directly; `read` is its one sync.
+
+    `fixed_shapes`: every round verifies max_k draft positions and finished rows stay in the
+    batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
+
+    captured = False
+
+    def __init__(self, target, fixed_shapes: bool = False) -> None:
+        self.target = target  # the target's Step
+        self.fixed_shapes = fixed_shapes
+        self.drafter: Drafter | None = None
+
+    def open(self, drafter: Drafter | None, batch: int, max_len: int, width: int, vocab: int,
+             sampling: SamplingParams):
+        """A batch's target cache and round buffers."""
+        self.drafter = drafter
+        device = self.target.device
+        return self.target.new_cache(batch, max_len), RoundBuffers.new(batch, width, vocab, sampling, device)
+
+    def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+                target_rows: int) -> None:
+        """Make the first round of this shape cost what later ones do: with fixed shapes, run it
+        once (compiled steps compile on first use) and put the round's state back."""
+        if not self.fixed_shapes:
+            return
+        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
+        if getattr(self.drafter, "cache", None) is not None:
+            state.append(self.drafter.cache.positions)
+        saved = [t.clone() for t in state]
+        self.launch(cache, bufs, shape, sampling, cache.max_len, target_rows)
+        for t, s in zip(state, saved):
+            t.copy_(s)
+
+    def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+               attend_len: int, target_rows: int) -> tuple[int, Tensor]:
+        """Run one round; (draft steps run, the result tensor to read)."""
+        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
+        steps = run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows)
+        width = max(shape.width, steps)
+        return steps, bufs.out[:, : 3 + width].clone()
+
+    def read(self, result: Tensor) -> list[list[int]]:
+        return result.tolist()  # the round's single host synchronisation

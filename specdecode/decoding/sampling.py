@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingParams", "process_logits", "logits_to_probs", "sample"]
+__all__ = ["SamplingParams", "logits_to_probs", "make_generator", "process_logits", "sample"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,13 @@ def sample(probs: Tensor, generator: torch.Generator | None = None, race: Tensor
     scores = probs / race.clamp_min(torch.finfo(torch.float32).tiny)
     scores = scores.masked_fill(probs <= 0, -1.0)
     return scores.argmax(dim=-1)
+
+
+def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator on `device`, seeded when a seed is given, from OS entropy otherwise."""
+    g = torch.Generator(device=device)
+    if seed is not None:
+        g.manual_seed(seed)
+    else:
+        g.seed()
+    return g
