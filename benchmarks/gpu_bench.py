@@ -317,9 +317,9 @@ def bench_pair(name, tcfg, dcfg, bw, args, rec):
     # eager: transformers modules as they are; graphs: the same modules replayed as CUDA graphs;
     # compiled: the product's default on CUDA (fused layers, torch.compile, CUDA graphs)
     factories = {
-        "eager": lambda m: ModelRunner(m, native=False),
-        "graphs": lambda m: ModelRunner(m, graphs=True, native=False),
-        "fused-graphs": lambda m: ModelRunner(m, graphs=True, native=True),
+        "eager": lambda m: ModelRunner(m, fused=False),
+        "graphs": lambda m: ModelRunner(m, graphs=True, fused=False),
+        "fused-graphs": lambda m: ModelRunner(m, graphs=True, fused=True),
         "compiled": lambda m: ModelRunner(m, graphs=True, compile=True),
     }
     modes = [m for m in args.modes if m in factories]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
-from specdecode.accel import native  # noqa: E402
+from specdecode.accel import fused  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
@@ -82,23 +82,21 @@ def main():
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
-    native.ATTENTION = args.attention
-    if args.no_tuning:
-        native.INDUCTOR_OPTIONS = {}
+    options = {} if args.no_tuning else dict(fused.DEFAULT_INDUCTOR_OPTIONS)
     for item in args.inductor:
         key, _, value = item.partition("=")
-        native.INDUCTOR_OPTIONS = {**native.INDUCTOR_OPTIONS,
-                                   key: {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)}
+        options[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
     tcfg, dcfg = gpu_bench.gemma_configs() if args.pair == "gemma" else gpu_bench.llama_configs()
     target = gpu_bench.build(tcfg, "target", oracle_target=True)
     draft = gpu_bench.build(dcfg, "draft")
     bw = gpu_bench.copy_bandwidth()
-    print(f"{args.pair}: attention={args.attention} inductor options {native.INDUCTOR_OPTIONS}; floors "
+    print(f"{args.pair}: attention={args.attention} inductor options {options}; floors "
           f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         print(f"\n==== Triton decode kernels {'on' if kern else 'off'}")
-        tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern)
-        dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern)
+        opts = dict(attention=args.attention, inductor_options=options)
+        tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
+        dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
         print(f"target: {tr.describe()}")
         for b in args.batches:
             t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)

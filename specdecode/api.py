@@ -240,11 +240,11 @@ class SpeculativeDecoder:
         ex = self.execution(loaded)
         key = (id(loaded.model), ex.key())
         if key not in self._runners:
-            runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, native=ex.fused,
+            runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
                                  kernels=ex.kernels)
-            if self.settings.kernels and loaded.device.type == "cuda" and runner.native is not None \
-                    and not runner.native.kernels:
-                raise SettingsError(f"--kernels: {runner.native.kernels_unsupported}")
+            if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
+                    and not runner.fused.kernels:
+                raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
             self._runners[key] = runner
         return self._runners[key]
 

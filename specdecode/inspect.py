@@ -331,12 +331,12 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
 
 def _decode_step(model, quantized: bool) -> str:
     """How generation will run this model's decode steps: 'fused' or 'transformers: <why>'."""
-    from .accel.native import native_support
+    from .accel.fused import fused_support
 
     if quantized:
         return "transformers: 4-bit weights are not plain nn.Linear layers"
     try:
-        reason = native_support(model)
+        reason = fused_support(model)
     except Exception as e:  # noqa: BLE001 - a description, never a failure of inspect
         reason = f"could not be checked ({type(e).__name__})"
     return "fused" if reason is None else f"transformers: {reason}"

@@ -97,9 +97,9 @@ def test_compiled_and_eager_paths_give_the_same_tokens(request, family):
     fast = dec(pair, **common)
     slow = dec(pair, compile=False, cuda_graphs=False, fused=False, **common)
     runner = fast.runner(fast.target)
-    assert runner.native is not None and runner.compiled and runner.graphs
-    assert runner.native.kernels, runner.describe()  # steps of <= 16 rows run the Triton kernels
-    assert not slow.runner(slow.target).graphs and slow.runner(slow.target).native is None
+    assert runner.fused is not None and runner.compiled and runner.graphs
+    assert runner.fused.kernels, runner.describe()  # steps of <= 16 rows run the Triton kernels
+    assert not slow.runner(slow.target).graphs and slow.runner(slow.target).fused is None
     assert [r.token_ids for r in fast.generate(prompts)] == [r.token_ids for r in slow.generate(prompts)]
     assert [r.token_ids for r in fast.with_settings(drafter="none").generate(prompts)] == oracle_greedy(
         pair.target, prompts, 48)

@@ -189,26 +189,26 @@ def test_splits_follow_the_batch():
 
 
 # ---- the model step ------------------------------------------------------------------------
-from test_native import _model, _run  # noqa: E402  (tiny models and the ragged step sequence)
+from test_fused import _model, _run  # noqa: E402  (tiny models and the ragged step sequence)
 
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
 @pytest.fixture
-def multi_row(monkeypatch):
+def multi_row():
     """Route steps of up to 16 rows through the kernels (the product routes single-row steps,
     where they are fastest on the H200; the kernels themselves take up to 16 rows)."""
-    monkeypatch.setattr(kernels, "MAX_ROWS", 16)
+    return 16
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
 def test_kernel_step_matches_transformers_fp32(arch, multi_row):
     model = _model(arch).to(DEV)
-    reference = _run(ModelRunner(model, native=False))
-    runner = ModelRunner(model, native=True, kernels=True)
-    assert runner.native.kernels and "Triton decode kernels" in runner.describe()
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True, max_kernel_rows=multi_row)
+    assert runner.fused.kernels and "Triton decode kernels" in runner.describe()
     got = _run(runner)
-    assert runner.native._kernel_shapes  # the steps (3 rows x 1-4 tokens) ran on the kernels
+    assert runner.fused._kernel_shapes  # the steps (3 rows x 1-4 tokens) ran on the kernels
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
@@ -218,12 +218,12 @@ def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
     """Steps of more than MAX_ROWS rows keep the layers' matrix products and run the attention
     kernel (the product's routing: MAX_ROWS = 2, so every step of _run, 3 rows, goes here)."""
     model = _model(arch).to(DEV)
-    reference = _run(ModelRunner(model, native=False))
-    runner = ModelRunner(model, native=True, kernels=True)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True)
     calls = []
-    monkeypatch.setattr(runner.native, "_kernel_forward", lambda *a: calls.append("whole") or 1 / 0)
-    hybrid = runner.native._hybrid_forward
-    monkeypatch.setattr(runner.native, "_hybrid_forward", lambda *a: calls.append("hybrid") or hybrid(*a))
+    monkeypatch.setattr(runner.fused, "_kernel_forward", lambda *a: calls.append("whole") or 1 / 0)
+    hybrid = runner.fused._hybrid_forward
+    monkeypatch.setattr(runner.fused, "_hybrid_forward", lambda *a: calls.append("hybrid") or hybrid(*a))
     got = _run(runner)
     assert calls == ["hybrid"] * 4  # the four steps of 3 rows x 1-4 tokens
     for a, b in zip(reference, got):
@@ -232,8 +232,8 @@ def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
 
 def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_row):
     model = _model("gemma3").to(DEV)
-    reference = _run(ModelRunner(model, native=False))
-    runner = ModelRunner(model, native=True, kernels=True)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True, max_kernel_rows=multi_row)
 
     def broken(*a, **k):
         raise RuntimeError("PTX JIT compilation failed\nmore detail")
@@ -241,7 +241,7 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_r
     monkeypatch.setattr(kernels, "decode_attention", broken)
     with caplog.at_level("WARNING", logger="specdecode"):
         got = _run(runner)
-    assert not runner.native.kernels
+    assert not runner.fused.kernels
     assert "PTX JIT compilation failed" in runner.describe()
     assert sum("Triton decode kernels could not run" in r.message for r in caplog.records) == 1
     for a, b in zip(reference, got):
@@ -257,17 +257,16 @@ def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
     from specdecode.api import SpeculativeDecoder
     from specdecode.settings import Settings
 
-    if batch == 1:
-        kernels.MAX_ROWS = 2  # the product's routing
+    rows = kernels.MAX_ROWS if batch == 1 else multi_row  # batch 1: the product's routing
     prompts = [PROMPTS[0], PROMPTS[7]]
     s = Settings(target=str(gemma3_pair.target), draft=str(gemma3_pair.draft), device=DEV, dtype="float32",
                  chat=False, k=3, batch_size=batch, max_new_tokens=12)
     dec = SpeculativeDecoder.from_settings(s)
     for loaded in (dec.target, dec.draft):
-        runner = ModelRunner(loaded.model, graphs=DEV == "cuda", native=True, kernels=True)
+        runner = ModelRunner(loaded.model, graphs=DEV == "cuda", fused=True, kernels=True, max_kernel_rows=rows)
         dec.set_runner(loaded, runner)
     got = [r.token_ids for r in dec.generate(prompts)]
-    assert dec.runner(dec.draft).native._kernel_shapes
+    assert dec.runner(dec.draft).fused._kernel_shapes
     assert got == oracle_greedy(gemma3_pair.target, prompts, 12)
 
 
@@ -275,19 +274,19 @@ def test_a_compile_failure_in_a_kernel_step_is_reported_as_one(caplog):
     """The multi-row kernel step calls compiled parts: when torch.compile fails there, the runner
     falls back as for any compile failure (one compile warning, no blame on the kernels)."""
     model = _model("gemma3").to(DEV)
-    reference = _run(ModelRunner(model, native=False))
+    reference = _run(ModelRunner(model, fused=False))
 
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no C compiler here")
 
     torch._dynamo.reset()
-    runner = ModelRunner(model, native=True, kernels=True, compile=True, compile_backend=broken_backend)
+    runner = ModelRunner(model, fused=True, kernels=True, compile=True, compile_backend=broken_backend)
     with caplog.at_level("WARNING", logger="specdecode"):
         got = _run(runner)
     messages = [r.message for r in caplog.records]
     assert sum("torch.compile could not build" in m for m in messages) == 1
     assert not any("Triton decode kernels could not run" in m for m in messages)
-    assert not runner.compiled and runner.native.kernel_error is None
+    assert not runner.compiled and runner.fused.kernel_error is None
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
@@ -319,8 +318,8 @@ def test_kernels_default_to_captured_steps_only(monkeypatch):
     monkeypatch.setattr(kernels, "usable_on", lambda device: True)
     model = _model("llama")
     runner = ModelRunner(model, graphs=False, compile=True, compile_backend="aot_eager")
-    assert runner.native is not None and not runner.native.kernels
-    assert ModelRunner(model, graphs=False, native=True, kernels=True).native.kernels  # asked for: used
+    assert runner.fused is not None and not runner.fused.kernels
+    assert ModelRunner(model, graphs=False, fused=True, kernels=True).fused.kernels  # asked for: used
 
 
 # ---- --kernels / --no-kernels ----------------------------------------------------------------
@@ -342,14 +341,14 @@ def _as_cuda(loaded):
 def test_kernels_flag_on_cpu_is_a_note(llama_pair):
     dec = _decoder(llama_pair.target, kernels=True)
     assert any("--kernels apply to CUDA devices" in n for n in dec.notes)
-    assert not dec.runner(dec.target).native.kernels
+    assert not dec.runner(dec.target).fused.kernels
 
 
 def test_kernels_flag_reaches_the_runner(llama_pair):
     on = _decoder(llama_pair.target, kernels=True, cuda_graphs=False)
-    assert on.runner(_as_cuda(on.target)).native.kernels  # asked for: used even uncaptured
+    assert on.runner(_as_cuda(on.target)).fused.kernels  # asked for: used even uncaptured
     off = on.with_settings(kernels=False, compile=True)
-    assert not off.runner(_as_cuda(off.target)).native.kernels
+    assert not off.runner(_as_cuda(off.target)).fused.kernels
 
 
 def test_kernels_flag_on_a_model_they_cannot_run_is_a_settings_error(tmp_path, tokenizer_dir, llama_pair):

@@ -168,12 +168,12 @@ def test_native_support_refuses_sharded_weights():
     from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from specdecode.accel.native import native_support
+    from specdecode.accel.fused import fused_support
 
     cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2)
     model = LlamaForCausalLM(cfg)
-    assert native_support(model) is None
+    assert fused_support(model) is None
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     store_owned = not dist.is_initialized()
@@ -183,7 +183,7 @@ def test_native_support_refuses_sharded_weights():
         mesh = DeviceMesh("cpu", [0])
         q = model.model.layers[0].self_attn.q_proj
         q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach(), mesh, [Shard(0)]), requires_grad=False)
-        reason = native_support(model)
+        reason = fused_support(model)
         assert reason is not None and "sharded" in reason and "\n" not in reason
     finally:
         if store_owned:

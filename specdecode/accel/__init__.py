@@ -1,7 +1,7 @@
 """The accelerated tier: what makes the reference engine fast on a GPU, behind one seam.
 
 * `runner.ModelRunner`: the Step seam (new_cache / prefill / forward) with fused layers
-  (native.py), torch.compile and the Triton decode kernels (kernels.py); fixed shapes and
+  (fused.py), torch.compile and the Triton decode kernels (kernels.py); fixed shapes and
   pooled cache sizes so compiled and captured code is reused;
 * `rounds.CapturedRounds`: a whole round (draft steps, verify, acceptance, cache commits)
   captured once per shape as one CUDA graph, launched once per round, with one host

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..settings import SettingsError
-from .native import native_support
+from .fused import fused_support
 
 __all__ = ["Execution", "resolve_execution"]
 
@@ -51,7 +51,7 @@ def split_reason(model) -> str | None:
 def resolve_execution(settings, model, device: torch.device) -> Execution:
     cuda = device.type == "cuda"
     reasons: list[str] = []
-    unsupported = native_support(model)
+    unsupported = fused_support(model)
     if settings.fused and unsupported is not None:
         raise SettingsError(f"--fused: {unsupported}")
     fused = unsupported is None and settings.fused is not False

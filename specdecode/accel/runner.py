@@ -3,7 +3,7 @@
 `ModelRunner` implements the reference tier's Step seam (decoding/step.py: `new_cache`,
 `prefill`, `forward`) and adds:
 
-* the fused decode layers of native.py (Llama, Mistral, Qwen2, Qwen3, Gemma 3), each layer
+* the fused decode layers of fused.py (Llama, Mistral, Qwen2, Qwen3, Gemma 3), each layer
   compiled with torch.compile when `compile=True`; other architectures get torch.compile
   over the transformers forward instead;
 * the Triton decode kernels (kernels.py) inside those layers, by default for captured steps
@@ -30,7 +30,7 @@ from torch import Tensor
 from ..decoding.cache import KVCache
 from ..decoding.step import ModelStep, UnsupportedModelError
 from . import kernels as _kernels
-from .native import KernelFailure, NativeModel, NativeUnsupported
+from .fused import KernelFailure, FusedModel, FusedUnsupported
 
 __all__ = ["ModelRunner", "pool_len"]
 
@@ -49,30 +49,33 @@ class ModelRunner(ModelStep):
     """A model's decode step with the accelerations `Execution` chose for it.
 
     `graphs`: its steps will run inside captured rounds (CUDA only): caches are pooled and the
-    Triton kernels are on by default. `compile`: torch.compile the decode step. `native`: use
+    Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
-    for captured steps where they can run)."""
+    for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`:
+    see FusedModel (profiling and tests; the defaults are the measured choices)."""
 
-    def __init__(self, model, graphs: bool = False, compile: bool = False, native: bool | None = None,
-                 compile_backend: str = "inductor", kernels: bool | None = None) -> None:
+    def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
+                 compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
+                 max_kernel_rows: int | None = None, inductor_options: dict | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
         self.compile_error: str | None = None  # set when compiling failed and the runner fell back
-        self.native: NativeModel | None = None
-        self.native_unsupported: str | None = None  # why the fused path is not used, when asked for
+        self.fused: FusedModel | None = None
+        self.fused_unsupported: str | None = None  # why the fused path is not used, when asked for
         if kernels is None and not self.graphs:
             kernels = False  # uncaptured, each Triton launch pays Python's launch cost
-        if native or (native is None and compile):
-            try:  # NativeModel checks native_support itself
-                self.native = NativeModel(model, self.layout.kinds, compile=compile,
-                                          compile_backend=compile_backend, kernels=kernels)
-            except NativeUnsupported as e:
-                self.native_unsupported = str(e)
-                if native:
-                    raise UnsupportedModelError(self.native_unsupported) from None
-        self._step = self._transformers_step if self.native is None else self._native_step
-        if compile and self.native is None:
+        if fused or (fused is None and compile):
+            try:  # FusedModel checks fused_support itself
+                self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
+                                        kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
+                                        inductor_options=inductor_options)
+            except FusedUnsupported as e:
+                self.fused_unsupported = str(e)
+                if fused:
+                    raise UnsupportedModelError(self.fused_unsupported) from None
+        self._step = self._transformers_step if self.fused is None else self._fused_step
+        if compile and self.fused is None:
             # inductor fuses the step's elementwise work; CUDA graphs are captured around rounds
             self._step = torch.compile(self._transformers_step, dynamic=False, backend=compile_backend)
         self._caches: dict[tuple[int, int], KVCache] = {}
@@ -86,11 +89,12 @@ class ModelRunner(ModelStep):
 
     def describe(self) -> str:
         """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
-        parts = ["fused layers" if self.native is not None else "transformers modules"]
-        if self.native is not None and self.native.kernels:
-            parts.append(f"Triton decode kernels (whole steps of <= {_kernels.MAX_ROWS} rows, attention in larger ones)")
-        elif self.native is not None and self.native.kernel_error:
-            parts.append(f"no Triton kernels ({self.native.kernel_error})")
+        parts = ["fused layers" if self.fused is not None else "transformers modules"]
+        if self.fused is not None and self.fused.kernels:
+            parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
+                         "attention in larger ones)")
+        elif self.fused is not None and self.fused.kernel_error:
+            parts.append(f"no Triton kernels ({self.fused.kernel_error})")
         if self.compiled:
             parts.append("compiled")
         elif self.compile_error:
@@ -158,8 +162,8 @@ class ModelRunner(ModelStep):
 
     def _eager_prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                        logits_to_keep: Tensor | int) -> Tensor:
-        if self.native is not None:
-            return self._native_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
+        if self.fused is not None:
+            return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
         return ModelStep.prefill(self, input_ids, cache, attend_len, logits_to_keep)
 
     def _guarded_step(self, *args) -> Tensor:
@@ -168,9 +172,9 @@ class ModelRunner(ModelStep):
         try:
             return self._step(*args)
         except KernelFailure as e:
-            self.native.disable_kernels(e.__cause__ or e)
+            self.fused.disable_kernels(e.__cause__ or e)
             log.warning("the Triton decode kernels could not run here (%s); using the compiled layers "
-                        "instead", self.native.kernel_error)
+                        "instead", self.fused.kernel_error)
             return self._guarded_step(*args)  # now without kernels (and torch.compile still guarded)
         except torch._dynamo.exc.TorchDynamoException as e:
             if not self.compiled:
@@ -181,9 +185,9 @@ class ModelRunner(ModelStep):
     def uncompile(self, error: BaseException | None = None) -> None:
         """Run decode steps uncompiled from now on."""
         self.compiled = False
-        if self.native is not None:
-            self.native.uncompile()
-            self._step = self._native_step
+        if self.fused is not None:
+            self.fused.uncompile()
+            self._step = self._fused_step
         else:
             self._step = self._transformers_step
         if error is not None:
@@ -198,11 +202,11 @@ class ModelRunner(ModelStep):
                            logits_to_keep: Tensor | int = 0) -> Tensor:
         return ModelStep.forward(self, input_ids, cache, attend_len, logits_to_keep)
 
-    def _native_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
+    def _fused_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                      logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
         position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
-        if not eager and self.native.kernels:
+        if not eager and self.fused.kernels:
             masks = {}  # the kernels mask from the positions themselves
         else:
             masks = self.masks(position_ids, attend_len, boolean=True)
-        return self.native.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)
+        return self.fused.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)

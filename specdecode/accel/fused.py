@@ -20,7 +20,7 @@ functionally, from the same weights:
 Supported: Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (text, and the text decoder of the
 multimodal 4B+ checkpoints, which run text-only prompts here) — plain floating-point
 `nn.Linear` weights, no attention soft-capping, rotary embedding over the whole head.
-`native_support(model)` says why a model is not supported; the runner then keeps using the
+`fused_support(model)` says why a model is not supported; the runner then keeps using the
 transformers modules. Exactness against transformers' forward is tested in fp32.
 """
 
@@ -36,10 +36,10 @@ from torch import Tensor, nn
 
 from . import kernels as _kernels
 
-__all__ = ["KernelFailure", "NativeModel", "NativeUnsupported", "native_support"]
+__all__ = ["KernelFailure", "FusedModel", "FusedUnsupported", "fused_support"]
 
 
-class NativeUnsupported(ValueError):
+class FusedUnsupported(ValueError):
     """The fused step cannot run this model; the message says why."""
 
 
@@ -67,7 +67,7 @@ def _text_parts(model) -> tuple[nn.Module, object]:
     return base, config
 
 
-def native_support(model) -> str | None:
+def fused_support(model) -> str | None:
     """None when the fused path can run `model`; otherwise the reason it cannot (one line)."""
     from ..models.placement import is_sharded
 
@@ -172,16 +172,14 @@ def _attend(qf: Tensor, k_buf: Tensor, v_buf: Tensor, mask: Tensor, scaling: flo
     return torch.matmul(scores.softmax(dim=-1).to(v_buf.dtype), v_buf)
 
 
-# Attention for decode-sized steps, by device type. On the H200 "matmul" measured faster (Gemma 3
-# 4B step 3.18 ms against 4.08 ms with sdpa, whose masked kernel ran 29 us per layer over a few
-# query rows: benchmarks/results/2026-11-28-h200-profile.txt); on CPU sdpa is faster (demo
-# target step 10.4 against 11.4 ms). Set to "sdpa" or "matmul" to force one (profiling).
-ATTENTION: str | None = None
+# Attention for decode-sized steps, by device type: on CUDA two matmuls around a masked softmax
+# (sdpa's masked kernel spreads a few query rows badly over the GPU), on CPU sdpa. The
+# measurements behind this rule: benchmarks/results/2026-12-02-rules.md.
+DEFAULT_ATTENTION = {"cuda": "matmul"}  # device type -> "matmul" | "sdpa"; others: sdpa
 
 # inductor options for the compiled layers: coordinate-descent tuning turns the [B, 1] matrix-vector
-# products into tuned Triton reductions fused with the norms around them (the 270M draft step
-# 0.83 -> 0.76 ms on the H200), at some extra compile time.
-INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
+# products into tuned Triton reductions fused with the norms around them, at some extra compile time.
+DEFAULT_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
 
 def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Callable:
@@ -313,18 +311,21 @@ def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return fused_w, fused_b
 
 
-class NativeModel:
+class FusedModel:
     """The fused decode step of one model. `forward(input_ids, cache, masks, logits_to_keep)`."""
 
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
-                 kernels: bool | None = None) -> None:
+                 kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
+                 inductor_options: dict | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
-        keys of the masks `forward` receives. kernels: run steps of at most kernels.MAX_ROWS
-        rows through the Triton kernels of kernels.py (None: when compiling on a device they
-        run on; they are part of the compiled path)."""
-        reason = native_support(model)
+        keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
+        rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
+        compiling on a device they run on; they are part of the compiled path). attention:
+        "matmul" or "sdpa" for compiled steps (None: DEFAULT_ATTENTION for the device);
+        inductor_options: for torch.compile (None: DEFAULT_INDUCTOR_OPTIONS)."""
+        reason = fused_support(model)
         if reason is not None:
-            raise NativeUnsupported(reason)
+            raise FusedUnsupported(reason)
         base, config = _text_parts(model)
         self.family = _FAMILIES[type(model).__name__]
         gemma = self.family == "gemma3"
@@ -340,7 +341,7 @@ class NativeModel:
         )
         self.kinds = tuple(kinds)
         if len(self.kinds) != len(base.layers):
-            raise NativeUnsupported(f"{len(self.kinds)} layer kinds for {len(base.layers)} layers")
+            raise FusedUnsupported(f"{len(self.kinds)} layer kinds for {len(base.layers)} layers")
         self.rotary = base.rotary_emb
         self._rotary_per_kind = "layer_type" in inspect.signature(self.rotary.forward).parameters
         self.embed = base.embed_tokens
@@ -386,7 +387,8 @@ class NativeModel:
         self.kernels = bool(kernels)
         self.kernel_error: str | None = None
         self._kernel_shapes: set[tuple] = set()
-        how = ATTENTION or ("matmul" if self.device.type == "cuda" else "sdpa")
+        self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
+        how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
         post = _make_post(self.shape, act)
@@ -399,7 +401,7 @@ class NativeModel:
             _raise_recompile_limit()
             opts = dict(dynamic=False, fullgraph=True, backend=compile_backend)
             if compile_backend == "inductor":
-                opts["options"] = dict(INDUCTOR_OPTIONS)
+                opts["options"] = dict(DEFAULT_INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
             layer_fn = torch.compile(layer_fn, **opts)
             first_norm = torch.compile(first_norm, **opts)
             head = torch.compile(head, **opts)
@@ -480,7 +482,7 @@ class NativeModel:
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
         if not eager and self.kernels:  # single-row steps wholly on the kernels, larger ones their attention
-            step = self._kernel_forward if B * q <= _kernels.MAX_ROWS else self._hybrid_forward
+            step = self._kernel_forward if B * q <= self.max_kernel_rows else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
                 return step(input_ids, cache, position_ids, logits_to_keep)

@@ -1,4 +1,4 @@
-"""The fused decode path (specdecode/accel/native.py) computes what the transformers modules compute.
+"""The fused decode path (specdecode/accel/fused.py) computes what the transformers modules compute.
 
 * logits of the fused step equal the transformers forward over the same cache, for Llama
   (llama3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms)
@@ -22,10 +22,9 @@ import torch
 
 from fixtures import PROMPTS, oracle_greedy
 from helpers import record_step_widths
-from specdecode.accel import native
 from specdecode.accel.runner import ModelRunner
 from specdecode.decoding.step import UnsupportedModelError
-from specdecode.accel.native import native_support
+from specdecode.accel.fused import fused_support
 
 V = 120
 COMMON = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
@@ -96,10 +95,10 @@ def _run(runner: ModelRunner, fused_prefill: bool = True):
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma3"])
 def test_fused_step_matches_transformers_fp32(arch):
     model = _model(arch)
-    assert native_support(model) is None
-    reference = _run(ModelRunner(model, native=False))
-    fused = ModelRunner(model, native=True)
-    assert fused.native is not None
+    assert fused_support(model) is None
+    reference = _run(ModelRunner(model, fused=False))
+    fused = ModelRunner(model, fused=True)
+    assert fused.fused is not None
     got = _run(fused)
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
@@ -108,19 +107,18 @@ def test_fused_step_matches_transformers_fp32(arch):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_fused_step_matches_transformers_bf16(arch):
     model = _model(arch, torch.bfloat16)
-    reference = _run(ModelRunner(model, native=False))
-    got = _run(ModelRunner(model, native=True))
+    reference = _run(ModelRunner(model, fused=False))
+    got = _run(ModelRunner(model, fused=True))
     for a, b in zip(reference, got):
         scale = a.abs().max().item()
         assert (a - b).abs().max().item() <= 0.02 * scale  # a few bf16 ulps of the largest logit
 
 
 @pytest.mark.parametrize("how", ["sdpa", "matmul"])
-def test_both_attention_forms_agree(monkeypatch, how):
+def test_both_attention_forms_agree(how):
     model = _model("gemma3")
-    reference = _run(ModelRunner(model, native=False))
-    monkeypatch.setattr(native, "ATTENTION", how)
-    got = _run(ModelRunner(model, native=True))
+    reference = _run(ModelRunner(model, fused=False))
+    got = _run(ModelRunner(model, fused=True, attention=how))
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
@@ -130,8 +128,8 @@ def test_fusion_adds_no_weight_memory_and_keeps_the_modules_working():
     x = torch.randint(4, V, (2, 9))
     before = model(x).logits
     n_before = sum(p.numel() for p in model.parameters())
-    ModelRunner(model, native=True)
-    ModelRunner(model, native=True)  # a second runner reuses the first fusion
+    ModelRunner(model, fused=True)
+    ModelRunner(model, fused=True)  # a second runner reuses the first fusion
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     fused_w = attn.q_proj._specdecode_fused[0]
     assert attn.q_proj.weight.data_ptr() == fused_w.data_ptr()
@@ -151,22 +149,22 @@ def test_compiled_layers_trace_as_one_graph_and_match(arch):
     """fullgraph=True fails on any graph break; aot_eager runs dynamo and AOTAutograd without a C compiler."""
     torch._dynamo.reset()
     model = _model(arch)
-    reference = _run(ModelRunner(model, native=False))
+    reference = _run(ModelRunner(model, fused=False))
     runner = ModelRunner(model, compile=True, compile_backend="aot_eager")
-    assert runner.native is not None and runner.compiled
+    assert runner.fused is not None and runner.compiled
     got = _run(runner)
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_unsupported_models_say_why_and_keep_the_transformers_path():
-    assert "soft-capping" in native_support(_model("gemma3-softcap"))
-    assert "'dynamic'" in native_support(_model("llama-dynamic-rope"))  # frequencies change with length
+    assert "soft-capping" in fused_support(_model("gemma3-softcap"))
+    assert "'dynamic'" in fused_support(_model("llama-dynamic-rope"))  # frequencies change with length
     gpt2 = _model("gpt2")
-    assert "GPT2LMHeadModel" in native_support(gpt2)
-    assert ModelRunner(gpt2, compile=False, native=None).native is None
+    assert "GPT2LMHeadModel" in fused_support(gpt2)
+    assert ModelRunner(gpt2, compile=False, fused=None).fused is None
     with pytest.raises(UnsupportedModelError, match="no fused decode step"):
-        ModelRunner(gpt2, native=True)
+        ModelRunner(gpt2, fused=True)
 
 
 def test_fused_flag_on_an_unsupported_model_is_a_settings_error(tmp_path, tokenizer_dir):
@@ -195,10 +193,10 @@ def test_transformers_path_still_exact(request, family):
     s = Settings(target=str(pair.target), draft=str(pair.draft), device="cpu", dtype="float32", chat=False,
                  k=4, batch_size=3, max_new_tokens=40, fused=False)
     dec = SpeculativeDecoder.from_settings(s)
-    assert dec.runner(dec.target).native is None
+    assert dec.runner(dec.target).fused is None
     assert [r.token_ids for r in dec.generate(prompts)] == oracle_greedy(pair.target, prompts, 40)
     fused = dec.with_settings(fused=None)
-    assert fused.runner(fused.target).native is not None
+    assert fused.runner(fused.target).fused is not None
     assert [r.token_ids for r in fused.generate(prompts)] == oracle_greedy(pair.target, prompts, 40)
 
 
@@ -271,9 +269,9 @@ def test_multimodal_gemma3_runs_its_text_decoder_fused(tmp_path, tokenizer_dir):
 
     model = _gemma3_multimodal()
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
-    assert native_support(model) is None  # the vision tower's own layers do not matter
-    reference = _run(ModelRunner(model, native=False))
-    got = _run(ModelRunner(model, native=True))
+    assert fused_support(model) is None  # the vision tower's own layers do not matter
+    reference = _run(ModelRunner(model, fused=False))
+    got = _run(ModelRunner(model, fused=True))
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     # end to end through the loader: greedy output equals generate() on the target alone
@@ -283,7 +281,7 @@ def test_multimodal_gemma3_runs_its_text_decoder_fused(tmp_path, tokenizer_dir):
     s = Settings(target=str(tmp_path / "mm"), drafter="ngram", k=3, device="cpu", dtype="float32", chat=False,
                  batch_size=3, max_new_tokens=24)
     dec = SpeculativeDecoder.from_settings(s)
-    assert dec.runner(dec.target).native is not None
+    assert dec.runner(dec.target).fused is not None
     assert [r.token_ids for r in dec.generate(prompts)] == oracle_greedy(tmp_path / "mm", prompts, 24)
 
 
@@ -307,7 +305,7 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step(caplog):
 
     torch._dynamo.reset()
     model = _model("llama")
-    reference = _run(ModelRunner(model, native=False))
+    reference = _run(ModelRunner(model, fused=False))
     runner = ModelRunner(model, compile=True, compile_backend=broken_backend)
     with caplog.at_level("WARNING", logger="specdecode"):
         got = _run(runner)
