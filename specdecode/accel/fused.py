@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from . import kernels as _kernels
 
-__all__ = ["KernelFailure", "FusedModel", "FusedUnsupported", "fused_support"]
+__all__ = ["FusedModel", "FusedUnsupported", "KernelFailure", "LayerWeights", "fused_support"]
 
 
 class FusedUnsupported(ValueError):
@@ -161,6 +161,24 @@ class _Shape:
     qk_norm: bool
 
 
+class LayerWeights(NamedTuple):
+    """One decoder layer's weights as the fused step reads them (None: the layer has no such part)."""
+
+    wqkv: Tensor  # q, k and v projections as one matrix [(H + 2 Hkv) D, E]
+    bqkv: Tensor | None
+    q_norm: Tensor | None  # Qwen3 / Gemma 3 per-head norms
+    k_norm: Tensor | None
+    wo: Tensor  # output projection
+    bo: Tensor | None
+    post_attn: Tensor | None  # Gemma 3's norm of the attention output
+    pre_ff: Tensor  # the norm before the MLP
+    post_ff: Tensor | None  # Gemma 3's norm of the MLP output
+    wgu: Tensor  # gate and up projections as one matrix [2 F, E]
+    bgu: Tensor | None
+    wd: Tensor  # down projection
+    bd: Tensor | None
+
+
 def _attend(qf: Tensor, k_buf: Tensor, v_buf: Tensor, mask: Tensor, scaling: float, how: str) -> Tensor:
     """qf [B, Hkv, R, D] (R = G*q query rows per KV head), k/v [B, Hkv, S, D], mask [B, 1, R, S]."""
     if how == "sdpa":
@@ -198,16 +216,15 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
         mask: [B, 1, G*q, S] boolean; cos/sin: [S_max, D] rotary tables.
         Returns (h', next_norm(h')) so the next layer's input norm fuses with this residual add.
         """
-        (wqkv, bqkv, q_norm, k_norm, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
         B, q, _ = h.shape
-        qkv = F.linear(x, wqkv, bqkv)
+        qkv = F.linear(x, w.wqkv, w.bqkv)
         qs, ks, vs = qkv.split(split, dim=-1)
         qs = qs.view(B, q, H, D)
         ks = ks.view(B, q, Hkv, D)
         vs = vs.view(B, q, Hkv, D)
-        if q_norm is not None:
-            qs = norm(qs, q_norm, eps)
-            ks = norm(ks, k_norm, eps)
+        if w.q_norm is not None:
+            qs = norm(qs, w.q_norm, eps)
+            ks = norm(ks, w.k_norm, eps)
         c = cos[pos].unsqueeze(2)  # [B, q, 1, D]
         s = sin[pos].unsqueeze(2)
         qs = qs * c + _rotate_half(qs) * s
@@ -231,16 +248,15 @@ def _make_post(shape: _Shape, act: Callable[[Tensor], Tensor]) -> Callable:
 
     def post(h, o, w, next_norm):
         """h: residual [B, q, E]; o: attention output [B, q, H*D]. Returns (h', next_norm(h'))."""
-        (_, _, _, _, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
-        o = F.linear(o, wo, bo)
-        if post_attn is not None:
-            o = norm(o, post_attn, eps)
+        o = F.linear(o, w.wo, w.bo)
+        if w.post_attn is not None:
+            o = norm(o, w.post_attn, eps)
         h = h + o
-        y = norm(h, pre_ff, eps)
-        gate, up = F.linear(y, wgu, bgu).chunk(2, dim=-1)
-        y = F.linear(act(gate) * up, wd, bd)
-        if post_ff is not None:
-            y = norm(y, post_ff, eps)
+        y = norm(h, w.pre_ff, eps)
+        gate, up = F.linear(y, w.wgu, w.bgu).chunk(2, dim=-1)
+        y = F.linear(act(gate) * up, w.wd, w.bd)
+        if w.post_ff is not None:
+            y = norm(y, w.post_ff, eps)
         h = h + y
         return h, norm(h, next_norm, eps)
 
@@ -351,7 +367,7 @@ class FusedModel:
         self.lm_head = model.lm_head.weight
         self.final_norm = base.norm.weight
         self.softcap = getattr(config, "final_logit_softcapping", None)
-        self.weights: list[tuple] = []
+        self.weights: list[LayerWeights] = []
         self.in_norms: list[Tensor] = []
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
@@ -365,7 +381,7 @@ class FusedModel:
                 )
             else:  # in Llama-style layers "post_attention_layernorm" is the norm before the MLP
                 post_attn, pre_ff, post_ff = None, layer.post_attention_layernorm.weight, None
-            self.weights.append((
+            self.weights.append(LayerWeights(
                 wqkv, bqkv,
                 a.q_norm.weight if self.shape.qk_norm else None,
                 a.k_norm.weight if self.shape.qk_norm else None,
@@ -525,17 +541,16 @@ class FusedModel:
         d = None
         d_norm = None
         for i, w in enumerate(self.weights):
-            (wqkv, bqkv, _, _, wo, bo, post_attn, pre_ff, post_ff, wgu, bgu, wd, bd) = w
-            qkv, h_new = _kernels.gemv(h, wqkv, bias=bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
+            qkv, h_new = _kernels.gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
                                        delta=d, delta_norm=d_norm)
             if h_new is not None:
                 h = h_new
             o = self._attention(i, qkv, cache, position_ids, tables)
-            o, _ = _kernels.gemv(o, wo, bias=bo)
-            a, h = _kernels.gemv(h, wgu, bias=bgu, norm=pre_ff, gemma=gemma, eps=eps, delta=o,
-                                 delta_norm=post_attn, act=self.act_name)
-            d, _ = _kernels.gemv(a, wd, bias=bd)
-            d_norm = post_ff
+            o, _ = _kernels.gemv(o, w.wo, bias=w.bo)
+            a, h = _kernels.gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
+                                 delta_norm=w.post_attn, act=self.act_name)
+            d, _ = _kernels.gemv(a, w.wd, bias=w.bd)
+            d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a 262k x 2560 matrix at 4.2 TB/s, the kernel at 3.6);
         # the last residual add and the final norm run as one compiled function before it
@@ -543,13 +558,13 @@ class FusedModel:
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
         sh = self.shape
-        (_, _, q_norm, k_norm, *_) = self.weights[i]
+        w = self.weights[i]
         kind = self.kinds[i]
         k_buf, v_buf = self._buffers(cache, i, qkv.shape[0])
         cos, sin = tables[kind]
         return _kernels.decode_attention(
             qkv, position_ids, k_buf, v_buf, cos, sin, n_heads=sh.n_heads, n_kv=sh.n_kv,
-            head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=q_norm, k_norm=k_norm,
+            head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=w.q_norm, k_norm=w.k_norm,
             gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None)
 
     def _hybrid_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
@@ -560,7 +575,7 @@ class FusedModel:
         x = self._first_norm(h, self.in_norms[0])
         tables = self.tables(cache.max_len)
         for i, w in enumerate(self.weights):
-            qkv = F.linear(x, w[0], w[1])
+            qkv = F.linear(x, w.wqkv, w.bqkv)
             o = self._attention(i, qkv, cache, position_ids, tables)
             h, x = self._post(h, o, w, self.next_norms[i])
         return self._head(self._keep(x, logits_to_keep), self.lm_head)

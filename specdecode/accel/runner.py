@@ -29,7 +29,6 @@ from torch import Tensor
 
 from ..decoding.cache import KVCache
 from ..decoding.step import ModelStep, UnsupportedModelError
-from . import kernels as _kernels
 from .fused import KernelFailure, FusedModel, FusedUnsupported
 
 __all__ = ["ModelRunner", "pool_len"]

@@ -31,8 +31,6 @@ __all__ = [
     "compare_report",
     "pass_summary",
     "plot_compare",
-    "render_bench",
-    "render_compare",
     "write_report",
 ]
 
