@@ -552,8 +552,9 @@ class FusedModel:
             d, _ = _kernels.gemv(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
-        # the head stays on cuBLAS (it streams a 262k x 2560 matrix at 4.2 TB/s, the kernel at 3.6);
-        # the last residual add and the final norm run as one compiled function before it
+        # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
+        # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
+        # one compiled function before it
         return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:

@@ -50,16 +50,13 @@ AVAILABLE = triton is not None
 
 # Decode steps of at most this many rows (batch x query tokens) run wholly on the kernels; larger
 # ones keep cuBLAS's products (with the attention kernel). One row: the draft's steps at batch 1
-# and target-alone decoding; two: a draft round's first step after a fully accepted round
-# ([prev, last]), and batch 2. From three rows on the tensor-core form (the only one whose cost
-# does not grow with the rows) loses to cuBLAS on the large products: Gemma 3 4B gate/up at 6
-# rows 36 us against 29, qkv 14 against 8 (benchmarks/results/2026-11-29-h200-kernels-sweep.txt).
+# and target-alone decoding; two: a draft round's first step over [prev, last], and batch 2. From
+# three rows on, the tensor-core form (the only one whose cost does not grow with the rows) loses
+# to cuBLAS on the large products (measurements: benchmarks/results/2026-12-02-rules.md).
 MAX_ROWS = 2
 # ... and models of at most this hidden size: the kernels' matrix-vector products beat cuBLAS on
-# the small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and
-# lose on large ones. H200, single-row step, compiled layers -> kernels: Gemma 3 270M (640)
-# 0.64 -> 0.52 ms, Llama 3.2 1B (2048) 1.06 -> 1.01, Gemma 3 4B (2560) 3.68 -> 3.03, but Llama
-# 3.1 8B (4096) 4.52 -> 4.79 (benchmarks/results/2026-11-29-h200-*-kernels.json).
+# small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and lose
+# on large ones (the same file has the step times per model size).
 MAX_HIDDEN = 3072
 # gemv takes up to this many rows (tests exercise the multi-row form)
 MAX_GEMV_ROWS = 16
@@ -482,16 +479,12 @@ if AVAILABLE:
 
 # ------------------------------------------------------------------------------ launch configs
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) by the shape of the product; chosen from the H200
-# sweep of benchmarks/kernel_bench.py (benchmarks/results/*-kernels.txt). Overridable for sweeps.
-GEMV_CONFIG: dict[tuple[int, int, int, bool], tuple[str, int, int, int, int]] = {}
+# sweep of benchmarks/kernel_bench.py (benchmarks/results/*-kernels.txt); sweeps pass `config=`.
 
 
 def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tuple[str, int, int, int, int]:
     """(form, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [k, n] product; form is
     "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left operand)."""
-    found = GEMV_CONFIG.get((m, n, k, gated))
-    if found is not None:
-        return found
     if m == 1:
         # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-sweep.txt: Gemma
         # 3 4B and 270M) by kind: gated (gate/up), normed (qkv), plain (o, down). BLOCK_K is a
