@@ -61,18 +61,8 @@ class GenerationStats:
 
     @classmethod
     def from_row(cls, s: RowStats, time_s: float) -> GenerationStats:
-        return cls(
-            new_tokens=s.new_tokens,
-            rounds=s.rounds,
-            draft_tokens=s.draft_tokens,
-            accepted_tokens=s.accepted_tokens,
-            acceptance_rate=s.acceptance_rate,
-            block_efficiency=s.block_efficiency,
-            time_s=time_s,
-            tokens_per_s=s.new_tokens / time_s if time_s > 0 else 0.0,
-            position_trials=list(s.position_trials),
-            position_accepts=list(s.position_accepts),
-        )
+        return cls(new_tokens=s.new_tokens, acceptance_rate=s.acceptance_rate, block_efficiency=s.block_efficiency,
+                   time_s=time_s, tokens_per_s=s.new_tokens / time_s if time_s > 0 else 0.0, **s.counters())
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of `generate --json` (DESIGN.md)."""

@@ -141,8 +141,24 @@ class _RowLike(Protocol):
     position_accepts: list[int]
 
 
+class AcceptanceCounts:
+    """Rates from counters named accepted_tokens, draft_tokens and rounds (RowStats, AcceptanceTotals)."""
+
+    accepted_tokens: int
+    draft_tokens: int
+    rounds: int
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
+
+    @property
+    def block_efficiency(self) -> float | None:
+        return block_efficiency(self.accepted_tokens, self.rounds)
+
+
 @dataclass(frozen=True)
-class AcceptanceTotals:
+class AcceptanceTotals(AcceptanceCounts):
     rounds: int
     draft_tokens: int
     accepted_tokens: int
@@ -157,14 +173,6 @@ class AcceptanceTotals:
         if self.rejected_rounds is None:
             return self.acceptance_rate
         return iid_alpha(self.accepted_tokens, self.rejected_rounds)
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
-
-    @property
-    def block_efficiency(self) -> float | None:
-        return block_efficiency(self.accepted_tokens, self.rounds)
 
     @property
     def mean_proposed(self) -> float | None:

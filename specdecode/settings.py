@@ -188,7 +188,7 @@ class Settings(BaseModel):
                     data[new] = data.pop(old)
         return data
 
-    @field_validator("target", "draft", "gguf_file", "output", "summary_file_name", mode="before")
+    @field_validator("target", "draft", "gguf_file", "output", "summary_file_name", "offload_folder", mode="before")
     @classmethod
     def _names_not_blank(cls, v: Any) -> Any:
         return _not_blank(v)
@@ -242,10 +242,6 @@ class Settings(BaseModel):
     def _max_memory(cls, v: Any) -> Any:
         return parse_max_memory(v)
 
-    @field_validator("offload_folder", mode="before")
-    @classmethod
-    def _offload_folder(cls, v: Any) -> Any:
-        return _not_blank(v)
 
     @field_validator("device")
     @classmethod

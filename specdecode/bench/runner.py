@@ -183,23 +183,10 @@ def run_batch(decoder, batch: list[list[int]], start: int,
     rows, wall = collect_batch(decoder.engine(generator=generator), batch, decoder.target.device)
     runs = []
     for i, r in enumerate(rows):
-        s = r.stats
-        runs.append(
-            SequenceRun(
-                index=indices[i] if indices is not None else start + i,
-                prompt_tokens=len(batch[i]),
-                token_ids=r.tokens,
-                latency_s=r.done_s or wall,
-                ttft_s=r.ttft_s,
-                finish_reason=r.finish_reason,
-                rounds=s.rounds,
-                draft_tokens=s.draft_tokens,
-                accepted_tokens=s.accepted_tokens,
-                rejected_rounds=r.rejected_rounds,
-                position_trials=list(s.position_trials),
-                position_accepts=list(s.position_accepts),
-            )
-        )
+        runs.append(SequenceRun(index=indices[i] if indices is not None else start + i, prompt_tokens=len(batch[i]),
+                                token_ids=r.tokens, latency_s=r.done_s or wall, ttft_s=r.ttft_s,
+                                finish_reason=r.finish_reason, rejected_rounds=r.rejected_rounds,
+                                **r.stats.counters()))
     return runs, wall
 
 

@@ -6,9 +6,9 @@ What it does not: run rounds (engine.py) or render them (cli/).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from ..metrics import acceptance_rate, block_efficiency
+from ..metrics import AcceptanceCounts
 
 __all__ = ["RoundEvent", "RowStats", "TokenKind"]
 
@@ -37,7 +37,7 @@ class RoundEvent:
 
 
 @dataclass
-class RowStats:
+class RowStats(AcceptanceCounts):
     new_tokens: int = 0
     rounds: int = 0  # verification rounds (the prefill's first token is not a round)
     draft_tokens: int = 0  # proposed
@@ -45,13 +45,10 @@ class RowStats:
     position_trials: list[int] = field(default_factory=list)  # per draft position j: rounds that proposed it
     position_accepts: list[int] = field(default_factory=list)  # ... and accepted it
 
-    @property
-    def acceptance_rate(self) -> float | None:
-        return acceptance_rate(self.accepted_tokens, self.draft_tokens)
-
-    @property
-    def block_efficiency(self) -> float | None:
-        return block_efficiency(self.accepted_tokens, self.rounds)
+    def counters(self) -> dict[str, Any]:
+        """The counters (copies), to build another record from: SequenceRun(**stats.counters(), ...)."""
+        return {"rounds": self.rounds, "draft_tokens": self.draft_tokens, "accepted_tokens": self.accepted_tokens,
+                "position_trials": list(self.position_trials), "position_accepts": list(self.position_accepts)}
 
     def record(self, proposed: int, accepted: int) -> None:
         self.rounds += 1
