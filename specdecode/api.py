@@ -213,14 +213,19 @@ class SpeculativeDecoder:
         self.tokenizer = target.tokenizer
         self._runners: dict[tuple, object] = {}  # (model, execution) -> accel.runner.ModelRunner
         self._rounds: dict[int, object] = {}  # target runner -> accel.rounds.CapturedRounds
+        self._executions: dict[int, object] = {}  # model -> accel.execution.Execution (these settings)
         self._views: dict[int, LoadedModel] = {}
         self.reserved = 0  # longest prompt the caches are sized for (see reserve)
 
     def execution(self, loaded: LoadedModel):
-        """How `loaded`'s decode steps run under these settings (accel.execution.Execution)."""
-        from .accel.execution import resolve_execution
+        """How `loaded`'s decode steps run under these settings (accel.execution.Execution),
+        resolved once per model and decoder."""
+        found = self._executions.get(id(loaded.model))
+        if found is None:
+            from .accel.execution import resolve_execution
 
-        return resolve_execution(self.settings, loaded.model, loaded.device)
+            found = self._executions[id(loaded.model)] = resolve_execution(self.settings, loaded.model, loaded.device)
+        return found
 
     def runner(self, loaded: LoadedModel):
         """One ModelRunner per model, execution and decoder: its compiled steps and pooled caches
