@@ -1,0 +1,299 @@
+"""NF4 weights as bitsandbytes stores them, and the GEMV that reads them (specdecode/accel/nf4.py).
+
+* the reference quantizer reproduces bitsandbytes' ``quantize_4bit(..., quant_type="nf4")`` on the
+  CPU bit for bit (packed codes, absmax, and with double quantization the uint8 absmax codes, the
+  nested scales, the offset and the 8-bit map), and ``dequantize_nf4`` its ``dequantize_4bit``;
+  ``NF4Weight`` reads a ``Linear4bit``'s own storage (these need bitsandbytes: skipped without it);
+* without bitsandbytes: the quantizer's own invariants (codes of exact map points, error bound);
+* ``nf4_gemv`` equals ``dequantize_nf4(w).float() @ x.float().T`` to fp32 summation order for one,
+  two and several rows (the tensor-core form), with and without double quantization, fp32 / bf16 /
+  fp16 weights and activations, shapes that are not multiples of the tiles or of the quantization
+  block, odd N.
+
+Without a GPU the kernel runs under Triton's interpreter (conftest sets TRITON_INTERPRET=1); the
+grid is marked slow there (`python -m pytest -m slow tests/test_nf4.py`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+nf4 = pytest.importorskip("specdecode.accel.nf4")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SLOW_ON_CPU = [pytest.mark.slow] if DEV == "cpu" else []
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+needs_bnb = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+needs_triton = pytest.mark.skipif(not nf4.AVAILABLE, reason="Triton is not installed")
+
+
+def _w(n, k, *, seed=0, dtype=torch.float32, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * scale
+    w[0, :3] = 0.0  # a few exact zeros and a large outlier, as real layers have
+    w[-1, -1] = 40 * scale
+    return w.to(dtype)
+
+
+def _x(m, k, *, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=g).to(dtype).to(DEV)
+
+
+def _bnb_quantize(w, blocksize, double_quant):
+    import bitsandbytes.functional as F
+
+    return F.quantize_4bit(w, blocksize=blocksize, compress_statistics=double_quant, quant_type="nf4")
+
+
+# ------------------------------------------------------------------------------ reference vs bitsandbytes
+
+@needs_bnb
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("double_quant", [True, False], ids=["dq", "no-dq"])
+def test_quantize_nf4_matches_bitsandbytes_bit_for_bit(double_quant, dtype):
+    import bitsandbytes.functional as F
+
+    # 150 x 384: 900 blocks of 64 (more than 256, so several nested scales and a partial last one)
+    for shape, bs in [((150, 384), 64), ((33, 256), 128), ((5, 7 * 64 + 32), 32)]:
+        w = _w(*shape, dtype=dtype)
+        w.view(-1)[3 * bs:4 * bs] = 0.0  # an all-zero block
+        packed, qs = _bnb_quantize(w, bs, double_quant)
+        ours = nf4.quantize_nf4(w, blocksize=bs, double_quant=double_quant)
+        assert torch.equal(ours.packed, packed.view(-1))
+        assert torch.equal(ours.absmax, qs.absmax)
+        assert ours.nested == double_quant and ours.dtype == dtype and ours.blocksize == bs
+        if double_quant:
+            assert ours.absmax.dtype == torch.uint8
+            assert torch.equal(ours.absmax2, qs.state2.absmax)
+            assert torch.equal(ours.code2, qs.state2.code)
+            assert torch.equal(ours.offset, qs.offset.reshape(1))
+            assert ours.blocksize2 == qs.state2.blocksize == 256
+        # and bitsandbytes' dequantization of its own state is ours, bit for bit
+        expected = F.dequantize_4bit(packed, qs)
+        assert expected.dtype == dtype
+        assert torch.equal(nf4.dequantize_nf4(ours), expected)
+        assert torch.equal(nf4.dequantize_nf4(nf4.NF4Weight.from_quant_state(packed, qs)), expected)
+
+
+@needs_bnb
+def test_blocks_straddling_rows_follow_bitsandbytes_flat_layout():
+    """K not a multiple of the block: blocks run over the flattened weight (CUDA and bitsandbytes'
+    torch implementation). bitsandbytes 0.50.2's AVX-512 CPU dequantizer indexes absmax per row
+    there (wrong for such shapes), so compare with its torch implementation instead."""
+    default_ops = pytest.importorskip("bitsandbytes.backends.default.ops")
+    w = _w(30, 96)  # 96 % 64 = 32: every other block straddles two rows
+    packed, qs = _bnb_quantize(w, 64, True)
+    import bitsandbytes.functional as F
+
+    absmax = F.dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+    expected = default_ops._dequantize_4bit_compute(packed.view(-1), absmax.float(), qs.code, 64, qs.shape, qs.dtype)
+    ours = nf4.quantize_nf4(w, 64, True)
+    assert torch.equal(ours.packed, packed.view(-1))
+    assert torch.equal(nf4.dequantize_nf4(ours), expected)
+
+
+@needs_bnb
+def test_nested_absmax_quantizer_matches_bitsandbytes():
+    """The 8-bit step of double quantization (bitsandbytes' CPU quantize_blockwise: a lookup
+    table, not the exact nearest code) on many values, an all-zero block and a partial one."""
+    import bitsandbytes.functional as F
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(256 * 60 + 17, generator=g) * torch.logspace(-3, 1, 256 * 60 + 17)
+    a[256:512] = 0.0
+    out, state = F.quantize_blockwise(a, blocksize=256)
+    q, absmax = nf4._quantize_blockwise_8bit(a, nf4.dynamic_map(), 256)
+    assert torch.equal(absmax, state.absmax)
+    assert torch.equal(q, out)
+    assert (q[256:512] == 0).all()
+
+
+@needs_bnb
+def test_dynamic_map_is_bitsandbytes():
+    import bitsandbytes.functional as F
+
+    assert torch.equal(nf4.dynamic_map(), F.create_dynamic_map().float())
+    assert torch.equal(torch.tensor(nf4.NF4_CODE), F.get_4bit_type("nf4", device="cpu"))
+
+
+@needs_bnb
+@needs_triton
+def test_linear4bit_storage_through_the_kernel():
+    """A bitsandbytes Linear4bit (bf16 weights, double quantization, bias): NF4Weight reads its
+    storage as is, and nf4_gemv gives bitsandbytes' dequantize_4bit(...) @ x (+ bias)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+
+    lin = bnb.nn.Linear4bit(256, 48, bias=True, compute_dtype=torch.float32, compress_statistics=True,
+                            quant_type="nf4")
+    lin.weight = bnb.nn.Params4bit(_w(48, 256, dtype=torch.bfloat16), requires_grad=False,
+                                   compress_statistics=True, quant_type="nf4")
+    lin = lin.to("cpu")  # quantizes
+    w4 = nf4.NF4Weight.from_linear4bit(lin)
+    assert w4.shape == (48, 256) and w4.dtype == torch.bfloat16 and w4.nested
+    assert w4.packed.data_ptr() == lin.weight.data.data_ptr()  # its storage, not a copy
+    deq = F.dequantize_4bit(lin.weight.data, lin.weight.quant_state)
+    assert torch.equal(nf4.dequantize_nf4(w4), deq)
+    bias = lin.bias.detach().float()
+    x = _x(2, 256)
+    y = nf4.nf4_gemv(x, w4.to(DEV), bias=bias.to(DEV))
+    ref = x.cpu() @ deq.float().T + bias
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-5)
+    # (lin(x) itself is not the reference: bitsandbytes' CPU forward computes in bf16 here)
+
+
+# ------------------------------------------------------------------------------ reference alone
+
+def test_quantize_nf4_invariants():
+    """Exact map points times a block's absmax come back exactly; everything else lands within
+    half the widest gap of the map (0.16) times its block's absmax."""
+    code = torch.tensor(nf4.NF4_CODE)
+    blocks = 8
+    scales = torch.linspace(0.5, 4.0, blocks)
+    # block b: every code once, at scale b (so absmax = scales[b]), x4 to fill 64 elements
+    w = (code.repeat(4)[None, :] * scales[:, None]).reshape(4, 128)
+    q = nf4.quantize_nf4(w, blocksize=64, double_quant=False)
+    assert torch.equal(q.absmax, scales)
+    assert torch.equal(nf4.dequantize_nf4(q), w)
+    first = torch.tensor([(q.packed[0] >> 4).item(), (q.packed[0] & 15).item()])
+    assert first.tolist() == [0, 1]  # the first element in the high nibble
+
+    w = _w(64, 320, seed=3)
+    for dq in (False, True):
+        q = nf4.quantize_nf4(w, blocksize=64, double_quant=dq)
+        err = (nf4.dequantize_nf4(q) - w).abs().reshape(-1, 64)
+        absmax = w.reshape(-1, 64).abs().amax(dim=1)
+        decoded = nf4.nf4_absmax(q)  # == absmax without double quantization
+        if not dq:
+            assert torch.equal(decoded, absmax)
+        # w = s * absmax with |s| <= 1, decoded as c * decoded with c the code nearest s
+        bound = 0.5 * (code[1:] - code[:-1]).max() * decoded + (decoded - absmax).abs()
+        assert (err <= bound[:, None] * (1 + 1e-5)).all()
+        assert (err.amax(dim=1) > 0).all()  # not trivially: every block loses something
+    # bytes a product reads: half a byte per weight, a byte per block of 64, 4 per 256 blocks, maps
+    q = nf4.quantize_nf4(w, double_quant=True)
+    assert q.nbytes == w.numel() // 2 + q.blocks + 4 * -(-q.blocks // 256) + 4 + 16 * 4 + 256 * 4
+
+
+@needs_triton
+def test_nf4_gemv_refuses_what_it_does_not_take():
+    w4 = nf4.quantize_nf4(_w(16, 64)).to(DEV)
+    with pytest.raises(ValueError, match="at most"):
+        nf4.nf4_gemv(_x(nf4.MAX_ROWS + 1, 64), w4)
+    with pytest.raises(ValueError, match="columns"):
+        nf4.nf4_gemv(_x(1, 32), w4)
+    with pytest.raises(ValueError, match="even K"):
+        nf4.nf4_gemv(_x(1, 63), nf4.quantize_nf4(_w(16, 63)).to(DEV))
+    with pytest.raises(ValueError, match="unknown nf4_gemv form"):
+        nf4.nf4_gemv(_x(1, 64), w4, config=("fast", 8, 64, 4, 2))
+
+
+# ------------------------------------------------------------------------------ the kernel
+
+def _check_gemv(m, n, k, *, wdtype, xdtype, double_quant, blocksize=64, bias=False, config=None):
+    w = _w(n, k, dtype=wdtype, seed=n + k)
+    w4 = nf4.quantize_nf4(w, blocksize=blocksize, double_quant=double_quant)
+    x = _x(m, k, dtype=xdtype)
+    b = (torch.randn(n, generator=torch.Generator().manual_seed(5)) * 0.1).to(DEV) if bias else None
+    y = nf4.nf4_gemv(x, w4.to(DEV), bias=b, config=config)
+    assert y.shape == (m, n) and y.dtype == xdtype
+    ref = x.float() @ nf4.dequantize_nf4(w4).float().to(DEV).T
+    if bias:
+        ref = ref + b
+    if xdtype == torch.float32:  # summation order only
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    else:  # + the output's rounding (the interpreter truncates to bf16: up to one ulp)
+        ulp = 2.0 ** -7 if xdtype == torch.bfloat16 else 2.0 ** -10
+        assert ((y.float() - ref).abs() <= ulp * ref.abs() + 1e-4).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("m, n, k, wdtype, xdtype, dq, cfg", [
+    # one row, the reduce form: bf16 weights with fp32 activations pins the in-kernel bf16 rounding
+    pytest.param(1, 37, 200, torch.bfloat16, torch.float32, True, ("reduce", 8, 64, 4, 2), id="m1-reduce-dq"),
+    # two rows, bf16 model, no double quantization, default config
+    pytest.param(2, 24, 128, torch.bfloat16, torch.bfloat16, False, None, id="m2-bf16-nodq"),
+    # verify rows through the tensor-core form, blocks straddling rows, bias
+    pytest.param(6, 40, 160, torch.float32, torch.float32, True, ("mma", 16, 64, 4, 2), id="m6-mma-dq"),
+])
+def test_nf4_gemv_matches_dequantized_product(m, n, k, wdtype, xdtype, dq, cfg):
+    _check_gemv(m, n, k, wdtype=wdtype, xdtype=xdtype, double_quant=dq, bias=m == 6, config=cfg)
+
+
+GRID = [
+    pytest.param(m, n, k, wdt, xdt, dq, bs, form,
+                 id=f"m{m}-{n}x{k}-w{str(wdt)[6:]}-x{str(xdt)[6:]}-{'dq' if dq else 'nodq'}-bs{bs}-{form}",
+                 marks=SLOW_ON_CPU)
+    for (m, form) in [(1, "reduce"), (2, "reduce"), (5, "mma"), (16, "mma"), (3, "reduce")]
+    for (n, k) in [(37, 200), (64, 256), (17, 1030)]
+    for (wdt, xdt) in [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                       (torch.bfloat16, torch.float32), (torch.float16, torch.float16)]
+    for dq in (True, False)
+    for bs in (64, 128)
+    if not (bs == 128 and wdt != torch.bfloat16)
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("m, n, k, wdtype, xdtype, dq, bs, form", GRID)
+def test_nf4_gemv_grid(m, n, k, wdtype, xdtype, dq, bs, form):
+    cfg = ("mma", 16, 128, 4, 2) if form == "mma" else ("reduce", 8, 128, 4, 2)
+    _check_gemv(m, n, k, wdtype=wdtype, xdtype=xdtype, double_quant=dq, blocksize=bs, bias=m == 2, config=cfg)
+
+
+# ------------------------------------------------------------------------------ folded norm / residual
+
+def _fused_reference(x, w4, *, norm, gemma, delta, bias, eps=1e-6):
+    """What nf4_gemv_fused computes, in torch: x' = x + delta (in x's dtype), the norm weight
+    applied before rounding to x's dtype and the row scale after the product (kernels.gemv's
+    numerics); fp32 products."""
+    xr = (x.float() + delta.float()).to(x.dtype) if delta is not None else x
+    xin = xr.float()
+    if norm is not None:
+        wn = (1.0 + norm.float()) if gemma else norm.float()
+        xin = (xr.float() * wn).to(x.dtype).float()
+    ref = xin @ nf4.dequantize_nf4(w4).float().to(x.device).T
+    if norm is not None:
+        ref = ref * torch.rsqrt(xr.float().pow(2).mean(-1, keepdim=True) + eps)
+    if bias is not None:
+        ref = ref + bias
+    return ref, xr
+
+
+FUSED = [
+    pytest.param(1, "norm", "reduce", torch.float32, id="m1-norm-llama-reduce"),
+    pytest.param(2, "delta-norm-gemma", "reduce", torch.float32, id="m2-delta-norm-gemma-reduce"),
+    pytest.param(5, "delta-norm", "mma", torch.float32, id="m5-delta-norm-llama-mma"),
+    pytest.param(2, "delta", "reduce", torch.float32, id="m2-delta-reduce", marks=SLOW_ON_CPU),
+    pytest.param(1, "delta-norm-gemma", "reduce", torch.bfloat16, id="m1-delta-norm-gemma-bf16", marks=SLOW_ON_CPU),
+    pytest.param(6, "delta-norm", "mma", torch.bfloat16, id="m6-delta-norm-llama-mma-bf16", marks=SLOW_ON_CPU),
+    pytest.param(16, "norm-gemma", "mma", torch.float32, id="m16-norm-gemma-mma", marks=SLOW_ON_CPU),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("m, case, form, dtype", FUSED)
+def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
+    n, k = 40, 200  # neither a multiple of the tiles; blocks of 64 straddle rows
+    w4 = nf4.quantize_nf4(_w(n, k, dtype=dtype, seed=11), double_quant=True)
+    g = torch.Generator().manual_seed(12)
+    x = _x(m, k, dtype=dtype)
+    delta = (torch.randn(m, k, generator=g) * 2).to(dtype).to(DEV) if "delta" in case else None
+    norm = (torch.randn(k, generator=g) * 0.3).to(dtype).to(DEV) if "norm" in case else None
+    bias = (torch.randn(n, generator=g) * 0.1).to(DEV) if m == 5 else None
+    gemma = "gemma" in case
+    cfg = ("mma", 16, 64, 4, 2) if form == "mma" else ("reduce", 8, 64, 4, 2)
+    y, r = nf4.nf4_gemv_fused(x, w4.to(DEV), bias=bias, norm=norm, gemma=gemma, eps=1e-6, delta=delta, config=cfg)
+    ref, xr = _fused_reference(x, w4, norm=norm, gemma=gemma, delta=delta, bias=bias)
+    if delta is None:
+        assert r is None
+    else:
+        assert r.dtype == dtype and torch.equal(r, xr)  # the residual stream after the add, exactly
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, ref, rtol=2e-5, atol=2e-5)
+    else:
+        assert ((y.float() - ref).abs() <= 2.0 ** -7 * ref.abs() + 1e-3).all()
