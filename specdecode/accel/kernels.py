@@ -44,6 +44,7 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     tl = None
 
 __all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "decode_attention", "gemv", "gemv_config",
+           "gemv_operands",
            "usable_on"]
 
 AVAILABLE = triton is not None
@@ -508,6 +509,25 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tupl
     return ("mma", 64, 64, 4, 3)
 
 
+def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: str):
+    """(x2 [M, K], y [M, n], d2, r) for a decode GEMV: the input's rows flattened and row-major,
+    the output, and the residual delta [M, K] with the buffer the new residual is written to
+    (both x2 when there is no delta, so the kernel's pointers stay valid)."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.shape[0] > max_rows:
+        raise ValueError(f"{name} takes at most {max_rows} rows, got {x2.shape[0]}")
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
+    if delta is None:
+        return x2, y, x2, x2
+    d2 = delta.reshape(-1, k)
+    if d2.stride(-1) != 1:
+        d2 = d2.contiguous()
+    return x2, y, d2, torch.empty_like(x2)
+
+
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
@@ -520,23 +540,11 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     then up rows, and y = act(gate) * up ("silu" or "gelu_tanh")."""
     lead = x.shape[:-1]
     k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    m = x2.shape[0]
-    if m > MAX_GEMV_ROWS:
-        raise ValueError(f"gemv takes at most {MAX_GEMV_ROWS} rows, got {m}")
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
     if weight.stride(-1) != 1:
         raise ValueError("gemv needs a row-major weight")
     n = weight.shape[0] // 2 if act is not None else weight.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if delta is not None:
-        d2 = delta.reshape(-1, k)
-        if d2.stride(-1) != 1:
-            d2 = d2.contiguous()
-        r = torch.empty_like(x2)
-    else:
-        d2, r = x2, x2
+    x2, y, d2, r = gemv_operands(x, n, delta, MAX_GEMV_ROWS, "gemv")
+    m = x2.shape[0]
     form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
     if form not in FORMS:
         raise ValueError(f"unknown gemv form {form!r} ({', '.join(FORMS)})")

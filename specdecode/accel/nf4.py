@@ -70,6 +70,8 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
+from .kernels import gemv_operands
+
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "nf4_absmax",
            "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
 
@@ -428,20 +430,8 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     if nf4.blocksize % 2:
         raise ValueError(f"invalid blocksize {nf4.blocksize}")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
+    x2, y, d2, r = gemv_operands(x, n, delta, MAX_ROWS, "nf4_gemv")
     m = x2.shape[0]
-    if m > MAX_ROWS:
-        raise ValueError(f"nf4_gemv takes at most {MAX_ROWS} rows, got {m}")
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if delta is not None:
-        d2 = delta.reshape(-1, k)
-        if d2.stride(-1) != 1:
-            d2 = d2.contiguous()
-        r = torch.empty_like(x2)
-    else:
-        d2, r = x2, x2
     form, block_n, block_k, warps, stages = config or nf4_gemv_config(m, n, k)
     if form not in FORMS:
         raise ValueError(f"unknown nf4_gemv form {form!r} ({', '.join(FORMS)})")
