@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The H200 runs of issue 6, one device call each (a call may run 10 minutes; each step fits).
 #
-#   bash benchmarks/h200.sh tests     # GPU tests: fp32 exactness on the compiled default, ~2 min
+#   bash benchmarks/h200.sh tests     # GPU tests: fp32 exactness on the compiled default and captured rounds
+#                                     # (test_gpu.py, test_gpu_rounds.py, test_kernels.py, test_nf4.py), ~4 min
 #   bash benchmarks/h200.sh llama     # Llama 3.1 8B + 3.2 1B: all modes, batches 1 4 16, transformers
 #   bash benchmarks/h200.sh gemma     # Gemma 3 4B + 270M: the same
 #   bash benchmarks/h200.sh profile   # kernel profile of the Gemma steps, Triton kernels on and off
@@ -13,6 +14,10 @@
 # device README: transformers, pydantic, pydantic-core, annotated-types, typing-inspection,
 # typer, annotated-doc): run(command="bash benchmarks/h200.sh gemma", carry=[".whl"]).
 # Results land in $OUT (JSON, Markdown, log); commit them to benchmarks/results/.
+#
+# The measure of record is the real pair through `specdecode bench`: benchmarks/real_pair.py
+# (its docstring and benchmarks/results/2026-12-02-h200-real-pair-notes.md say how the GGUF
+# pieces travel, how they are converted and which steps were run).
 set -euo pipefail
 step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|kernels|gemma-decode|llama-decode [extra args]}
 shift
@@ -30,7 +35,8 @@ export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
 case "$step" in
     tests)
-        { timeout "$limit" python3 -m pytest -q tests/test_kernels.py tests/test_gpu.py -p no:cacheprovider 2>&1
+        { timeout "$limit" python3 -m pytest -q -m "" tests/test_gpu_rounds.py tests/test_gpu.py tests/test_kernels.py \
+              tests/test_nf4.py -p no:cacheprovider 2>&1
           timeout 100 python3 -m pytest -q -m gpu tests/test_verify.py -p no:cacheprovider 2>&1; } \
             | tee "$out/gpu-tests-log.txt" ;;
     llama|gemma)

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..decoding.engine import EagerRounds
-from ..decoding.round import RoundBuffers, RoundShape, run_round
+from ..decoding.round import EagerRounds, RoundBuffers, RoundShape, run_round
 from ..decoding.sampling import SamplingParams
 
 __all__ = ["CapturedRounds", "Pending", "capture"]
