@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decoding.engine import RoundEvent, RowStats
+from .decoding.events import RoundEvent, RowStats
 
 __all__ = ["RowResult", "batches", "collect_batch", "sync"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..decoding.round import EagerRounds, RoundBuffers, RoundShape, run_round
+from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
 
 __all__ = ["CapturedRounds", "Pending", "capture"]
@@ -73,7 +73,7 @@ class CapturedRounds(EagerRounds):
         self._bufs: dict[tuple, RoundBuffers] = {}
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, int]] = {}
         self._pool = None
-        self._host: dict[tuple[int, int], list[Tensor]] = {}  # pinned result buffers, a ring per shape
+        self._host: dict[tuple[int, int], list[Pending]] = {}  # pinned result buffers, a ring per shape
         self._turn = 0
         self.captures = 0  # graphs captured so far (tests and warm-up reports)
 
@@ -95,19 +95,6 @@ class CapturedRounds(EagerRounds):
             draft_key = (d.name, id(getattr(d, "runner", None)), d.on_device)
         return (id(cache), id(bufs), shape, sampling, draft_key)
 
-    def _round(self, cache, bufs, shape, sampling, target_rows) -> int:
-        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
-        return run_round(self.target, cache, drafter, bufs, shape, sampling, cache.max_len, target_rows,
-                         may_sync=False)
-
-    def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
-        """The tensors a round changes that must survive a warm-up unchanged."""
-        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
-        dcache = getattr(self.drafter, "cache", None)
-        if dcache is not None:
-            state.append(dcache.positions)
-        return state
-
     def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, target_rows: int):
         """Capture the round of this shape now (warm-ups first); the round's state is unchanged."""
         key = self._key(cache, bufs, shape, sampling)
@@ -116,7 +103,7 @@ class CapturedRounds(EagerRounds):
             return found
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph, steps = capture(lambda: self._round(cache, bufs, shape, sampling, target_rows),
+        graph, steps = capture(lambda: self._round(cache, bufs, shape, sampling, cache.max_len, target_rows, False),
                                self._state(cache, bufs), pool=self._pool)
         self._graphs[key] = (graph, steps)
         self.captures += 1
@@ -127,17 +114,18 @@ class CapturedRounds(EagerRounds):
         graph, steps = self.prepare(cache, bufs, shape, sampling, target_rows)
         graph.replay()
         width = max(shape.width, steps)
-        # a ring of pinned buffers: at most two rounds are in flight, each read before its slot returns
+        # a ring of pinned buffers and their events: at most two rounds are in flight, each read
+        # before its slot comes round again
         ring = self._host.get((bufs.out.shape[0], width))
         if ring is None:
             ring = self._host[(bufs.out.shape[0], width)] = [
-                torch.empty((bufs.out.shape[0], 3 + width), dtype=torch.long, pin_memory=True) for _ in range(4)]
+                Pending(torch.empty((bufs.out.shape[0], 3 + width), dtype=torch.long, pin_memory=True),
+                        torch.cuda.Event()) for _ in range(4)]
         self._turn = (self._turn + 1) % len(ring)
-        host = ring[self._turn]
-        host.copy_(bufs.out[:, : 3 + width], non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return steps, Pending(host, done)
+        slot = ring[self._turn]
+        slot.host.copy_(bufs.out[:, : 3 + width], non_blocking=True)
+        slot.done.record()
+        return steps, slot
 
     def read(self, result: Pending) -> list[list[int]]:
         result.done.synchronize()  # the round's single host synchronisation

@@ -314,7 +314,7 @@ def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
 
 
 def results_paths(summary_file_name: str | None, results_dir: str | Path, prefix: str = "bench") -> tuple[Path, Path]:
-    """(samples .jsonl, summary .json). `summary_file_name` (the seed's setting) names them;
+    """(samples .jsonl, summary .json). `summary_file_name` (a key of the flat YAML format) names them;
     a bare name goes into results_dir, a path is used as it is; default: a timestamp."""
     if summary_file_name:
         p = Path(summary_file_name).expanduser()

@@ -123,12 +123,7 @@ class SpeculativeEngine:
         generated = [0] * bsz
 
         # 1. prefill: target (its first token) and drafter
-        cache, bufs, input_ids, lengths, max_len = self._open(prompts)
-        first = self._prefill(cache, input_ids, lengths)  # [B]
-        bufs.last.copy_(first)
-        bufs.prev.copy_(input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1))
-        if self.drafter is not None:
-            self.drafter.prefill(input_ids, lengths, max_len)
+        cache, bufs, max_len, first = self._start(prompts)
         positions = [len(x) for x in prompts]  # host copy: position of `last` per row
         active = list(range(bsz))  # batch slot -> prompt index
         finished: set[int] = set()
@@ -211,11 +206,7 @@ class SpeculativeEngine:
     def prepare(self, prompts: Sequence[Sequence[int]]) -> None:
         """Compile or capture, now, every round shape this engine may run on a batch like `prompts`
         (bench calls it before timing); generates nothing."""
-        cache, bufs, input_ids, lengths, max_len = self._open(prompts)
-        bufs.last.copy_(self._prefill(cache, input_ids, lengths))
-        bufs.prev.copy_(bufs.last)
-        if self.drafter is not None:
-            self.drafter.prefill(input_ids, lengths, max_len)
+        cache, bufs, _, _ = self._start(prompts)
         for shape in self.shapes():
             if self.drafter is not None and not self.drafter.on_device:
                 bufs.give(self.drafter.propose(self._host_state(bufs, cache, [list(p) for p in prompts],
@@ -225,6 +216,17 @@ class SpeculativeEngine:
             self.rounds.prepare(cache, bufs, shape, self.params.sampling, self.target_rows)
 
     # ---- pieces of the loop ----------------------------------------------------------------
+    def _start(self, prompts: Sequence[Sequence[int]]):
+        """Open a batch and prefill the target and the drafter: (cache, buffers with `last` and
+        `prev` set, cache size, the first token per row [B])."""
+        cache, bufs, input_ids, lengths, max_len = self._open(prompts)
+        first = self._prefill(cache, input_ids, lengths)  # [B]
+        bufs.last.copy_(first)
+        bufs.prev.copy_(input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1))
+        if self.drafter is not None:
+            self.drafter.prefill(input_ids, lengths, max_len)
+        return cache, bufs, max_len, first
+
     def _open(self, prompts: Sequence[Sequence[int]]):
         """Right-padded prompts on the device (slot == position), the target cache and buffers."""
         p = self.params

@@ -189,9 +189,7 @@ class EagerRounds:
         once (compiled steps compile on first use) and put the round's state back."""
         if not self.fixed_shapes:
             return
-        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
-        if getattr(self.drafter, "cache", None) is not None:
-            state.append(self.drafter.cache.positions)
+        state = self._state(cache, bufs)
         saved = [t.clone() for t in state]
         self.launch(cache, bufs, shape, sampling, cache.max_len, target_rows)
         for t, s in zip(state, saved):
@@ -200,10 +198,24 @@ class EagerRounds:
     def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
                attend_len: int, target_rows: int) -> tuple[int, Tensor]:
         """Run one round; (draft steps run, the result tensor to read)."""
-        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
-        steps = run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows)
+        steps = self._round(cache, bufs, shape, sampling, attend_len, target_rows, may_sync=True)
         width = max(shape.width, steps)
         return steps, bufs.out[:, : 3 + width].clone()
+
+    def _round(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, attend_len: int,
+               target_rows: int, may_sync: bool) -> int:
+        """run_round with this batch's drafter when it drafts on the device (a host drafter's
+        proposal is already in `bufs`)."""
+        drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
+        return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync)
+
+    def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
+        """The tensors a round changes that a warm-up must leave as it found them."""
+        state = [cache.positions, bufs.last, bufs.prev, bufs.out]
+        dcache = getattr(self.drafter, "cache", None)
+        if dcache is not None:
+            state.append(dcache.positions)
+        return state
 
     def read(self, result: Tensor) -> list[list[int]]:
         return result.tolist()  # the round's single host synchronisation
