@@ -80,6 +80,22 @@ def gemma_configs(vocab: int = 262208):
     return target, draft
 
 
+def qwen_configs(vocab: int = 151936):
+    """Qwen2.5(-Coder) 1.5B target and 0.5B draft: the real pair's shapes (q/k/v biases, tied heads)."""
+    from transformers import Qwen2Config
+
+    common = dict(vocab_size=vocab, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                  bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=True)
+    target = Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, **common)
+    draft = Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                        num_key_value_heads=2, **common)
+    return target, draft
+
+
+CONFIGS = {"gemma": gemma_configs, "llama": llama_configs, "qwen": qwen_configs}
+
+
 class _Tok:
     def __init__(self, eos):
         self.eos_token_id = eos

@@ -42,7 +42,9 @@ DT = torch.bfloat16
 MODELS = {
     "gemma": [("gemma-4b", 2560, 10240, 8, 4, 256, 262208, True), ("gemma-270m", 640, 2048, 4, 1, 256, 262144, True)],
     "llama": [("llama-8b", 4096, 14336, 32, 8, 128, 128256, False), ("llama-1b", 2048, 8192, 32, 8, 64, 128256, False)],
+    "qwen": [("qwen-1.5b", 1536, 8960, 12, 2, 128, 151936, False), ("qwen-0.5b", 896, 4864, 14, 2, 64, 151936, False)],
 }
+PDL = False  # --pdl: our kernels launch with programmatic dependent launch
 
 
 COLD_BYTES = 256 << 20  # the copies of a matrix cycled through per measurement (> 5x the L2)
@@ -139,7 +141,7 @@ def gemv_rows(model, rows, sweep, results):
             def ours(cfg=None):
                 def run():
                     for w in ws:
-                        kernels.gemv(x, w, config=cfg, **kw)
+                        kernels.gemv(x, w, config=cfg, pdl=PDL, **kw)
                 return run
 
             # correctness against torch at this shape (bf16 tolerance)
@@ -210,7 +212,7 @@ def attention_rows(model, rows, results, slots=512, visible=384, sweep=True):
                 for i in range(n_layers):
                     kernels.decode_attention(qkv, pos, kc[i], vc[i], cos, sin, n_heads=H, n_kv=Hkv, head_dim=D,
                                              scaling=D ** -0.5, q_norm=qn, k_norm=qn, gemma=gemma,
-                                             splits=splits, block_s=block_s)
+                                             splits=splits, block_s=block_s, pdl=PDL)
             return run
 
         t_ref = bench(compiled_style, n_layers)
@@ -265,6 +267,7 @@ def main():
                     help="rows for each pair's draft model (default: --rows)")
     ap.add_argument("--sweep", action="store_true", help="sweep gemv's launch configurations")
     ap.add_argument("--attention-sweep", action="store_true", help="sweep the attention's splits and slot blocks")
+    ap.add_argument("--pdl", action="store_true", help="our kernels with programmatic dependent launch")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, Triton's interpreter, a tiny model, one config per form, no timing: checks the script")
@@ -272,6 +275,8 @@ def main():
     if args.smoke:
         _smoke(args)
         return
+    global PDL
+    PDL = args.pdl
     print(f"torch {torch.__version__}, triton {kernels.triton.__version__}, {torch.cuda.get_device_name()}")
     results: list[dict] = []
     with torch.inference_mode():

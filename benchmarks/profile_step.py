@@ -71,7 +71,11 @@ def profile(runner, batch, q, prompt_len, label, top):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pair", default="gemma")
+    ap.add_argument("--pair", default="gemma", choices=sorted(gpu_bench.CONFIGS))
+    ap.add_argument("--pdl", choices=["on", "off", "both"], default="on",
+                    help="programmatic dependent launch of the kernels (default on where supported)")
+    ap.add_argument("--max-kernel-rows", nargs="+", type=int, default=[None],
+                    help="steps of at most this many rows run wholly on the kernels (default kernels.MAX_ROWS)")
     ap.add_argument("--attention", default="matmul")
     ap.add_argument("--no-tuning", action="store_true", help="without inductor's coordinate-descent tuning")
     ap.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
@@ -86,24 +90,35 @@ def main():
     for item in args.inductor:
         key, _, value = item.partition("=")
         options[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
-    tcfg, dcfg = gpu_bench.gemma_configs() if args.pair == "gemma" else gpu_bench.llama_configs()
+    tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
     target = gpu_bench.build(tcfg, "target", oracle_target=True)
     draft = gpu_bench.build(dcfg, "draft")
     bw = gpu_bench.copy_bandwidth()
     print(f"{args.pair}: attention={args.attention} inductor options {options}; floors "
           f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
+    summary = []
+    pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
-        print(f"\n==== Triton decode kernels {'on' if kern else 'off'}")
-        opts = dict(attention=args.attention, inductor_options=options)
-        tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
-        dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
-        print(f"target: {tr.describe()}")
-        for b in args.batches:
-            t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
-            profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
-            d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
-            print(f"c = {d1 / t1:.3f}")
-        del tr, dr
+        for pdl in pdls if kern else [False]:
+            for rows in args.max_kernel_rows:
+                label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
+                print(f"\n==== {label}")
+                opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows)
+                tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
+                dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
+                print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
+                for b in args.batches:
+                    t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
+                    t6 = profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
+                    d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
+                    d2 = profile(dr, b, 2, 128, f"draft [{b}, 2]", args.top)
+                    print(f"c = {d1 / t1:.3f}")
+                    summary.append((label, b, t1, t6, d1, d2))
+                del tr, dr
+    print("\n==== summary (ms per step, wall median of 50 synchronised replays)")
+    print("setting | batch | target [b,1] | target [b,6] | draft [b,1] | draft [b,2] | c | verify/target")
+    for label, b, t1, t6, d1, d2 in summary:
+        print(f"{label} | {b} | {t1:.3f} | {t6:.3f} | {d1:.3f} | {d2:.3f} | {d1 / t1:.3f} | {t6 / t1:.2f}")
 
 
 if __name__ == "__main__":

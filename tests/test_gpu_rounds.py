@@ -92,3 +92,20 @@ def test_captured_sampling_equals_the_eager_round_on_the_same_noise(llama_pair):
     got = [r.token_ids for r in graphs.generate(RAGGED[:1])]
     ref = [r.token_ids for r in eager.generate(RAGGED[:1])]
     assert got == ref
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_draft_equal_to_target_accepts_everything_in_captured_rounds(llama_pair, batch):
+    """The draft's own path (its one- and two-row kernel steps, the feed of the previous round's
+    last proposal, its captured prefill and cache) must reproduce the target's tokens: with the
+    target as its own draft every proposal is accepted. A fault there costs acceptance only,
+    never exactness, so the exactness tests cannot see it."""
+    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.target), device="cuda", chat=False,
+                 dtype="float32", k=4, max_new_tokens=40, batch_size=batch)
+    d = SpeculativeDecoder.from_settings(s)
+    assert d.rounds() is not None and d.rounds().captured
+    results = d.generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, 40)
+    for r in results:
+        assert r.stats.draft_tokens > 0
+        assert r.stats.acceptance_rate == 1.0

@@ -332,13 +332,14 @@ class FusedModel:
 
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
-                 inductor_options: dict | None = None) -> None:
+                 inductor_options: dict | None = None, pdl: bool | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
         compiling on a device they run on; they are part of the compiled path). attention:
         "matmul" or "sdpa" for compiled steps (None: DEFAULT_ATTENTION for the device);
-        inductor_options: for torch.compile (None: DEFAULT_INDUCTOR_OPTIONS)."""
+        inductor_options: for torch.compile (None: DEFAULT_INDUCTOR_OPTIONS); pdl: launch the
+        kernels with programmatic dependent launch (None: where the device supports it)."""
         reason = fused_support(model)
         if reason is not None:
             raise FusedUnsupported(reason)
@@ -401,6 +402,7 @@ class FusedModel:
         elif kernels and self.kernels_unsupported is not None:
             kernels = False  # asked for but not possible: `kernels_unsupported` says why
         self.kernels = bool(kernels)
+        self.pdl = self.kernels and (_kernels.pdl_usable(self.device) if pdl is None else bool(pdl))
         self.kernel_error: str | None = None
         self._kernel_shapes: set[tuple] = set()
         self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
@@ -507,7 +509,10 @@ class FusedModel:
             except torch._dynamo.exc.TorchDynamoException:
                 raise  # torch.compile's own failure (the compiled parts): the runner handles it
             except Exception as e:
-                raise KernelFailure(str(e)) from e
+                if not self.pdl:
+                    raise KernelFailure(str(e)) from e
+                self.pdl = False  # the launch option may be what failed: once more without it
+                return self.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep)
             self._kernel_shapes.add(shape)
             return out
         layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
@@ -536,20 +541,21 @@ class FusedModel:
         sh = self.shape
         gemma = sh.gemma
         eps = sh.eps
+        pdl = self.pdl
         tables = self.tables(cache.max_len)
         h = self._embed(input_ids)
         d = None
         d_norm = None
         for i, w in enumerate(self.weights):
             qkv, h_new = _kernels.gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
-                                       delta=d, delta_norm=d_norm)
+                                       delta=d, delta_norm=d_norm, pdl=pdl)
             if h_new is not None:
                 h = h_new
             o = self._attention(i, qkv, cache, position_ids, tables)
-            o, _ = _kernels.gemv(o, w.wo, bias=w.bo)
+            o, _ = _kernels.gemv(o, w.wo, bias=w.bo, pdl=pdl)
             a, h = _kernels.gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
-                                 delta_norm=w.post_attn, act=self.act_name)
-            d, _ = _kernels.gemv(a, w.wd, bias=w.bd)
+                                 delta_norm=w.post_attn, act=self.act_name, pdl=pdl)
+            d, _ = _kernels.gemv(a, w.wd, bias=w.bd, pdl=pdl)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
@@ -566,7 +572,7 @@ class FusedModel:
         return _kernels.decode_attention(
             qkv, position_ids, k_buf, v_buf, cos, sin, n_heads=sh.n_heads, n_kv=sh.n_kv,
             head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=w.q_norm, k_norm=w.k_norm,
-            gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None)
+            gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None, pdl=self.pdl)
 
     def _hybrid_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                         logits_to_keep: Tensor | int) -> Tensor:

@@ -43,11 +43,22 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "decode_attention", "gemv", "gemv_config",
-           "gemv_operands",
-           "usable_on"]
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
+           "gemv_config", "gemv_operands", "pdl_usable", "usable_on"]
 
 AVAILABLE = triton is not None
+
+# Programmatic dependent launch (Hopper and later, Triton's grid dependency control): a kernel
+# launched with it may start while the kernel before it in the stream is still running; it
+# loads what no earlier kernel of the step writes (its weights) and then waits for its
+# predecessor's results (gdc_wait). In a decode step of ~150 dependent kernels this hides each
+# kernel's launch and its first weight loads behind the one before.
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents as _gdc_launch, gdc_wait as _gdc_wait
+    PDL_AVAILABLE = True
+except Exception:  # pragma: no cover - Triton without grid dependency control
+    _gdc_launch = _gdc_wait = None
+    PDL_AVAILABLE = False
 
 # Decode steps of at most this many rows (batch x query tokens) run wholly on the kernels; larger
 # ones keep cuBLAS's products (with the attention kernel). One row: the draft's steps at batch 1
@@ -79,7 +90,24 @@ def usable_on(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def pdl_usable(device: torch.device) -> bool:
+    """Whether the kernels can launch with programmatic dependent launch on `device` (CUDA compute
+    capability 9.0 or later, and a Triton with grid dependency control)."""
+    if not (AVAILABLE and PDL_AVAILABLE and device.type == "cuda"):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
 if AVAILABLE:
+
+    @triton.jit
+    def _pdl_enter(PDL: tl.constexpr):
+        """Under programmatic dependent launch: let the next kernel launch, then wait for the
+        previous one's results. Everything a kernel loads before this must be immutable (weights)."""
+        if PDL:
+            _gdc_launch()
+            _gdc_wait()
 
     @triton.jit
     def _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -168,7 +196,7 @@ if AVAILABLE:
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr,
+        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
@@ -191,6 +219,11 @@ if AVAILABLE:
         m_ok = rm < M
         n_ok = rn < N
         wdt = W.dtype.element_ty
+        w_rows = W + rn[:, None] * swn
+        w2_rows = W + (rn + N)[:, None] * swn
+        if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
+        _pdl_enter(PDL)
         if HAS_D and D_NORM:
             rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_K)
         else:
@@ -205,10 +238,6 @@ if AVAILABLE:
         else:
             acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
             acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        w_rows = W + rn[:, None] * swn
-        w2_rows = W + (rn + N)[:, None] * swn
-        if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
-            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
@@ -261,7 +290,7 @@ if AVAILABLE:
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        PREFETCH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PREFETCH: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """_gemv_kernel's reduction form for two rows (M <= 2): each weight tile is loaded once
         and multiplied into one [BLOCK_N, BLOCK_K / 8] accumulator per row, each row's input
@@ -276,6 +305,11 @@ if AVAILABLE:
         rk = tl.arange(0, BLOCK_K)
         n_ok = rn < N
         wdt = W.dtype.element_ty
+        w_rows = W + rn[:, None] * swn
+        w2_rows = W + (rn + N)[:, None] * swn
+        if PREFETCH:
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
+        _pdl_enter(PDL)
         if HAS_D and D_NORM:
             rsd_a = _delta_rms(D, sdm, ra, a_ok, K, eps, 1, BLOCK_K)
             rsd_b = _delta_rms(D, sdm, rb, b_ok, K, eps, 1, BLOCK_K)
@@ -288,10 +322,6 @@ if AVAILABLE:
         acc_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
         acc2_a = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
         acc2_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-        w_rows = W + rn[:, None] * swn
-        w2_rows = W + (rn + N)[:, None] * swn
-        if PREFETCH:
-            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
@@ -387,7 +417,7 @@ if AVAILABLE:
         QKV, sqb, sqq, QN, KN, COS, SIN, POS, spb, KC, VC, scb, sch, scs, O, sob, soq,
         PM, PA, Q, HKV, scaling, eps, window,
         G: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-        WINDOW: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
+        WINDOW: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     ):
         """Program (b * HKV + kv head, split): the G query heads of one KV head over q tokens
@@ -395,6 +425,7 @@ if AVAILABLE:
         before the step's first position, and (split 0) to the step's own q new tokens, whose
         keys and values it holds in registers and writes to the cache for later steps. The
         cache reads never touch this step's slots, so nothing orders the write before them."""
+        _pdl_enter(PDL)
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = bh // HKV
@@ -457,8 +488,10 @@ if AVAILABLE:
 
     @triton.jit
     def _combine_kernel(PM, PA, O, sob, soq, Q, HKV,
-                        G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr):
+                        G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr,
+                        PDL: tl.constexpr):
         """Merge the splits' online-softmax partials of one query row of one (b, KV head)."""
+        _pdl_enter(PDL)
         bh = tl.program_id(0)
         r = tl.program_id(1)
         b = bh // HKV
@@ -504,9 +537,10 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tupl
         if norm:
             return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
         return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
-    # several rows: tensor cores read the weights once for all of them (the product routes these
-    # steps to cuBLAS, see MAX_ROWS)
-    return ("mma", 64, 64, 4, 3)
+    # several rows: tensor cores read the weights once for all of them, in programs narrow enough
+    # to give every SM one (the product routes these steps to cuBLAS beyond MAX_ROWS)
+    block_n = 16 if n <= 2048 else 32 if n <= 8192 else 64
+    return ("mma", block_n, 256, 4, 4)
 
 
 def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: str):
@@ -531,13 +565,15 @@ def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: 
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
-         config: tuple[str, int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+         config: tuple[str, int, int, int, int] | None = None, pdl: bool = False) -> tuple[Tensor, Tensor | None]:
     """y = f(x) @ weight.T (+ bias) for x [..., K] with at most MAX_ROWS rows (see module doc).
 
     delta: x' = x + norm_delta(delta) (or x + delta without delta_norm) is formed first and
     returned as the second result (the residual stream after the add); norm: an RMS norm of
     x' with this weight (Gemma's (1 + w) form when `gemma`); act: weight is [2N, K], gate rows
-    then up rows, and y = act(gate) * up ("silu" or "gelu_tanh")."""
+    then up rows, and y = act(gate) * up ("silu" or "gelu_tanh"). pdl: launch with programmatic
+    dependent launch (see pdl_usable); the reduction forms then load their first weight tile
+    before waiting for the previous kernel (the "prefetch" form)."""
     lead = x.shape[:-1]
     k = x.shape[-1]
     if weight.stride(-1) != 1:
@@ -548,6 +584,8 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
     if form not in FORMS:
         raise ValueError(f"unknown gemv form {form!r} ({', '.join(FORMS)})")
+    if pdl and form == "reduce":
+        form = "prefetch"
     mma = form == "mma"
     least = 16 if mma else 1  # tensor-core operands are at least 16 wide
     block_k = max(least, min(block_k, max(16, triton.next_power_of_2(k))))  # small models: no idle lanes
@@ -561,12 +599,17 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     flags = dict(HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
                  GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
                  HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
-                 BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+                 BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **_pdl_args(pdl))
     if not mma and m == 2:
         _gemv2_kernel[grid](*args, **flags)
     else:
         _gemv_kernel[grid](*args, IEEE=weight.dtype == torch.float32, MMA=mma, BLOCK_M=block_m, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+def _pdl_args(pdl: bool) -> dict:
+    """The kernels' PDL flag, and Triton's launch option for it when on."""
+    return dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
 
 
 def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:
@@ -582,7 +625,7 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                      cos: Tensor, sin: Tensor, *, n_heads: int, n_kv: int, head_dim: int,
                      scaling: float, eps: float = 1e-6, q_norm: Tensor | None = None,
                      k_norm: Tensor | None = None, gemma: bool = False, window: int | None = None,
-                     splits: int | None = None, block_s: int = 64) -> Tensor:
+                     splits: int | None = None, block_s: int = 64, pdl: bool = False) -> Tensor:
     """Attention of q new tokens per row over the cache, with the new keys/values written.
 
     qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position),
@@ -619,9 +662,10 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
         q, n_kv, float(scaling), float(eps), int(window or 0),
         G=g, D=head_dim, QK_NORM=q_norm is not None, GEMMA=bool(gemma), WINDOW=bool(window),
         SPLITS=splits, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
-        num_warps=warps, num_stages=2,
+        num_warps=warps, num_stages=2, **_pdl_args(pdl),
     )
     if splits > 1:
         _combine_kernel[(b * n_kv, g * q)](pm, pa, out, out.stride(0), out.stride(1), q, n_kv,
-                                           G=g, D=head_dim, SPLITS=splits, BLOCK_R=block_r, num_warps=4)
+                                           G=g, D=head_dim, SPLITS=splits, BLOCK_R=block_r, num_warps=4,
+                                           **_pdl_args(pdl))
     return out

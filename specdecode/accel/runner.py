@@ -50,12 +50,13 @@ class ModelRunner(ModelStep):
     `graphs`: its steps will run inside captured rounds (CUDA only): caches are pooled and the
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
-    for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`:
-    see FusedModel (profiling and tests; the defaults are the measured choices)."""
+    for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
+    `pdl`: see FusedModel (profiling and tests; the defaults are the measured choices)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
-                 max_kernel_rows: int | None = None, inductor_options: dict | None = None) -> None:
+                 max_kernel_rows: int | None = None, inductor_options: dict | None = None,
+                 pdl: bool | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -68,7 +69,7 @@ class ModelRunner(ModelStep):
             try:  # FusedModel checks fused_support itself
                 self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
-                                        inductor_options=inductor_options)
+                                        inductor_options=inductor_options, pdl=pdl)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
