@@ -4,9 +4,9 @@
         [--inductor max_autotune=True ...]
 
 Builds the pair's random-weight models (as gpu_bench.py does), captures the product's default
-CUDA step (fused layers, torch.compile, CUDA graph) for the target [1, 1], the verify [1, 6]
-and the draft [1, 1], times each (median of 50 replays, synchronised), and prints the kernels of
-one replay grouped by name with their share of the step.
+CUDA step (fused layers, torch.compile, Triton kernels) as a CUDA graph for the target [1, 1],
+the verify [1, 6] and the draft [1, 1] and [1, 2], times each (20 replays back to back, median
+of 15 such timings), and prints the kernels of one replay grouped by name with their share.
 """
 
 from __future__ import annotations
@@ -36,20 +36,35 @@ def profile(runner, batch, q, prompt_len, label, top):
     cache.set_positions(torch.full((batch,), prompt_len, device="cuda"))
     step = torch.randint(10, 500, (batch, q), device="cuda")
     keep = 0 if q > 1 else 1
-    for _ in range(3):
-        runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+    start = cache.positions.clone()
+
+    def one():  # the step at a fixed position (the cache advance is undone before each replay)
+        cache.positions.copy_(start)
+        return runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            one()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        one()
+    reps = 20  # replays back to back per timing: the step's own pace, not a launch from a drained GPU
     times = []
-    for _ in range(50):
+    for _ in range(15):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+        for _ in range(reps):
+            graph.replay()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t) / reps)
     med = statistics.median(times) * 1e3
     reps = 5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
-            runner.forward(step, cache, cache.max_len, logits_to_keep=keep)
+            graph.replay()
         torch.cuda.synchronize()
     groups = defaultdict(lambda: [0.0, 0])
     for ev in prof.events():
@@ -63,7 +78,8 @@ def profile(runner, batch, q, prompt_len, label, top):
             groups[key][1] += 1 / reps
     busy = sum(v[0] for v in groups.values())
     n = sum(v[1] for v in groups.values())
-    print(f"\n-- {label}: {med:.3f} ms per step (wall, median); kernels {n:.0f}, GPU busy {busy / 1e3:.3f} ms")
+    print(f"\n-- {label}: {med:.3f} ms per step (captured step replayed back to back, median); kernels {n:.0f}, "
+          f"kernel time {busy / 1e3:.3f} ms (under PDL a kernel's time includes its wait for the one before)")
     for key, (us, cnt) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"{us:9.1f} us {us / busy:6.1%} {cnt:5.0f}x {us / cnt:7.2f} us/kernel  {key}")
     return med
@@ -115,7 +131,7 @@ def main():
                     print(f"c = {d1 / t1:.3f}")
                     summary.append((label, b, t1, t6, d1, d2))
                 del tr, dr
-    print("\n==== summary (ms per step, wall median of 50 synchronised replays)")
+    print("\n==== summary (ms per step: median over 15 timings of 20 back-to-back replays of the captured step)")
     print("setting | batch | target [b,1] | target [b,6] | draft [b,1] | draft [b,2] | c | verify/target")
     for label, b, t1, t6, d1, d2 in summary:
         print(f"{label} | {b} | {t1:.3f} | {t6:.3f} | {d1:.3f} | {d2:.3f} | {d1 / t1:.3f} | {t6 / t1:.2f}")

@@ -537,10 +537,9 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tupl
         if norm:
             return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
         return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
-    # several rows: tensor cores read the weights once for all of them, in programs narrow enough
-    # to give every SM one (the product routes these steps to cuBLAS beyond MAX_ROWS)
-    block_n = 16 if n <= 2048 else 32 if n <= 8192 else 64
-    return ("mma", block_n, 256, 4, 4)
+    # several rows: tensor cores read the weights once for all of them (the H200 sweep at 6 rows,
+    # Qwen2.5 1.5B: 2026-12-02-h200-kernels-qwen.txt)
+    return ("mma", 64, 128 if gated else 256, 4, 3)
 
 
 def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: str):
