@@ -163,7 +163,7 @@ def gemv_rows(model, rows, sweep, results):
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             t_cublas = bench(cublas, copies)
             t_ours = bench(ours(), copies)
-            best = (t_ours, kernels.gemv_config(m, n, k, gated, norm))
+            best = (t_ours, kernels.gemv_config(m, n, k, gated, norm, PDL))
             if sweep and label != "lm_head":  # the head stays on cuBLAS
                 grid = sweep_grid(m, gated)
                 ok = precompile([(wrows, k, m, gated, norm, delta, dnorm, model[-1], cfg) for cfg in grid])

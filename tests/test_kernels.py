@@ -106,9 +106,30 @@ def test_gemv_half_precision_rounds_like_torch():
     assert (y.float() - ref).abs().max().item() <= 2e-3 * ref.abs().max().item() + 1e-3
 
 
+@pytest.mark.parametrize("pdl_config", [("reduce", 2, 256, 1, 2), ("prefetch", 1, 2048, 8, 2)])
+def test_gemv_pdl_configs_match_torch(pdl_config):
+    """The single-row configurations chosen under PDL (one-row programs, a K row wider than K)."""
+    g = _gen(4)
+    k, n = 300, 40
+    x = _t(1, k, g=g)
+    w = _t(2 * n, k, g=g, scale=0.05)
+    nw = _t(k, g=g, scale=0.3)
+    y, _ = kernels.gemv(x, w, norm=nw, act="silu", config=pdl_config)
+    h = _rms(x, nw, 1e-6, False).float() @ w.float().T
+    ref = F.silu(h[:, :n]) * h[:, n:]
+    assert (y - ref).abs().max().item() <= 1e-4 * ref.abs().max().item() + 1e-5
+    y, _ = kernels.gemv(x, w[:n], config=pdl_config)
+    ref = x.float() @ w[:n].float().T
+    assert (y - ref).abs().max().item() <= 1e-4 * ref.abs().max().item() + 1e-5
+
+
 def test_gemv_configs():
     assert kernels.gemv_config(1, 20480 // 2, 2560, True)[0] == "reduce"  # one row: the swept form
     assert kernels.gemv_config(6, 4096, 2560, False)[0] == "mma"
+    # under programmatic dependent launch the swept single-row configurations of small models
+    assert kernels.gemv_config(1, 4864, 896, True, True, pdl=True) == ("reduce", 2, 256, 1, 2)
+    assert kernels.gemv_config(1, 896, 4864, False, pdl=True) == ("prefetch", 1, 2048, 8, 2)
+    assert kernels.gemv_config(1, 896, 4864, False) != kernels.gemv_config(1, 896, 4864, False, pdl=True)
     with pytest.raises(ValueError, match="unknown gemv form"):
         kernels.gemv(torch.zeros(1, 32, device=DEV), torch.zeros(16, 32, device=DEV), config=("fast", 8, 32, 4, 2))
 

@@ -516,9 +516,19 @@ if AVAILABLE:
 # sweep of benchmarks/kernel_bench.py (benchmarks/results/*-kernels.txt); sweeps pass `config=`.
 
 
-def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False) -> tuple[str, int, int, int, int]:
+def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
+                pdl: bool = False) -> tuple[str, int, int, int, int]:
     """(form, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [k, n] product; form is
-    "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left operand)."""
+    "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left operand).
+    pdl: the configuration for launches with programmatic dependent launch, where it differs."""
+    if m == 1 and pdl:
+        # the H200 sweep under PDL at the Qwen2.5 0.5B shapes (2026-12-02-h200-kernels-qwen.txt):
+        # narrower programs for the gate/up of small models (6.6 against 7.7 us), one-row programs
+        # with the whole K row prefetched for a long down projection (3.7 against 5.4 us)
+        if gated and k <= 1024:
+            return ("reduce", 2, 256, 1, 2)
+        if not gated and not norm and 4096 < k <= 5120:
+            return ("prefetch", 1, 2048, 8, 2)
     if m == 1:
         # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-sweep.txt: Gemma
         # 3 4B and 270M) by kind: gated (gate/up), normed (qkv), plain (o, down). BLOCK_K is a
@@ -580,7 +590,7 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     n = weight.shape[0] // 2 if act is not None else weight.shape[0]
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_GEMV_ROWS, "gemv")
     m = x2.shape[0]
-    form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None)
+    form, block_n, block_k, warps, stages = config or gemv_config(m, n, k, act is not None, norm is not None, pdl)
     if form not in FORMS:
         raise ValueError(f"unknown gemv form {form!r} ({', '.join(FORMS)})")
     if pdl and form == "reduce":

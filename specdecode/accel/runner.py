@@ -91,8 +91,9 @@ class ModelRunner(ModelStep):
         """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
         parts = ["fused layers" if self.fused is not None else "transformers modules"]
         if self.fused is not None and self.fused.kernels:
+            pdl = ", programmatic dependent launch" if self.fused.pdl else ""
             parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
-                         "attention in larger ones)")
+                         f"attention in larger ones{pdl})")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")
         if self.compiled:
