@@ -52,14 +52,15 @@ def make_prompts(out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ convert
-def convert(gguf: Path, out: Path) -> None:
-    """GGUF (dequantized by transformers, float32: its fast path) -> bf16 safetensors + tokenizer."""
+def convert(gguf: Path, out: Path, names: list[str] | None = None) -> None:
+    """GGUF (dequantized by transformers, float32: its fast path) -> bf16 safetensors + tokenizer.
+    `names`: the models to convert (default both; two processes may convert one each at once)."""
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for name in (DRAFT, TARGET):
+    for name in names or (DRAFT, TARGET):
         dest = out / name
         if (dest / "config.json").exists():
             continue
@@ -154,23 +155,32 @@ def hf_baselines(models: Path, prompts: Path, k: int = 5, n: int = 20) -> dict:
 
     tok = AutoTokenizer.from_pretrained(models / TARGET)
     rows = [json.loads(x)["prompt"] for x in prompts.read_text().splitlines() if x.strip()][:n]
-    ids = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
-                                   return_dict=True)["input_ids"].cuda() for p in rows]
+    enc = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
+                                   return_dict=True)["input_ids"][0] for p in rows]
+    # every prompt left-padded to one length: the static cache and the compiled step then have one
+    # shape (a new prompt length would recompile inside the clock)
+    width = max(len(e) for e in enc)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = [(torch.cat([torch.full((width - len(e),), pad), e])[None].cuda(),
+            torch.cat([torch.zeros(width - len(e), dtype=torch.long), torch.ones(len(e), dtype=torch.long)])[None].cuda())
+           for e in enc]
     target = AutoModelForCausalLM.from_pretrained(models / TARGET, dtype=torch.bfloat16).cuda().eval()
     draft = AutoModelForCausalLM.from_pretrained(models / DRAFT, dtype=torch.bfloat16).cuda().eval()
     out = {}
 
     def run(label, **kw):
-        for x in ids[:2]:  # warm-up: compilation, cache allocation
-            target.generate(x, max_new_tokens=128, do_sample=False, **kw)
+        for x, mask in ids[:2]:  # warm-up: compilation, cache allocation
+            target.generate(x, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad, **kw)
         torch.cuda.synchronize()
         t, toks = time.perf_counter(), 0
-        for x in ids:
-            y = target.generate(x, max_new_tokens=128, do_sample=False, **kw)
+        for x, mask in ids:
+            y = target.generate(x, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad,
+                                **kw)
             toks += y.shape[1] - x.shape[1]
         torch.cuda.synchronize()
-        out[label] = {"tokens": toks, "time_s": time.perf_counter() - t,
-                      "tok_s": toks / (time.perf_counter() - t)}
+        took = time.perf_counter() - t
+        out[label] = {"tokens": toks, "time_s": took, "tok_s": toks / took, "prompts": len(ids),
+                      "prompt_tokens_padded_to": width}
         print(f"transformers {label}: {out[label]['tok_s']:.0f} tok/s", flush=True)
 
     run("generate_static_compiled", cache_implementation="static")
@@ -252,7 +262,10 @@ def run(args) -> None:
             rep = bench(Path(args.models), prompts, ["--k", "3", "5", "7", "auto", *n], args.timeout, cmd="compare")
             r["compare"] = {str(row.get("k")): row for row in rep.get("rows", [])} if "error" not in rep else rep
         elif step == "hf":
-            r["transformers"] = hf_baselines(Path(args.models), prompts, n=args.num_samples)
+            try:
+                r["transformers"] = hf_baselines(Path(args.models), prompts, n=args.hf_samples)
+            except Exception as e:  # keep what the product steps measured
+                r["transformers"] = {"error": {"tok_s": None, "message": f"{type(e).__name__}: {e}"[:500]}}
         elif step == "clear-cache":
             import shutil
 
@@ -277,6 +290,7 @@ def main() -> None:
     p = sub.add_parser("convert")
     p.add_argument("--gguf", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--names", nargs="+", default=None, help=f"default: {DRAFT} {TARGET}")
     p = sub.add_parser("random")
     p.add_argument("--like", required=True)
     p.add_argument("--out", required=True)
@@ -285,6 +299,7 @@ def main() -> None:
     p.add_argument("--prompts", required=True)
     p.add_argument("--set", default="code")
     p.add_argument("--num-samples", type=int, default=20)
+    p.add_argument("--hf-samples", type=int, default=20, help="prompts for the transformers baselines")
     p.add_argument("--out", required=True)
     p.add_argument("--tag", default="")
     p.add_argument("--timeout", type=int, default=400)
@@ -295,7 +310,7 @@ def main() -> None:
     if args.cmd == "prompts":
         make_prompts(Path(args.out))
     elif args.cmd == "convert":
-        convert(Path(args.gguf), Path(args.out))
+        convert(Path(args.gguf), Path(args.out), args.names)
     elif args.cmd == "random":
         random_like(Path(args.like), Path(args.out))
     else:
