@@ -35,6 +35,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -459,6 +460,18 @@ def _out_of_memory(decoder, batch_size: int, error: BaseException) -> str:
     return f"out of memory with a batch of {batch_size} prompt(s) ({type(error).__name__})"
 
 
+@contextmanager
+def _keeping_what_was_measured(result, on_out_of_memory: Callable[[BaseException], None]):
+    """Around a measuring loop: Ctrl-C marks `result` interrupted, out of memory goes to
+    `on_out_of_memory`; either way what completed stays in `result`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        result.interrupted = True
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        on_out_of_memory(e)
+
+
 def run_benchmark(
     decoder,
     prompts: Sequence[str],
@@ -501,7 +514,12 @@ def run_benchmark(
     phase = on_phase or (lambda _: None)
     size = settings.batch_size
     in_flight = min(size, len(todo)) or size  # prompts in the batch being run (for the out-of-memory message)
-    try:
+
+    def out_of_memory(e):
+        result.failed_batch_size = in_flight
+        result.failure = _out_of_memory(decoder, in_flight, e)
+
+    with _keeping_what_was_measured(result, out_of_memory):
         first_batch = [ids[i] for i in todo[:size]]
         if warmup and todo:
             phase("warm-up")
@@ -541,11 +559,6 @@ def run_benchmark(
                     f.flush()
             if on_batch is not None:
                 on_batch(result)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        result.failed_batch_size = in_flight
-        result.failure = _out_of_memory(decoder, in_flight, e)
     _sort_by_index(result)
     result.decode_steps = decode_steps(decoder)
     return result
@@ -607,7 +620,12 @@ def run_sweep(
     steps: dict[tuple[str, int], StepTimes | None] = {}  # c depends on the drafter and batch size, not k
     phase = on_phase or (lambda _: None)
     combo = None
-    try:
+
+    def out_of_memory(e):
+        result.failed_combo = combo
+        result.failure = _out_of_memory(decoder, combo.batch_size if combo is not None else decoder.settings.batch_size, e)
+
+    with _keeping_what_was_measured(result, out_of_memory):
         ids = encode_prompts(decoder, prompts)
         decoder.reserve(ids)  # one cache size for every batch and row of the sweep
         for combo in combos:
@@ -631,9 +649,4 @@ def run_sweep(
             result.rows.append((combo, baselines[key], spec, steps[skey]))
             if on_row is not None:
                 on_row(result)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        result.failed_combo = combo
-        result.failure = _out_of_memory(decoder, combo.batch_size if combo is not None else decoder.settings.batch_size, e)
     return result
