@@ -163,6 +163,19 @@ if AVAILABLE:
         return w, w2
 
     @triton.jit
+    def _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED: tl.constexpr, PREFETCH: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+        """The weight tiles of this iteration of a K loop (columns kk), and the ones carried to the
+        next: with PREFETCH the tiles loaded one iteration ahead are used and the next ones loaded
+        now; without, w_nx/w2_nx are passed through untouched (any placeholder of a fixed type)."""
+        if PREFETCH:
+            w, w2 = w_nx, w2_nx
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, kk + BLOCK_K, K, GATED)
+        else:
+            w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED)
+        return w, w2, w_nx, w2_nx
+
+    @triton.jit
     def _row_partial(x, w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """x [1, BLOCK_K] (fp32) times the weight tile, summed within each thread's 8 contiguous
         columns: [BLOCK_N, BLOCK_K // 8], no exchange between threads."""
@@ -221,6 +234,7 @@ if AVAILABLE:
         wdt = W.dtype.element_ty
         w_rows = W + rn[:, None] * swn
         w2_rows = W + (rn + N)[:, None] * swn
+        w_nx, w2_nx = w_rows, w2_rows  # without PREFETCH: placeholders the loop carries unused
         if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
             w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         _pdl_enter(PDL)
@@ -241,11 +255,7 @@ if AVAILABLE:
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
-            if PREFETCH:
-                w, w2 = w_nx, w2_nx
-                w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, kk + BLOCK_K, K, GATED)
-            else:
-                w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED)
+            w, w2, w_nx, w2_nx = _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED, PREFETCH, BLOCK_K)
             xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
                                  HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
             if NORM:
@@ -307,6 +317,7 @@ if AVAILABLE:
         wdt = W.dtype.element_ty
         w_rows = W + rn[:, None] * swn
         w2_rows = W + (rn + N)[:, None] * swn
+        w_nx, w2_nx = w_rows, w2_rows
         if PREFETCH:
             w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         _pdl_enter(PDL)
@@ -325,11 +336,7 @@ if AVAILABLE:
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
-            if PREFETCH:
-                w, w2 = w_nx, w2_nx
-                w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, kk + BLOCK_K, K, GATED)
-            else:
-                w, w2 = _weight_tiles(w_rows, w2_rows, n_ok, kk, K, GATED)
+            w, w2, w_nx, w2_nx = _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED, PREFETCH, BLOCK_K)
             xf_a, xn_a = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, ra, a_ok, kk, k_ok, rsd_a, pid,
                                      HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
             xf_b, xn_b = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rb, b_ok, kk, k_ok, rsd_b, pid,
