@@ -271,7 +271,15 @@ def predicted_speedup(alpha: float, k: float, c: float) -> float:
     """(1 - α^(k+1)) / ((1 - α)(k·c + 1)): the expected walltime improvement."""
     if c < 0:
         raise ValueError(f"c must be >= 0, got {c}")
-    return expected_tokens_per_round(alpha, k) / (k * c + 1.0)
+    return speedup_at_round_costs(alpha, k, c, 1.0)
+
+
+def speedup_at_round_costs(alpha: float, k: float, c: float, v: float) -> float:
+    """The same with the verify priced as measured: v = the target's (k+1)-token step over its
+    one-token step (Leviathan et al.'s formula takes v = 1)."""
+    if c < 0 or v <= 0:
+        raise ValueError(f"need c >= 0 and v > 0, got c={c}, v={v}")
+    return expected_tokens_per_round(alpha, k) / (k * c + v)
 
 
 def prediction_table(c: float, alphas: Sequence[float] = ALPHAS, ks: Sequence[int] = KS) -> list[list[float]]:

@@ -106,6 +106,13 @@ def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_p
     pred = report["prediction"]
     assert pred["c_method"] == "measured" and pred["c"] > 0 and pred["k"] == K
     assert 0.0 <= pred["alpha"] <= 1.0
+    # the verify step measured at its own length, and the prediction at the round's measured costs
+    rc = pred["round_costs"]
+    assert rc["verify_tokens"] == K + 1 and rc["verify_step_ms"] > 0
+    assert rc["verify_over_target_step"] == pytest.approx(rc["verify_step_ms"] / pred["target_step_ms"])
+    assert rc["speedup_at_round_costs"] == pytest.approx(
+        pred["tokens_per_round"] / (K * pred["c"] + rc["verify_over_target_step"]))
+    assert rc["realised_at_round_costs"] == pytest.approx(report["speedup"] / rc["speedup_at_round_costs"])
     assert len(report["samples"]) == 3 and all(s["match"] is True for s in report["samples"])
     assert report["samples"][1]["prompt"] == PROMPTS[7]
     # results files: per-sample JSONL and the summary, named by summary_file_name

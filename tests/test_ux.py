@@ -304,6 +304,13 @@ def test_prediction_lines_round_k_and_do_not_wrap(capsys, llama_pair, tmp_path):
     assert len(lines) == 2, out
     assert re.search(r"k=\d+\.\d\d \(mean proposed\)", lines[0]), lines[0]
     assert lines[1].startswith("measured  speedup")
+    # --k auto: the verify's length changes by round, so no line prices it
+    assert "at the measured round costs" not in out
+    code, out, err = run(capsys, *bench_args(llama_pair, tmp_path, "--k", "3", "--num-samples", "2"))
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("at the measured round costs"))
+    assert re.fullmatch(r"at the measured round costs \(verify of 4 tokens = \d+\.\d\d target steps\): \d+\.\d\dx", line), line
+    assert len(line) <= 100
 
 
 # ---- 8: inspect's dtype; issue 15: the computation outside the CLI ---------------------------

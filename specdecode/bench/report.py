@@ -69,6 +69,17 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
     if alpha is None or k is None or step is None:
         return None
     predicted = metrics.predicted_speedup(alpha, k, step.c)
+    verify = None
+    if step.verify_ms is not None and step.target_ms:
+        v = step.verify_ms / step.target_ms
+        at_costs = metrics.speedup_at_round_costs(alpha, k, step.c, v)
+        verify = {
+            "verify_tokens": step.verify_tokens,
+            "verify_step_ms": step.verify_ms,
+            "verify_over_target_step": v,
+            "speedup_at_round_costs": at_costs,
+            "realised_at_round_costs": measured_speedup / at_costs if measured_speedup is not None else None,
+        }
     return {
         "alpha": alpha,
         "alpha_method": "accepted / (accepted + rejections)" if acc.rejected_rounds is not None else "acceptance rate",
@@ -82,6 +93,8 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
         "speedup": predicted,
         "measured_speedup": measured_speedup,
         "realised": measured_speedup / predicted if measured_speedup is not None and predicted > 0 else None,
+        # the round priced as measured: k draft steps and the verify's own cost (v target steps)
+        "round_costs": verify,
     }
 
 

@@ -157,9 +157,12 @@ class StepTimes:
     method: str  # "measured" | "lookup" (prompt lookup: no forward)
     target_ms: float | None = None
     draft_ms: float | None = None
+    verify_ms: float | None = None  # the target's step over k+1 tokens (a fixed k only)
+    verify_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"c": self.c, "method": self.method, "target_step_ms": self.target_ms, "draft_step_ms": self.draft_ms}
+        return {"c": self.c, "method": self.method, "target_step_ms": self.target_ms, "draft_step_ms": self.draft_ms,
+                "verify_step_ms": self.verify_ms, "verify_tokens": self.verify_tokens}
 
 
 # ---- building blocks ---------------------------------------------------------------------
@@ -245,8 +248,9 @@ def warm_up(decoder, batch: list[list[int]]) -> None:
 
 @torch.inference_mode()
 def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP_REPEATS,
-                 runner=None, cache_len: int = 0) -> float:
-    """Median wall time (ms) of a [B, 1] forward of `loaded` after prefilling `prompt` on a fresh cache.
+                 runner=None, cache_len: int = 0, tokens: int = 1) -> float:
+    """Median wall time (ms) of a [B, tokens] forward of `loaded` after prefilling `prompt` on a fresh
+    cache (tokens = k+1: a verify step).
 
     `runner`: the decoder's own runner for this model, so the step is timed as generation runs
     it (fused, compiled, and captured as a CUDA graph when rounds are); a plain eager step
@@ -258,19 +262,19 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
     device = runner.device
     ctx = len(prompt)
     fixed = getattr(runner, "fixed_shapes", False)
-    max_len = max(ctx + STEP_INNER + 2, cache_len if fixed else 0)
+    max_len = max(ctx + STEP_INNER * tokens + 2, cache_len if fixed else 0)
     cache = runner.new_cache(batch_size, max_len)
     rows = int(loaded.model.get_output_embeddings().weight.shape[0])
     x = torch.tensor([prompt] * batch_size, dtype=torch.long, device=device).clamp_(max=rows - 1)
     logits = runner.prefill(x, cache, attend_len=ctx, logits_to_keep=1)
     cache.set_positions(torch.full((batch_size,), ctx, dtype=torch.long, device=device))
-    tok = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
-    one = torch.ones(batch_size, dtype=torch.long, device=device)
+    tok = logits[:, -1].argmax(dim=-1, keepdim=True).expand(-1, tokens).contiguous()  # [B, tokens]
+    step_len = torch.full((batch_size,), tokens, dtype=torch.long, device=device)
 
     def step() -> None:
-        nxt = runner.forward(tok, cache, cache.max_len, logits_to_keep=1)[:, -1].argmax(dim=-1, keepdim=True)
-        tok.copy_(nxt)
-        cache.advance(one)
+        out = runner.forward(tok, cache, cache.max_len, logits_to_keep=0 if tokens > 1 else 1)
+        tok.copy_(out[:, -1].argmax(dim=-1, keepdim=True).expand(-1, tokens))
+        cache.advance(step_len)
 
     inner = 1
     if getattr(runner, "graphs", False):
@@ -294,7 +298,8 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
 
 
 def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
-    """c for Leviathan's prediction: median draft step / median target step, both [B, 1] forwards."""
+    """c for Leviathan's prediction: median draft step / median target step, both [B, 1] forwards;
+    and the target's [B, k+1] verify step, which the prediction prices as one step."""
     s = decoder.settings
     if s.drafter == "none" or not ids:
         return None
@@ -302,13 +307,20 @@ def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
     prompt = ids[0]
     size = _cache_len(decoder, len(prompt))
     target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
+    verify_ms = verify_tokens = None
+    if isinstance(s.k, int):  # the verify's shape; under --k auto it changes from round to round
+        verify_tokens = s.k + 1
+        verify_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size,
+                                 tokens=verify_tokens)
     if s.drafter == "ngram":
-        return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0)
+        return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0, verify_ms=verify_ms,
+                         verify_tokens=verify_tokens)
     found = decoder.draft_model()
     if found is None:
         return None
     draft_ms = step_time_ms(found[0], prompt, batch, runner=found[1], cache_len=size)
-    return StepTimes(c=draft_ms / target_ms, method="measured", target_ms=target_ms, draft_ms=draft_ms)
+    return StepTimes(c=draft_ms / target_ms, method="measured", target_ms=target_ms, draft_ms=draft_ms,
+                     verify_ms=verify_ms, verify_tokens=verify_tokens)
 
 
 # ---- results files -----------------------------------------------------------------------
@@ -617,7 +629,7 @@ def run_sweep(
     temperature (it does not depend on the drafter or k) and reused for every row."""
     result = SweepResult()
     baselines: dict[tuple[int, float], PassRun] = {}
-    steps: dict[tuple[str, int], StepTimes | None] = {}  # c depends on the drafter and batch size, not k
+    steps: dict[tuple, StepTimes | None] = {}  # per drafter, batch size and k (the verify's length)
     phase = on_phase or (lambda _: None)
     combo = None
 
@@ -642,7 +654,7 @@ def run_sweep(
             if warmup:  # before the step times, which use the same compiled steps
                 warm_up(dec, ids[: combo.batch_size])
                 warmed.add(_step_shapes(dec, ids[: combo.batch_size]) or len(ids[: combo.batch_size]))
-            skey = (combo.drafter, combo.batch_size)
+            skey = (combo.drafter, combo.batch_size, combo.k)  # the verify's cost depends on k
             if skey not in steps:
                 steps[skey] = measure_step_times(dec, ids)
             spec = run_pass(dec, ids, warmed=warmed)

@@ -109,6 +109,13 @@ def render_bench(report: dict[str, Any], console) -> None:
             f"tokens/round{realised}",
             soft_wrap=True,
         )
+        rc = pred.get("round_costs")
+        if rc:
+            console.print(
+                f"at the measured round costs (verify of {rc['verify_tokens']} tokens = "
+                f"{rc['verify_over_target_step']:.2f} target steps): {_x(rc['speedup_at_round_costs'])}",
+                soft_wrap=True,
+            )
     if report.get("samples_file"):
         console.print(f"samples: {report['samples_file']}", style="dim")
 
