@@ -81,6 +81,8 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     `exit_layer` describes the early-exit draft made of the first `exit_layer` layers instead.
     A GGUF file (`x.gguf`, or a directory and `gguf_file`) also reports its quantization.
     """
+    import torch
+
     from .models.loading import gguf_info, model_source
 
     source = model_source(name, gguf_file)
@@ -99,6 +101,11 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     params = 0
     embed = 0
     step_params = 0  # the weights one decoding step reads: all but the input embedding table
+    # --quantized: bitsandbytes NF4 (double quantization, blocks of 64: models/loading.py) for every
+    # nn.Linear but the LM head; embeddings, norms, biases and the head stay in dtype
+    nf4_ids = ({id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out_emb}
+               if quantized else set())
+    nf4_params = nf4_bytes = 0
     seen: set[int] = set()
     for pname, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
@@ -109,6 +116,9 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
             continue
         n = p.numel()
         params += n
+        if id(p) in nf4_ids:
+            nf4_params += n
+            nf4_bytes += _nf4_nbytes(n)
         if p is in_emb.weight:
             embed += n
             if tied:
@@ -117,8 +127,8 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
         step_params += n
     used_layers = exit_layer if exit_layer is not None else layers
     bytes_per = DTYPE_BYTES.get(dtype, 4)
-    if quantized:  # 4-bit NF4 linear weights (~0.5 byte each plus scales); embeddings stay in dtype
-        memory = int((params - embed) * 0.53) + embed * bytes_per
+    if quantized:  # 4-bit NF4 linear weights (~0.516 byte each with their scales); the rest in dtype
+        memory = nf4_bytes + (params - nf4_params) * bytes_per
         kv_bytes = 2 * used_layers * kv_heads * head_dim * (bytes_per if dtype != "float32" else 2)
     else:
         memory = params * bytes_per
@@ -327,6 +337,13 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
         ],
         "trace": {"prompt": first.prompt, "rounds": trace[:TRACE_ROUNDS], "total_rounds": len(trace)},
     }
+
+
+def _nf4_nbytes(numel: int, blocksize: int = 64) -> int:
+    """Bytes of one double-quantized NF4 weight (accel/nf4.NF4Weight.nbytes): packed codes, an 8-bit
+    absmax per block, a float32 scale per 256 blocks, the offset and the two code maps."""
+    blocks = -(-numel // blocksize)
+    return (numel + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4 + 16 * 4 + 256 * 4
 
 
 def _decode_step(model, quantized: bool) -> str:

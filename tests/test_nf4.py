@@ -9,6 +9,14 @@
   two and several rows (the tensor-core form), with and without double quantization, fp32 / bf16 /
   fp16 weights and activations, shapes that are not multiples of the tiles or of the quantization
   block, odd N.
+* ``nf4_gemv_fused`` folds the residual add (with Gemma's delta norm), the input norm and the gated
+  activation as kernels.gemv does; ``merge_nf4`` stacks q/k/v (gate/up) weights, each with its own
+  quant state, into one that dequantizes bit for bit as the parts;
+* the fused decode layers with bitsandbytes NF4 ``Linear4bit`` projections (``FusedModel(nf4=True)``,
+  off by default): decode steps of 1, 2 and 6 rows on the NF4 kernels, steps of more rows and
+  prefill on per-layer dequantized weights, all equal in fp32 to the same model with each
+  ``Linear4bit`` replaced by an ``nn.Linear`` of its dequantized weight; greedy tokens equal;
+  ``fused_support`` names what it refuses (FP4, 8-bit, mixed layers, nf4 off).
 
 Without a GPU the kernel runs under Triton's interpreter (conftest sets TRITON_INTERPRET=1); the
 grid is marked slow there (`python -m pytest -m slow tests/test_nf4.py`).
@@ -297,3 +305,262 @@ def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
         torch.testing.assert_close(y, ref, rtol=2e-5, atol=2e-5)
     else:
         assert ((y.float() - ref).abs() <= 2.0 ** -7 * ref.abs() + 1e-3).all()
+
+
+# ------------------------------------------------------------------------------ gated, delta norm, merged
+
+def _rms(v, w, eps=1e-6):
+    return v.float() * torch.rsqrt(v.float().pow(2).mean(-1, keepdim=True) + eps) * (1.0 + w.float())
+
+
+@needs_triton
+@pytest.mark.parametrize("m, form, act, dq", [
+    pytest.param(1, "reduce", "silu", True, id="m1-silu-dq-reduce"),
+    pytest.param(6, "mma", "gelu_tanh", False, id="m6-gelu-nodq-mma"),
+])
+def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):
+    """Gate and up quantized separately (their own quant states), merged, one product: act(gate) * up,
+    with the residual's own (Gemma) norm before the add, the input norm, a bias of both halves."""
+    f, k = 40, 192  # 40 * 192 = 120 blocks of 64: whole blocks, nested blocks of 256 straddle the seam
+    gate = nf4.quantize_nf4(_w(f, k, seed=21), double_quant=dq)
+    up = nf4.quantize_nf4(_w(f, k, seed=22), double_quant=dq)
+    merged = nf4.merge_nf4([gate, up])
+    assert merged.shape == (2 * f, k) and not merged.nested
+    assert torch.equal(nf4.dequantize_nf4(merged), torch.cat([nf4.dequantize_nf4(gate), nf4.dequantize_nf4(up)]))
+    g = torch.Generator().manual_seed(23)
+    x = _x(m, k)
+    delta = (torch.randn(m, k, generator=g) * 2).to(DEV)
+    dn = (torch.randn(k, generator=g) * 0.3).to(DEV)
+    norm = (torch.randn(k, generator=g) * 0.3).to(DEV)
+    bias = (torch.randn(2 * f, generator=g) * 0.1).to(DEV)
+    cfg = ("mma", 16, 64, 4, 2) if form == "mma" else ("reduce", 8, 64, 4, 2)
+    y, r = nf4.nf4_gemv_fused(x, merged.to(DEV), bias=bias, norm=norm, gemma=True, delta=delta, delta_norm=dn,
+                              act=act, config=cfg)
+    xr = x + _rms(delta, dn)
+    torch.testing.assert_close(r, xr, rtol=1e-6, atol=1e-6)
+    both = _rms(xr, norm) @ nf4.dequantize_nf4(merged).float().to(DEV).T + bias
+    a, b = both[:, :f], both[:, f:]
+    fn = torch.nn.functional.silu if act == "silu" else (lambda v: torch.nn.functional.gelu(v, approximate="tanh"))
+    assert y.shape == (m, f)
+    torch.testing.assert_close(y, fn(a) * b, rtol=2e-5, atol=2e-5)
+
+
+def test_merge_nf4_refuses_parts_it_cannot_stack():
+    a = nf4.quantize_nf4(_w(3, 40))  # 120 elements: not a whole number of blocks of 64
+    b = nf4.quantize_nf4(_w(8, 40))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        nf4.merge_nf4([a, b])
+    nf4.merge_nf4([b, a])  # the last part may end in a partial block
+    with pytest.raises(ValueError, match="part 1"):
+        nf4.merge_nf4([b, nf4.quantize_nf4(_w(8, 64))])
+
+
+# ------------------------------------------------------------------------------ the fused layers on NF4 weights
+
+V = 120
+_PROJ = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+         ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+
+
+def _tiny(arch="llama"):
+    """A 2-layer model of hidden size 64 (as tests/test_fused.py builds them), fp32, non-trivial norms."""
+    import transformers as tf
+
+    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+    if arch == "llama":
+        cfg = tf.LlamaConfig(**common)
+    elif arch == "qwen2":  # q/k/v biases
+        cfg = tf.Qwen2Config(**common)
+    else:  # Gemma 3: four norms (the delta norms), sliding + full layers, soft-capped logits
+        cfg = tf.Gemma3TextConfig(**common, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
+                                  layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=30.0)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.3 if "norm" in name else 0.1)
+    return model
+
+
+def _projections(model):
+    for layer in model.model.layers:
+        for part, attr in _PROJ:
+            yield getattr(layer, part), attr
+
+
+def _quantize(model, quant_type="nf4", double_quant=True):
+    """Every projection replaced by a bitsandbytes Linear4bit, quantized on the CPU."""
+    import bitsandbytes as bnb
+
+    for parent, attr in _projections(model):
+        lin = getattr(parent, attr)
+        q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                              compute_dtype=torch.float32, compress_statistics=double_quant, quant_type=quant_type)
+        q.weight = bnb.nn.Params4bit(lin.weight.detach().clone(), requires_grad=False,
+                                     compress_statistics=double_quant, quant_type=quant_type)
+        if lin.bias is not None:
+            q.bias = torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        setattr(parent, attr, q.to("cpu"))  # quantizes
+    return model
+
+
+def _dequantized(quantized, arch):
+    """The same model with each Linear4bit replaced by an nn.Linear of its dequantized weight."""
+    ref = _tiny(arch)
+    for (parent, attr), (qparent, _) in zip(_projections(ref), _projections(quantized)):
+        lin4 = getattr(qparent, attr)
+        with torch.no_grad():
+            getattr(parent, attr).weight.copy_(nf4.dequantize_nf4(nf4.NF4Weight.from_linear4bit(lin4)))
+            if lin4.bias is not None:
+                getattr(parent, attr).bias.copy_(lin4.bias)
+    return ref
+
+
+@pytest.fixture
+def wide_nf4_config(monkeypatch):
+    """One- and two-row products in wide programs: the same reduction form, a few programs instead of
+    dozens (Triton's interpreter runs programs one by one)."""
+    default = nf4.nf4_gemv_config
+    monkeypatch.setattr(nf4, "nf4_gemv_config",
+                        lambda m, n, k: ("reduce", 64, 128, 4, 2) if m <= 2 else default(m, n, k))
+
+
+def _steps(runner, widths):
+    """Prefill 10 tokens, then one step of each width (all of its tokens kept); logits of each."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(4, V, (1, 10), generator=gen)
+    cache = runner.new_cache(1, 64)
+    out = [runner.prefill(x, cache, attend_len=10, logits_to_keep=0)]
+    cache.set_positions(torch.tensor([10]))
+    pos = 10
+    for q in widths:
+        ids = torch.randint(4, V, (1, q), generator=gen)
+        out.append(runner.forward(ids, cache, attend_len=pos + q, logits_to_keep=0))
+        cache.advance(torch.tensor([q]))
+        pos += q
+    return out
+
+
+def _check_steps(arch, double_quant, widths=(1, 2, 6, 17)):
+    from specdecode.accel.runner import ModelRunner
+
+    model = _quantize(_tiny(arch), double_quant=double_quant)
+    ref = _dequantized(model, arch)
+    runner = ModelRunner(model, fused=True, kernels=True, nf4=True)
+    fused = runner.fused
+    assert fused.nf4 and fused.kernels
+    assert "fused NF4 kernels" in runner.describe()
+    # the merged q/k/v codes are the modules' own storage (re-pointed, not copied)
+    w0 = fused.weights[0].wqkv
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert q_proj.weight.data.data_ptr() == w0.packed.data_ptr()
+    assert w0.shape == ((fused.shape.n_heads + 2 * fused.shape.n_kv) * fused.shape.head_dim, 64)
+    got = _steps(runner, widths)
+    expected = _steps(ModelRunner(ref, fused=True), widths)  # the fp32 fused path on dense weights
+    for q, a, b in zip((10, *widths), expected, got):  # prefill, kernel steps, and 17 rows (dequantized)
+        assert b.shape == a.shape
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"step of {q} rows: {m}")
+
+
+@needs_bnb
+@needs_triton
+def test_fused_nf4_steps_match_the_dequantized_model(wide_nf4_config):
+    """Llama, double-quantized NF4: steps of 1 and 2 rows (reduction form), 6 (the verify: tensor-core
+    form) and 17 (more than the kernel takes: dequantized per layer) equal the dense fp32 fused path."""
+    _check_steps("llama", True)
+
+
+@needs_bnb
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, dq", [("llama", False), ("qwen2", True), ("gemma3", True)],
+                         ids=["llama-nodq", "qwen2-bias", "gemma3-delta-norms"])
+def test_fused_nf4_steps_match_the_dequantized_model_more(arch, dq):
+    """The default launch configurations, no double quantization, q/k/v biases, Gemma 3's four norms
+    (its residual norms folded into the NF4 products) and soft-capped logits."""
+    _check_steps(arch, dq, widths=(1, 2, 6))
+
+
+@needs_bnb
+@needs_triton
+def test_fused_nf4_greedy_tokens_match_the_dequantized_model(wide_nf4_config):
+    from specdecode.accel.runner import ModelRunner
+
+    model = _quantize(_tiny())
+    ref = _dequantized(model, "llama")
+
+    def greedy(runner, steps=8):
+        x = torch.randint(4, V, (1, 7), generator=torch.Generator().manual_seed(3))
+        cache = runner.new_cache(1, 32)
+        tok = runner.prefill(x, cache, attend_len=7, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
+        cache.set_positions(torch.tensor([7]))
+        tokens = [tok.item()]
+        for i in range(steps - 1):
+            tok = runner.forward(tok, cache, attend_len=8 + i)[:, -1].argmax(-1, keepdim=True)
+            cache.advance(torch.tensor([1]))
+            tokens.append(tok.item())
+        return tokens
+
+    runner = ModelRunner(model, fused=True, kernels=True, nf4=True)
+    assert runner.fused.nf4 and runner.fused.kernels
+    assert greedy(runner) == greedy(ModelRunner(ref, fused=True))
+
+
+@needs_bnb
+def test_fused_support_names_what_it_refuses():
+    import bitsandbytes as bnb
+
+    from specdecode.accel.fused import fused_support
+    from specdecode.accel.runner import ModelRunner
+    from specdecode.decoding.step import UnsupportedModelError
+
+    model = _quantize(_tiny())
+    assert fused_support(model, nf4=True) is None
+    assert "uint8" in fused_support(model)  # nf4 off (the default): refused as before
+    with pytest.raises(UnsupportedModelError):
+        ModelRunner(model, fused=True)
+    runner = ModelRunner(model, fused=True, nf4=True)  # no kernels: dequantized per layer
+    assert runner.fused.nf4 and not runner.fused.kernels
+    assert "NF4 weights dequantized one layer at a time" in runner.describe()
+
+    fp4 = _quantize(_tiny(), quant_type="fp4")
+    assert "fp4" in fused_support(fp4, nf4=True)
+    mixed = _quantize(_tiny())
+    mixed.model.layers[1].mlp.down_proj = torch.nn.Linear(96, 64, bias=False)
+    assert "layers.1.mlp.down_proj is Linear" in fused_support(mixed, nf4=True)
+    eight = _tiny()
+    eight.model.layers[0].self_attn.q_proj = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)
+    assert "Linear8bitLt" in fused_support(eight, nf4=True)
+    head = _quantize(_tiny())
+    head.lm_head = _quantize_one(head.lm_head)
+    assert "Linear4bit" in fused_support(head, nf4=True)
+    # a plain model with nf4 allowed: the plain fused path
+    plain = ModelRunner(_tiny(), fused=True, nf4=True)
+    assert not plain.fused.nf4 and "NF4" not in plain.describe()
+
+
+def _quantize_one(lin):
+    import bitsandbytes as bnb
+
+    q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=False, compute_dtype=torch.float32,
+                          quant_type="nf4")
+    q.weight = bnb.nn.Params4bit(lin.weight.detach().clone(), requires_grad=False, quant_type="nf4")
+    return q.to("cpu")
+
+
+def test_inspect_counts_nf4_weights_as_stored(llama_pair):
+    """`inspect`'s weight memory of a --quantized model: each nn.Linear but the LM head as the NF4
+    bytes a double-quantized weight holds (NF4Weight.nbytes), everything else in the dtype."""
+    from transformers import AutoModelForCausalLM
+
+    from specdecode.inspect import describe_model
+
+    info = describe_model(str(llama_pair.target), None, "bfloat16", True, False)
+    model = AutoModelForCausalLM.from_pretrained(llama_pair.target)
+    head = model.get_output_embeddings()
+    linear = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    expected = sum(nf4.quantize_nf4(w.detach()).nbytes for w in linear.values())
+    expected += 2 * sum(p.numel() for p in model.parameters() if id(p) not in linear)
+    assert info["memory_bytes"] == expected

@@ -22,6 +22,9 @@ multimodal 4B+ checkpoints, which run text-only prompts here) — plain floating
 `nn.Linear` weights, no attention soft-capping, rotary embedding over the whole head.
 `fused_support(model)` says why a model is not supported; the runner then keeps using the
 transformers modules. Exactness against transformers' forward is tested in fp32.
+
+With `nf4=True` (off by default; checked on the CPU only so far) the layers may also hold
+bitsandbytes NF4 `Linear4bit` projections, run through accel/nf4.py (see FusedModel).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels as _kernels
+from . import nf4 as _nf4
 
 __all__ = ["FusedModel", "FusedUnsupported", "KernelFailure", "LayerWeights", "fused_support"]
 
@@ -67,8 +71,65 @@ def _text_parts(model) -> tuple[nn.Module, object]:
     return base, config
 
 
-def fused_support(model) -> str | None:
-    """None when the fused path can run `model`; otherwise the reason it cannot (one line)."""
+# the decoder layers' projections, as (sub-module, attribute): what an NF4 model quantizes
+_PROJECTIONS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+                ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+
+
+def _linear4bit_class():
+    """bitsandbytes.nn.Linear4bit, or None without bitsandbytes."""
+    try:
+        import bitsandbytes as bnb  # noqa: PLC0415 - optional
+    except Exception:  # ImportError, or a broken install
+        return None
+    return bnb.nn.Linear4bit
+
+
+def _nf4_layers(base) -> tuple[str | None, list[nn.Module]]:
+    """(why the layers cannot run as NF4 layers, their Linear4bit projections). The layers are NF4
+    layers when any projection is a bitsandbytes Linear4bit; then every q/k/v/o/gate/up/down
+    projection of every layer must be one, with an NF4 quant state. No Linear4bit: (None, [])."""
+    lin4 = _linear4bit_class()
+    if lin4 is None:
+        return None, []
+    found = [(f"layers.{i}.{part}.{attr}", getattr(getattr(layer, part, None), attr, None))
+             for i, layer in enumerate(base.layers) for part, attr in _PROJECTIONS]
+    if not any(isinstance(m, lin4) for _, m in found):
+        return None, []
+    modules = []
+    for name, m in found:
+        if not isinstance(m, lin4):
+            return (f"the fused NF4 step needs every q/k/v/o/gate/up/down projection to be a bitsandbytes Linear4bit "
+                    f"({name} is {type(m).__name__})"), []
+        qs = getattr(m.weight, "quant_state", None)
+        if qs is None:
+            return f"{name} is not quantized yet (a Linear4bit without a quant state)", []
+        if qs.quant_type != "nf4":
+            return f"the fused NF4 step reads NF4 weights; {name} is 4-bit {qs.quant_type}", []
+        n, k = (int(d) for d in qs.shape)
+        if k % 2 or int(qs.blocksize) % 2:
+            return f"{name}: the NF4 kernel needs an even input size and block size (got {k}, {qs.blocksize})", []
+        if (n * k) % int(qs.blocksize) and not name.endswith(("v_proj", "up_proj", "o_proj", "down_proj")):
+            # q, k (gate) are merged with what follows them: their blocks must not straddle the seam
+            return f"{name}: {n} x {k} is not a whole number of NF4 blocks of {qs.blocksize}; it cannot be merged", []
+        modules.append(m)
+    for i in range(len(base.layers)):  # the merged q/k/v and gate/up matrices, indexed in int32 by the kernel
+        qkv, o, gate, up, down = modules[7 * i:7 * i + 3], *modules[7 * i + 3:7 * i + 7]
+        for group in (qkv, [o], [gate, up], [down]):
+            shapes = [tuple(int(d) for d in m.weight.quant_state.shape) for m in group]
+            if len({k for _, k in shapes}) != 1 or sum(n for n, _ in shapes) * shapes[0][1] >= 2**31:
+                return f"layer {i}: NF4 projections of shapes {shapes} cannot be merged for the kernel", []
+    blocksizes = {int(m.weight.quant_state.blocksize) for m in modules}
+    if len(blocksizes) != 1:
+        return f"the NF4 layers mix block sizes {sorted(blocksizes)}", []
+    return None, modules
+
+
+def fused_support(model, nf4: bool = False) -> str | None:
+    """None when the fused path can run `model`; otherwise the reason it cannot (one line).
+    nf4: also accept decoder layers whose q/k/v/o/gate/up/down projections are all bitsandbytes
+    NF4 `Linear4bit` modules (with or without double quantization; the embeddings, norms and
+    lm_head stay floating point), which FusedModel(nf4=True) runs through accel/nf4.py."""
     from ..models.placement import is_sharded
 
     if is_sharded(model):
@@ -85,8 +146,16 @@ def fused_support(model) -> str | None:
         return "bidirectional attention is not supported by the fused step"
     if not hasattr(model, "lm_head") or not isinstance(model.lm_head, nn.Linear):
         return "the model has no plain lm_head"
+    quantized: list[nn.Module] = []
+    if nf4:
+        reason, quantized = _nf4_layers(base)
+        if reason is not None:
+            return reason
+        if type(model.lm_head) is not nn.Linear:  # the head stays on cuBLAS, in floating point
+            return f"the fused NF4 step needs a plain floating-point lm_head (found {type(model.lm_head).__name__})"
+    packed = {id(m.weight) for m in quantized}  # NF4 codes (uint8): checked by _nf4_layers
     # only the text decoder and the head run in a decode step (a vision tower may differ)
-    params = [*base.parameters(), *model.lm_head.parameters()]
+    params = [p for p in [*base.parameters(), *model.lm_head.parameters()] if id(p) not in packed]
     dtypes = {p.dtype for p in params}
     if not dtypes <= {torch.float32, torch.float16, torch.bfloat16} or len(dtypes) != 1:
         return f"the fused step needs one floating-point dtype for all weights (found {sorted(map(str, dtypes))})"
@@ -94,10 +163,14 @@ def fused_support(model) -> str | None:
         return "the fused step needs the whole model on one device"
     if hasattr(model, "_hf_hook"):
         return "the model has accelerate hooks (offloading or a device map); the fused step needs plain modules"
+    allowed = {id(m) for m in quantized}
     for module in [*base.modules(), model.lm_head]:
         if hasattr(module, "_hf_hook"):
             return "the model has accelerate hooks (offloading or a device map); the fused step needs plain modules"
-        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear and id(module) not in allowed:
+            if nf4:
+                return (f"the fused step needs plain nn.Linear layers, or NF4 Linear4bit projections "
+                        f"(found {type(module).__name__})")
             return f"the fused step needs plain nn.Linear layers (found {type(module).__name__})"
     layer = base.layers[0]
     attn, mlp = layer.self_attn, layer.mlp
@@ -162,7 +235,8 @@ class _Shape:
 
 
 class LayerWeights(NamedTuple):
-    """One decoder layer's weights as the fused step reads them (None: the layer has no such part)."""
+    """One decoder layer's weights as the fused step reads them (None: the layer has no such part).
+    In NF4 layers (FusedModel.nf4) wqkv, wo, wgu and wd are nf4.NF4Weight instead of tensors."""
 
     wqkv: Tensor  # q, k and v projections as one matrix [(H + 2 Hkv) D, E]
     bqkv: Tensor | None
@@ -327,23 +401,66 @@ def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return fused_w, fused_b
 
 
+def _fuse_nf4(linears: list[nn.Module]) -> tuple[_nf4.NF4Weight, Tensor | None]:
+    """`_fuse` for bitsandbytes NF4 Linear4bit modules: one NF4 weight of their rows (nf4.merge_nf4:
+    the packed codes concatenated, the absmax decoded to float32 when double-quantized) and one
+    bias. Each module's packed codes are re-pointed at its slice of the merged codes (its quant
+    state is untouched), so the codes are not held twice and the modules keep working."""
+    done = getattr(linears[0], "_specdecode_fused_nf4", None)
+    if done is not None:  # merged by an earlier runner on the same modules: reuse it if still in place
+        merged, fused_b, ptrs = done
+        if tuple(lin.weight.data_ptr() for lin in linears) == ptrs:
+            return merged, fused_b
+    parts = [_nf4.NF4Weight.from_linear4bit(lin) for lin in linears]
+    merged = _nf4.merge_nf4(parts)
+    with torch.no_grad():
+        offset = 0
+        for lin, part in zip(linears, parts):
+            data = lin.weight.data
+            size = part.packed.numel()
+            lin.weight.data = merged.packed[offset:offset + size].view(data.dtype).view(data.shape)
+            offset += size
+        fused_b = None
+        if any(lin.bias is not None for lin in linears):
+            dtype = next(lin.bias.dtype for lin in linears if lin.bias is not None)
+            fused_b = torch.cat([
+                lin.bias.detach() if lin.bias is not None
+                else torch.zeros(part.shape[0], dtype=dtype, device=merged.packed.device)
+                for lin, part in zip(linears, parts)
+            ])
+    linears[0]._specdecode_fused_nf4 = (merged, fused_b, tuple(lin.weight.data_ptr() for lin in linears))
+    return merged, fused_b
+
+
 class FusedModel:
     """The fused decode step of one model. `forward(input_ids, cache, masks, logits_to_keep)`."""
 
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
-                 inductor_options: dict | None = None, pdl: bool | None = None) -> None:
+                 inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
         compiling on a device they run on; they are part of the compiled path). attention:
         "matmul" or "sdpa" for compiled steps (None: DEFAULT_ATTENTION for the device);
         inductor_options: for torch.compile (None: DEFAULT_INDUCTOR_OPTIONS); pdl: launch the
-        kernels with programmatic dependent launch (None: where the device supports it)."""
-        reason = fused_support(model)
+        kernels with programmatic dependent launch (None: where the device supports it).
+        nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); off by default:
+        the NF4 path is checked on the CPU only so far (accel/nf4.py says what is not done).
+
+        NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
+        (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4.MAX_ROWS rows run
+        on nf4.nf4_gemv_fused (the same folding as the bf16 kernels: residual adds and norms in
+        the products, the gated activation in gate/up's epilogue) around kernels.decode_attention;
+        there is no dense weight for cuBLAS, so the verify's rows take the NF4 tensor-core form
+        too. Everything else (prefill, steps of more rows, steps without the kernels) runs the
+        uncompiled-or-compiled torch layers on weights dequantized one layer at a time
+        (nf4.dequantize_nf4): exact, slow, and never more than one layer's dense weights held."""
+        reason = fused_support(model, nf4=nf4)
         if reason is not None:
             raise FusedUnsupported(reason)
         base, config = _text_parts(model)
+        self.nf4 = bool(nf4) and bool(_nf4_layers(base)[1])  # the layers hold NF4 weights
         self.family = _FAMILIES[type(model).__name__]
         gemma = self.family == "gemma3"
         attn0 = base.layers[0].self_attn
@@ -372,8 +489,14 @@ class FusedModel:
         self.in_norms: list[Tensor] = []
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
-            wqkv, bqkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
-            wgu, bgu = _fuse([m.gate_proj, m.up_proj])
+            if self.nf4:
+                wqkv, bqkv = _fuse_nf4([a.q_proj, a.k_proj, a.v_proj])
+                wgu, bgu = _fuse_nf4([m.gate_proj, m.up_proj])
+                wo, wd = _nf4.NF4Weight.from_linear4bit(a.o_proj), _nf4.NF4Weight.from_linear4bit(m.down_proj)
+            else:
+                wqkv, bqkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
+                wgu, bgu = _fuse([m.gate_proj, m.up_proj])
+                wo, wd = a.o_proj.weight, m.down_proj.weight
             if gemma:
                 post_attn, pre_ff, post_ff = (
                     layer.post_attention_layernorm.weight,
@@ -386,9 +509,9 @@ class FusedModel:
                 wqkv, bqkv,
                 a.q_norm.weight if self.shape.qk_norm else None,
                 a.k_norm.weight if self.shape.qk_norm else None,
-                a.o_proj.weight, a.o_proj.bias,
+                wo, a.o_proj.bias,
                 post_attn, pre_ff, post_ff,
-                wgu, bgu, m.down_proj.weight, m.down_proj.bias,
+                wgu, bgu, wd, m.down_proj.bias,
             ))
             self.in_norms.append(layer.input_layernorm.weight)
         # the norm after layer i: the next layer's input norm, the final norm after the last
@@ -445,6 +568,8 @@ class FusedModel:
             return f"head_dim {d} is not a power of two of at least 16"
         if self.shape.n_heads % self.shape.n_kv:
             return "query heads are not a multiple of key/value heads"
+        if self.nf4:  # NF4 weights have no cuBLAS alternative: the hidden-size rule does not apply
+            return None if _nf4.AVAILABLE else "Triton is not installed"
         hidden = self.lm_head.shape[1]
         if hidden > _kernels.MAX_HIDDEN:
             return (f"hidden size {hidden} > {_kernels.MAX_HIDDEN}: cuBLAS streams matrices this large faster "
@@ -499,8 +624,12 @@ class FusedModel:
         to the first attend_len slots of the cache (all of them in a captured step).
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
-        if not eager and self.kernels:  # single-row steps wholly on the kernels, larger ones their attention
-            step = self._kernel_forward if B * q <= self.max_kernel_rows else self._hybrid_forward
+        nf4_rows = self.nf4 and B * q > _nf4.MAX_ROWS  # more rows than the NF4 kernel takes
+        if not eager and self.kernels and not nf4_rows:
+            if self.nf4:  # NF4: every step of at most nf4.MAX_ROWS rows wholly on the kernels
+                step = self._nf4_forward
+            else:  # single-row steps wholly on the kernels, larger ones their attention
+                step = self._kernel_forward if B * q <= self.max_kernel_rows else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
                 return step(input_ids, cache, position_ids, logits_to_keep)
@@ -516,6 +645,8 @@ class FusedModel:
             self._kernel_shapes.add(shape)
             return out
         layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
+        if self.nf4 and not masks:  # an NF4 step too large for the kernel, which the runner left maskless
+            masks = self._masks(position_ids, attend_len)
         G = self.shape.n_heads // self.shape.n_kv
         # the G query heads of a group become G*q query rows: repeat the mask rows to match
         folded = {kind: m.expand(B, 1, q, m.shape[-1]).unsqueeze(2).expand(B, 1, G, q, m.shape[-1])
@@ -530,6 +661,8 @@ class FusedModel:
             if attend_len < cache.max_len:  # views: the step's writes land in the buffers
                 k_buf, v_buf = k_buf[:, :, :attend_len], v_buf[:, :, :attend_len]
             cos, sin = tables[kind]
+            if self.nf4:  # this layer's weights dequantized (one layer's dense weights at a time)
+                w = self._dense(w)
             h, x = layer_fn(h, x, w, k_buf, v_buf, rows, position_ids, folded[kind], cos, sin,
                             self.next_norms[i])
         return head(self._keep(x, logits_to_keep), self.lm_head)
@@ -562,6 +695,49 @@ class FusedModel:
         # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
         # one compiled function before it
         return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
+
+    def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
+                     logits_to_keep: Tensor | int) -> Tensor:
+        """_kernel_forward with NF4 weights, for steps of up to nf4.MAX_ROWS rows (nf4_gemv_config:
+        the reduction form for one or two rows, the tensor-core form for more): the same five
+        kernels per layer, the residual adds and every norm folded into the NF4 products."""
+        sh = self.shape
+        gemma = sh.gemma
+        eps = sh.eps
+        gemv = _nf4.nf4_gemv_fused
+        tables = self.tables(cache.max_len)
+        h = self._embed(input_ids)
+        d = None
+        d_norm = None
+        for i, w in enumerate(self.weights):
+            qkv, h_new = gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
+                              delta=d, delta_norm=d_norm)
+            if h_new is not None:
+                h = h_new
+            o = self._attention(i, qkv, cache, position_ids, tables)
+            o, _ = gemv(o, w.wo, bias=w.bo)
+            a, h = gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
+                        delta_norm=w.post_attn, act=self.act_name)
+            d, _ = gemv(a, w.wd, bias=w.bd)
+            d_norm = w.post_ff
+        h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
+        return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
+
+    def _dense(self, w: LayerWeights) -> LayerWeights:
+        """An NF4 layer's weights dequantized to the model's dtype (prefill and the other steps
+        that do not run on the NF4 kernel)."""
+        deq = lambda t: _nf4.dequantize_nf4(t, self.dtype)  # noqa: E731
+        return w._replace(wqkv=deq(w.wqkv), wo=deq(w.wo), wgu=deq(w.wgu), wd=deq(w.wd))
+
+    def _masks(self, position_ids: Tensor, attend_len: int) -> dict[str, Tensor]:
+        """Boolean masks {kind: [B, 1, q, attend_len]} as ModelStep.masks builds them."""
+        slots = torch.arange(attend_len, device=position_ids.device)
+        qpos = position_ids[:, None, :, None]
+        causal = slots <= qpos
+        masks = {"full_attention": causal}
+        if self.window is not None:
+            masks["sliding_attention"] = causal & (slots > qpos - self.window)
+        return masks
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
         sh = self.shape

@@ -29,28 +29,40 @@ What is here (groundwork, checked on the CPU only):
   or two rows: the draft's steps, target alone) and "mma" (the decoded tile is the left operand of
   a tensor-core product with the rows as the right one, so each weight tile is read and decoded
   once for up to 16 rows: the verify step's k+1 rows).
-- ``nf4_gemv_fused``: the same product with kernels.gemv's input folding: the residual add
-  x' = x + delta (written back as the new residual stream) and the input RMS norm (Llama's w and
-  Gemma's 1 + w forms), the norm weight on the input tiles and the row scale on the accumulator,
-  with kernels.gemv's numerics (x' and the normed input rounded to x's dtype, fp32 products).
+- ``nf4_gemv_fused``: the same product with kernels.gemv's folding: the residual add
+  x' = x + delta (written back as the new residual stream), with the residual's own norm first
+  (``delta_norm``: Gemma's post-norms), the input RMS norm (Llama's w and Gemma's 1 + w forms),
+  the norm weight on the input tiles and the row scale on the accumulator, and the gated
+  activation (``act``: W holds gate rows then up rows, y = act(gate) * up, kernels.gemv's
+  epilogue), with kernels.gemv's numerics (x' and the normed input rounded to x's dtype, fp32
+  products).
+- ``merge_nf4``: one NF4Weight of several stacked along the output rows (the fused q/k/v and
+  gate/up matrices of accel/fused.py, each part with its own quant state): the packed codes
+  concatenated as stored, the absmax decoded to float32 once (see its doc for why and the cost).
+
+Wired into the fused decode layers (accel/fused.py, ``FusedModel(nf4=True)`` /
+``ModelRunner(nf4=True)``), OFF by default: steps of at most MAX_ROWS rows run on these kernels
+around kernels.decode_attention, prefill and larger steps dequantize one layer at a time.
 
 What is not done yet:
 
-- Not wired into the fused layers (accel/native.py): they still refuse ``Linear4bit``. Nothing in
-  the product calls this module yet.
-- Of kernels.gemv's folding, not the residual's own norm (``delta_norm``, Gemma's post-norms)
-  nor the gated activation (gate and up are two Linear4bit weights, two quant states: one kernel
-  over both, or a merged NF4Weight, is for the wiring).
+- Not reachable from the settings or the CLI (``--quantized`` models still take the transformers
+  modules); nothing turns ``nf4=True`` on yet.
 - Not run on a GPU: no timing, no launch-config sweep (the configs below are placeholders), no
-  CUDA-graph capture test. Likely first optimisations once measured: decode the absmax once per
-  block instead of once per byte (three gathers per byte with double quantization now), a
-  one-row layout like kernels._gemv_kernel's, vectorised byte loads.
+  CUDA-graph capture test, no programmatic dependent launch for these kernels (attention uses it
+  when on). Likely first optimisations once measured: decode the absmax once per block instead
+  of once per byte (three gathers per byte with double quantization now), a one-row layout like
+  kernels._gemv_kernel's, vectorised byte loads; the merged q/k/v and gate/up weights keeping
+  their 8-bit absmax (merge_nf4's doc) instead of float32.
 - The bf16 tensor-core operands are not checked on the CPU: Triton's interpreter gets tl.dot on
   bf16 wrong, so there bf16 rows take the fp32-operand path (the same exact products); fp16 and
   fp32 operands are checked. The first GPU run must run tests/test_nf4.py on the device.
 - On a GPU Triton may contract code2[q] * absmax2 + offset into an FMA, which can move the decoded
-  absmax by one ulp relative to bitsandbytes (the CPU interpreter does not contract).
+  absmax by one ulp relative to bitsandbytes (the CPU interpreter does not contract; the merged
+  weights' absmax is decoded in torch, without contraction).
 - Assumes an even K (every real model; rows then start on a byte boundary) and N*K < 2**31.
+- Prefill on NF4 layers dequantizes each layer's weights (torch, per call): exact and memory-light
+  but slow; a kernel for long prompts is not written.
 
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests
 check it (tests/test_nf4.py).
@@ -70,9 +82,12 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-from .kernels import gemv_operands
+from .kernels import ACTIVATIONS, gemv_operands
 
-__all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "nf4_absmax",
+if triton is not None:
+    from .kernels import _delta_rms, _gemv_epilogue  # Triton functions shared with kernels.gemv
+
+__all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "merge_nf4", "nf4_absmax",
            "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
 
 AVAILABLE = triton is not None
@@ -253,6 +268,42 @@ def dequantize_nf4(nf4: NF4Weight, dtype: torch.dtype | None = None) -> Tensor:
     return w if dtype is None else w.to(dtype)
 
 
+def merge_nf4(parts: list[NF4Weight]) -> NF4Weight:
+    """One NF4Weight of `parts` stacked along the output rows (the fused q/k/v and gate/up
+    matrices): same K, block size, code map and weight dtype; every part but the last a whole
+    number of quantization blocks.
+
+    The packed codes concatenate as stored: blocks run over the row-major flattened weight, so
+    with each part a whole number of (even-sized) blocks no block or byte straddles two parts.
+    The absmax does not, when double-quantized: each part stores it as 8-bit codes against its
+    own nested scales (absmax2) and its own offset, and a nested block of 256 may straddle a
+    seam. Choice made here: decode it once, now, to float32 (``nf4_absmax``: what bitsandbytes
+    decodes, so the merged weight dequantizes bit for bit as the parts do, and the kernel reads a
+    plain absmax with no nested decode). Cost: 4 bytes per block instead of about 1, i.e. 0.5625
+    instead of 0.516 bytes a weight at blocks of 64 (+9% bytes read for these matrices), and the
+    new absmax is memory of its own (the modules keep their nested state). Not done: keeping the
+    8-bit codes with the parts' absmax2 concatenated and the offset stored per nested block
+    (exact when every part but the last is a multiple of 256 blocks; a small kernel change)."""
+    if not parts:
+        raise ValueError("merge_nf4 needs at least one weight")
+    first = parts[0]
+    k = first.shape[1]
+    for i, p in enumerate(parts):
+        if p.shape[1] != k or p.blocksize != first.blocksize or p.dtype != first.dtype:
+            raise ValueError(f"merge_nf4: part {i} has shape {p.shape}, blocks of {p.blocksize}, {p.dtype}; "
+                             f"part 0 {first.shape}, {first.blocksize}, {first.dtype}")
+        if not torch.equal(p.code, first.code):
+            raise ValueError(f"merge_nf4: part {i} has another code map")
+        if i < len(parts) - 1 and (p.shape[0] * k) % p.blocksize:
+            raise ValueError(f"merge_nf4: part {i} ({p.shape}) is not a whole number of blocks of {p.blocksize}")
+    if len(parts) == 1:
+        return first
+    packed = torch.cat([p.packed for p in parts])
+    absmax = torch.cat([nf4_absmax(p) for p in parts])  # float32 [sum of blocks]
+    return NF4Weight(packed=packed, absmax=absmax, code=first.code, shape=(sum(p.shape[0] for p in parts), k),
+                     dtype=first.dtype, blocksize=first.blocksize)
+
+
 # ------------------------------------------------------------------------------ kernel
 
 if AVAILABLE:
@@ -302,14 +353,19 @@ if AVAILABLE:
         return v
 
     @triton.jit
-    def _nf4_input(X, sxm, D, sdm, WN, R, srm, rm, m_ok, cols, j_ok, pid,
-                   HAS_D: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr, XR: tl.constexpr):
-        """The input columns `cols` of every row: x' = x (+ d, rounded to x's dtype and written to
-        R by program 0); returns (x' in fp32, x' times the norm weight, rounded to x's dtype)."""
+    def _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, j_ok, rsd, pid,
+                   HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+                   XR: tl.constexpr):
+        """The input columns `cols` of every row: x' = x (+ norm_d(d)), rounded to x's dtype and
+        written to R by program 0; returns (x' in fp32, x' times the norm weight, rounded to x's
+        dtype). norm_d (D_NORM): Gemma's (1 + w) RMS norm of the residual delta, rsd its row scale."""
         xm = m_ok[:, None] & j_ok[None, :]
         x = tl.load(X + rm[:, None] * sxm + cols, mask=xm, other=0.0).to(tl.float32)
         if HAS_D:
             d = tl.load(D + rm[:, None] * sdm + cols, mask=xm, other=0.0).to(tl.float32)
+            if D_NORM:  # as kernels._input_tile: the delta normed and rounded before the add
+                wd = tl.load(WD + (rm * 0)[:, None] + cols, mask=xm, other=0.0).to(tl.float32)
+                d = _round_to(d * rsd[:, None] * (1.0 + wd), XR)
             x = _round_to(x + d, XR)
             if pid == 0:
                 tl.store(R + rm[:, None] * srm + cols, x.to(R.dtype.element_ty), mask=xm)
@@ -324,19 +380,21 @@ if AVAILABLE:
 
     @triton.jit
     def _nf4_gemv_kernel(
-        X, sxm, D, sdm, WN, R, srm, W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
+        X, sxm, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
         M, N, K, eps,
         NESTED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr, XR: tl.constexpr,
-        HAS_D: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        GATED: tl.constexpr, ACT: tl.constexpr,
         HAS_BIAS: tl.constexpr, MMA: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
     ):
-        """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W in NF4 (see the module doc); f: x (+ D)
+        """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W in NF4 (see the module doc); f: x (+ norm_d(D))
         then an RMS norm, folded in as kernels.gemv does (the norm weight on the input tiles, the
-        row scale on the accumulator). Program pid computes columns pid*BLOCK_N.. of every row;
-        each step decodes BLOCK_KH bytes (2*BLOCK_KH columns) of its BLOCK_N weight rows once and
-        multiplies them into all rows: the even input columns with the high nibbles, the odd ones
-        with the low nibbles.
+        row scale on the accumulator). GATED: W is [2N, K] (gate rows, then up rows, one NF4
+        weight) and Y = act(gate) * up, as kernels.gemv's epilogue. Program pid computes columns
+        pid*BLOCK_N.. of every row; each step decodes BLOCK_KH bytes (2*BLOCK_KH columns) of its
+        BLOCK_N weight rows (and of the matching up rows) once and multiplies them into all rows:
+        the even input columns with the high nibbles, the odd ones with the low nibbles.
         MMA=False: elementwise fp32 products in a [BLOCK_M, BLOCK_N, BLOCK_KH] accumulator,
         reduced once after the loop. MMA=True: the decoded tiles are the left operands of
         tensor-core products, [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
@@ -347,42 +405,69 @@ if AVAILABLE:
         m_ok = rm < M
         n_ok = rn < N
         kh = K // 2
+        if HAS_D and D_NORM:
+            rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_KH)
+        else:
+            rsd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
         ss2 = tl.zeros([BLOCK_M, BLOCK_KH], dtype=tl.float32)
         if MMA:
             acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         else:
             acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_KH], dtype=tl.float32)
+            acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_KH], dtype=tl.float32)
         for j0 in range(0, kh, BLOCK_KH):
             jj = j0 + rj
             j_ok = jj < kh
             w_hi, w_lo = _nf4_tiles(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, rn, n_ok, jj, j_ok, K,
                                     NESTED, BS, BS2, WROUND)
+            if GATED:  # the up rows of the same output columns
+                u_hi, u_lo = _nf4_tiles(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, rn + N, n_ok, jj, j_ok, K,
+                                        NESTED, BS, BS2, WROUND)
             ev = 2 * jj[None, :]
-            xe, xne = _nf4_input(X, sxm, D, sdm, WN, R, srm, rm, m_ok, ev, j_ok, pid, HAS_D, NORM, GEMMA, XR)
-            xo, xno = _nf4_input(X, sxm, D, sdm, WN, R, srm, rm, m_ok, ev + 1, j_ok, pid, HAS_D, NORM, GEMMA, XR)
+            xe, xne = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, ev, j_ok, rsd, pid,
+                                 HAS_D, D_NORM, NORM, GEMMA, XR)
+            xo, xno = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, ev + 1, j_ok, rsd, pid,
+                                 HAS_D, D_NORM, NORM, GEMMA, XR)
             if NORM:
                 ss2 += xe * xe + xo * xo
             if MMA:
                 if IEEE:  # fp32 operands, exact products
-                    acc_t += tl.dot(w_hi, tl.trans(xne), input_precision="ieee")
-                    acc_t += tl.dot(w_lo, tl.trans(xno), input_precision="ieee")
+                    xte = tl.trans(xne)
+                    xto = tl.trans(xno)
+                    acc_t += tl.dot(w_hi, xte, input_precision="ieee")
+                    acc_t += tl.dot(w_lo, xto, input_precision="ieee")
+                    if GATED:
+                        acc2_t += tl.dot(u_hi, xte, input_precision="ieee")
+                        acc2_t += tl.dot(u_lo, xto, input_precision="ieee")
                 else:  # operands in the model's dtype (x's == the weight's: both roundings exact)
                     xdt = X.dtype.element_ty
-                    acc_t += tl.dot(w_hi.to(xdt), tl.trans(xne.to(xdt)))
-                    acc_t += tl.dot(w_lo.to(xdt), tl.trans(xno.to(xdt)))
+                    xte = tl.trans(xne.to(xdt))
+                    xto = tl.trans(xno.to(xdt))
+                    acc_t += tl.dot(w_hi.to(xdt), xte)
+                    acc_t += tl.dot(w_lo.to(xdt), xto)
+                    if GATED:
+                        acc2_t += tl.dot(u_hi.to(xdt), xte)
+                        acc2_t += tl.dot(u_lo.to(xdt), xto)
             else:
                 acc3 += xne[:, None, :] * w_hi[None, :, :]
                 acc3 += xno[:, None, :] * w_lo[None, :, :]
+                if GATED:
+                    acc3b += xne[:, None, :] * u_hi[None, :, :]
+                    acc3b += xno[:, None, :] * u_lo[None, :, :]
         if MMA:
             acc = tl.trans(acc_t)
+            acc2 = acc
+            if GATED:
+                acc2 = tl.trans(acc2_t)
         else:
             acc = tl.sum(acc3, axis=2)
-        if NORM:
-            acc = acc * tl.rsqrt(tl.sum(ss2, axis=1) / K + eps)[:, None]
-        if HAS_BIAS:
-            acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        ym = m_ok[:, None] & n_ok[None, :]
-        tl.store(Y + rm[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=ym)
+            acc2 = acc
+            if GATED:
+                acc2 = tl.sum(acc3b, axis=2)
+        # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
+        _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                       NORM, HAS_BIAS, GATED, ACT)
 
 
 # ------------------------------------------------------------------------------ launch
@@ -413,11 +498,14 @@ def nf4_gemv(x: Tensor, nf4: NF4Weight, bias: Tensor | None = None,
 
 def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, norm: Tensor | None = None,
                    gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
+                   delta_norm: Tensor | None = None, act: str | None = None,
                    config: tuple[str, int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
     """kernels.gemv's contract with an NF4 weight: y = f(x) @ W^T (+ bias), where delta gives
-    x' = x + delta (returned as the second result: the residual stream after the add) and norm an
-    RMS norm of x' with this weight (Gemma's (1 + w) form when `gemma`). Not yet: the residual's
-    own norm (delta_norm) and the gated activation (gate and up are two Linear4bit weights)."""
+    x' = x + norm_delta(delta) (returned as the second result: the residual stream after the
+    add; delta_norm: Gemma's (1 + w) RMS norm of the delta first, as kernels.gemv) and norm an
+    RMS norm of x' with this weight (Gemma's (1 + w) form when `gemma`). act ("silu" or
+    "gelu_tanh"): W is [2N, K], gate rows then up rows (one NF4 weight: see merge_nf4), bias
+    [2N], and y = act(gate) * up [.., N]."""
     if not AVAILABLE:
         raise RuntimeError("nf4_gemv needs Triton")
     n, k = nf4.shape
@@ -429,6 +517,14 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
         raise ValueError(f"nf4_gemv indexes the weight in int32; {n} x {k} is too large")
     if nf4.blocksize % 2:
         raise ValueError(f"invalid blocksize {nf4.blocksize}")
+    if act is not None:
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r} ({', '.join(ACTIVATIONS)})")
+        if n % 2:
+            raise ValueError(f"a gated product needs gate and up rows, [2N, K]; got {n} rows")
+        n //= 2
+    if delta_norm is not None and delta is None:
+        raise ValueError("delta_norm needs a delta")
     lead = x.shape[:-1]
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_ROWS, "nf4_gemv")
     m = x2.shape[0]
@@ -450,12 +546,14 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
     _nf4_gemv_kernel[grid](
-        x2, x2.stride(0), d2, d2.stride(0), norm if norm is not None else x2, r, r.stride(0),
+        x2, x2.stride(0), d2, d2.stride(0), delta_norm if delta_norm is not None else x2,
+        norm if norm is not None else x2, r, r.stride(0),
         nf4.packed, nf4.absmax, nf4.code,
         nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy, nf4.offset if nested else dummy,
         bias if bias is not None else y, y, y.stride(0), m, n, k, float(eps),
         NESTED=nested, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype], XR=_WROUND[x.dtype],
-        HAS_D=delta is not None, NORM=norm is not None, GEMMA=bool(gemma),
+        HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None, GEMMA=bool(gemma),
+        GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
         HAS_BIAS=bias is not None, MMA=mma, IEEE=ieee,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=warps, num_stages=stages,
     )

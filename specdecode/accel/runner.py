@@ -51,12 +51,14 @@ class ModelRunner(ModelStep):
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
-    `pdl`: see FusedModel (profiling and tests; the defaults are the measured choices)."""
+    `pdl`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
+    the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; off by default:
+    checked on the CPU only so far)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
-                 pdl: bool | None = None) -> None:
+                 pdl: bool | None = None, nf4: bool = False) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -69,7 +71,7 @@ class ModelRunner(ModelStep):
             try:  # FusedModel checks fused_support itself
                 self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
-                                        inductor_options=inductor_options, pdl=pdl)
+                                        inductor_options=inductor_options, pdl=pdl, nf4=nf4)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -90,12 +92,20 @@ class ModelRunner(ModelStep):
     def describe(self) -> str:
         """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
         parts = ["fused layers" if self.fused is not None else "transformers modules"]
-        if self.fused is not None and self.fused.kernels:
+        if self.fused is not None and self.fused.kernels and self.fused.nf4:
+            from .nf4 import MAX_ROWS  # noqa: PLC0415
+
+            pdl = ", attention with programmatic dependent launch" if self.fused.pdl else ""
+            parts.append(f"fused NF4 kernels (whole steps of <= {MAX_ROWS} rows{pdl}; larger steps and prefill "
+                         "dequantize one layer at a time)")
+        elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
             parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
                          f"attention in larger ones{pdl})")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")
+        if self.fused is not None and self.fused.nf4 and not self.fused.kernels:
+            parts.append("NF4 weights dequantized one layer at a time")
         if self.compiled:
             parts.append("compiled")
         elif self.compile_error:
