@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -671,40 +672,24 @@ class FusedModel:
                         logits_to_keep: Tensor | int) -> Tensor:
         """The step as five Triton kernels per layer (kernels.py): the residual adds and every
         norm ride inside the matrix-vector products, attention writes the cache itself."""
-        sh = self.shape
-        gemma = sh.gemma
-        eps = sh.eps
-        pdl = self.pdl
-        tables = self.tables(cache.max_len)
-        h = self._embed(input_ids)
-        d = None
-        d_norm = None
-        for i, w in enumerate(self.weights):
-            qkv, h_new = _kernels.gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
-                                       delta=d, delta_norm=d_norm, pdl=pdl)
-            if h_new is not None:
-                h = h_new
-            o = self._attention(i, qkv, cache, position_ids, tables)
-            o, _ = _kernels.gemv(o, w.wo, bias=w.bo, pdl=pdl)
-            a, h = _kernels.gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
-                                 delta_norm=w.post_attn, act=self.act_name, pdl=pdl)
-            d, _ = _kernels.gemv(a, w.wd, bias=w.bd, pdl=pdl)
-            d_norm = w.post_ff
-        h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
-        # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
-        # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
-        # one compiled function before it
-        return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
+        return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
+                                       logits_to_keep)
 
     def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                      logits_to_keep: Tensor | int) -> Tensor:
         """_kernel_forward with NF4 weights, for steps of up to nf4.MAX_ROWS rows (nf4_gemv_config:
         the reduction form for one or two rows, the tensor-core form for more): the same five
         kernels per layer, the residual adds and every norm folded into the NF4 products."""
+        return self._layers_on_kernels(_nf4.nf4_gemv_fused, input_ids, cache, position_ids, logits_to_keep)
+
+    def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
+                           logits_to_keep: Tensor | int) -> Tensor:
+        """Every layer as gemv (qkv, with the previous residual add and the input norm) ->
+        attention kernel -> gemv (o) -> gemv (gate/up, with the residual add, the norm and the
+        activation) -> gemv (down); `gemv` is kernels.gemv or nf4.nf4_gemv_fused."""
         sh = self.shape
         gemma = sh.gemma
         eps = sh.eps
-        gemv = _nf4.nf4_gemv_fused
         tables = self.tables(cache.max_len)
         h = self._embed(input_ids)
         d = None
@@ -721,6 +706,9 @@ class FusedModel:
             d, _ = gemv(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
+        # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
+        # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
+        # one compiled function before it
         return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
 
     def _dense(self, w: LayerWeights) -> LayerWeights:

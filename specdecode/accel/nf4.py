@@ -75,14 +75,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-try:  # optional, as in accel/kernels.py
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - ImportError, or a broken Triton install
-    triton = None
-    tl = None
-
-from .kernels import ACTIVATIONS, gemv_operands
+from .kernels import ACTIVATIONS, gemv_operands, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
     from .kernels import _delta_rms, _gemv_epilogue  # Triton functions shared with kernels.gemv
