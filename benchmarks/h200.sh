@@ -6,6 +6,7 @@
 #   bash benchmarks/h200.sh llama     # Llama 3.1 8B + 3.2 1B: all modes, batches 1 4 16, transformers
 #   bash benchmarks/h200.sh gemma     # Gemma 3 4B + 270M: the same
 #   bash benchmarks/h200.sh profile   # kernel profile of the Gemma steps, Triton kernels on and off
+#   bash benchmarks/h200.sh profile-qwen  # the real pair's shapes (random weights): captured steps, PDL on and off
 #   bash benchmarks/h200.sh kernels   # kernels.py against cuBLAS per matrix, with the config sweep (~5 min)
 #   bash benchmarks/h200.sh gemma-decode | llama-decode   # the product default only, batches 1 16,
 #                                     # no transformers baselines (~4 / ~2 min): the issue-6 checks
@@ -19,14 +20,14 @@
 # (its docstring and benchmarks/results/2026-12-02-h200-real-pair-notes.md say how the GGUF
 # pieces travel, how they are converted and which steps were run).
 set -euo pipefail
-step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|kernels|gemma-decode|llama-decode [extra args]}
+step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode [extra args]}
 shift
 # extra arguments go to the step's script (argparse: a repeated option's last value wins),
 # e.g. bash benchmarks/h200.sh gemma-decode --batches 1
 out=${OUT:-benchmarks/results}
 limit=${H200_TIMEOUT:-560}  # seconds for the step's script (a device call may run 600)
-case "$step" in tests|llama|gemma|profile|kernels|gemma-decode|llama-decode) ;;
-    *) echo "unknown step '$step' (tests|llama|gemma|profile|kernels|gemma-decode|llama-decode)" >&2; exit 2 ;; esac
+case "$step" in tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode) ;;
+    *) echo "unknown step '$step' (tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode)" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
@@ -48,6 +49,9 @@ case "$step" in
             --out "$out" --tag "h200-$step" "$@" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
     profile)
         timeout 400 python3 benchmarks/profile_step.py --pair gemma 2>&1 | quiet | tee "$out/h200-profile.txt" ;;
+    profile-qwen)
+        timeout 400 python3 benchmarks/profile_step.py --pair qwen --kernels on --pdl both "$@" 2>&1 | quiet \
+            | tee "$out/h200-profile-qwen.txt" ;;
     kernels)
         timeout "$limit" python3 benchmarks/kernel_bench.py --pairs gemma --rows 1 2 6 --draft-rows 1 --sweep \
             --out "$out/h200-kernels.json" "$@" 2>&1 \
