@@ -269,8 +269,6 @@ def expected_tokens_per_round(alpha: float, k: float) -> float:
 
 def predicted_speedup(alpha: float, k: float, c: float) -> float:
     """(1 - α^(k+1)) / ((1 - α)(k·c + 1)): the expected walltime improvement."""
-    if c < 0:
-        raise ValueError(f"c must be >= 0, got {c}")
     return speedup_at_round_costs(alpha, k, c, 1.0)
 
 

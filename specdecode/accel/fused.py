@@ -618,6 +618,11 @@ class FusedModel:
         d = self.shape.head_dim
         return cache.layer(i, self.shape.n_kv, d, d, self.dtype)
 
+    def on_kernels(self, rows: int) -> bool:
+        """Whether a decode step of `rows` rows (batch x tokens) runs on the Triton kernels, which mask
+        from the positions themselves (no mask needed); NF4 layers take at most nf4.MAX_ROWS."""
+        return self.kernels and not (self.nf4 and rows > _nf4.MAX_ROWS)
+
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],
                 attend_len: int, logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
@@ -625,8 +630,7 @@ class FusedModel:
         to the first attend_len slots of the cache (all of them in a captured step).
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
-        nf4_rows = self.nf4 and B * q > _nf4.MAX_ROWS  # more rows than the NF4 kernel takes
-        if not eager and self.kernels and not nf4_rows:
+        if not eager and self.on_kernels(B * q):
             if self.nf4:  # NF4: every step of at most nf4.MAX_ROWS rows wholly on the kernels
                 step = self._nf4_forward
             else:  # single-row steps wholly on the kernels, larger ones their attention
@@ -646,8 +650,6 @@ class FusedModel:
             self._kernel_shapes.add(shape)
             return out
         layer_fn, first_norm, head = self._prefill if eager else (self._layer, self._first_norm, self._head)
-        if self.nf4 and not masks:  # an NF4 step too large for the kernel, which the runner left maskless
-            masks = self._masks(position_ids, attend_len)
         G = self.shape.n_heads // self.shape.n_kv
         # the G query heads of a group become G*q query rows: repeat the mask rows to match
         folded = {kind: m.expand(B, 1, q, m.shape[-1]).unsqueeze(2).expand(B, 1, G, q, m.shape[-1])
@@ -716,16 +718,6 @@ class FusedModel:
         that do not run on the NF4 kernel)."""
         deq = lambda t: _nf4.dequantize_nf4(t, self.dtype)  # noqa: E731
         return w._replace(wqkv=deq(w.wqkv), wo=deq(w.wo), wgu=deq(w.wgu), wd=deq(w.wd))
-
-    def _masks(self, position_ids: Tensor, attend_len: int) -> dict[str, Tensor]:
-        """Boolean masks {kind: [B, 1, q, attend_len]} as ModelStep.masks builds them."""
-        slots = torch.arange(attend_len, device=position_ids.device)
-        qpos = position_ids[:, None, :, None]
-        causal = slots <= qpos
-        masks = {"full_attention": causal}
-        if self.window is not None:
-            masks["sliding_attention"] = causal & (slots > qpos - self.window)
-        return masks
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
         sh = self.shape

@@ -216,7 +216,7 @@ class ModelRunner(ModelStep):
     def _fused_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                      logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
         position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
-        if not eager and self.fused.kernels:
+        if not eager and self.fused.on_kernels(input_ids.numel()):
             masks = {}  # the kernels mask from the positions themselves
         else:
             masks = self.masks(position_ids, attend_len, boolean=True)

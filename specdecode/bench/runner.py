@@ -297,21 +297,25 @@ def step_time_ms(loaded, prompt: list[int], batch_size: int, repeats: int = STEP
     return 1000.0 * metrics.median(times)
 
 
-def measure_step_times(decoder, ids: list[list[int]]) -> StepTimes | None:
+def measure_step_times(decoder, ids: list[list[int]], known: StepTimes | None = None) -> StepTimes | None:
     """c for Leviathan's prediction: median draft step / median target step, both [B, 1] forwards;
-    and the target's [B, k+1] verify step, which the prediction prices as one step."""
+    and the target's [B, k+1] verify step, which the prediction prices as one step. `known`: step
+    times of the same drafter and batch size at another k, whose one-token steps are reused (only
+    the verify depends on k)."""
     s = decoder.settings
     if s.drafter == "none" or not ids:
         return None
     batch = s.batch_size
     prompt = ids[0]
     size = _cache_len(decoder, len(prompt))
-    target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
     verify_ms = verify_tokens = None
     if isinstance(s.k, int):  # the verify's shape; under --k auto it changes from round to round
         verify_tokens = s.k + 1
         verify_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size,
                                  tokens=verify_tokens)
+    if known is not None:
+        return dataclasses.replace(known, verify_ms=verify_ms, verify_tokens=verify_tokens)
+    target_ms = step_time_ms(decoder.target, prompt, batch, runner=decoder.runner(decoder.target), cache_len=size)
     if s.drafter == "ngram":
         return StepTimes(c=0.0, method="lookup", target_ms=target_ms, draft_ms=0.0, verify_ms=verify_ms,
                          verify_tokens=verify_tokens)
@@ -656,7 +660,10 @@ def run_sweep(
                 warmed.add(_step_shapes(dec, ids[: combo.batch_size]) or len(ids[: combo.batch_size]))
             skey = (combo.drafter, combo.batch_size, combo.k)  # the verify's cost depends on k
             if skey not in steps:
-                steps[skey] = measure_step_times(dec, ids)
+                # the one-token steps depend on the drafter and batch size only: measured once
+                known = next((v for (d, b, _), v in steps.items()
+                              if (d, b) == skey[:2] and v is not None), None)
+                steps[skey] = measure_step_times(dec, ids, known)
             spec = run_pass(dec, ids, warmed=warmed)
             result.rows.append((combo, baselines[key], spec, steps[skey]))
             if on_row is not None:
