@@ -83,6 +83,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     """
     import torch
 
+    from .accel.nf4 import nf4_nbytes
     from .models.loading import gguf_info, model_source
 
     source = model_source(name, gguf_file)
@@ -118,7 +119,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
         params += n
         if id(p) in nf4_ids:
             nf4_params += n
-            nf4_bytes += _nf4_nbytes(n)
+            nf4_bytes += nf4_nbytes(n)
         if p is in_emb.weight:
             embed += n
             if tied:
@@ -337,13 +338,6 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
         ],
         "trace": {"prompt": first.prompt, "rounds": trace[:TRACE_ROUNDS], "total_rounds": len(trace)},
     }
-
-
-def _nf4_nbytes(numel: int, blocksize: int = 64) -> int:
-    """Bytes of one double-quantized NF4 weight (accel/nf4.NF4Weight.nbytes): packed codes, an 8-bit
-    absmax per block, a float32 scale per 256 blocks, the offset and the two code maps."""
-    blocks = -(-numel // blocksize)
-    return (numel + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4 + 16 * 4 + 256 * 4
 
 
 def _decode_step(model, quantized: bool) -> str:

@@ -81,7 +81,7 @@ if triton is not None:
     from .kernels import _delta_rms, _gemv_epilogue  # Triton functions shared with kernels.gemv
 
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "merge_nf4", "nf4_absmax",
-           "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
+           "nf4_nbytes", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
 
 AVAILABLE = triton is not None
 
@@ -115,6 +115,14 @@ def dynamic_map() -> Tensor:
     data += [0, 1.0]  # additional_items == 0 for these defaults
     data.sort()
     return torch.tensor(data, dtype=torch.float32)
+
+
+def nf4_nbytes(numel: int, blocksize: int = 64) -> int:
+    """Bytes of a double-quantized NF4 weight of `numel` elements as NF4Weight holds it (its
+    `nbytes`) without quantizing it: packed codes, an 8-bit absmax per block, a float32 scale per
+    NESTED_BLOCKSIZE blocks, the offset and the two code maps."""
+    blocks = -(-numel // blocksize)
+    return (numel + 1) // 2 + blocks + 4 * -(-blocks // NESTED_BLOCKSIZE) + 4 + 16 * 4 + 256 * 4
 
 
 @dataclass(frozen=True)
