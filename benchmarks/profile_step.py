@@ -12,6 +12,7 @@ of 15 such timings), and prints the kernels of one replay grouped by name with t
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -99,6 +100,9 @@ def main():
                          "max_autotune_gemm_backends=TRITON,ATEN")
     ap.add_argument("--kernels", choices=["on", "off", "both"], default="both",
                     help="Triton decode kernels for steps of <= 16 rows (default: profile with and without)")
+    ap.add_argument("--multi-row", nargs="+", default=[None], choices=["hybrid", "mixed"],
+                    help="how steps of more than max-kernel-rows rows run (FusedModel's multi_row; default: "
+                         "the product's)")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -116,10 +120,12 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows in args.max_kernel_rows:
+            for rows, multi in itertools.product(args.max_kernel_rows, args.multi_row):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
+                label += f", multi-row {multi or 'default'}"
                 print(f"\n==== {label}")
-                opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows)
+                opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
+                            multi_row=multi)
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")

@@ -235,12 +235,12 @@ def test_kernel_step_matches_transformers_fp32(arch, multi_row):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
-    """Steps of more than MAX_ROWS rows keep the layers' matrix products and run the attention
-    kernel (the product's routing: MAX_ROWS = 2, so every step of _run, 3 rows, goes here)."""
+def test_hybrid_multi_row_steps_run_attention_on_the_kernel(arch, monkeypatch):
+    """multi_row="hybrid": steps of more than MAX_ROWS rows (every step of _run, 3 rows) keep the
+    compiled layers' matrix products and run the attention kernel."""
     model = _model(arch).to(DEV)
     reference = _run(ModelRunner(model, fused=False))
-    runner = ModelRunner(model, fused=True, kernels=True)
+    runner = ModelRunner(model, fused=True, kernels=True, multi_row="hybrid")
     calls = []
     monkeypatch.setattr(runner.fused, "_kernel_forward", lambda *a: calls.append("whole") or 1 / 0)
     hybrid = runner.fused._hybrid_forward
@@ -249,6 +249,31 @@ def test_larger_steps_run_attention_on_the_kernel(arch, monkeypatch):
     assert calls == ["hybrid"] * 4  # the four steps of 3 rows x 1-4 tokens
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", [pytest.param("llama", marks=SLOW_ON_CPU), "gemma3"])
+def test_mixed_multi_row_steps_match_transformers_fp32(arch, monkeypatch):
+    """The default multi_row="mixed": steps of more than MAX_ROWS rows (the verify) run the
+    kernels' tensor-core products (norms, residual adds, activation folded in) with the down
+    projection on cuBLAS; Gemma 3's post-norm of the down output then rides in the next qkv
+    product as a delta norm."""
+    model = _model(arch).to(DEV)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True)
+    assert runner.fused.multi_row == "mixed"
+    calls = []
+    monkeypatch.setattr(runner.fused, "_hybrid_forward", lambda *a: calls.append("hybrid") or 1 / 0)
+    mixed = runner.fused._mixed_forward
+    monkeypatch.setattr(runner.fused, "_mixed_forward", lambda *a: calls.append("mixed") or mixed(*a))
+    got = _run(runner)
+    assert calls == ["mixed"] * 4  # the four steps of 3 rows x 1-4 tokens
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+def test_multi_row_setting_is_checked():
+    with pytest.raises(ValueError, match="multi_row must be one of"):
+        ModelRunner(_model("llama"), fused=True, kernels=True, multi_row="cublas")
 
 
 def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_row):

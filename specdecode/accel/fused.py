@@ -438,7 +438,8 @@ class FusedModel:
 
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
-                 inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False) -> None:
+                 inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
+                 multi_row: str | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -446,6 +447,10 @@ class FusedModel:
         "matmul" or "sdpa" for compiled steps (None: DEFAULT_ATTENTION for the device);
         inductor_options: for torch.compile (None: DEFAULT_INDUCTOR_OPTIONS); pdl: launch the
         kernels with programmatic dependent launch (None: where the device supports it).
+        multi_row: how kernel steps of more than
+        max_kernel_rows rows (the verify) run: "hybrid" (cuBLAS's products, the compiled norms,
+        the attention kernel) or "mixed" (the kernels' tensor-core products with the norms and
+        residual adds folded in, the down projection on cuBLAS); None: DEFAULT_MULTI_ROW.
         nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); off by default:
         the NF4 path is checked on the CPU only so far (accel/nf4.py says what is not done).
 
@@ -530,6 +535,9 @@ class FusedModel:
         self.kernel_error: str | None = None
         self._kernel_shapes: set[tuple] = set()
         self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
+        self.multi_row = DEFAULT_MULTI_ROW if multi_row is None else multi_row
+        if self.multi_row not in MULTI_ROW:
+            raise ValueError(f"multi_row must be one of {', '.join(MULTI_ROW)}, got {self.multi_row!r}")
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
@@ -633,8 +641,12 @@ class FusedModel:
         if not eager and self.on_kernels(B * q):
             if self.nf4:  # NF4: every step of at most nf4.MAX_ROWS rows wholly on the kernels
                 step = self._nf4_forward
-            else:  # single-row steps wholly on the kernels, larger ones their attention
-                step = self._kernel_forward if B * q <= self.max_kernel_rows else self._hybrid_forward
+            else:  # one- and two-row steps wholly on the kernels, larger ones as multi_row says
+                if B * q <= self.max_kernel_rows:
+                    step = self._kernel_forward
+                else:
+                    mixed = self.multi_row == "mixed" and B * q <= _kernels.MAX_GEMV_ROWS
+                    step = self._mixed_forward if mixed else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
                 return step(input_ids, cache, position_ids, logits_to_keep)
@@ -677,6 +689,15 @@ class FusedModel:
         return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
                                        logits_to_keep)
 
+    def _mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
+                       logits_to_keep: Tensor | int) -> Tensor:
+        """Steps of several rows (the verify) on the kernels' tensor-core products, which fold the
+        norms, residual adds and activation in, except the down projection: its long K leaves
+        the tensor-core form few programs, and cuBLAS splits it (its output is the residual
+        delta the next qkv product adds, as in _kernel_forward)."""
+        return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
+                                       logits_to_keep, down=_cublas_product)
+
     def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                      logits_to_keep: Tensor | int) -> Tensor:
         """_kernel_forward with NF4 weights, for steps of up to nf4.MAX_ROWS rows (nf4_gemv_config:
@@ -685,10 +706,11 @@ class FusedModel:
         return self._layers_on_kernels(_nf4.nf4_gemv_fused, input_ids, cache, position_ids, logits_to_keep)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
-                           logits_to_keep: Tensor | int) -> Tensor:
+                           logits_to_keep: Tensor | int, down: Callable | None = None) -> Tensor:
         """Every layer as gemv (qkv, with the previous residual add and the input norm) ->
         attention kernel -> gemv (o) -> gemv (gate/up, with the residual add, the norm and the
-        activation) -> gemv (down); `gemv` is kernels.gemv or nf4.nf4_gemv_fused."""
+        activation) -> down (default gemv); `gemv` is kernels.gemv or nf4.nf4_gemv_fused."""
+        down = down or gemv
         sh = self.shape
         gemma = sh.gemma
         eps = sh.eps
@@ -705,7 +727,7 @@ class FusedModel:
             o, _ = gemv(o, w.wo, bias=w.bo)
             a, h = gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
                         delta_norm=w.post_attn, act=self.act_name)
-            d, _ = gemv(a, w.wd, bias=w.bd)
+            d, _ = down(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
@@ -743,6 +765,17 @@ class FusedModel:
             h, x = self._post(h, o, w, self.next_norms[i])
         return self._head(self._keep(x, logits_to_keep), self.lm_head)
 
+
+def _cublas_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, None]:
+    """A plain product on cuBLAS, in gemv's calling form (nothing folded in)."""
+    return F.linear(x, weight, bias), None
+
+
+# how kernel steps of more rows than max_kernel_rows run (FusedModel's multi_row)
+MULTI_ROW = ("hybrid", "mixed")
+# mixed: the H200, random weights of Qwen2.5-Coder 1.5B, verify [1, 6] 1.51 ms against 1.70 hybrid
+# (benchmarks/results/2026-12-02-h200-profile-qwen-prefetch-mixed.txt)
+DEFAULT_MULTI_ROW = "mixed"
 
 def _raise_recompile_limit(limit: int = 64) -> None:
     """Each (batch, q) step shape compiles once per model; the default limit (8) is too low for a

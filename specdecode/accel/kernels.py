@@ -5,7 +5,8 @@ rate at which the weights stream in; what costs time besides that is the number 
 (each one a launch gap and a ramp-up/drain) and the small ones between the matrix products
 (norms, residual adds, rotary embedding, softmax). These kernels fold that small work into the
 matrix products themselves, so a decoder layer of one or two rows runs as five kernels (steps
-of more rows keep cuBLAS's products and use the attention kernel: see MAX_ROWS):
+of more rows, the verify, run the tensor-core form of the same products but keep cuBLAS for the
+down projection: see MAX_ROWS):
 
     gemv     h' = h + norm_prev(d); qkv = norm_in(h') @ Wqkv       (residual + both norms in)
     attention   q/k norm, rotary, cache write, attention           (one kernel, + a combine)
@@ -61,10 +62,11 @@ except Exception:  # pragma: no cover - Triton without grid dependency control
     PDL_AVAILABLE = False
 
 # Decode steps of at most this many rows (batch x query tokens) run wholly on the kernels; larger
-# ones keep cuBLAS's products (with the attention kernel). One row: the draft's steps at batch 1
-# and target-alone decoding; two: a draft round's first step over [prev, last], and batch 2. From
-# three rows on, the tensor-core form (the only one whose cost does not grow with the rows) loses
-# to cuBLAS on the large products (measurements: benchmarks/results/2026-12-02-rules.md).
+# ones (the verify) as FusedModel's multi_row says. One row: the draft's steps at batch 1 and
+# target-alone decoding; two: a draft round's first step over [prev, last], and batch 2. From
+# three rows on only the tensor-core form's cost does not grow with the rows, and it loses to
+# cuBLAS on a long down projection (measurements: benchmarks/results/2026-12-02-rules.md and
+# 2026-12-02-h200-kernels-qwen.txt).
 MAX_ROWS = 2
 # ... and models of at most this hidden size: the kernels' matrix-vector products beat cuBLAS on
 # small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and lose
@@ -120,6 +122,47 @@ if AVAILABLE:
             dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=dm, other=0.0).to(tl.float32)
             ssd2 += dv * dv
         return tl.rsqrt(tl.sum(ssd2, axis=1) / K + eps)
+
+    @triton.jit
+    def _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D: tl.constexpr, D_NORM: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Per row, the scale of the residual delta's own RMS norm (1 without one)."""
+        rsd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        if HAS_D and D_NORM:
+            rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_K)
+        return rsd
+
+    @triton.jit
+    def _acc_zeros(MMA: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+        """A GEMV program's fp32 accumulator: [BLOCK_N, BLOCK_M] for tensor cores (the weights are
+        the left operand), [BLOCK_N, BLOCK_K / 8] for one row's reduction (the weight tile's own
+        layout), [BLOCK_M, BLOCK_N, BLOCK_K] for several rows' elementwise products."""
+        if MMA:  # (one return per static branch: Triton checks every return it visits)
+            return tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        elif ONE_ROW:
+            return tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        else:
+            return tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+
+    @triton.jit
+    def _acc_rows(acc, MMA: tl.constexpr, ONE_ROW: tl.constexpr):
+        """An _acc_zeros accumulator after the loop, as [BLOCK_M, BLOCK_N] sums."""
+        if MMA:
+            return tl.trans(acc)
+        elif ONE_ROW:
+            return tl.sum(acc, axis=1)[None, :]
+        else:
+            return tl.sum(acc, axis=2)
+
+    @triton.jit
+    def _acc_results(acc, acc2, GATED: tl.constexpr, MMA: tl.constexpr, ONE_ROW: tl.constexpr):
+        """(the products, the up products when GATED else the products again) as [BLOCK_M, BLOCK_N]."""
+        out = _acc_rows(acc, MMA, ONE_ROW)
+        up = out
+        if GATED:
+            up = _acc_rows(acc2, MMA, ONE_ROW)
+        return out, up
 
     @triton.jit
     def _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
@@ -238,20 +281,10 @@ if AVAILABLE:
         if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
             w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         _pdl_enter(PDL)
-        if HAS_D and D_NORM:
-            rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_K)
-        else:
-            rsd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_K)
         ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        if MMA:
-            acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        elif BLOCK_M == 1:  # one row: a 2-D accumulator in the weight tile's own layout
-            acc_t = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-            acc2_t = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-        else:
-            acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-            acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+        acc_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc2_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
@@ -273,24 +306,10 @@ if AVAILABLE:
                     acc2_t += _row_partial(xw1, w2, BLOCK_N, BLOCK_K)
             else:
                 xw3 = xw.to(tl.float32)[:, None, :]
-                acc3 += xw3 * w.to(tl.float32)[None, :, :]
+                acc_t += xw3 * w.to(tl.float32)[None, :, :]
                 if GATED:
-                    acc3b += xw3 * w2.to(tl.float32)[None, :, :]
-        if MMA:
-            acc = tl.trans(acc_t)
-            acc2 = acc
-            if GATED:
-                acc2 = tl.trans(acc2_t)
-        elif BLOCK_M == 1:
-            acc = tl.sum(acc_t, axis=1)[None, :]
-            acc2 = acc
-            if GATED:
-                acc2 = tl.sum(acc2_t, axis=1)[None, :]
-        else:
-            acc = tl.sum(acc3, axis=2)
-            acc2 = acc
-            if GATED:
-                acc2 = tl.sum(acc3b, axis=2)
+                    acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
+        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM, HAS_BIAS, GATED, ACT)
 
@@ -321,18 +340,14 @@ if AVAILABLE:
         if PREFETCH:
             w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
         _pdl_enter(PDL)
-        if HAS_D and D_NORM:
-            rsd_a = _delta_rms(D, sdm, ra, a_ok, K, eps, 1, BLOCK_K)
-            rsd_b = _delta_rms(D, sdm, rb, b_ok, K, eps, 1, BLOCK_K)
-        else:
-            rsd_a = tl.full([1], 1.0, dtype=tl.float32)
-            rsd_b = rsd_a
+        rsd_a = _delta_scale(D, sdm, ra, a_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)
+        rsd_b = _delta_scale(D, sdm, rb, b_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)
         ss_a = tl.zeros([1, BLOCK_K], dtype=tl.float32)
         ss_b = tl.zeros([1, BLOCK_K], dtype=tl.float32)
-        acc_a = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-        acc_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-        acc2_a = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
-        acc2_b = tl.zeros([BLOCK_N, BLOCK_K // 8], dtype=tl.float32)
+        acc_a = _acc_zeros(False, True, 1, BLOCK_N, BLOCK_K)
+        acc_b = _acc_zeros(False, True, 1, BLOCK_N, BLOCK_K)
+        acc2_a = _acc_zeros(False, True, 1, BLOCK_N, BLOCK_K)
+        acc2_b = _acc_zeros(False, True, 1, BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
@@ -351,13 +366,8 @@ if AVAILABLE:
             if GATED:
                 acc2_a += _row_partial(xa, w2, BLOCK_N, BLOCK_K)
                 acc2_b += _row_partial(xb, w2, BLOCK_N, BLOCK_K)
-        out_a = tl.sum(acc_a, axis=1)[None, :]
-        out_b = tl.sum(acc_b, axis=1)[None, :]
-        up_a = out_a
-        up_b = out_b
-        if GATED:
-            up_a = tl.sum(acc2_a, axis=1)[None, :]
-            up_b = tl.sum(acc2_b, axis=1)[None, :]
+        out_a, up_a = _acc_results(acc_a, acc2_a, GATED, False, True)
+        out_b, up_b = _acc_results(acc_b, acc2_b, GATED, False, True)
         _gemv_epilogue(out_a, up_a, tl.sum(ss_a, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, ra, a_ok,
                        NORM, HAS_BIAS, GATED, ACT)
         _gemv_epilogue(out_b, up_b, tl.sum(ss_b, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rb, b_ok,
@@ -555,8 +565,10 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
             return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
         return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
     # several rows: tensor cores read the weights once for all of them (the H200 sweep at 6 rows,
-    # Qwen2.5 1.5B: 2026-12-02-h200-kernels-qwen.txt)
-    return ("mma", 64, 128 if gated else 256, 4, 3)
+    # Qwen2.5 1.5B, the best by kind: 2026-12-02-h200-kernels-qwen.txt)
+    if gated:
+        return ("mma", 64, 64, 4, 4)
+    return ("mma", 64, 256, 4, 3 if norm else 4)
 
 
 def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: str):
@@ -685,3 +697,4 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                                            G=g, D=head_dim, SPLITS=splits, BLOCK_R=block_r, num_warps=4,
                                            **_pdl_args(pdl))
     return out
+

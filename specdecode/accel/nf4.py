@@ -78,7 +78,7 @@ from torch import Tensor
 from .kernels import ACTIVATIONS, gemv_operands, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
-    from .kernels import _delta_rms, _gemv_epilogue  # Triton functions shared with kernels.gemv
+    from .kernels import _acc_results, _acc_zeros, _delta_scale, _gemv_epilogue  # Triton functions shared with kernels.gemv
 
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "merge_nf4", "nf4_absmax",
            "nf4_nbytes", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
@@ -406,17 +406,10 @@ if AVAILABLE:
         m_ok = rm < M
         n_ok = rn < N
         kh = K // 2
-        if HAS_D and D_NORM:
-            rsd = _delta_rms(D, sdm, rm, m_ok, K, eps, BLOCK_M, BLOCK_KH)
-        else:
-            rsd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_KH)
         ss2 = tl.zeros([BLOCK_M, BLOCK_KH], dtype=tl.float32)
-        if MMA:
-            acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        else:
-            acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_KH], dtype=tl.float32)
-            acc3b = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_KH], dtype=tl.float32)
+        acc_t = _acc_zeros(MMA, False, BLOCK_M, BLOCK_N, BLOCK_KH)
+        acc2_t = _acc_zeros(MMA, False, BLOCK_M, BLOCK_N, BLOCK_KH)
         for j0 in range(0, kh, BLOCK_KH):
             jj = j0 + rj
             j_ok = jj < kh
@@ -451,21 +444,12 @@ if AVAILABLE:
                         acc2_t += tl.dot(u_hi.to(xdt), xte)
                         acc2_t += tl.dot(u_lo.to(xdt), xto)
             else:
-                acc3 += xne[:, None, :] * w_hi[None, :, :]
-                acc3 += xno[:, None, :] * w_lo[None, :, :]
+                acc_t += xne[:, None, :] * w_hi[None, :, :]
+                acc_t += xno[:, None, :] * w_lo[None, :, :]
                 if GATED:
-                    acc3b += xne[:, None, :] * u_hi[None, :, :]
-                    acc3b += xno[:, None, :] * u_lo[None, :, :]
-        if MMA:
-            acc = tl.trans(acc_t)
-            acc2 = acc
-            if GATED:
-                acc2 = tl.trans(acc2_t)
-        else:
-            acc = tl.sum(acc3, axis=2)
-            acc2 = acc
-            if GATED:
-                acc2 = tl.sum(acc3b, axis=2)
+                    acc2_t += xne[:, None, :] * u_hi[None, :, :]
+                    acc2_t += xno[:, None, :] * u_lo[None, :, :]
+        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, False)
         # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM, HAS_BIAS, GATED, ACT)

@@ -51,14 +51,14 @@ class ModelRunner(ModelStep):
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
-    `pdl`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
+    `pdl`, `multi_row`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; off by default:
     checked on the CPU only so far)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
-                 pdl: bool | None = None, nf4: bool = False) -> None:
+                 pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -71,7 +71,8 @@ class ModelRunner(ModelStep):
             try:  # FusedModel checks fused_support itself
                 self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
-                                        inductor_options=inductor_options, pdl=pdl, nf4=nf4)
+                                        inductor_options=inductor_options, pdl=pdl, nf4=nf4,
+                                        multi_row=multi_row)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -100,8 +101,10 @@ class ModelRunner(ModelStep):
                          "dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
+            larger = ("all but the down projection in larger ones" if self.fused.multi_row == "mixed"
+                      else "attention in larger ones")
             parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
-                         f"attention in larger ones{pdl})")
+                         f"{larger}{pdl})")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")
         if self.fused is not None and self.fused.nf4 and not self.fused.kernels:

@@ -1,0 +1,116 @@
+"""The Triton kernels compile for Hopper (sm_90), checked without a GPU.
+
+The interpreter tests (test_kernels.py, test_nf4.py) run the kernels' Python on CPU tensors, so
+they cannot see what only the compiler rejects: a jit helper whose returns differ in type, an
+operand Triton cannot lower, a layout the backend cannot build. This compiles every kernel, in
+each of its forms, for an H100/H200 target (Triton's frontend, its MLIR passes and ptxas, all of
+which run on a CPU machine) so that such an error fails here, not on the device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+INTS = {"M", "N", "K", "Q", "HKV"}  # upper-case arguments that are sizes, not pointers
+FOLDED = dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0, HAS_BIAS=True, WRITE_R=True)
+NF4_TYPES = dict(W="*u8", ABSMAX="*fp32", CODE="*fp32", CODE2="*fp32", ABSMAX2="*u8", OFFSET="*fp32")
+
+
+def forms() -> dict[str, tuple[str, str, dict, dict]]:
+    """name -> (module, kernel, constexprs, argument types) of every kernel form to compile."""
+    out = {}
+    for mma, rows, prefetch, pdl in [(True, 16, False, True),  # the verify's tensor-core form
+                                     (False, 1, True, True),  # one row under PDL (the draft's step)
+                                     (False, 1, False, False), (False, 8, False, False)]:
+        out[f"gemv-mma{int(mma)}-rows{rows}-prefetch{int(prefetch)}-pdl{int(pdl)}"] = (
+            "kernels", "_gemv_kernel", dict(FOLDED, IEEE=False, MMA=mma, PREFETCH=prefetch, PDL=pdl, BLOCK_M=rows,
+                                            BLOCK_N=64 if mma else 4, BLOCK_K=64 if mma else 256), {})
+    out["gemv2"] = ("kernels", "_gemv2_kernel", dict(FOLDED, PREFETCH=True, PDL=True, BLOCK_N=2, BLOCK_K=256), {})
+    for splits in (1, 8):
+        out[f"attention-splits{splits}"] = (
+            "kernels", "_attention_kernel", dict(G=7, D=64, QK_NORM=True, GEMMA=False, WINDOW=True, SPLITS=splits,
+                                                 IEEE=False, PDL=True, BLOCK_R=16, BLOCK_Q=16, BLOCK_S=64),
+            dict(POS="*i64", PM="*fp32", PA="*fp32"))
+    out["combine"] = ("kernels", "_combine_kernel", dict(G=7, D=64, SPLITS=8, BLOCK_R=16, PDL=True),
+                      dict(PM="*fp32", PA="*fp32"))
+    for mma in (True, False):
+        out[f"nf4-mma{int(mma)}"] = (
+            "nf4", "_nf4_gemv_kernel",
+            dict(NESTED=True, BS=64, BS2=256, WROUND=1, XR=1, HAS_D=True, D_NORM=True, NORM=True, GEMMA=False,
+                 GATED=True, ACT=0, HAS_BIAS=False, IEEE=False, MMA=mma, BLOCK_M=16 if mma else 1,
+                 BLOCK_N=64 if mma else 4, BLOCK_KH=64 if mma else 128), NF4_TYPES)
+    return out
+
+
+def _compile_all() -> dict[str, str | None]:
+    """In a process without the interpreter: compile every form for sm_90; name -> error or None."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from specdecode.accel import kernels, nf4
+
+    modules = {"kernels": kernels, "nf4": nf4}
+    results = {}
+    for name, (module, kernel, consts, types) in forms().items():
+        fn = getattr(modules[module], kernel)
+        params = list(inspect.signature(fn.fn).parameters)
+        signature, constexprs = {}, {}
+        for i, p in enumerate(params):
+            if p in consts:
+                signature[p] = "constexpr"
+                constexprs[(i,)] = consts[p]
+            elif p in types:
+                signature[p] = types[p]
+            elif p[0].isupper() and p not in INTS:
+                signature[p] = "*bf16"
+            else:
+                signature[p] = "fp32" if p in ("eps", "scaling") else "i32"
+        try:
+            unknown = set(consts) - set(params)
+            if unknown:
+                raise ValueError(f"no such constexpr: {sorted(unknown)}")
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                      target=GPUTarget("cuda", 90, 32))
+            results[name] = None if compiled.asm.get("cubin") else "no cubin"
+        except Exception as e:  # the compiler's message is the test's failure message
+            results[name] = f"{type(e).__name__}: {e}; cause: {e.__cause__!r}"[-4000:]
+    return results
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="0",  # the tests' conftest turns the interpreter on
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode == 3:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+pytestmark = pytest.mark.slow  # ~1 minute uncached: the slow layer
+
+
+@pytest.mark.parametrize("name", list(forms()))
+def test_kernel_compiles_for_hopper(compiled, name):
+    assert compiled[name] is None, compiled[name]
+
+
+if __name__ == "__main__":
+    try:
+        import triton  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as e:
+        print(f"no ahead-of-time compile in this Triton: {e}")
+        sys.exit(3)
+    print(json.dumps(_compile_all()))
