@@ -72,8 +72,9 @@ def _check_tp_matches_one_process(pair, drafter: str) -> None:
     assert "sharded over 2 ranks" in tp.stderr  # it really ran tensor parallel
 
 
-# two torchrun processes each: ~18 s a case on two cores; the n-gram case runs in the slow layer
-@pytest.mark.parametrize("drafter", ["model", pytest.param("ngram", marks=pytest.mark.slow)])
+# two torchrun processes each: ~20 s a case on two cores: the slow layer (CI runs it)
+@pytest.mark.slow
+@pytest.mark.parametrize("drafter", ["model", "ngram"])
 def test_tp2_under_torchrun_matches_one_process_llama(llama_pair, drafter):
     _check_tp_matches_one_process(llama_pair, drafter)
 

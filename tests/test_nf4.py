@@ -33,6 +33,8 @@ nf4 = pytest.importorskip("specdecode.accel.nf4")
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SLOW_ON_CPU = [pytest.mark.slow] if DEV == "cpu" else []
+# the same for a whole test (~8 s each under the interpreter); a no-op marker on a GPU
+slow_on_cpu = pytest.mark.slow if DEV == "cpu" else pytest.mark.skipif(False, reason="runs by default on a GPU")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 needs_bnb = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
 needs_triton = pytest.mark.skipif(not nf4.AVAILABLE, reason="Triton is not installed")
@@ -88,6 +90,7 @@ def test_quantize_nf4_matches_bitsandbytes_bit_for_bit(double_quant, dtype):
 
 
 @needs_bnb
+@slow_on_cpu
 def test_blocks_straddling_rows_follow_bitsandbytes_flat_layout():
     """K not a multiple of the block: blocks run over the flattened weight (CUDA and bitsandbytes'
     torch implementation). bitsandbytes 0.50.2's AVX-512 CPU dequantizer indexes absmax per row
@@ -485,6 +488,7 @@ def test_fused_nf4_steps_match_the_dequantized_model_more(arch, dq):
 
 @needs_bnb
 @needs_triton
+@slow_on_cpu
 def test_fused_nf4_greedy_tokens_match_the_dequantized_model(wide_nf4_config):
     from specdecode.accel.runner import ModelRunner
 

@@ -143,7 +143,7 @@ def test_target_alone_on_fixed_shapes_with_lookahead(llama_pair, lookahead):
     assert tokens == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
 
 
-@pytest.mark.parametrize("max_new", [3, 17])
+@pytest.mark.parametrize("max_new", [pytest.param(3, marks=pytest.mark.slow), 17])
 def test_speculative_lookahead_stops_where_the_plain_loop_does(llama_pair, max_new):
     """With a drafter on the device and fixed shapes, round r+1 is launched before round r is read
     (its draft then feeds [prev, last]); a row that ends on EOS or length in round r drops r+1.

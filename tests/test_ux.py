@@ -332,6 +332,7 @@ def test_inspect_dtype_and_domain_module(capsys, llama_pair):
 # ---- 9: the Python API loads quietly ---------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh Python process loading torch and transformers: ~9 s on two cores
 def test_python_api_prints_no_loading_bars(llama_pair):
     out = python(
         "from specdecode import Settings, SpeculativeDecoder\n"

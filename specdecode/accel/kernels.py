@@ -124,6 +124,27 @@ if AVAILABLE:
         return tl.rsqrt(tl.sum(ssd2, axis=1) / K + eps)
 
     @triton.jit
+    def _program_tiles(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """A GEMV program's (id, row offsets, output columns, K offsets of a tile, row mask,
+        column mask): program pid computes the columns pid*BLOCK_N.. of every row."""
+        pid = tl.program_id(0)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        return pid, rm, rn, tl.arange(0, BLOCK_K), rm < M, rn < N
+
+    @triton.jit
+    def _weight_start(W, swn, rn, n_ok, rk, N, K, GATED: tl.constexpr, PREFETCH: tl.constexpr):
+        """The program's weight rows (gate's, and up's N rows further when GATED) and, PREFETCH,
+        their first tiles, loaded before the kernel waits for its predecessor (weights are never
+        written by a step); without PREFETCH the last two are placeholders the loop carries."""
+        w_rows = W + rn[:, None] * swn
+        w2_rows = W + (rn + N)[:, None] * swn
+        w_nx, w2_nx = w_rows, w2_rows
+        if PREFETCH:
+            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
+        return w_rows, w2_rows, w_nx, w2_nx
+
+    @triton.jit
     def _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D: tl.constexpr, D_NORM: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         """Per row, the scale of the residual delta's own RMS norm (1 without one)."""
@@ -268,18 +289,10 @@ if AVAILABLE:
         rows at no extra arithmetic cost. PREFETCH (reduction form): the loads of the next weight
         tile are issued before this tile's arithmetic, so a program keeps two tiles in flight
         (Triton does not pipeline loads that feed no dot)."""
-        pid = tl.program_id(0)
-        rm = tl.arange(0, BLOCK_M)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        m_ok = rm < M
-        n_ok = rn < N
+        pid, rm, rn, rk, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         wdt = W.dtype.element_ty
-        w_rows = W + rn[:, None] * swn
-        w2_rows = W + (rn + N)[:, None] * swn
-        w_nx, w2_nx = w_rows, w2_rows  # without PREFETCH: placeholders the loop carries unused
-        if PREFETCH:  # the first weight tile; each iteration then loads the next before its arithmetic
-            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
+        # PREFETCH: the first weight tile now; each iteration then loads the next before its arithmetic
+        w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
         rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_K)
         ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
@@ -325,20 +338,11 @@ if AVAILABLE:
         and multiplied into one [BLOCK_N, BLOCK_K / 8] accumulator per row, each row's input
         tile handled as in the one-row form (its own [1, BLOCK_K] tile: no tile crosses
         threads). A draft model's two-token step, or two sequences' one-token steps."""
-        pid = tl.program_id(0)
-        ra = tl.arange(0, 1)
+        pid, ra, rn, rk, a_ok, n_ok = _program_tiles(M, N, 1, BLOCK_N, BLOCK_K)  # row a; row b is a + 1
         rb = ra + 1
-        a_ok = ra < M
         b_ok = rb < M
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        n_ok = rn < N
         wdt = W.dtype.element_ty
-        w_rows = W + rn[:, None] * swn
-        w2_rows = W + (rn + N)[:, None] * swn
-        w_nx, w2_nx = w_rows, w2_rows
-        if PREFETCH:
-            w_nx, w2_nx = _weight_tiles(w_rows, w2_rows, n_ok, rk, K, GATED)
+        w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
         rsd_a = _delta_scale(D, sdm, ra, a_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)
         rsd_b = _delta_scale(D, sdm, rb, b_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)

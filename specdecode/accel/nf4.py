@@ -78,7 +78,7 @@ from torch import Tensor
 from .kernels import ACTIVATIONS, gemv_operands, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
-    from .kernels import _acc_results, _acc_zeros, _delta_scale, _gemv_epilogue  # Triton functions shared with kernels.gemv
+    from .kernels import _acc_results, _acc_zeros, _delta_scale, _gemv_epilogue, _program_tiles  # Triton functions shared with kernels.gemv
 
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "merge_nf4", "nf4_absmax",
            "nf4_nbytes", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
@@ -399,12 +399,7 @@ if AVAILABLE:
         MMA=False: elementwise fp32 products in a [BLOCK_M, BLOCK_N, BLOCK_KH] accumulator,
         reduced once after the loop. MMA=True: the decoded tiles are the left operands of
         tensor-core products, [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
-        pid = tl.program_id(0)
-        rm = tl.arange(0, BLOCK_M)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        rj = tl.arange(0, BLOCK_KH)
-        m_ok = rm < M
-        n_ok = rn < N
+        pid, rm, rn, rj, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_KH)
         kh = K // 2
         rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_KH)
         ss2 = tl.zeros([BLOCK_M, BLOCK_KH], dtype=tl.float32)

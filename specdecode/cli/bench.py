@@ -18,20 +18,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (
-    DataOptions,
-    SharedOptions,
-    check_output_paths,
-    data_options,
-    fail,
-    guarded,
-    oom_advice,
-    print_dry_run,
-    print_load_notes,
-    rank_results_dir,
-    resolve_settings,
-    shared_options,
-)
+from .options import DataOptions, SharedOptions, check_output_paths, data_options, fail, guarded, load_decoder
+from .options import oom_advice, print_dry_run, rank_results_dir, resolve_settings, shared_options
 
 __all__ = ["bench", "register"]
 
@@ -164,16 +152,7 @@ def bench(
         if settings.drafter == "none":
             note("--drafter none: the speculative run is the baseline itself (speedup ~1)")
 
-        from .render import Status, describe_models
-
-        with Status(f"loading {describe_models(settings)} …"):
-            from ..api import SpeculativeDecoder
-
-            decoder = SpeculativeDecoder.from_settings(settings)
-        print_load_notes(decoder)
-        if decoder.report is not None:
-            for w in decoder.report.warnings:
-                note(w)
+        decoder = load_decoder(settings)
         progress = Progress(len(prompt_set.prompts))
         try:
             result = run_benchmark(

@@ -20,20 +20,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (
-    DataOptions,
-    SharedOptions,
-    check_output_paths,
-    data_options,
-    fail,
-    guarded,
-    oom_advice,
-    print_dry_run,
-    print_load_notes,
-    rank_results_dir,
-    resolve_settings,
-    shared_options_except,
-)
+from .options import DataOptions, SharedOptions, check_output_paths, data_options, fail, guarded, load_decoder
+from .options import oom_advice, print_dry_run, rank_results_dir, resolve_settings, shared_options_except
 
 __all__ = ["compare", "register"]
 
@@ -97,18 +85,9 @@ def compare(
         prompt_set = load_prompts(base.dataset, base.num_samples)
         note(prompt_set.note())
 
-        from .render import Status, describe_models
-
         # load the draft model when any row needs it; other drafters reuse the loaded target
         load_with = base.model_copy(update={"drafter": "model" if "model" in axes["drafter"] else axes["drafter"][0]})
-        with Status(f"loading {describe_models(load_with)} …"):
-            from ..api import SpeculativeDecoder
-
-            decoder = SpeculativeDecoder.from_settings(load_with)
-        print_load_notes(decoder)
-        if decoder.report is not None:
-            for w in decoder.report.warnings:
-                note(w)
+        decoder = load_decoder(load_with)
         progress = Progress(len(combos), label="compare")
 
         def on_row(r) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "guarded",
     "oom_advice",
     "one_line",
+    "load_decoder",
     "print_load_notes",
     "print_dry_run",
     "rank_results_dir",
@@ -310,6 +311,22 @@ def print_load_notes(decoder) -> None:
     """What loading wants the user to know (pickle weights, custom code not run): one line each."""
     for message in getattr(decoder, "notes", []):
         sys.stderr.write(f"warning: {one_line(message)}\n")
+
+
+def load_decoder(settings):
+    """Load the models `settings` names under a status line, then say what loading wants the user
+    to know: the load notes (print_load_notes) and the decoder's report warnings, a note each."""
+    from .render import Status, describe_models
+
+    with Status(f"loading {describe_models(settings)} …"):
+        from ..api import SpeculativeDecoder
+
+        decoder = SpeculativeDecoder.from_settings(settings)
+    print_load_notes(decoder)
+    if decoder.report is not None:
+        for w in decoder.report.warnings:
+            sys.stderr.write(f"note: {w}\n")
+    return decoder
 
 
 # everything str.splitlines() breaks on (terminals and log viewers break on some of them too)
