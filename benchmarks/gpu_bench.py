@@ -271,9 +271,10 @@ def hf_generate(model, batch_prompts, new_tokens, **kw):
 
 
 @torch.inference_mode()
-def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int) -> float:
+def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int, repeats: int = 20) -> float:
     """Median seconds of one decode step of q tokens per row through `runner`, captured as a CUDA
-    graph when the runner's rounds are (a step inside a round costs its replay, not its launches)."""
+    graph when the runner's rounds are (a step inside a round costs its replay, not its launches);
+    `repeats` timings after 3 warm-ups (fewer only for smoke runs)."""
     cache = runner.new_cache(batch, prompt_len + 300)
     x = torch.randint(10, 500, (batch, prompt_len), device=DEV)
     runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
@@ -287,7 +288,7 @@ def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int) -> float
         fn()
     sync()
     times = []
-    for _ in range(20):
+    for _ in range(repeats):
         t = time.perf_counter()
         fn()
         sync()

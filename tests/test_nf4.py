@@ -568,3 +568,34 @@ def test_inspect_counts_nf4_weights_as_stored(llama_pair):
     expected = sum(nf4.quantize_nf4(w.detach()).nbytes for w in linear.values())
     expected += 2 * sum(p.numel() for p in model.parameters() if id(p) not in linear)
     assert info["memory_bytes"] == expected
+
+
+@needs_bnb
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.skipif(DEV != "cpu", reason="the CPU stand-in for the H200 run of benchmarks/nf4_bench.py")
+def test_nf4_bench_smoke_measures_every_path(tmp_path):
+    """benchmarks/nf4_bench.py on a tiny Qwen2 target on the CPU: bf16, NF4 on the transformers
+    modules and NF4 on the fused kernels (the script exits if that step falls back), with the
+    floors and one check per target of the issue in the JSON it writes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "nf4_bench.py"), "--pairs", "tiny", "--device",
+                           "cpu", "--out", str(tmp_path), "--repeats", "1", "--prompt-len", "8"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (found,) = tmp_path.glob("*-cpu-nf4.json")
+    results = json.loads(found.read_text())
+    (row,) = results["rows"]
+    assert "fused NF4 kernels" in row["nf4_kernels_path"]
+    assert 0 < row["nf4_bytes"] < row["bf16_bytes"] and row["nf4_floor_ms"] < row["bf16_floor_ms"]
+    for key in ("bf16_ms", "nf4_modules_ms", "nf4_kernels_ms"):
+        assert row[key] > 0
+    assert set(results["checks"]) == {"tiny_nf4_le_0.75x_bf16", "tiny_nf4_le_1.6x_nf4_floor"}
+    assert (tmp_path / found.name.replace(".json", ".md")).is_file()
