@@ -25,6 +25,7 @@ import torch
 
 from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
+from .metrics import round_counts
 from .models.loading import (
     LoadedModel,
     ModelLoadError,
@@ -68,9 +69,7 @@ class GenerationStats:
         """The JSON contract of `generate --json` (DESIGN.md)."""
         return {
             "new_tokens": self.new_tokens,
-            "rounds": self.rounds,
-            "draft_tokens": self.draft_tokens,
-            "accepted_tokens": self.accepted_tokens,
+            **round_counts(self),
             "acceptance_rate": self.acceptance_rate,
             "block_efficiency": self.block_efficiency,
             "time_s": self.time_s,

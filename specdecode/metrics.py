@@ -40,6 +40,7 @@ __all__ = [
     "percentile",
     "position_acceptance",
     "predicted_speedup",
+    "round_counts",
     "prediction_table",
     "speedup",
     "throughput",
@@ -185,15 +186,18 @@ class AcceptanceTotals(AcceptanceCounts):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rounds": self.rounds,
-            "draft_tokens": self.draft_tokens,
-            "accepted_tokens": self.accepted_tokens,
+            **round_counts(self),
             "rejected_rounds": self.rejected_rounds,
             "acceptance_rate": self.acceptance_rate,
             "alpha": self.alpha,
             "block_efficiency": self.block_efficiency,
             "position_acceptance": self.position_acceptance,
         }
+
+
+def round_counts(row: _RowLike) -> dict[str, int]:
+    """The round counters under the names the JSON contracts use (generate --json, bench)."""
+    return {"rounds": row.rounds, "draft_tokens": row.draft_tokens, "accepted_tokens": row.accepted_tokens}
 
 
 def acceptance_totals(rows: Iterable[_RowLike]) -> AcceptanceTotals:
