@@ -11,9 +11,12 @@ For the ngram, early-exit and none drafters it says what the drafter would do in
 
 `measure_pair` loads the pair and generates N prompts to measure α, block efficiency and
 acceptance per draft position, plus a token trace of one prompt showing where the draft goes
-wrong and the most frequent (draft token, target token) disagreements.
+wrong and the most frequent (draft token, target token) disagreements; then it times the steps a
+round is made of as `bench` does (the draft's and the target's one-token steps, the target's
+k+1-token verify), because c from parameters is a floor that small drafts do not reach on a GPU
+(their steps are bound by per-kernel latency), and prices the round at those costs.
 
-What it does not: print or render (cli/inspect_cmd.py does), or time anything (see `bench`).
+What it does not: print or render (cli/inspect_cmd.py does), or time generation (see `bench`).
 """
 
 from __future__ import annotations
@@ -313,6 +316,7 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
     k = settings.k if isinstance(settings.k, int) else acc.mean_proposed
     rejections = sum(1 for r in results for ev in r.events if ev.round > 0 and ev.num_accepted < ev.proposed)
     alpha = metrics.iid_alpha(acc.accepted_tokens, rejections)
+    costs = _step_costs(decoder, prompt_set.prompts, alpha)
     return {
         "samples": len(results),
         "data": prompt_set.to_dict(),
@@ -332,12 +336,33 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
             else None
         ),
         "k": k,
+        "step_costs": costs,
         "disagreements": [
             {"draft": piece(d), "target": piece(t), "draft_id": d, "target_id": t, "count": cnt}
             for (d, t), cnt in disagreements.most_common(10)
         ],
         "trace": {"prompt": first.prompt, "rounds": trace[:TRACE_ROUNDS], "total_rounds": len(trace)},
     }
+
+
+def _step_costs(decoder, prompts, alpha: float | None) -> dict[str, Any] | None:
+    """What a round costs on this machine, timed as bench times it (bench.runner.measure_step_times:
+    the decoder's own steps, captured where its rounds are): the target's and the draft's one-token
+    steps, their ratio c, the target's (k+1)-token verify step (a fixed k), and the speedup those
+    costs and the measured α predict. None without a drafter to time."""
+    from . import metrics
+    from .bench.runner import encode_prompts, measure_step_times
+
+    step = measure_step_times(decoder, encode_prompts(decoder, prompts[: decoder.settings.batch_size]))
+    if step is None:
+        return None
+    out = step.to_dict()
+    out["verify_over_target_step"] = v = (step.verify_ms / step.target_ms
+                                          if step.verify_ms is not None and step.target_ms else None)
+    k = decoder.settings.k
+    out["speedup_at_round_costs"] = (metrics.speedup_at_round_costs(alpha, k, step.c, v)
+                                     if alpha is not None and v is not None and isinstance(k, int) else None)
+    return out
 
 
 def _decode_step(model, quantized: bool) -> str:

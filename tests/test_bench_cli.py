@@ -258,12 +258,23 @@ def test_inspect_json(llama_pair):
 def test_inspect_table_and_measure(llama_pair, prompts_file):
     res = cli("inspect", *models(llama_pair), "--measure", 2, "--dataset", prompts_file)
     assert res.exit_code == 0, res.output
-    for text in ("parameters", "KV cache per token", "compatible", "predicted speedup", "token trace"):
+    for text in ("parameters", "KV cache per token", "compatible", "predicted speedup", "token trace",
+                 "measured step costs", "target steps"):
         assert text in res.stdout, text
     res = cli("inspect", *models(llama_pair), "--measure", 2, "--dataset", prompts_file, "--format", "json")
     m = json.loads(res.stdout)["measure"]
     assert m["samples"] == 2 and 0.0 <= m["acceptance_rate"] <= 1.0 and len(m["acceptance_per_position"]) == K
     assert m["trace"]["rounds"] and {"accepted", "rejected", "token"} <= set(m["trace"]["rounds"][0])
+    # what a round costs here, timed as bench times it, and what that and the measured α predict
+    costs = m["step_costs"]
+    assert costs["method"] == "measured" and costs["target_step_ms"] > 0 and costs["draft_step_ms"] > 0
+    assert costs["c"] == pytest.approx(costs["draft_step_ms"] / costs["target_step_ms"])
+    assert costs["verify_tokens"] == K + 1 and costs["verify_step_ms"] > 0
+    assert costs["verify_over_target_step"] == pytest.approx(costs["verify_step_ms"] / costs["target_step_ms"])
+    from specdecode import metrics
+
+    assert costs["speedup_at_round_costs"] == pytest.approx(
+        metrics.speedup_at_round_costs(m["alpha"], K, costs["c"], costs["verify_over_target_step"]))
 
 
 def test_inspect_other_drafters(llama_pair):

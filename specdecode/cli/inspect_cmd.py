@@ -144,6 +144,18 @@ def render(report: dict[str, Any], console) -> None:
         if m["predicted_speedup"]:
             cells = "  ".join(f"k={k}: {s:.2f}x" for k, s in m["predicted_speedup"].items())
             console.print(f"predicted speedup at the measured α  {cells}")
+        costs = m.get("step_costs")
+        if costs and costs.get("target_step_ms"):
+            line = f"measured step costs: target {costs['target_step_ms']:.3f} ms"
+            if costs.get("draft_step_ms"):
+                line += f", draft {costs['draft_step_ms']:.3f} ms (c = {costs['c']:.2f})"
+            if costs.get("verify_step_ms") is not None:
+                line += (f", verify of {costs['verify_tokens']} tokens {costs['verify_step_ms']:.3f} ms "
+                         f"({costs['verify_over_target_step']:.2f} target steps)")
+            console.print(line)
+            if costs.get("speedup_at_round_costs") is not None:
+                console.print(f"speedup these costs and α predict at k={m['k']}: {costs['speedup_at_round_costs']:.2f}x "
+                              "(bench measures it)")
         if m["disagreements"]:
             dis = Table(title="where the draft goes wrong (first rejection)", title_justify="left", min_width=48)
             dis.add_column("draft proposed")
