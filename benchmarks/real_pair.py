@@ -8,7 +8,7 @@ exactly what a user's run does; transformers' generate() on the same pair and pr
 in this script for comparison (static-cache compiled, and assisted generation).
 
     python3 benchmarks/real_pair.py prompts --out .carry/prompts       # here: prompt files from ../shared/data
-    python3 benchmarks/real_pair.py convert --gguf DIR --out MODELS    # on the GPU machine, once (~1 min)
+    python3 benchmarks/real_pair.py convert --gguf DIR --out MODELS --parallel  # on the GPU machine, once (~2.5 min)
     python3 benchmarks/real_pair.py run --models MODELS --prompts DIR --out $OUT [--steps ...]
 
 `run` writes <out>/<date>-h200-real-pair.json (+ .md) after every step (a run cut short keeps
@@ -52,9 +52,17 @@ def make_prompts(out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ convert
-def convert(gguf: Path, out: Path, names: list[str] | None = None) -> None:
+def convert(gguf: Path, out: Path, names: list[str] | None = None, parallel: bool = False) -> None:
     """GGUF (dequantized by transformers, float32: its fast path) -> bf16 safetensors + tokenizer.
-    `names`: the models to convert (default both; two processes may convert one each at once)."""
+    `names`: the models to convert (default both). `parallel`: one child process per model, all
+    waited for here (the conversion is single-threaded Python: ~140 s for the pair in parallel)."""
+    if parallel:
+        procs = [subprocess.Popen([sys.executable, __file__, "convert", "--gguf", str(gguf), "--out", str(out),
+                                   "--names", name]) for name in names or (DRAFT, TARGET)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"convert failed (exit codes {codes})")
+        return
     import copy
 
     import torch
@@ -291,6 +299,7 @@ def main() -> None:
     p.add_argument("--gguf", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--names", nargs="+", default=None, help=f"default: {DRAFT} {TARGET}")
+    p.add_argument("--parallel", action="store_true", help="one process per model, waited for")
     p = sub.add_parser("random")
     p.add_argument("--like", required=True)
     p.add_argument("--out", required=True)
@@ -310,7 +319,7 @@ def main() -> None:
     if args.cmd == "prompts":
         make_prompts(Path(args.out))
     elif args.cmd == "convert":
-        convert(Path(args.gguf), Path(args.out), args.names)
+        convert(Path(args.gguf), Path(args.out), args.names, args.parallel)
     elif args.cmd == "random":
         random_like(Path(args.like), Path(args.out))
     else:
