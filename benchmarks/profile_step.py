@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--multi-row", nargs="+", default=[None], choices=["hybrid", "mixed"],
                     help="how steps of more than max-kernel-rows rows run (FusedModel's multi_row; default: "
                          "the product's)")
+    ap.add_argument("--fold-combine", nargs="+", default=["off"], choices=["off", "on"],
+                    help="the attention kernel's last split merges the splits (no combine kernel)")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -120,12 +122,12 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows, multi in itertools.product(args.max_kernel_rows, args.multi_row):
+            for rows, multi, fold in itertools.product(args.max_kernel_rows, args.multi_row, args.fold_combine):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
-                label += f", multi-row {multi or 'default'}"
+                label += f", multi-row {multi or 'default'}, fold combine {fold}"
                 print(f"\n==== {label}")
                 opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
-                            multi_row=multi)
+                            multi_row=multi, fold_combine=fold == "on")
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")

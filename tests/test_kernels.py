@@ -174,14 +174,15 @@ def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn
 
 
 @pytest.mark.parametrize("q", [1, 3, 6])
-@pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits"])
+@pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits", "qwen3-splits-folded"])
 def test_decode_attention_matches_torch(q, setup):
     g = _gen(3)
     B, S = 2, 96
     H, Hkv, D = (4, 2, 32) if setup != "gemma-window" else (2, 1, 64)
     gemma = setup.startswith("gemma")
     window = 9 if setup == "gemma-window" else None
-    splits = 4 if setup == "qwen3-splits" else 1
+    splits = 4 if setup.startswith("qwen3-splits") else 1
+    fold = setup.endswith("folded")  # the last split merges (no combine kernel)
     qn = kn = None
     if setup != "llama":
         qn, kn = _t(D, g=g, scale=0.3), _t(D, g=g, scale=0.3)
@@ -197,10 +198,17 @@ def test_decode_attention_matches_torch(q, setup):
     ref, kref, vref = _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, 1e-6, qn, kn, gemma, window)
     out = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D, scaling=scaling,
                                    eps=1e-6, q_norm=qn, k_norm=kn, gemma=gemma, window=window, splits=splits,
-                                   block_s=16)
+                                   block_s=16, fold=fold)
     torch.testing.assert_close(kc, kref, rtol=1e-5, atol=1e-5)  # the new keys/values were written
     torch.testing.assert_close(vc, vref, rtol=0, atol=0)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    if fold:  # each pair's counter is back at zero, so the next launch merges again
+        assert not kernels._split_counters(qkv.device, B * Hkv)[: B * Hkv].any()
+        kc.copy_(kref)
+        again = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D,
+                                         scaling=scaling, eps=1e-6, q_norm=qn, k_norm=kn, splits=splits,
+                                         block_s=16, fold=True)
+        torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 
 def test_splits_follow_the_batch():

@@ -439,7 +439,7 @@ class FusedModel:
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
-                 multi_row: str | None = None) -> None:
+                 multi_row: str | None = None, fold_combine: bool = False) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -451,6 +451,8 @@ class FusedModel:
         max_kernel_rows rows (the verify) run: "hybrid" (cuBLAS's products, the compiled norms,
         the attention kernel) or "mixed" (the kernels' tensor-core products with the norms and
         residual adds folded in, the down projection on cuBLAS); None: DEFAULT_MULTI_ROW.
+        fold_combine: the attention kernel's last split merges the splits (no combine kernel;
+        kernels.decode_attention's fold); off until measured on the H200.
         nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); off by default:
         the NF4 path is checked on the CPU only so far (accel/nf4.py says what is not done).
 
@@ -536,6 +538,7 @@ class FusedModel:
         self._kernel_shapes: set[tuple] = set()
         self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
         self.multi_row = DEFAULT_MULTI_ROW if multi_row is None else multi_row
+        self.fold_combine = bool(fold_combine)
         if self.multi_row not in MULTI_ROW:
             raise ValueError(f"multi_row must be one of {', '.join(MULTI_ROW)}, got {self.multi_row!r}")
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
@@ -750,7 +753,8 @@ class FusedModel:
         return _kernels.decode_attention(
             qkv, position_ids, k_buf, v_buf, cos, sin, n_heads=sh.n_heads, n_kv=sh.n_kv,
             head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=w.q_norm, k_norm=w.k_norm,
-            gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None, pdl=self.pdl)
+            gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None, pdl=self.pdl,
+            fold=self.fold_combine)
 
     def _hybrid_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                         logits_to_keep: Tensor | int) -> Tensor:

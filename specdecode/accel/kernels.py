@@ -436,9 +436,9 @@ if AVAILABLE:
     @triton.jit
     def _attention_kernel(
         QKV, sqb, sqq, QN, KN, COS, SIN, POS, spb, KC, VC, scb, sch, scs, O, sob, soq,
-        PM, PA, Q, HKV, scaling, eps, window,
+        PM, PA, CNT, Q, HKV, scaling, eps, window,
         G: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-        WINDOW: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+        WINDOW: tl.constexpr, SPLITS: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     ):
         """Program (b * HKV + kv head, split): the G query heads of one KV head over q tokens
@@ -497,15 +497,40 @@ if AVAILABLE:
             tl.store(VC + cache_off, v_new.to(VC.dtype.element_ty), mask=t_ok[:, None])
             sc = _masked_scores(qv, k_new, tpos, t_ok, rpos, scaling, window, WINDOW, IEEE)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, v_new, IEEE)
+        optr = O + b * sob + rt[:, None] * soq + ((kvh * G + g) * D)[:, None] + d[None, :]
         if SPLITS == 1:
             out = acc / tl.maximum(l_i, 1.0e-30)[:, None]
-            optr = O + b * sob + rt[:, None] * soq + ((kvh * G + g) * D)[:, None] + d[None, :]
             tl.store(optr, out.to(O.dtype.element_ty), mask=r_ok[:, None])
         else:
             base = (bh * SPLITS + split) * BLOCK_R
             tl.store(PM + (base + r) * 2, m_i)
             tl.store(PM + (base + r) * 2 + 1, l_i)
             tl.store(PA + (base + r)[:, None] * D + d[None, :], acc)
+            if FOLD:  # the last split of this (b, KV head) to finish merges them: no combine kernel
+                tl.debug_barrier()  # every thread's partials are written before the release below
+                done = tl.atomic_add(CNT + bh, 1, sem="acq_rel")
+                if done == SPLITS - 1:
+                    tl.debug_barrier()
+                    _merge_splits(PM, PA, bh * SPLITS * BLOCK_R, r, d, optr, r_ok, SPLITS, BLOCK_R, D)
+                    tl.atomic_xchg(CNT + bh, 0)  # ready for the next step's kernel
+
+    @triton.jit
+    def _merge_splits(PM, PA, first, r, d, optr, r_ok, SPLITS: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr):
+        """Merge the SPLITS online-softmax partials of rows r (from slot `first` of PM/PA) into the
+        output rows at optr: weights exp(m_s - max m), the sum of weighted accumulators over the sum
+        of weighted denominators. The loads bypass L1 (other programs wrote them)."""
+        mx = tl.full([BLOCK_R], -1.0e38, dtype=tl.float32)
+        for s in range(SPLITS):
+            mx = tl.maximum(mx, tl.load(PM + (first + s * BLOCK_R + r) * 2, cache_modifier=".cg"))
+        den = tl.zeros([BLOCK_R], dtype=tl.float32)
+        out = tl.zeros([BLOCK_R, D], dtype=tl.float32)
+        for s in range(SPLITS):
+            row = first + s * BLOCK_R + r
+            w = tl.exp(tl.load(PM + row * 2, cache_modifier=".cg") - mx)
+            den += w * tl.load(PM + row * 2 + 1, cache_modifier=".cg")
+            out += w[:, None] * tl.load(PA + row[:, None] * D + d[None, :], cache_modifier=".cg")
+        out = out / tl.maximum(den, 1.0e-30)[:, None]
+        tl.store(optr, out.to(optr.dtype.element_ty), mask=r_ok[:, None])
 
     @triton.jit
     def _combine_kernel(PM, PA, O, sob, soq, Q, HKV,
@@ -644,6 +669,21 @@ def _pdl_args(pdl: bool) -> dict:
     return dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
 
 
+_COUNTERS: dict[torch.device, Tensor] = {}
+
+
+def _split_counters(device: torch.device, n: int) -> Tensor:
+    """Zeroed int32 counters for decode_attention's folded merge, one per (row, KV head); each
+    launch leaves them zero again, so one buffer per device serves every layer and model (the
+    steps of one device run in one stream, one kernel after another). Allocated at the first,
+    uncaptured use of a shape (the runner runs each shape once before capturing it)."""
+    found = _COUNTERS.get(device)
+    if found is None or found.numel() < n:
+        found = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[device] = found
+    return found
+
+
 def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:
     """Splits of the slot range per (row, KV head), a power of two: about 32 programs in all
     (the H200 sweep of benchmarks/kernel_bench.py: more splits cost more in the combine than
@@ -657,14 +697,17 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                      cos: Tensor, sin: Tensor, *, n_heads: int, n_kv: int, head_dim: int,
                      scaling: float, eps: float = 1e-6, q_norm: Tensor | None = None,
                      k_norm: Tensor | None = None, gemma: bool = False, window: int | None = None,
-                     splits: int | None = None, block_s: int = 64, pdl: bool = False) -> Tensor:
+                     splits: int | None = None, block_s: int = 64, pdl: bool = False,
+                     fold: bool = False) -> Tensor:
     """Attention of q new tokens per row over the cache, with the new keys/values written.
 
     qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position),
     consecutive in each row (the engine's steps are: positions[b] + 0..q-1), with every slot
     before a row's first position holding that row's keys/values; caches [B, Hkv, S, D];
     cos/sin [S', D] rotary tables; q_norm/k_norm: per-head RMS norms. A query at position p
-    sees slots <= p (and > p - window on sliding layers). Returns [B, q, H D]."""
+    sees slots <= p (and > p - window on sliding layers). Returns [B, q, H D].
+    fold: with several splits, the last split of each (row, KV head) to finish merges them (a
+    counter per pair, reset by that program) instead of a separate combine kernel."""
     b, q, _ = qkv.shape
     g = n_heads // n_kv
     if head_dim & (head_dim - 1):
@@ -685,18 +728,20 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
     ieee = qkv.dtype == torch.float32
     pos = positions if positions.stride(-1) == 1 else positions.contiguous()
     warps = 4 if head_dim <= 128 else 8
+    fold = fold and splits > 1
+    counters = _split_counters(qkv.device, b * n_kv) if fold else pos
     _attention_kernel[(b * n_kv, splits)](
         qkv, qkv.stride(0), qkv.stride(1),
         q_norm if q_norm is not None else qkv, k_norm if k_norm is not None else qkv,
         cos, sin, pos, pos.stride(0),
         k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        out, out.stride(0), out.stride(1), pm, pa,
+        out, out.stride(0), out.stride(1), pm, pa, counters,
         q, n_kv, float(scaling), float(eps), int(window or 0),
         G=g, D=head_dim, QK_NORM=q_norm is not None, GEMMA=bool(gemma), WINDOW=bool(window),
-        SPLITS=splits, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
+        SPLITS=splits, FOLD=fold, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
         num_warps=warps, num_stages=2, **_pdl_args(pdl),
     )
-    if splits > 1:
+    if splits > 1 and not fold:
         _combine_kernel[(b * n_kv, g * q)](pm, pa, out, out.stride(0), out.stride(1), q, n_kv,
                                            G=g, D=head_dim, SPLITS=splits, BLOCK_R=block_r, num_warps=4,
                                            **_pdl_args(pdl))

@@ -51,14 +51,15 @@ class ModelRunner(ModelStep):
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
-    `pdl`, `multi_row`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
+    `pdl`, `multi_row`, `fold_combine`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; off by default:
     checked on the CPU only so far)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
-                 pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None) -> None:
+                 pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
+                 fold_combine: bool = False) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -72,7 +73,7 @@ class ModelRunner(ModelStep):
                 self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
-                                        multi_row=multi_row)
+                                        multi_row=multi_row, fold_combine=fold_combine)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
