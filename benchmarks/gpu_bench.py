@@ -132,16 +132,17 @@ def build(config, name: str, oracle_target: bool = False) -> LoadedModel:
     return LoadedModel(name, model, _Tok(None), torch.device(DEV), torch.bfloat16)
 
 
-def weight_bytes(model) -> int:
+def weight_bytes(model, sizes: dict[int, int] | None = None) -> int:
     """Bytes a decode step of one token reads: every weight once, except an input embedding table
-    that is not also the output head, of which a step reads one row."""
+    that is not also the output head, of which a step reads one row. `sizes`: bytes by id() of a
+    parameter, for weights stored in another format (NF4 codes with their scales)."""
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
+            total += (sizes or {}).get(id(p), p.numel() * p.element_size())
     if emb.data_ptr() != head.data_ptr():
         total -= emb.numel() * emb.element_size() - emb.shape[1] * emb.element_size()
     return total

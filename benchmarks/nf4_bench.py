@@ -14,8 +14,7 @@ For each pair's target (random weights of the real configs, gpu_bench.CONFIGS), 
 
 Each is a one-token step after a 128-token prompt, timed as gpu_bench.step_time does (captured
 step replayed, device synchronised, median of 20 after 3 warm-ups). Floors: the bytes a step
-reads (gpu_bench.weight_bytes for bf16; for NF4 the projections at nf4.nf4_nbytes, the rest in
-bf16) over the copy bandwidth measured in the same run. The checks are the issue's: NF4 on the
+reads (gpu_bench.weight_bytes; for NF4 the projections at nf4.nf4_nbytes, the rest in bf16) over the copy bandwidth measured in the same run. The checks are the issue's: NF4 on the
 kernels at most 0.75x the bf16 time on Qwen2.5 1.5B and 0.6x on Gemma 3 4B and Llama 3.1 8B, and
 at most 1.6x its NF4 floor. Writes <out>/<date>-<device>-nf4.json (+ .md) after every model.
 """
@@ -56,12 +55,13 @@ def tiny_configs():
 CONFIGS = {**gpu_bench.CONFIGS, "tiny": tiny_configs}
 
 
-def quantize_(model) -> int:
+def quantize_(model) -> dict[int, int]:
     """Every decoder projection replaced in place by a bitsandbytes NF4 Linear4bit (double
-    quantization, bf16 compute), as `--quantized` loads a model; returns the bytes they take."""
+    quantization, bf16 compute), as `--quantized` loads a model; returns the bytes of each packed
+    weight by id() (gpu_bench.weight_bytes's `sizes`)."""
     import bitsandbytes as bnb
 
-    total = 0
+    sizes = {}
     for layer in model.model.layers:
         for part, attr in PROJECTIONS:
             parent = getattr(layer, part)
@@ -72,31 +72,13 @@ def quantize_(model) -> int:
                                          compress_statistics=True, quant_type="nf4", blocksize=64)
             if lin.bias is not None:
                 q.bias = torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-            device = lin.weight.device
-            setattr(parent, attr, q.to(device))  # quantizes
-            total += nf4.nf4_nbytes(lin.in_features * lin.out_features)
+            q = q.to(lin.weight.device)  # quantizes
+            setattr(parent, attr, q)
+            sizes[id(q.weight)] = nf4.nf4_nbytes(lin.in_features * lin.out_features)
             del lin
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return total
-
-
-def nf4_step_bytes(model, projection_bytes: int) -> int:
-    """Bytes an NF4 step reads: the projections at their NF4 bytes, every other weight in its dtype
-    (an untied input embedding counted one row, as gpu_bench.weight_bytes counts it)."""
-    packed = {id(m.weight) for layer in model.model.layers for part, attr in PROJECTIONS
-              for m in [getattr(getattr(layer, part), attr)]}
-    emb = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    seen, total = set(), projection_bytes
-    for p in model.parameters():
-        if id(p) in packed or p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        total += p.numel() * p.element_size()
-    if emb.data_ptr() != head.data_ptr():
-        total -= emb.numel() * emb.element_size() - emb.shape[1] * emb.element_size()
-    return total
+    return sizes
 
 
 def measure(runner: ModelRunner, args) -> float:
@@ -114,8 +96,7 @@ def bench_target(name: str, args, bw: float) -> dict:
     row["bf16_path"] = runner.describe()
     row["bf16_ms"] = measure(runner, args) * 1e3
     del runner
-    proj = quantize_(model)
-    nbytes = nf4_step_bytes(model, proj)
+    nbytes = gpu_bench.weight_bytes(model, quantize_(model))
     row.update(bf16_floor_ms=bf16_bytes / bw * 1e3, nf4_floor_ms=nbytes / bw * 1e3,
                bf16_bytes=bf16_bytes, nf4_bytes=nbytes)
     modules = ModelRunner(model, graphs=cuda, fused=False)

@@ -19,16 +19,11 @@ from typing import Annotated, Optional
 import typer
 
 from .options import DataOptions, SharedOptions, check_output_paths, data_options, fail, guarded, load_decoder
-from .options import oom_advice, print_dry_run, rank_results_dir, resolve_settings, shared_options
+from .options import note, oom_advice, print_dry_run, rank_results_dir, resolve_settings, shared_options
 
 __all__ = ["bench", "register"]
 
 DEFAULT_RESULTS_DIR = "specdecode-results"
-
-
-def note(message: str | None) -> None:
-    if message:
-        sys.stderr.write(f"note: {message}\n")
 
 
 class Progress:

@@ -80,7 +80,8 @@ def compare(
         from ..bench.report import compare_report, plot_compare, write_report
         from ..bench.runner import run_sweep
         from ..data import load_prompts
-        from .bench import Progress, emit, note
+        from .bench import Progress, emit
+        from .options import note
 
         prompt_set = load_prompts(base.dataset, base.num_samples)
         note(prompt_set.note())

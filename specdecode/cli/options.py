@@ -33,6 +33,7 @@ __all__ = [
     "oom_advice",
     "one_line",
     "load_decoder",
+    "note",
     "print_load_notes",
     "print_dry_run",
     "rank_results_dir",
@@ -325,8 +326,14 @@ def load_decoder(settings):
     print_load_notes(decoder)
     if decoder.report is not None:
         for w in decoder.report.warnings:
-            sys.stderr.write(f"note: {w}\n")
+            note(w)
     return decoder
+
+
+def note(message: str | None) -> None:
+    """A note on stderr (nothing for an empty message)."""
+    if message:
+        sys.stderr.write(f"note: {message}\n")
 
 
 # everything str.splitlines() breaks on (terminals and log viewers break on some of them too)
