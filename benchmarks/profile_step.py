@@ -105,6 +105,9 @@ def main():
                          "the product's)")
     ap.add_argument("--fold-combine", nargs="+", default=["off"], choices=["off", "on"],
                     help="the attention kernel's last split merges the splits (no combine kernel)")
+    ap.add_argument("--max-mixed-rows", nargs="+", type=int, default=[None],
+                    help="multi-row mixed takes steps of at most this many rows (default fused.MAX_MIXED_ROWS; "
+                         "at most kernels.MAX_GEMV_ROWS), larger ones run hybrid")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -122,12 +125,13 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows, multi, fold in itertools.product(args.max_kernel_rows, args.multi_row, args.fold_combine):
+            for rows, multi, fold, mixed in itertools.product(args.max_kernel_rows, args.multi_row, args.fold_combine,
+                                                              args.max_mixed_rows):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
-                label += f", multi-row {multi or 'default'}, fold combine {fold}"
+                label += f", multi-row {multi or 'default'}, fold combine {fold}, max mixed rows {mixed}"
                 print(f"\n==== {label}")
                 opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
-                            multi_row=multi, fold_combine=fold == "on")
+                            multi_row=multi, fold_combine=fold == "on", max_mixed_rows=mixed)
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")

@@ -213,6 +213,11 @@ def checks(r: dict) -> dict[str, bool]:
         c["k_auto_at_least_best_fixed_k"] = ks["auto"]["tokens_per_s"] >= 0.98 * best  # within noise (2%)
     if g("k5_batch4", "speedup") is not None:
         c["batch4_speedup_ge_1.5x"] = g("k5_batch4", "speedup") >= 1.5
+    if g("k5_nf4", "speedup") is not None:  # issue 17's targets on the real pair
+        c["nf4_speculative_ge_1.5x_nf4_target_alone"] = g("k5_nf4", "speedup") >= 1.5
+        if g("k5_warm", "speculative_tok_s"):
+            c["nf4_speculative_faster_than_bf16_speculative"] = (
+                (g("k5_nf4", "speculative_tok_s") or 0) > g("k5_warm", "speculative_tok_s"))
     return c
 
 
@@ -263,6 +268,8 @@ def run(args) -> None:
         "ngram_k5": ["--drafter", "ngram", "--k", "5", *n],
         "k5_no_kernels": ["--k", "5", "--no-kernels", *n],
         "k5_no_cuda_graphs": ["--k", "5", "--no-cuda-graphs", "--num-samples", "5"],
+        # issue 17: both models loaded in bitsandbytes NF4 (--quantized), target alone and k 5 in one run
+        "k5_nf4": ["--k", "5", "--quantized", *n],
     }
     for step in args.steps:
         t = time.perf_counter()

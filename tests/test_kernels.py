@@ -51,6 +51,9 @@ GEMV_CASES = ["plain", "bias", "norm-llama", "norm-gemma", "delta", "delta-norm"
 GEMV_GRID = [pytest.param(m, case, form, id=f"{case}-{m}-{form}",
                           marks=() if (form == "reduce" and m == 2) or case == "gated-silu" else SLOW_ON_CPU)
              for form in ["reduce", "prefetch", "mma"] for m in [1, 2, 5] for case in GEMV_CASES]
+# the tensor-core form past 16 rows (the verify of k 5 at batch 4: 24 rows, BLOCK_M 32)
+GEMV_GRID += [pytest.param(24, case, "mma", id=f"{case}-24-mma", marks=() if case == "gated-silu" else SLOW_ON_CPU)
+              for case in ("plain", "delta-norm", "gated-silu")]
 
 
 @pytest.mark.parametrize("m, case, form", GEMV_GRID)
@@ -275,6 +278,24 @@ def test_multi_row_steps_match_transformers_fp32(multi_row, arch, monkeypatch):
 def test_multi_row_setting_is_checked():
     with pytest.raises(ValueError, match="multi_row must be one of"):
         ModelRunner(_model("llama"), fused=True, kernels=True, multi_row="cublas")
+    with pytest.raises(ValueError, match="max_mixed_rows must be in"):
+        ModelRunner(_model("llama"), fused=True, kernels=True, max_mixed_rows=kernels.MAX_GEMV_ROWS + 1)
+
+
+def test_steps_past_max_mixed_rows_run_hybrid(monkeypatch):
+    """"mixed" takes steps of at most max_mixed_rows rows; larger ones run "hybrid" (the same
+    results: both are checked against transformers above)."""
+    model = _model("llama").to(DEV)
+    runner = ModelRunner(model, fused=True, kernels=True, max_mixed_rows=3)
+    calls = []
+    for name in ("_mixed_forward", "_hybrid_forward"):
+        step = getattr(runner.fused, name)
+        monkeypatch.setattr(runner.fused, name, lambda *a, n=name, s=step: calls.append(n) or s(*a))
+    reference = _run(ModelRunner(model, fused=False))
+    got = _run(runner)  # steps of 3, 12, 9 and 3 rows
+    assert calls == ["_mixed_forward", "_hybrid_forward", "_hybrid_forward", "_mixed_forward"]
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
 def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_row):

@@ -439,7 +439,8 @@ class FusedModel:
     def __init__(self, model, kinds: tuple[str, ...], compile: bool = False, compile_backend: str = "inductor",
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
-                 multi_row: str | None = None, fold_combine: bool = False) -> None:
+                 multi_row: str | None = None, fold_combine: bool = False,
+                 max_mixed_rows: int | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -451,6 +452,8 @@ class FusedModel:
         max_kernel_rows rows (the verify) run: "hybrid" (cuBLAS's products, the compiled norms,
         the attention kernel) or "mixed" (the kernels' tensor-core products with the norms and
         residual adds folded in, the down projection on cuBLAS); None: DEFAULT_MULTI_ROW.
+        max_mixed_rows: "mixed" takes steps of at most this many rows (None: MAX_MIXED_ROWS; at
+        most kernels.MAX_GEMV_ROWS), larger ones run "hybrid".
         fold_combine: the attention kernel's last split merges the splits (no combine kernel;
         kernels.decode_attention's fold); off until measured on the H200.
         nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); off by default:
@@ -539,6 +542,9 @@ class FusedModel:
         self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
         self.multi_row = DEFAULT_MULTI_ROW if multi_row is None else multi_row
         self.fold_combine = bool(fold_combine)
+        self.max_mixed_rows = MAX_MIXED_ROWS if max_mixed_rows is None else int(max_mixed_rows)
+        if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
+            raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")
         if self.multi_row not in MULTI_ROW:
             raise ValueError(f"multi_row must be one of {', '.join(MULTI_ROW)}, got {self.multi_row!r}")
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
@@ -648,7 +654,7 @@ class FusedModel:
                 if B * q <= self.max_kernel_rows:
                     step = self._kernel_forward
                 else:
-                    mixed = self.multi_row == "mixed" and B * q <= _kernels.MAX_GEMV_ROWS
+                    mixed = self.multi_row == "mixed" and B * q <= self.max_mixed_rows
                     step = self._mixed_forward if mixed else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
@@ -780,6 +786,8 @@ MULTI_ROW = ("hybrid", "mixed")
 # mixed: the H200, random weights of Qwen2.5-Coder 1.5B, verify [1, 6] 1.51 ms against 1.70 hybrid
 # (benchmarks/results/2026-12-02-h200-profile-qwen-prefetch-mixed.txt)
 DEFAULT_MULTI_ROW = "mixed"
+# ... for steps of at most this many rows (measured up to the verify of k 5 at batch 2, 12 rows)
+MAX_MIXED_ROWS = 16
 
 def _raise_recompile_limit(limit: int = 64) -> None:
     """Each (batch, q) step shape compiles once per model; the default limit (8) is too low for a

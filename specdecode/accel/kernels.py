@@ -72,8 +72,9 @@ MAX_ROWS = 2
 # small matrices (their fixed costs, and the norm kernels they fold in, weigh most there) and lose
 # on large ones (the same file has the step times per model size).
 MAX_HIDDEN = 3072
-# gemv takes up to this many rows (tests exercise the multi-row form)
-MAX_GEMV_ROWS = 16
+# gemv takes up to this many rows (the tensor-core form; FusedModel's max_mixed_rows says which
+# steps use it: tests exercise the multi-row form)
+MAX_GEMV_ROWS = 32
 
 # gemv's forms (see _gemv_kernel): elementwise reduction, the same with the next weight tile
 # prefetched, tensor cores

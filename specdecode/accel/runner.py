@@ -51,7 +51,7 @@ class ModelRunner(ModelStep):
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
-    `pdl`, `multi_row`, `fold_combine`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
+    `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; off by default:
     checked on the CPU only so far)."""
 
@@ -59,7 +59,7 @@ class ModelRunner(ModelStep):
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
-                 fold_combine: bool = False) -> None:
+                 fold_combine: bool = False, max_mixed_rows: int | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -73,7 +73,8 @@ class ModelRunner(ModelStep):
                 self.fused = FusedModel(model, self.layout.kinds, compile=compile, compile_backend=compile_backend,
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
-                                        multi_row=multi_row, fold_combine=fold_combine)
+                                        multi_row=multi_row, fold_combine=fold_combine,
+                                        max_mixed_rows=max_mixed_rows)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
