@@ -235,7 +235,7 @@ class SpeculativeDecoder:
         key = (id(loaded.model), ex.key())
         if key not in self._runners:
             runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
-                                 kernels=ex.kernels)
+                                 kernels=ex.kernels, nf4=ex.nf4)
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")

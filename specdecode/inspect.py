@@ -4,9 +4,12 @@ For each model: architecture, parameters, layers, hidden size, dtype, memory foo
 KV-cache bytes per token, where the pair would be placed (one device, `--tp N` ranks, or
 accelerate's `--device-map`) with the weight bytes per device, read from its config and tokenizer with the weights left on the
 `meta` device (nothing is loaded or downloaded beyond config and tokenizer files; for a GGUF
-file, its header: architecture and quantization). Then the tokenizer verdict
-(models/pairing.py), the cost ratio c estimated from parameters (the weights a step reads) and
-from layers, and Leviathan et al.'s predicted speedup over α in {0.5 .. 0.9} and k in {1 .. 8}.
+file, its header: architecture and quantization), the weight bytes a decode step reads (its
+floor: those bytes over the memory bandwidth) and how generation runs its decode steps. Then the
+tokenizer verdict (models/pairing.py), the cost ratio c estimated from parameters (the weights a
+step reads; with --quantized from their bytes, NF4 projections at nf4.nf4_nbytes and the rest in
+the dtype) and from layers, and Leviathan et al.'s predicted speedup over α in {0.5 .. 0.9} and k
+in {1 .. 8}.
 For the ngram, early-exit and none drafters it says what the drafter would do instead.
 
 `measure_pair` loads the pair and generates N prompts to measure α, block efficiency and
@@ -110,6 +113,8 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     nf4_ids = ({id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out_emb}
                if quantized else set())
     nf4_params = nf4_bytes = 0
+    step_bytes = 0  # the bytes of those weights: NF4 projections as stored, the rest in dtype
+    bytes_per = DTYPE_BYTES.get(dtype, 4)
     seen: set[int] = set()
     for pname, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
@@ -120,17 +125,20 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
             continue
         n = p.numel()
         params += n
+        size = n * bytes_per
         if id(p) in nf4_ids:
+            size = nf4_nbytes(n)
             nf4_params += n
-            nf4_bytes += nf4_nbytes(n)
+            nf4_bytes += size
         if p is in_emb.weight:
             embed += n
             if tied:
                 step_params += n  # read again as the LM head
+                step_bytes += size
             continue
         step_params += n
+        step_bytes += size
     used_layers = exit_layer if exit_layer is not None else layers
-    bytes_per = DTYPE_BYTES.get(dtype, 4)
     if quantized:  # 4-bit NF4 linear weights (~0.516 byte each with their scales); the rest in dtype
         memory = nf4_bytes + (params - nf4_params) * bytes_per
         kv_bytes = 2 * used_layers * kv_heads * head_dim * (bytes_per if dtype != "float32" else 2)
@@ -146,6 +154,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
         "params": params,
         "embedding_params": embed,
         "step_params": step_params,
+        "step_bytes": step_bytes,
         "num_layers": used_layers,
         "hidden_size": int(text.hidden_size),
         "num_attention_heads": heads,
@@ -154,7 +163,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
         "vocab_size": rows,
         "tokenizer_vocab": len(tokenizer.get_vocab()) if tokenizer is not None else None,
         "tied_embeddings": tied,
-        "dtype": dtype + (" (4-bit weights)" if quantized else ""),
+        "dtype": dtype + (" (4-bit NF4 weights)" if quantized else ""),
         "stored_dtype": str(stored).removeprefix("torch.") if stored is not None else None,
         "memory_bytes": memory,
         "kv_bytes_per_token": kv_bytes,
@@ -213,7 +222,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     reasons: list[str] = []
     warnings: list[str] = []
     tokenizer = None
-    c_params = c_layers = None
+    c_params = c_bytes = c_layers = None
     if settings.drafter == "model":
         d_tok = load_tokenizer(settings.draft, settings.trust_remote_code, gguf)
         draft = describe_model(settings.draft, d_tok, dtype, settings.quantized, settings.trust_remote_code,
@@ -222,6 +231,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         tokenizer = pair.to_dict()
         compatible, reasons, warnings = pair.compatible, list(pair.reasons), list(pair.warnings)
         c_params = metrics.cost_ratio(draft["step_params"], target["step_params"])
+        c_bytes = metrics.cost_ratio(draft["step_bytes"], target["step_bytes"])
         c_layers = metrics.cost_ratio(draft["num_layers"], target["num_layers"])
     elif settings.drafter == "early-exit":
         n = settings.exit_layer
@@ -231,12 +241,16 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
                                exit_layer=n, gguf_file=gguf)
         draft["kind"] = "early-exit"
         c_params = metrics.cost_ratio(draft["step_params"], target["step_params"])
+        c_bytes = metrics.cost_ratio(draft["step_bytes"], target["step_bytes"])
         c_layers = metrics.cost_ratio(n, target["num_layers"])
     elif settings.drafter == "ngram":
-        c_params = c_layers = 0.0
+        c_params = c_bytes = c_layers = 0.0
 
-    c = cost_ratio if cost_ratio is not None else c_params
-    c_source = "--cost-ratio" if cost_ratio is not None else "parameters"
+    # the weights a step reads: with NF4 projections (--quantized) their bytes, not their count (the
+    # head and embeddings stay in the dtype, so a small draft reads relatively more)
+    quantized = settings.quantized and settings.drafter in ("model", "early-exit")
+    c = cost_ratio if cost_ratio is not None else (c_bytes if quantized else c_params)
+    c_source = "--cost-ratio" if cost_ratio is not None else ("weight bytes" if quantized else "parameters")
     if c is not None and c_layers is not None and settings.drafter == "model" and c_layers > 2 * c:
         warnings.append(
             f"the draft has {draft['num_layers']} of the target's {target['num_layers']} layers (c from layers "
@@ -269,7 +283,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         "reasons": reasons,
         "warnings": warnings,
         "tokenizer": tokenizer,
-        "cost_ratio": {"c": c, "source": c_source, "c_params": c_params, "c_layers": c_layers},
+        "cost_ratio": {"c": c, "source": c_source, "c_params": c_params, "c_bytes": c_bytes, "c_layers": c_layers},
         "predicted_speedup": prediction,
         "measure": None,
     }
@@ -368,13 +382,15 @@ def _step_costs(decoder, prompts, alpha: float | None) -> dict[str, Any] | None:
 
 
 def _decode_step(model, quantized: bool) -> str:
-    """How generation will run this model's decode steps: 'fused' or 'transformers: <why>'."""
+    """How generation will run this model's decode steps: 'fused', 'fused NF4' (--quantized: the
+    fused layers on the NF4 projections bitsandbytes makes of them, accel/execution.py) or
+    'transformers: <why>'. `model` is the meta model of the config: the architecture decides."""
     from .accel.fused import fused_support
 
-    if quantized:
-        return "transformers: 4-bit weights are not plain nn.Linear layers"
     try:
         reason = fused_support(model)
     except Exception as e:  # noqa: BLE001 - a description, never a failure of inspect
         reason = f"could not be checked ({type(e).__name__})"
-    return "fused" if reason is None else f"transformers: {reason}"
+    if reason is None:
+        return "fused NF4" if quantized else "fused"
+    return f"transformers: {reason}"

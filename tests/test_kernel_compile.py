@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-INTS = {"M", "N", "K", "Q", "HKV"}  # upper-case arguments that are sizes, not pointers
+INTS = {"M", "N", "K", "KH", "Q", "HKV"}  # upper-case arguments that are sizes, not pointers
 FOLDED = dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0, HAS_BIAS=True, WRITE_R=True)
-NF4_TYPES = dict(W="*u8", ABSMAX="*fp32", CODE="*fp32", CODE2="*fp32", ABSMAX2="*u8", OFFSET="*fp32")
+NF4_TYPES = dict(W="*u8", CODE="*fp32", PAIR="*i64", CODE2="*fp32", ABSMAX2="*fp32", OFFSET="*fp32")
 
 
 def forms() -> dict[str, tuple[str, str, dict, dict]]:
@@ -39,12 +39,28 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             dict(POS="*i64", PM="*fp32", PA="*fp32", CNT="*i32"))
     out["combine"] = ("kernels", "_combine_kernel", dict(G=7, D=64, SPLITS=8, BLOCK_R=16, PDL=True),
                       dict(PM="*fp32", PA="*fp32"))
-    for mma in (True, False):
-        out[f"nf4-mma{int(mma)}"] = (
+    # NF4: both forms; the per-block absmax (ALIGNED) and the per-byte one; both code lookups (LUT
+    # 0: the 16-entry map, 1: the 256-entry pair table); double-quantized (uint8 absmax) and merged
+    # (float32 absmax) weights; PDL on and off; gated + every fold, and plain (o, down)
+    for mma, rows, aligned, lut, nested, pdl, folded in [
+            (False, 1, True, 0, True, True, True), (False, 1, False, 1, False, False, True),
+            (False, 1, True, 1, True, True, False), (False, 2, True, 0, False, True, True),
+            (True, 16, True, 0, True, True, True), (True, 16, False, 1, False, False, True),
+            (True, 16, True, 1, False, True, False)]:
+        flags = (dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0) if folded else
+                 dict(HAS_D=False, D_NORM=False, NORM=False, GEMMA=False, GATED=False, ACT=0))
+        out[f"nf4-mma{int(mma)}-rows{rows}-aligned{int(aligned)}-lut{lut}-nested{int(nested)}-pdl{int(pdl)}"
+            f"-{'folded' if folded else 'plain'}"] = (
             "nf4", "_nf4_gemv_kernel",
-            dict(NESTED=True, BS=64, BS2=256, WROUND=1, XR=1, HAS_D=True, D_NORM=True, NORM=True, GEMMA=False,
-                 GATED=True, ACT=0, HAS_BIAS=False, IEEE=False, MMA=mma, BLOCK_M=16 if mma else 1,
-                 BLOCK_N=64 if mma else 4, BLOCK_KH=64 if mma else 128), NF4_TYPES)
+            dict(flags, NESTED=nested, ALIGNED=aligned, LUT=lut, HW=True, BS=64, BS2=256, WROUND=1, XR=1,
+                 HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=pdl, BLOCK_M=rows, BLOCK_N=32 if mma else 4,
+                 BLOCK_KH=128 if mma else 512),
+            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32"))
+    for nested in (True, False):  # the decoded weight for prefill (dequantize_nf4_fast)
+        out[f"nf4-dequantize-nested{int(nested)}"] = (
+            "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
+                                                  BLOCK_KH=128),
+            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16"))
     return out
 
 

@@ -13,7 +13,7 @@
   activation as kernels.gemv does; ``merge_nf4`` stacks q/k/v (gate/up) weights, each with its own
   quant state, into one that dequantizes bit for bit as the parts;
 * the fused decode layers with bitsandbytes NF4 ``Linear4bit`` projections (``FusedModel(nf4=True)``,
-  off by default): decode steps of 1, 2 and 6 rows on the NF4 kernels, steps of more rows and
+  what ``--quantized`` runs): decode steps of 1, 2 and 6 rows on the NF4 kernels, steps of more rows and
   prefill on per-layer dequantized weights, all equal in fp32 to the same model with each
   ``Linear4bit`` replaced by an ``nn.Linear`` of its dequantized weight; greedy tokens equal;
   ``fused_support`` names what it refuses (FP4, 8-bit, mixed layers, nf4 off).
@@ -157,6 +157,21 @@ def test_linear4bit_storage_through_the_kernel():
     # (lin(x) itself is not the reference: bitsandbytes' CPU forward computes in bf16 here)
 
 
+
+@pytest.mark.parametrize("n, k, blocksize, double_quant, dtype", [
+    (48, 256, 64, True, torch.bfloat16), (37, 200, 64, False, torch.float32),  # blocks straddle rows
+    (17, 1030, 128, True, torch.float16), (64, 512, 256, False, torch.bfloat16)])
+def test_fast_dequantize_is_the_reference_bit_for_bit(n, k, blocksize, double_quant, dtype):
+    """dequantize_nf4_fast (one Triton kernel: prefill and the steps off the GEMV) decodes exactly
+    what dequantize_nf4 (bitsandbytes' dequantize_4bit) does, nested absmax and rounding included."""
+    w4 = nf4.quantize_nf4(_w(n, k, dtype=dtype), blocksize=blocksize, double_quant=double_quant)
+    ref = nf4.dequantize_nf4(w4)
+    got = nf4.dequantize_nf4_fast(w4.to(DEV))
+    assert got.dtype == ref.dtype == dtype and got.shape == (n, k)
+    assert torch.equal(got.cpu(), ref)
+    assert torch.equal(nf4.dequantize_nf4_fast(w4.to(DEV), torch.float32).cpu(), ref.float())
+
+
 # ------------------------------------------------------------------------------ reference alone
 
 def test_quantize_nf4_invariants():
@@ -201,6 +216,8 @@ def test_nf4_gemv_refuses_what_it_does_not_take():
         nf4.nf4_gemv(_x(1, 63), nf4.quantize_nf4(_w(16, 63)).to(DEV))
     with pytest.raises(ValueError, match="unknown nf4_gemv form"):
         nf4.nf4_gemv(_x(1, 64), w4, config=("fast", 8, 64, 4, 2))
+    with pytest.raises(ValueError, match="unknown nf4_gemv lut"):
+        nf4.nf4_gemv(_x(1, 64), w4, config=("reduce", 8, 64, 4, 2, "octet"))
 
 
 # ------------------------------------------------------------------------------ the kernel
@@ -254,6 +271,79 @@ GRID = [
 def test_nf4_gemv_grid(m, n, k, wdtype, xdtype, dq, bs, form):
     cfg = ("mma", 16, 128, 4, 2) if form == "mma" else ("reduce", 8, 128, 4, 2)
     _check_gemv(m, n, k, wdtype=wdtype, xdtype=xdtype, double_quant=dq, blocksize=bs, bias=m == 2, config=cfg)
+
+
+@needs_triton
+@pytest.mark.parametrize("m, k, bs, dq, cfg", [
+    # K a multiple of the block, tiles of whole blocks: the absmax once per block (ALIGNED)
+    pytest.param(1, 256, 64, True, ("reduce", 4, 128, 4, 2), id="aligned-m1-reduce-dq"),
+    pytest.param(2, 256, 64, False, ("reduce", 4, 256, 2, 2), id="aligned-m2-reduce-nodq"),
+    pytest.param(6, 384, 128, True, ("mma", 16, 256, 4, 2), id="aligned-m6-mma-dq-bs128"),
+    # the same K with tiles smaller than a block, and K not a multiple of it: per-byte absmax
+    pytest.param(1, 256, 64, True, ("reduce", 4, 32, 4, 2), id="general-small-tile-m1-dq"),
+    pytest.param(1, 224, 64, True, ("reduce", 4, 128, 4, 2), id="general-straddling-m1-dq"),
+    pytest.param(6, 224, 64, False, ("mma", 16, 128, 4, 2), id="general-straddling-m6-mma-nodq"),
+    # the 256-entry pair table instead of two nibble lookups, both forms, both paths
+    pytest.param(1, 256, 64, True, ("reduce", 4, 128, 4, 2, "pair"), id="pair-aligned-m1-dq"),
+    pytest.param(2, 224, 64, False, ("reduce", 4, 128, 4, 2, "pair"), id="pair-general-m2-nodq"),
+    pytest.param(6, 256, 64, True, ("mma", 16, 128, 4, 2, "pair"), id="pair-aligned-m6-mma-dq"),
+])
+def test_nf4_gemv_absmax_paths_and_lookups(m, k, bs, dq, cfg):
+    """Every decode path equals the reference product (bf16 weights, fp32 activations: the
+    in-kernel rounding of the decoded weight is pinned), with a bias."""
+    _check_gemv(m, 24, k, wdtype=torch.bfloat16, xdtype=torch.float32, double_quant=dq, blocksize=bs, bias=True,
+                config=cfg)
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg, dq", [
+    pytest.param(("reduce", 4, 128, 4, 2), True, id="reduce-aligned-dq"),
+    pytest.param(("reduce", 4, 32, 4, 2, "pair"), False, id="reduce-general-pair-nodq"),
+    pytest.param(("mma", 16, 128, 4, 2), True, id="mma-aligned-dq"),
+    pytest.param(("mma", 16, 128, 4, 2, "pair"), True, id="mma-aligned-pair-dq"),
+])
+def test_nf4_gemv_decodes_bit_for_bit(cfg, dq):
+    """Unit rows pick single weight columns: y == dequantize_nf4(w) exactly (the decoded value
+    rounded to bf16 to nearest even, the nested absmax as code2[q] * absmax2 then + offset, no
+    FMA contraction). On the CPU the interpreter's rounding by hand; on a GPU the hardware's."""
+    n, k = 40, 256
+    w4 = nf4.quantize_nf4(_w(n, k, dtype=torch.bfloat16, seed=9), double_quant=dq)
+    cols = [0, 1, 63, 64, 127, 130, 200, 255] if cfg[0] == "reduce" else list(range(0, 256, 16))
+    x = torch.zeros(len(cols), k)
+    x[torch.arange(len(cols)), torch.tensor(cols)] = 1.0
+    deq = nf4.dequantize_nf4(w4).float()
+    if cfg[0] == "reduce":  # one row at a time: the one-row form
+        y = torch.cat([nf4.nf4_gemv(x[i:i + 1].to(DEV), w4.to(DEV), config=cfg).cpu() for i in range(len(cols))])
+    else:
+        y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=cfg).cpu()
+    assert torch.equal(y, deq[:, cols].T)
+
+
+def test_pair_table_holds_both_codes_of_each_byte():
+    code = torch.tensor(nf4.NF4_CODE)
+    table = nf4._pair_table(code)
+    assert table is nf4._pair_table(code)  # built once per code map
+    hi = (table >> 32).to(torch.int32).view(torch.float32)
+    lo = (table & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+    b = torch.arange(256)
+    assert torch.equal(hi, code[b >> 4]) and torch.equal(lo, code[b & 15])
+
+
+@needs_triton
+@pytest.mark.skipif(DEV != "cuda", reason="programmatic dependent launch: CUDA (sm_90+) only")
+@pytest.mark.parametrize("cfg", [("reduce", 4, 1024, 4, 2), ("mma", 16, 256, 4, 2)], ids=["reduce", "mma"])
+def test_nf4_gemv_pdl_is_the_same_product(cfg):
+    from specdecode.accel import kernels
+
+    if not kernels.pdl_usable(torch.device("cuda")):
+        pytest.skip("no programmatic dependent launch on this device")
+    w4 = nf4.quantize_nf4(_w(96, 512, dtype=torch.bfloat16), double_quant=True).to(DEV)
+    x = _x(2 if cfg[0] == "reduce" else 6, 512, dtype=torch.bfloat16)
+    d = _x(x.shape[0], 512, dtype=torch.bfloat16, seed=4)
+    nw = _x(1, 512, dtype=torch.bfloat16, seed=5)[0]
+    y0, r0 = nf4.nf4_gemv_fused(x, w4, norm=nw, delta=d, config=cfg)
+    y1, r1 = nf4.nf4_gemv_fused(x, w4, norm=nw, delta=d, config=cfg, pdl=True)
+    assert torch.equal(y0, y1) and torch.equal(r0, r1)
 
 
 # ------------------------------------------------------------------------------ folded norm / residual
@@ -427,7 +517,7 @@ def wide_nf4_config(monkeypatch):
     dozens (Triton's interpreter runs programs one by one)."""
     default = nf4.nf4_gemv_config
     monkeypatch.setattr(nf4, "nf4_gemv_config",
-                        lambda m, n, k: ("reduce", 64, 128, 4, 2) if m <= 2 else default(m, n, k))
+                        lambda m, n, k, *kind: ("reduce", 64, 128, 4, 2) if m <= 2 else default(m, n, k, *kind))
 
 
 def _steps(runner, widths):
@@ -446,12 +536,12 @@ def _steps(runner, widths):
     return out
 
 
-def _check_steps(arch, double_quant, widths=(1, 2, 6, 17)):
+def _check_steps(arch, double_quant, widths=(1, 2, 6, 17), kernel_rows=16):
     from specdecode.accel.runner import ModelRunner
 
     model = _quantize(_tiny(arch), double_quant=double_quant)
     ref = _dequantized(model, arch)
-    runner = ModelRunner(model, fused=True, kernels=True, nf4=True)
+    runner = ModelRunner(model, fused=True, kernels=True, nf4=True, nf4_kernel_rows=kernel_rows)
     fused = runner.fused
     assert fused.nf4 and fused.kernels
     assert "fused NF4 kernels" in runner.describe()
@@ -473,6 +563,21 @@ def test_fused_nf4_steps_match_the_dequantized_model(wide_nf4_config):
     """Llama, double-quantized NF4: steps of 1 and 2 rows (reduction form), 6 (the verify: tensor-core
     form) and 17 (more than the kernel takes: dequantized per layer) equal the dense fp32 fused path."""
     _check_steps("llama", True)
+
+
+@needs_bnb
+@needs_triton
+def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeypatch):
+    """By default (fused.NF4_KERNEL_ROWS) steps of one and two rows run on the NF4 GEMV and the
+    verify's 6 rows on weights dequantized by one kernel (nf4.dequantize_nf4_fast): the same values."""
+    from specdecode.accel import fused as fused_mod
+
+    calls = []
+    fast = nf4.dequantize_nf4_fast
+    monkeypatch.setattr(nf4, "dequantize_nf4_fast", lambda *a, **k: calls.append(1) or fast(*a, **k))
+    assert fused_mod.NF4_KERNEL_ROWS == 2
+    _check_steps("llama", True, widths=(1, 2, 6), kernel_rows=None)
+    assert calls  # prefill and the 6-row step dequantized through the kernel
 
 
 @needs_bnb

@@ -23,8 +23,8 @@ multimodal 4B+ checkpoints, which run text-only prompts here) — plain floating
 `fused_support(model)` says why a model is not supported; the runner then keeps using the
 transformers modules. Exactness against transformers' forward is tested in fp32.
 
-With `nf4=True` (off by default; checked on the CPU only so far) the layers may also hold
-bitsandbytes NF4 `Linear4bit` projections, run through accel/nf4.py (see FusedModel).
+With `nf4=True` (what the settings choose for NF4 models: `--quantized`) the layers may also
+hold bitsandbytes NF4 `Linear4bit` projections, run through accel/nf4.py (see FusedModel).
 """
 
 from __future__ import annotations
@@ -440,7 +440,7 @@ class FusedModel:
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
-                 max_mixed_rows: int | None = None) -> None:
+                 max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -456,11 +456,12 @@ class FusedModel:
         most kernels.MAX_GEMV_ROWS), larger ones run "hybrid".
         fold_combine: the attention kernel's last split merges the splits (no combine kernel;
         kernels.decode_attention's fold); off until measured on the H200.
-        nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); off by default:
-        the NF4 path is checked on the CPU only so far (accel/nf4.py says what is not done).
+        nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); the settings turn
+        it on for NF4 models (accel/execution.py). nf4_kernel_rows: NF4 steps of at most this many
+        rows run on the NF4 kernels (None: NF4_KERNEL_ROWS; at most nf4.MAX_ROWS).
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
-        (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4.MAX_ROWS rows run
+        (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
         on nf4.nf4_gemv_fused (the same folding as the bf16 kernels: residual adds and norms in
         the products, the gated activation in gate/up's epilogue) around kernels.decode_attention;
         there is no dense weight for cuBLAS, so the verify's rows take the NF4 tensor-core form
@@ -542,6 +543,9 @@ class FusedModel:
         self.max_kernel_rows = _kernels.MAX_ROWS if max_kernel_rows is None else int(max_kernel_rows)
         self.multi_row = DEFAULT_MULTI_ROW if multi_row is None else multi_row
         self.fold_combine = bool(fold_combine)
+        self.nf4_kernel_rows = NF4_KERNEL_ROWS if nf4_kernel_rows is None else int(nf4_kernel_rows)
+        if not 0 <= self.nf4_kernel_rows <= _nf4.MAX_ROWS:
+            raise ValueError(f"nf4_kernel_rows must be in [0, {_nf4.MAX_ROWS}], got {self.nf4_kernel_rows}")
         self.max_mixed_rows = MAX_MIXED_ROWS if max_mixed_rows is None else int(max_mixed_rows)
         if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
             raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")
@@ -637,8 +641,8 @@ class FusedModel:
 
     def on_kernels(self, rows: int) -> bool:
         """Whether a decode step of `rows` rows (batch x tokens) runs on the Triton kernels, which mask
-        from the positions themselves (no mask needed); NF4 layers take at most nf4.MAX_ROWS."""
-        return self.kernels and not (self.nf4 and rows > _nf4.MAX_ROWS)
+        from the positions themselves (no mask needed); NF4 layers take at most nf4_kernel_rows."""
+        return self.kernels and not (self.nf4 and rows > self.nf4_kernel_rows)
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],
@@ -648,7 +652,7 @@ class FusedModel:
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
         if not eager and self.on_kernels(B * q):
-            if self.nf4:  # NF4: every step of at most nf4.MAX_ROWS rows wholly on the kernels
+            if self.nf4:  # NF4: every step of at most nf4_kernel_rows rows wholly on the kernels
                 step = self._nf4_forward
             else:  # one- and two-row steps wholly on the kernels, larger ones as multi_row says
                 if B * q <= self.max_kernel_rows:
@@ -709,10 +713,11 @@ class FusedModel:
 
     def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                      logits_to_keep: Tensor | int) -> Tensor:
-        """_kernel_forward with NF4 weights, for steps of up to nf4.MAX_ROWS rows (nf4_gemv_config:
+        """_kernel_forward with NF4 weights, for steps of up to nf4_kernel_rows rows (nf4_gemv_config:
         the reduction form for one or two rows, the tensor-core form for more): the same five
         kernels per layer, the residual adds and every norm folded into the NF4 products."""
-        return self._layers_on_kernels(_nf4.nf4_gemv_fused, input_ids, cache, position_ids, logits_to_keep)
+        return self._layers_on_kernels(partial(_nf4.nf4_gemv_fused, pdl=self.pdl), input_ids, cache, position_ids,
+                                       logits_to_keep)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
                            logits_to_keep: Tensor | int, down: Callable | None = None) -> Tensor:
@@ -747,7 +752,7 @@ class FusedModel:
     def _dense(self, w: LayerWeights) -> LayerWeights:
         """An NF4 layer's weights dequantized to the model's dtype (prefill and the other steps
         that do not run on the NF4 kernel)."""
-        deq = lambda t: _nf4.dequantize_nf4(t, self.dtype)  # noqa: E731
+        deq = lambda t: _nf4.dequantize_nf4_fast(t, self.dtype)  # noqa: E731
         return w._replace(wqkv=deq(w.wqkv), wo=deq(w.wo), wgu=deq(w.wgu), wd=deq(w.wd))
 
     def _attention(self, i: int, qkv: Tensor, cache, position_ids: Tensor, tables) -> Tensor:
@@ -786,8 +791,15 @@ MULTI_ROW = ("hybrid", "mixed")
 # mixed: the H200, random weights of Qwen2.5-Coder 1.5B, verify [1, 6] 1.51 ms against 1.70 hybrid
 # (benchmarks/results/2026-12-02-h200-profile-qwen-prefetch-mixed.txt)
 DEFAULT_MULTI_ROW = "mixed"
-# ... for steps of at most this many rows (measured up to the verify of k 5 at batch 2, 12 rows)
+# ... for steps of at most this many rows: the verify of k 5 at batch 4 (24 rows) measured slower
+# on it than hybrid through `specdecode bench` on the real pair (0.89x against 0.97x:
+# benchmarks/results/2026-12-03-h200-real-pair-mixed{16,32}.md)
 MAX_MIXED_ROWS = 16
+# NF4 layers run steps of at most this many rows on the NF4 GEMV (the draft's and the target's
+# own steps); larger ones (the verify) take the layer's weights dequantized by one kernel
+# (nf4.dequantize_nf4_fast) and cuBLAS: on the H200 the NF4 forms at 6 rows read their weights
+# at 48-280 GB/s (the verify step 6-8x bf16's; benchmarks/results/2026-12-03-h200-nf4.md)
+NF4_KERNEL_ROWS = 2
 
 def _raise_recompile_limit(limit: int = 64) -> None:
     """Each (batch, q) step shape compiles once per model; the default limit (8) is too low for a

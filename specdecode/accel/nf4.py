@@ -1,6 +1,6 @@
 """bitsandbytes NF4 weights as they are stored, and a Triton GEMV that reads them directly (issue 17).
 
-What is here (groundwork, checked on the CPU only):
+What is here (checked on the CPU, and for correctness on an H200):
 
 - ``NF4Weight``: the storage of a ``bnb.nn.Linear4bit`` weight unchanged, without bitsandbytes
   needed to hold it: packed codes (uint8, two 4-bit codes per byte over the row-major flattened
@@ -22,13 +22,23 @@ What is here (groundwork, checked on the CPU only):
   flat blocks. Real layers have K a multiple of 64, where all agree.)
 - ``nf4_gemv(x, nf4, bias)``: y = x @ W^T for decode-sized x [M, K] (M <= MAX_ROWS), W decoded in
   registers (code -> map lookup -> * absmax, the double-quantized absmax decoded in the kernel as
-  code2[q] * absmax2 + offset), fp32 accumulation. The decoded weight is rounded to the weight's
-  own dtype (``nf4.dtype``, bf16 for a bf16 model) before the product, as bitsandbytes'
-  dequantize-then-matmul does, so the result equals ``dequantize_nf4(nf4).float() @ x.float().T``
-  up to summation order. Two forms: "reduce" (elementwise products accumulated in fp32; for one
-  or two rows: the draft's steps, target alone) and "mma" (the decoded tile is the left operand of
-  a tensor-core product with the rows as the right one, so each weight tile is read and decoded
-  once for up to 16 rows: the verify step's k+1 rows).
+  code2[q] * absmax2 + offset, the product rounded on its own: never contracted into an FMA),
+  fp32 accumulation. The decoded weight is rounded to the weight's own dtype (``nf4.dtype``, bf16
+  for a bf16 model) before the product, as bitsandbytes' dequantize-then-matmul does, so the
+  result equals ``dequantize_nf4(nf4).float() @ x.float().T`` up to summation order (each decoded
+  weight bit for bit: tested with unit rows). Two forms: "reduce" (elementwise products
+  accumulated in fp32, one row's in the decoded tile's own layout, reduced across threads once
+  after the loop) and "mma" (the decoded tile is the left operand of a tensor-core product with
+  the rows as the right one, so each weight tile is read and decoded once for up to 16 rows).
+  Per element the GPU work is kept small: packed bytes loaded 16 a thread where the tile allows;
+  the absmax (and its nested decode) once per quantization block when K is a multiple of the
+  block and the tile covers whole blocks (``ALIGNED``; the per-byte path otherwise, where blocks
+  straddle rows); the bf16 rounding by the hardware conversion on the GPU (round to nearest
+  even; the interpreter's truncates, so there it is done by hand, the same result); the next
+  tile's bytes and absmax loaded before the current one is decoded; under programmatic
+  dependent launch (``pdl=True``) the first weight tiles load before the kernel waits for its
+  predecessor. Code lookup by config: two gathers of the 16-entry map per byte ("nibble"), or one
+  of a 256-entry table of both codes' float32 bits ("pair", built once per code map tensor).
 - ``nf4_gemv_fused``: the same product with kernels.gemv's folding: the residual add
   x' = x + delta (written back as the new residual stream), with the residual's own norm first
   (``delta_norm``: Gemma's post-norms), the input RMS norm (Llama's w and Gemma's 1 + w forms),
@@ -41,28 +51,29 @@ What is here (groundwork, checked on the CPU only):
   concatenated as stored, the absmax decoded to float32 once (see its doc for why and the cost).
 
 Wired into the fused decode layers (accel/fused.py, ``FusedModel(nf4=True)`` /
-``ModelRunner(nf4=True)``), OFF by default: steps of at most MAX_ROWS rows run on these kernels
-around kernels.decode_attention, prefill and larger steps dequantize one layer at a time.
+``ModelRunner(nf4=True)``), which the settings turn on for NF4 models (accel/execution.py:
+``--quantized``): steps of at most fused.NF4_KERNEL_ROWS rows (2) run on these kernels around
+kernels.decode_attention; prefill and larger steps (the verify) take each layer's weights
+dequantized by one kernel (``dequantize_nf4_fast``: the same values) and cuBLAS.
 
-What is not done yet:
+Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md):
 
-- Not reachable from the settings or the CLI (``--quantized`` models still take the transformers
-  modules); nothing turns ``nf4=True`` on yet.
-- Not run on a GPU: no timing, no launch-config sweep (the configs below are placeholders), no
-  CUDA-graph capture test, no programmatic dependent launch for these kernels (attention uses it
-  when on). Likely first optimisations once measured: decode the absmax once per block instead
-  of once per byte (three gathers per byte with double quantization now), a one-row layout like
-  kernels._gemv_kernel's, vectorised byte loads; the merged q/k/v and gate/up weights keeping
-  their 8-bit absmax (merge_nf4's doc) instead of float32.
-- The bf16 tensor-core operands are not checked on the CPU: Triton's interpreter gets tl.dot on
-  bf16 wrong, so there bf16 rows take the fp32-operand path (the same exact products); fp16 and
-  fp32 operands are checked. The first GPU run must run tests/test_nf4.py on the device.
-- On a GPU Triton may contract code2[q] * absmax2 + offset into an FMA, which can move the decoded
-  absmax by one ulp relative to bitsandbytes (the CPU interpreter does not contract; the merged
-  weights' absmax is decoded in torch, without contraction).
-- Assumes an even K (every real model; rows then start on a byte boundary) and N*K < 2**31.
-- Prefill on NF4 layers dequantizes each layer's weights (torch, per call): exact and memory-light
-  but slow; a kernel for long prompts is not written.
+- The one- and two-row forms read NF4 weights at 290-800 GB/s, far below HBM's ~4.8 TB/s: the
+  decode (a gather of the 16-entry map per element, the product by the absmax and the rounding
+  to the weight's dtype, the input tile moved through shared memory once per tile to match the
+  decoded tile's register layout) bounds them, not memory. A target step is 1.2-1.3x the bf16
+  step on the Qwen2.5 1.5B, Gemma 3 4B and Llama 3.1 8B shapes, not the 0.6-0.75x the bytes allow.
+- The forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows with the rows;
+  the tensor-core form's decoded operand goes through shared memory); hence NF4_KERNEL_ROWS.
+- nf4_gemv_config's defaults are the sweep's best by kind and size.
+
+Not done: a decode bound by memory (a layout for the one-row form in which the input needs no
+exchange per tile; the code lookup without a gather per element, e.g. a byte-pair table in
+registers or shared memory), splitting K across programs, keeping the merged q/k/v and gate/up
+weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16 tensor-core operands are
+checked on the GPU only (Triton's interpreter gets tl.dot on bf16 wrong, so on the CPU bf16 rows
+take the fp32-operand path: the same exact products). Assumes an even K (every real model;
+rows then start on a byte boundary) and N*K < 2**31.
 
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests
 check it (tests/test_nf4.py).
@@ -78,10 +89,13 @@ from torch import Tensor
 from .kernels import ACTIVATIONS, gemv_operands, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
-    from .kernels import _acc_results, _acc_zeros, _delta_scale, _gemv_epilogue, _program_tiles  # Triton functions shared with kernels.gemv
+    from triton.language.extra import libdevice as _libdevice  # mul_rn: a product never contracted
 
-__all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dynamic_map", "merge_nf4", "nf4_absmax",
-           "nf4_nbytes", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
+    from .kernels import _pdl_args  # the PDL flag and launch option, as kernels.gemv passes them
+    from .kernels import _acc_results, _delta_scale, _gemv_epilogue, _pdl_enter, _program_tiles  # Triton functions shared with kernels.gemv
+
+__all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dequantize_nf4_fast", "dynamic_map", "merge_nf4", "nf4_absmax",
+           "nf4_nbytes", "nf4_config_key", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
 
 AVAILABLE = triton is not None
 
@@ -311,181 +325,344 @@ if AVAILABLE:
 
     @triton.jit
     def _round_bf16(v):
-        """fp32 -> the nearest bf16 (ties to even), kept in fp32; finite inputs."""
+        """fp32 -> the nearest bf16 (ties to even), kept in fp32; finite inputs. (Triton's CPU
+        interpreter truncates in .to(tl.bfloat16); on the GPU the hardware conversion is used.)"""
         u = v.to(tl.uint32, bitcast=True)
         u = u + 0x7FFF + ((u >> 16) & 1)
         return ((u >> 16) << 16).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _nf4_tiles(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, rn, n_ok, jj, j_ok, K,
-                   NESTED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr):
-        """Decoded weight tiles [BLOCK_N, BLOCK_KH] (fp32) of the columns 2*jj (high nibbles) and
-        2*jj + 1 (low nibbles) of rows rn; zeros where masked."""
-        msk = n_ok[:, None] & j_ok[None, :]
-        kh = K // 2
-        byte = tl.load(W + rn[:, None] * kh + jj[None, :], mask=msk, other=0).to(tl.int32)
-        hi = byte >> 4
-        lo = byte & 15
-        blk = (rn[:, None] * K + 2 * jj[None, :]) // BS  # both nibbles: BS is even
-        if NESTED:
-            qa = tl.load(ABSMAX + blk, mask=msk, other=0).to(tl.int32)
-            s2 = tl.load(ABSMAX2 + blk // BS2, mask=msk, other=0.0)
-            off = tl.load(OFFSET)
-            amax = tl.load(CODE2 + qa, mask=msk, other=0.0) * s2 + off
-        else:
-            amax = tl.load(ABSMAX + blk, mask=msk, other=0.0)
-        w_hi = tl.load(CODE + hi, mask=msk, other=0.0) * amax
-        w_lo = tl.load(CODE + lo, mask=msk, other=0.0) * amax
-        if WROUND == 1:  # the weight's dtype: bf16 (rounded to nearest even by hand: Triton's
-            w_hi = _round_bf16(w_hi)  # interpreter truncates in .to(tl.bfloat16))
-            w_lo = _round_bf16(w_lo)
-        elif WROUND == 2:  # fp16
-            w_hi = w_hi.to(tl.float16).to(tl.float32)
-            w_lo = w_lo.to(tl.float16).to(tl.float32)
-        return tl.where(msk, w_hi, 0.0), tl.where(msk, w_lo, 0.0)
-
-    @triton.jit
-    def _round_to(v, R: tl.constexpr):
-        """fp32 values rounded to the model's dtype (0: fp32, 1: bf16, 2: fp16), kept in fp32."""
+    def _round_to(v, R: tl.constexpr, HW: tl.constexpr):
+        """fp32 values rounded to the dtype R (0: fp32, 1: bf16, 2: fp16), kept in fp32. HW: the
+        hardware conversion (CUDA: round to nearest even, one instruction for two values); else
+        bf16 by hand (the interpreter's conversion truncates), the same result."""
         if R == 1:
-            v = _round_bf16(v)
+            if HW:
+                out = v.to(tl.bfloat16).to(tl.float32)
+            else:
+                out = _round_bf16(v)
         elif R == 2:
-            v = v.to(tl.float16).to(tl.float32)
-        return v
+            out = v.to(tl.float16).to(tl.float32)
+        else:
+            out = v
+        return out
 
     @triton.jit
-    def _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, j_ok, rsd, pid,
+    def _mul_exact(a, b, HW: tl.constexpr):
+        """a * b rounded on its own (never contracted into an FMA with a following add: the nested
+        absmax is code2[q] * absmax2, then + offset, two roundings, as bitsandbytes computes it)."""
+        if HW:
+            out = _libdevice.mul_rn(a, b)
+        else:  # the interpreter does not contract
+            out = a * b
+        return out
+
+    @triton.jit
+    def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
+                 BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
+        when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
+        zeros where masked. All immutable: loaded one tile ahead, the first before the kernel waits
+        for its predecessor (PDL).
+        ALIGNED (K a multiple of BS, BLOCK_KH of BS / 2; j0 a multiple of BLOCK_KH): bytes as
+        [BLOCK_N, blocks, BS / 2], the absmax once per block, [BLOCK_N, blocks]. Otherwise (blocks
+        may straddle rows): bytes [BLOCK_N, BLOCK_KH] and the absmax of each byte's block."""
+        if ALIGNED:
+            rb = tl.arange(0, BLOCK_KH // (BS // 2))
+            re = tl.arange(0, BS // 2)
+            jb = j0 + rb * (BS // 2)  # first byte of each block
+            bmask = n_ok[:, None] & (jb < KH)[None, :]  # whole blocks: K is a multiple of BS
+            byte = tl.load(W + rn[:, None, None] * KH + jb[None, :, None] + re[None, None, :],
+                           mask=bmask[:, :, None], other=0)
+            blk = rn[:, None] * (K // BS) + (jb // (BS // 2))[None, :]
+        else:
+            jj = j0 + tl.arange(0, BLOCK_KH)
+            bmask = n_ok[:, None] & (jj < KH)[None, :]
+            byte = tl.load(W + rn[:, None] * KH + jj[None, :], mask=bmask, other=0)
+            blk = (rn[:, None] * K + 2 * jj[None, :]) // BS  # both nibbles: BS is even
+        a = tl.load(ABSMAX + blk, mask=bmask, other=0)
+        if NESTED:
+            s2 = tl.load(ABSMAX2 + blk // BS2, mask=bmask, other=0.0)
+        else:
+            s2 = a
+        return byte, a, s2
+
+    @triton.jit
+    def _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
+                    LUT: tl.constexpr, WROUND: tl.constexpr, HW: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """_nf4_raw's tile decoded: (high nibbles, low nibbles) in fp32, in the raw tile's shape, each
+        round(code[q] * absmax) in the weight's dtype (bitsandbytes' order of operations). Masked
+        bytes are 0 and decode to finite values (their inputs are zero). LUT 0: two lookups of the
+        16-entry map per byte; LUT 1: one of PAIR, int64 [256], the byte's two codes' float32 bits
+        (the high nibble's in the high word)."""
+        b = byte.to(tl.int32)
+        if LUT == 1:
+            v = tl.load(PAIR + b)
+            c_hi = (v >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+            c_lo = v.to(tl.int32).to(tl.float32, bitcast=True)
+        else:
+            c_hi = tl.load(CODE + (b >> 4))
+            c_lo = tl.load(CODE + (b & 15))
+        if NESTED:  # code2[q] * absmax2 + offset: once per block on the ALIGNED path
+            amax = _mul_exact(tl.load(CODE2 + a.to(tl.int32)), s2, HW) + tl.load(OFFSET)
+        else:
+            amax = a
+        if ALIGNED:
+            amax = amax[:, :, None]
+        return _round_to(c_hi * amax, WROUND, HW), _round_to(c_lo * amax, WROUND, HW)
+
+    @triton.jit
+    def _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, c_ok, rsd, pid,
                    HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
-                   XR: tl.constexpr):
-        """The input columns `cols` of every row: x' = x (+ norm_d(d)), rounded to x's dtype and
-        written to R by program 0; returns (x' in fp32, x' times the norm weight, rounded to x's
-        dtype). norm_d (D_NORM): Gemma's (1 + w) RMS norm of the residual delta, rsd its row scale."""
-        xm = m_ok[:, None] & j_ok[None, :]
-        x = tl.load(X + rm[:, None] * sxm + cols, mask=xm, other=0.0).to(tl.float32)
+                   XR: tl.constexpr, HW: tl.constexpr):
+        """The input columns `cols` (contiguous) of every row: x' = x (+ norm_d(d)), rounded to x's
+        dtype and written to R by program 0; returns (x' in fp32, x' times the norm weight, rounded
+        to x's dtype). norm_d (D_NORM): Gemma's (1 + w) RMS norm of the residual delta, rsd its
+        row scale."""
+        xm = m_ok[:, None] & c_ok[None, :]
+        x = tl.load(X + rm[:, None] * sxm + cols[None, :], mask=xm, other=0.0).to(tl.float32)
         if HAS_D:
-            d = tl.load(D + rm[:, None] * sdm + cols, mask=xm, other=0.0).to(tl.float32)
+            d = tl.load(D + rm[:, None] * sdm + cols[None, :], mask=xm, other=0.0).to(tl.float32)
             if D_NORM:  # as kernels._input_tile: the delta normed and rounded before the add
-                wd = tl.load(WD + (rm * 0)[:, None] + cols, mask=xm, other=0.0).to(tl.float32)
-                d = _round_to(d * rsd[:, None] * (1.0 + wd), XR)
-            x = _round_to(x + d, XR)
+                wd = tl.load(WD + (rm * 0)[:, None] + cols[None, :], mask=xm, other=0.0).to(tl.float32)
+                d = _round_to(d * rsd[:, None] * (1.0 + wd), XR, HW)
+            x = _round_to(x + d, XR, HW)
             if pid == 0:
-                tl.store(R + rm[:, None] * srm + cols, x.to(R.dtype.element_ty), mask=xm)
+                tl.store(R + rm[:, None] * srm + cols[None, :], x.to(R.dtype.element_ty), mask=xm)
         xn = x
         if NORM:  # per-column weight as a [rows, columns] tile (see kernels._input_tile)
-            wn = tl.load(WN + (rm * 0)[:, None] + cols, mask=xm, other=0.0).to(tl.float32)
+            wn = tl.load(WN + (rm * 0)[:, None] + cols[None, :], mask=xm, other=0.0).to(tl.float32)
             if GEMMA:
-                xn = _round_to(x * (1.0 + wn), XR)
+                xn = _round_to(x * (1.0 + wn), XR, HW)
             else:
-                xn = _round_to(x * wn, XR)
+                xn = _round_to(x * wn, XR, HW)
         return x, xn
 
     @triton.jit
+    def _nf4_acc(MMA: tl.constexpr, ALIGNED: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """The fp32 accumulator: [BLOCK_N, BLOCK_M] for tensor cores; for one row the decoded
+        tile's own shape ([BLOCK_N, BLOCK_KH], ALIGNED [BLOCK_N, blocks, BS / 2]: each thread sums
+        its own columns, one reduction across threads after the loop); [BLOCK_M, BLOCK_N,
+        BLOCK_KH] for several rows' elementwise products. Reduced by _nf4_results."""
+        if MMA:
+            return tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        elif BLOCK_M == 1 and ALIGNED:
+            return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 2], dtype=tl.float32)
+        elif BLOCK_M == 1:
+            return tl.zeros([BLOCK_N, BLOCK_KH], dtype=tl.float32)
+        else:
+            return tl.zeros([BLOCK_M, BLOCK_N, BLOCK_KH], dtype=tl.float32)
+
+    @triton.jit
+    def _nf4_product(acc, w_hi, w_lo, xe, xo, X, ALIGNED: tl.constexpr, MMA: tl.constexpr, IEEE: tl.constexpr,
+                     BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """acc plus the decoded tile's products with the rows: the even input columns xe with the
+        high nibbles, the odd ones xo with the low ([BLOCK_M, BLOCK_KH] each). The reduction forms
+        multiply in the decoded tile's own shape (ALIGNED: [BLOCK_N, blocks, BS / 2], the inputs
+        reshaped to it, which are BLOCK_N times fewer than the weights)."""
+        if MMA:
+            if ALIGNED:
+                w_hi = tl.reshape(w_hi, [BLOCK_N, BLOCK_KH])
+                w_lo = tl.reshape(w_lo, [BLOCK_N, BLOCK_KH])
+            if IEEE:  # fp32 operands, exact products
+                acc += tl.dot(w_hi, tl.trans(xe), input_precision="ieee")
+                acc += tl.dot(w_lo, tl.trans(xo), input_precision="ieee")
+            else:  # operands in the model's dtype (x's == the weight's: both roundings exact)
+                xdt = X.dtype.element_ty
+                acc += tl.dot(w_hi.to(xdt), tl.trans(xe.to(xdt)))
+                acc += tl.dot(w_lo.to(xdt), tl.trans(xo.to(xdt)))
+        elif BLOCK_M == 1:
+            if ALIGNED:
+                xe = tl.reshape(xe, [1, BLOCK_KH // (BS // 2), BS // 2])
+                xo = tl.reshape(xo, [1, BLOCK_KH // (BS // 2), BS // 2])
+            acc += xe * w_hi + xo * w_lo  # [1, ...] against [BLOCK_N, ...]
+        else:
+            if ALIGNED:
+                w_hi = tl.reshape(w_hi, [BLOCK_N, BLOCK_KH])
+                w_lo = tl.reshape(w_lo, [BLOCK_N, BLOCK_KH])
+            acc += xe[:, None, :] * w_hi[None, :, :] + xo[:, None, :] * w_lo[None, :, :]
+        return acc
+
+    @triton.jit
     def _nf4_gemv_kernel(
-        X, sxm, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
-        M, N, K, eps,
-        NESTED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr, XR: tl.constexpr,
+        X, sxm, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, PAIR, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
+        M, N, K, KH, eps,
+        NESTED: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr, HW: tl.constexpr,
+        BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr, XR: tl.constexpr,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr,
-        HAS_BIAS: tl.constexpr, MMA: tl.constexpr, IEEE: tl.constexpr,
+        HAS_BIAS: tl.constexpr, MMA: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W in NF4 (see the module doc); f: x (+ norm_d(D))
         then an RMS norm, folded in as kernels.gemv does (the norm weight on the input tiles, the
         row scale on the accumulator). GATED: W is [2N, K] (gate rows, then up rows, one NF4
-        weight) and Y = act(gate) * up, as kernels.gemv's epilogue. Program pid computes columns
-        pid*BLOCK_N.. of every row; each step decodes BLOCK_KH bytes (2*BLOCK_KH columns) of its
-        BLOCK_N weight rows (and of the matching up rows) once and multiplies them into all rows:
-        the even input columns with the high nibbles, the odd ones with the low nibbles.
-        MMA=False: elementwise fp32 products in a [BLOCK_M, BLOCK_N, BLOCK_KH] accumulator,
-        reduced once after the loop. MMA=True: the decoded tiles are the left operands of
-        tensor-core products, [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
-        pid, rm, rn, rj, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_KH)
-        kh = K // 2
-        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_KH)
-        ss2 = tl.zeros([BLOCK_M, BLOCK_KH], dtype=tl.float32)
-        acc_t = _acc_zeros(MMA, False, BLOCK_M, BLOCK_N, BLOCK_KH)
-        acc2_t = _acc_zeros(MMA, False, BLOCK_M, BLOCK_N, BLOCK_KH)
-        for j0 in range(0, kh, BLOCK_KH):
-            jj = j0 + rj
-            j_ok = jj < kh
-            w_hi, w_lo = _nf4_tiles(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, rn, n_ok, jj, j_ok, K,
-                                    NESTED, BS, BS2, WROUND)
-            if GATED:  # the up rows of the same output columns
-                u_hi, u_lo = _nf4_tiles(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, rn + N, n_ok, jj, j_ok, K,
-                                        NESTED, BS, BS2, WROUND)
-            ev = 2 * jj[None, :]
-            xe, xne = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, ev, j_ok, rsd, pid,
-                                 HAS_D, D_NORM, NORM, GEMMA, XR)
-            xo, xno = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, ev + 1, j_ok, rsd, pid,
-                                 HAS_D, D_NORM, NORM, GEMMA, XR)
+        weight) and Y = act(gate) * up, as kernels.gemv's epilogue. KH = K / 2 (bytes a row).
+
+        Program pid computes columns pid*BLOCK_N.. of every row; each step decodes BLOCK_KH bytes
+        (2*BLOCK_KH columns) of its BLOCK_N weight rows (and of the matching up rows) once and
+        multiplies them into all rows: the even input columns with the high nibbles, the odd ones
+        with the low (the input tile is loaded contiguously and split). The packed bytes and
+        absmax of the next tile are loaded before this tile is decoded (one tile in flight per
+        program; the first before _pdl_enter under PDL). ALIGNED: the absmax (and its nested
+        decode) once per quantization block instead of once per byte; LUT: the code lookup (see
+        _nf4_decode); HW: hardware bf16 rounding (CUDA) instead of the interpreter's by hand.
+        MMA=False: elementwise fp32 products (one row: a [BLOCK_N, BLOCK_KH] accumulator, each
+        thread its own columns; several: [BLOCK_M, BLOCK_N, BLOCK_KH]), reduced once after the
+        loop. MMA=True: the decoded tiles are the left operands of tensor-core products,
+        [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
+        pid, rm, rn, rc, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, 2 * BLOCK_KH)
+        # the first tiles (immutable weights) before waiting for the previous kernel's results
+        b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
+                                    BLOCK_N, BLOCK_KH)
+        ub_nx, ua_nx, us_nx = b_nx, a_nx, s_nx
+        if GATED:  # the up rows of the same output columns
+            ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
+                                           BLOCK_N, BLOCK_KH)
+        _pdl_enter(PDL)
+        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, 2 * BLOCK_KH)
+        ss2 = tl.zeros([BLOCK_M, 2 * BLOCK_KH], dtype=tl.float32)
+        acc_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
+        acc2_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
+        for j0 in range(0, KH, BLOCK_KH):
+            byte, a, s2 = b_nx, a_nx, s_nx
+            ubyte, ua, us2 = ub_nx, ua_nx, us_nx
+            # the next tile's loads first (past the end: all masked, no memory traffic)
+            b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0 + BLOCK_KH, KH, K, NESTED, ALIGNED,
+                                        BS, BS2, BLOCK_N, BLOCK_KH)
+            if GATED:
+                ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, j0 + BLOCK_KH, KH, K, NESTED,
+                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH)
+            w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND, HW,
+                                     BLOCK_N, BLOCK_KH)
+            cols = 2 * j0 + rc
+            xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
+                                HAS_D, D_NORM, NORM, GEMMA, XR, HW)
             if NORM:
-                ss2 += xe * xe + xo * xo
-            if MMA:
-                if IEEE:  # fp32 operands, exact products
-                    xte = tl.trans(xne)
-                    xto = tl.trans(xno)
-                    acc_t += tl.dot(w_hi, xte, input_precision="ieee")
-                    acc_t += tl.dot(w_lo, xto, input_precision="ieee")
-                    if GATED:
-                        acc2_t += tl.dot(u_hi, xte, input_precision="ieee")
-                        acc2_t += tl.dot(u_lo, xto, input_precision="ieee")
-                else:  # operands in the model's dtype (x's == the weight's: both roundings exact)
-                    xdt = X.dtype.element_ty
-                    xte = tl.trans(xne.to(xdt))
-                    xto = tl.trans(xno.to(xdt))
-                    acc_t += tl.dot(w_hi.to(xdt), xte)
-                    acc_t += tl.dot(w_lo.to(xdt), xto)
-                    if GATED:
-                        acc2_t += tl.dot(u_hi.to(xdt), xte)
-                        acc2_t += tl.dot(u_lo.to(xdt), xto)
-            else:
-                acc_t += xne[:, None, :] * w_hi[None, :, :]
-                acc_t += xno[:, None, :] * w_lo[None, :, :]
-                if GATED:
-                    acc2_t += xne[:, None, :] * u_hi[None, :, :]
-                    acc2_t += xno[:, None, :] * u_lo[None, :, :]
-        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, False)
+                ss2 += xf * xf
+            xe, xo = tl.split(tl.reshape(xn, [BLOCK_M, BLOCK_KH, 2]))
+            acc_t = _nf4_product(acc_t, w_hi, w_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
+            if GATED:
+                u_hi, u_lo = _nf4_decode(ubyte, ua, us2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND,
+                                         HW, BLOCK_N, BLOCK_KH)
+                acc2_t = _nf4_product(acc2_t, u_hi, u_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
+                                      BLOCK_KH)
+        if BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
+            acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH])
+            acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH])
+        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
         # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM, HAS_BIAS, GATED, ACT)
 
 
+    @triton.jit
+    def _nf4_dequantize_kernel(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, Y, N, K, KH,
+                               NESTED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr,
+                               HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """Y [N, K] = the decoded weight (dequantize_nf4's values), one [BLOCK_N, 2*BLOCK_KH] tile a
+        program: the steps that do not run on the GEMV (prefill, larger steps) read it once."""
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        j0 = tl.program_id(1) * BLOCK_KH
+        n_ok = rn < N
+        byte, a, s2 = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED, False, BS, BS2, BLOCK_N, BLOCK_KH)
+        w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, CODE, CODE2, OFFSET, NESTED, False, 0, WROUND, HW,
+                                 BLOCK_N, BLOCK_KH)
+        jj = j0 + tl.arange(0, BLOCK_KH)
+        msk = n_ok[:, None] & (jj < KH)[None, :]
+        out = Y + rn[:, None] * K + 2 * jj[None, :]
+        tl.store(out, w_hi.to(Y.dtype.element_ty), mask=msk)
+        tl.store(out + 1, w_lo.to(Y.dtype.element_ty), mask=msk)
+
+
 # ------------------------------------------------------------------------------ launch
 
-# (form, BLOCK_N, BLOCK_K (columns; BLOCK_K / 2 bytes), num_warps, num_stages) by (m, n, k);
-# overridable for sweeps. Not measured yet: the defaults below are placeholders.
-NF4_GEMV_CONFIG: dict[tuple[int, int, int], tuple[str, int, int, int, int]] = {}
+# (form, BLOCK_N, BLOCK_K (columns; BLOCK_K / 2 bytes), num_warps, num_stages[, lut]) by (m, n, k,
+# kind); set by benchmarks/nf4_bench.py's sweep (the best per product), else nf4_gemv_config's
+# defaults. lut: "nibble" (default: two lookups of the 16-entry map per byte) or "pair" (one of a
+# 256-entry table of both codes).
+NF4_GEMV_CONFIG: dict[tuple, tuple] = {}
 FORMS = ("reduce", "mma")
+LUTS = ("nibble", "pair")
 _WROUND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_PAIRS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
-def nf4_gemv_config(m: int, n: int, k: int) -> tuple[str, int, int, int, int]:
-    """(form, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x NF4 [n, k]^T product."""
-    found = NF4_GEMV_CONFIG.get((m, n, k))
+def nf4_config_key(m: int, n: int, k: int, gated: bool = False, norm: bool = False) -> tuple:
+    """NF4_GEMV_CONFIG's key of a product: rows, output columns (per half when gated), K, and its kind."""
+    return (m, n, k, bool(gated), bool(norm))
+
+
+def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = False) -> tuple:
+    """(form, BLOCK_N, BLOCK_K, num_warps, num_stages[, lut]) for an [m, k] x NF4 [n, k]^T product
+    (n: the output columns, per half of a gated weight).
+
+    Defaults: the best of the H200 sweep (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
+    Llama 3.1 8B shapes, benchmarks/results/2026-12-03-h200-nf4.md) by kind and size. The
+    reduction form wins at every row count measured, except a wide gated product at several rows
+    (neither form is fast there: FusedModel runs steps of more than NF4_KERNEL_ROWS rows on
+    dequantized weights)."""
+    found = NF4_GEMV_CONFIG.get(nf4_config_key(m, n, k, gated, norm))
+    if found is None:
+        found = NF4_GEMV_CONFIG.get((m, n, k))
     if found is not None:
         return found
-    if m <= 2:
-        return ("reduce", 4, 512, 4, 2)
-    return ("mma", 64, 128, 4, 3)
+    if m == 1:
+        if gated:
+            return ("reduce", 4, 512, 2, 2)
+        if norm:  # q/k/v
+            return ("reduce", 4, 1024, 4, 2) if k <= 2048 else ("reduce", 4, 512, 2, 2)
+        if k >= 8192:  # down
+            return ("reduce", 2, 2048, 4, 2) if k <= 10240 else ("reduce", 4, 2048, 4, 2)
+        return ("reduce", 2, 2048, 4, 2) if k <= 2048 else ("reduce", 2, 1024, 2, 2)  # o
+    if m == 2:
+        if norm:
+            return ("reduce", 8, 512, 4, 2)
+        if gated:
+            return ("reduce", 4, 512, 2, 2) if k <= 1536 else ("reduce", 8, 512, 4, 2)
+        return ("reduce", 4, 2048, 4, 2) if n <= 1536 else ("reduce", 4, 1024, 4, 2)
+    if gated:
+        return ("mma", 16, 256, 4, 2, "pair") if k <= 2560 else ("mma", 64, 256, 8, 2)
+    return ("reduce", 4, 1024, 4, 2)
 
 
-def nf4_gemv(x: Tensor, nf4: NF4Weight, bias: Tensor | None = None,
-             config: tuple[str, int, int, int, int] | None = None) -> Tensor:
+def _pair_table(code: Tensor) -> Tensor:
+    """int64 [256]: for each byte, the float32 bits of code[byte >> 4] (high word) and of
+    code[byte & 15] (low word). Built on code's device once per code map tensor (kept alive with
+    it, so its address is not reused), without a host read (safe inside a CUDA-graph capture
+    once built)."""
+    key = (code.device, code.data_ptr())
+    found = _PAIRS.get(key)
+    if found is not None and found[0] is code:
+        return found[1]
+    bits = code.float().contiguous().view(torch.int32).to(torch.int64)
+    b = torch.arange(256, device=code.device)
+    table = (bits[b >> 4] << 32) | (bits[b & 15] & 0xFFFFFFFF)
+    _PAIRS[key] = (code, table)
+    return table
+
+
+def nf4_gemv(x: Tensor, nf4: NF4Weight, bias: Tensor | None = None, config: tuple | None = None,
+             pdl: bool = False) -> Tensor:
     """y = x @ W^T (+ bias) for x [..., K] with at most MAX_ROWS rows, W [N, K] in NF4; y in x's
     dtype, accumulated in fp32 (see the module doc for the numerics)."""
-    return nf4_gemv_fused(x, nf4, bias=bias, config=config)[0]
+    return nf4_gemv_fused(x, nf4, bias=bias, config=config, pdl=pdl)[0]
 
 
 def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, norm: Tensor | None = None,
                    gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
                    delta_norm: Tensor | None = None, act: str | None = None,
-                   config: tuple[str, int, int, int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+                   config: tuple | None = None, pdl: bool = False) -> tuple[Tensor, Tensor | None]:
     """kernels.gemv's contract with an NF4 weight: y = f(x) @ W^T (+ bias), where delta gives
     x' = x + norm_delta(delta) (returned as the second result: the residual stream after the
     add; delta_norm: Gemma's (1 + w) RMS norm of the delta first, as kernels.gemv) and norm an
     RMS norm of x' with this weight (Gemma's (1 + w) form when `gemma`). act ("silu" or
     "gelu_tanh"): W is [2N, K], gate rows then up rows (one NF4 weight: see merge_nf4), bias
-    [2N], and y = act(gate) * up [.., N]."""
+    [2N], and y = act(gate) * up [.., N]. config: (form, BLOCK_N, BLOCK_K, num_warps,
+    num_stages[, lut]) (default nf4_gemv_config). pdl: launch with programmatic dependent launch
+    (kernels.pdl_usable): the first weight tiles load before waiting for the previous kernel."""
     if not AVAILABLE:
         raise RuntimeError("nf4_gemv needs Triton")
     n, k = nf4.shape
@@ -508,33 +685,71 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     lead = x.shape[:-1]
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_ROWS, "nf4_gemv")
     m = x2.shape[0]
-    form, block_n, block_k, warps, stages = config or nf4_gemv_config(m, n, k)
+    cfg = tuple(config or nf4_gemv_config(m, n, k, act is not None, norm is not None))
+    if len(cfg) not in (5, 6):
+        raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut]), got {cfg}")
+    form, block_n, block_k, warps, stages = cfg[:5]
+    lut = cfg[5] if len(cfg) == 6 else "nibble"
     if form not in FORMS:
         raise ValueError(f"unknown nf4_gemv form {form!r} ({', '.join(FORMS)})")
+    if lut not in LUTS:
+        raise ValueError(f"unknown nf4_gemv lut {lut!r} ({', '.join(LUTS)})")
     mma = form == "mma"
     least = 16 if mma else 1  # tensor-core operands are at least 16 wide
     block_kh = max(least, min(block_k // 2, triton.next_power_of_2(max(1, k // 2))))
     block_n = max(least, min(block_n, triton.next_power_of_2(n)))
     block_m = max(least, triton.next_power_of_2(m))
+    # the absmax once per quantization block: rows of whole blocks, tiles of whole blocks
+    aligned = k % nf4.blocksize == 0 and block_kh % (nf4.blocksize // 2) == 0
     # operands of the tensor-core form: the activations' dtype when the weight has it (its
     # rounding then loses nothing), fp32 with exact products otherwise. Triton's CPU interpreter
     # gets tl.dot on bf16 operands wrong (garbage in triton 3.9), so there bf16 goes through fp32:
     # the same products (bf16 x bf16 is exact in fp32), fp32 accumulation either way.
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
     ieee = ieee or (x.device.type == "cpu" and x.dtype == torch.bfloat16)
+    # compiled for the GPU (not Triton's interpreter): hardware rounding, uncontracted products
+    hw = x.device.type == "cuda" and not _INTERPRETED
     nested = nf4.nested
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
     _nf4_gemv_kernel[grid](
         x2, x2.stride(0), d2, d2.stride(0), delta_norm if delta_norm is not None else x2,
         norm if norm is not None else x2, r, r.stride(0),
-        nf4.packed, nf4.absmax, nf4.code,
+        nf4.packed, nf4.absmax, nf4.code, _pair_table(nf4.code) if lut == "pair" else nf4.code,
         nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy, nf4.offset if nested else dummy,
-        bias if bias is not None else y, y, y.stride(0), m, n, k, float(eps),
-        NESTED=nested, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype], XR=_WROUND[x.dtype],
+        bias if bias is not None else y, y, y.stride(0), m, n, k, k // 2, float(eps),
+        NESTED=nested, ALIGNED=aligned, LUT=LUTS.index(lut), HW=hw,
+        BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype], XR=_WROUND[x.dtype],
         HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None, GEMMA=bool(gemma),
         GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
         HAS_BIAS=bias is not None, MMA=mma, IEEE=ieee,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=warps, num_stages=stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=warps, num_stages=stages, **_pdl_args(pdl),
     )
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+def dequantize_nf4_fast(nf4: NF4Weight, dtype: torch.dtype | None = None) -> Tensor:
+    """dequantize_nf4's result (the same values, bit for bit) from one Triton kernel where it can run
+    (CUDA, or the interpreter on CPU tensors when asked): the weight is read once and written once
+    in `dtype`, instead of the reference's int64 and float32 intermediates over the whole matrix
+    (prefill on NF4 layers dequantizes every layer per step). The torch reference otherwise."""
+    n, k = nf4.shape
+    if not AVAILABLE or k % 2 or nf4.blocksize % 2 or n * k >= 2**31 or (
+            nf4.packed.device.type != "cuda" and not _INTERPRETED):
+        return dequantize_nf4(nf4, dtype)
+    y = torch.empty((n, k), dtype=nf4.dtype, device=nf4.packed.device)
+    nested = nf4.nested
+    dummy = nf4.absmax
+    block_n, block_kh = 16, 128
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k // 2, block_kh))
+    _nf4_dequantize_kernel[grid](
+        nf4.packed, nf4.absmax, nf4.code, nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy,
+        nf4.offset if nested else dummy, y, n, k, k // 2,
+        NESTED=nested, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype],
+        HW=nf4.packed.device.type == "cuda" and not _INTERPRETED, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=4,
+    )
+    return y if dtype is None else y.to(dtype)
+
+
+# Triton's CPU interpreter (TRITON_INTERPRET=1 when Triton was imported) runs the kernels as Python
+_INTERPRETED = AVAILABLE and "Interpreted" in type(_nf4_gemv_kernel).__name__

@@ -4,8 +4,9 @@
 `prefill`, `forward`) and adds:
 
 * the fused decode layers of fused.py (Llama, Mistral, Qwen2, Qwen3, Gemma 3), each layer
-  compiled with torch.compile when `compile=True`; other architectures get torch.compile
-  over the transformers forward instead;
+  compiled with torch.compile when `compile=True`, over floating-point weights or (`nf4`)
+  bitsandbytes NF4 ones; other architectures get torch.compile over the transformers forward
+  instead;
 * the Triton decode kernels (kernels.py) inside those layers, by default for captured steps
   only (uncaptured, their Python launches would cost more than they save);
 * fixed shapes: a compiled or captured step always attends over the whole cache, and cache
@@ -51,15 +52,16 @@ class ModelRunner(ModelStep):
     Triton kernels are on by default. `compile`: torch.compile the decode step. `fused`: use
     the fused layers (None: when compiling). `kernels`: the Triton decode kernels (None: on
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
-    `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
-    the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; off by default:
-    checked on the CPU only so far)."""
+    `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`, `nf4_kernel_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
+    the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; Execution.nf4 turns
+    it on for models that hold them, e.g. `--quantized`)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
-                 fold_combine: bool = False, max_mixed_rows: int | None = None) -> None:
+                 fold_combine: bool = False, max_mixed_rows: int | None = None,
+                 nf4_kernel_rows: int | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -74,7 +76,7 @@ class ModelRunner(ModelStep):
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
                                         multi_row=multi_row, fold_combine=fold_combine,
-                                        max_mixed_rows=max_mixed_rows)
+                                        max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -96,10 +98,8 @@ class ModelRunner(ModelStep):
         """How this runner's decode steps run, e.g. 'fused layers, compiled, CUDA graphs'."""
         parts = ["fused layers" if self.fused is not None else "transformers modules"]
         if self.fused is not None and self.fused.kernels and self.fused.nf4:
-            from .nf4 import MAX_ROWS  # noqa: PLC0415
-
             pdl = ", attention with programmatic dependent launch" if self.fused.pdl else ""
-            parts.append(f"fused NF4 kernels (whole steps of <= {MAX_ROWS} rows{pdl}; larger steps and prefill "
+            parts.append(f"fused NF4 kernels (whole steps of <= {self.fused.nf4_kernel_rows} rows{pdl}; larger steps and prefill "
                          "dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""

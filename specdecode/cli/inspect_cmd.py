@@ -47,6 +47,11 @@ def _bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _decode_step(v: str) -> str:
+    """inspect's decode_step ('fused', 'fused NF4', 'transformers: <why>') as the table says it."""
+    return {"fused": "fused layers", "fused NF4": "fused NF4 kernels"}.get(v, "transformers modules")
+
+
 def render(report: dict[str, Any], console) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -67,9 +72,10 @@ def render(report: dict[str, Any], console) -> None:
         ("vocabulary (rows / tokenizer)", None, None),
         ("dtype", None, None),
         ("memory (weights)", "memory_bytes", _bytes),
+        ("weights read per step", "step_bytes", _bytes),
         ("KV cache per token", "kv_bytes_per_token", _bytes),
         ("sliding window", "sliding_window", lambda v: "-" if v is None else str(v)),
-        ("decode step", "decode_step", lambda v: "fused layers" if v == "fused" else "transformers modules"),
+        ("decode step", "decode_step", _decode_step),
     ]
     for label, key, fmt in fields:
         cells = []
@@ -97,7 +103,7 @@ def render(report: dict[str, Any], console) -> None:
         console.print(f"  warning: {w}")
     for role, m in (("target", t), ("draft", d)):
         step = (m or {}).get("decode_step", "fused")
-        if step != "fused":
+        if step.startswith("transformers"):
             console.print(Text(f"{role} decode step on the transformers modules ({step.removeprefix('transformers: ')})",
                                style="dim"))
 
@@ -105,6 +111,8 @@ def render(report: dict[str, Any], console) -> None:
     cr = report["cost_ratio"]
     if pred is not None:
         extra = f"; from layers {cr['c_layers']:.3f}" if cr["c_layers"] is not None and report["drafter"] != "ngram" else ""
+        if pred["c_source"] == "weight bytes" and cr.get("c_params") is not None:
+            extra = f"; from parameters {cr['c_params']:.3f}" + extra
         table = Table(
             title=f"predicted speedup (Leviathan et al.), c = {pred['c']:.3f} from {pred['c_source']}{extra}",
             title_justify="left",

@@ -116,6 +116,8 @@ def render_bench(report: dict[str, Any], console) -> None:
                 f"{rc['verify_over_target_step']:.2f} target steps): {_x(rc['speedup_at_round_costs'])}",
                 soft_wrap=True,
             )
+    for role, how in (report.get("decode_steps") or {}).items():  # ModelRunner.describe() of each
+        console.print(f"{role} decode steps: {how}", style="dim", soft_wrap=True)
     if report.get("samples_file"):
         console.print(f"samples: {report['samples_file']}", style="dim")
 
