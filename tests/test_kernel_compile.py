@@ -56,9 +56,9 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
                  HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=pdl, BLOCK_M=rows, BLOCK_N=32 if mma else 4,
                  BLOCK_KH=128 if mma else 512),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32"))
-    for nested in (True, False):  # the decoded weight for prefill (dequantize_nf4_fast)
-        out[f"nf4-dequantize-nested{int(nested)}"] = (
-            "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
+    for nested, aligned in ((True, True), (False, False)):  # the decoded weight (dequantize_nf4_fast)
+        out[f"nf4-dequantize-nested{int(nested)}-aligned{int(aligned)}"] = (
+            "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, ALIGNED=aligned, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
                                                   BLOCK_KH=128),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16"))
     return out

@@ -166,10 +166,10 @@ def test_fast_dequantize_is_the_reference_bit_for_bit(n, k, blocksize, double_qu
     what dequantize_nf4 (bitsandbytes' dequantize_4bit) does, nested absmax and rounding included."""
     w4 = nf4.quantize_nf4(_w(n, k, dtype=dtype), blocksize=blocksize, double_quant=double_quant)
     ref = nf4.dequantize_nf4(w4)
-    got = nf4.dequantize_nf4_fast(w4.to(DEV))
+    got = nf4.dequantize_nf4_fast(w4.to(DEV), kernel=True)
     assert got.dtype == ref.dtype == dtype and got.shape == (n, k)
     assert torch.equal(got.cpu(), ref)
-    assert torch.equal(nf4.dequantize_nf4_fast(w4.to(DEV), torch.float32).cpu(), ref.float())
+    assert torch.equal(nf4.dequantize_nf4_fast(w4.to(DEV), torch.float32, kernel=True).cpu(), ref.float())
 
 
 # ------------------------------------------------------------------------------ reference alone
@@ -577,7 +577,7 @@ def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeyp
     monkeypatch.setattr(nf4, "dequantize_nf4_fast", lambda *a, **k: calls.append(1) or fast(*a, **k))
     assert fused_mod.NF4_KERNEL_ROWS == 2
     _check_steps("llama", True, widths=(1, 2, 6), kernel_rows=None)
-    assert calls  # prefill and the 6-row step dequantized through the kernel
+    assert calls  # prefill and the 6-row step dequantized through dequantize_nf4_fast (the kernel on CUDA)
 
 
 @needs_bnb

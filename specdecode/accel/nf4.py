@@ -560,22 +560,33 @@ if AVAILABLE:
 
     @triton.jit
     def _nf4_dequantize_kernel(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, Y, N, K, KH,
-                               NESTED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr,
-                               HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+                               NESTED: tl.constexpr, ALIGNED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr,
+                               WROUND: tl.constexpr, HW: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_KH: tl.constexpr):
         """Y [N, K] = the decoded weight (dequantize_nf4's values), one [BLOCK_N, 2*BLOCK_KH] tile a
-        program: the steps that do not run on the GEMV (prefill, larger steps) read it once."""
+        program: the steps that do not run on the GEMV (prefill, larger steps) read it once.
+        ALIGNED: _nf4_raw's per-block tiles (the absmax decoded once per block)."""
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         j0 = tl.program_id(1) * BLOCK_KH
         n_ok = rn < N
-        byte, a, s2 = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED, False, BS, BS2, BLOCK_N, BLOCK_KH)
-        w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, CODE, CODE2, OFFSET, NESTED, False, 0, WROUND, HW,
+        byte, a, s2 = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED, ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH)
+        w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, CODE, CODE2, OFFSET, NESTED, ALIGNED, 0, WROUND, HW,
                                  BLOCK_N, BLOCK_KH)
-        jj = j0 + tl.arange(0, BLOCK_KH)
-        msk = n_ok[:, None] & (jj < KH)[None, :]
-        out = Y + rn[:, None] * K + 2 * jj[None, :]
-        tl.store(out, w_hi.to(Y.dtype.element_ty), mask=msk)
-        tl.store(out + 1, w_lo.to(Y.dtype.element_ty), mask=msk)
-
+        # the two nibbles' values side by side, [.., 2], so each thread stores contiguous elements
+        # (two strided stores leave a warp's threads writing 2 bytes apiece across rows)
+        w = tl.join(w_hi, w_lo).to(Y.dtype.element_ty)
+        pair = tl.arange(0, 2)
+        if ALIGNED:  # byte j0 + b * BS/2 + e of the tile's rows: [BLOCK_N, blocks, BS / 2, 2]
+            rb = tl.arange(0, BLOCK_KH // (BS // 2))
+            re = tl.arange(0, BS // 2)
+            jj = j0 + rb[None, :, None, None] * (BS // 2) + re[None, None, :, None]
+            msk = n_ok[:, None, None, None] & (jj < KH) & (pair[None, None, None, :] < 2)
+            out = Y + rn[:, None, None, None] * K + 2 * jj + pair[None, None, None, :]
+        else:  # [BLOCK_N, BLOCK_KH, 2]
+            jj = j0 + tl.arange(0, BLOCK_KH)[None, :, None]
+            msk = n_ok[:, None, None] & (jj < KH) & (pair[None, None, :] < 2)
+            out = Y + rn[:, None, None] * K + 2 * jj + pair[None, None, :]
+        tl.store(out, w, mask=msk)
 
 # ------------------------------------------------------------------------------ launch
 
@@ -728,24 +739,27 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
 
 
-def dequantize_nf4_fast(nf4: NF4Weight, dtype: torch.dtype | None = None) -> Tensor:
-    """dequantize_nf4's result (the same values, bit for bit) from one Triton kernel where it can run
-    (CUDA, or the interpreter on CPU tensors when asked): the weight is read once and written once
-    in `dtype`, instead of the reference's int64 and float32 intermediates over the whole matrix
-    (prefill on NF4 layers dequantizes every layer per step). The torch reference otherwise."""
+def dequantize_nf4_fast(nf4: NF4Weight, dtype: torch.dtype | None = None, kernel: bool | None = None) -> Tensor:
+    """dequantize_nf4's result (the same values, bit for bit) from one Triton kernel: the weight is
+    read once and written once, instead of the reference's int64 and float32 intermediates over
+    the whole matrix (prefill and the steps past NF4_KERNEL_ROWS dequantize every layer per step).
+    kernel: None, the kernel for CUDA tensors and the torch reference otherwise; True, the kernel
+    (on CPU tensors under Triton's interpreter: the tests); False, the reference."""
     n, k = nf4.shape
-    if not AVAILABLE or k % 2 or nf4.blocksize % 2 or n * k >= 2**31 or (
-            nf4.packed.device.type != "cuda" and not _INTERPRETED):
+    if kernel is None:
+        kernel = nf4.packed.device.type == "cuda"
+    if not (kernel and AVAILABLE) or k % 2 or nf4.blocksize % 2 or n * k >= 2**31:
         return dequantize_nf4(nf4, dtype)
     y = torch.empty((n, k), dtype=nf4.dtype, device=nf4.packed.device)
     nested = nf4.nested
     dummy = nf4.absmax
     block_n, block_kh = 16, 128
+    aligned = k % nf4.blocksize == 0 and block_kh % (nf4.blocksize // 2) == 0
     grid = (triton.cdiv(n, block_n), triton.cdiv(k // 2, block_kh))
     _nf4_dequantize_kernel[grid](
         nf4.packed, nf4.absmax, nf4.code, nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy,
         nf4.offset if nested else dummy, y, n, k, k // 2,
-        NESTED=nested, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype],
+        NESTED=nested, ALIGNED=aligned, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype],
         HW=nf4.packed.device.type == "cuda" and not _INTERPRETED, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=4,
     )
     return y if dtype is None else y.to(dtype)
