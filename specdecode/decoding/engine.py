@@ -4,6 +4,8 @@ Read it like gpt-fast's `speculative_decode`:
 
   1. prefill the target over the prompts; its prediction at each row's last prompt token
      is the first generated token (as in plain decoding); the drafter prefills its own cache
+     (a captured draft model on CUDA on a side stream, concurrently: the first token does
+     not wait for it)
   2. loop:
        a. choose k (fixed, or the adaptive policy) and whether the drafter must feed `prev`
        b. a host drafter (prompt lookup) proposes here, from the histories
@@ -122,12 +124,15 @@ class SpeculativeEngine:
         histories = [list(x) for x in prompts]
         generated = [0] * bsz
 
-        # 1. prefill: target (its first token) and drafter
-        cache, bufs, max_len, first = self._start(prompts)
+        # 1. prefill: target (its first token) and drafter (on a side stream where it can overlap)
+        cache, bufs, max_len, first, drafting = self._start(prompts)
         positions = [len(x) for x in prompts]  # host copy: position of `last` per row
         active = list(range(bsz))  # batch slot -> prompt index
         finished: set[int] = set()
-        for b, tok in enumerate(first.tolist()):
+        first_host = first.tolist()  # waits for the target's prefill, not for the draft's
+        if drafting is not None:
+            torch.cuda.current_stream(self.device).wait_stream(drafting)  # rounds read the draft's cache
+        for b, tok in enumerate(first_host):
             generated[b] = 1
             histories[b].append(tok)
             self.stats[b].new_tokens = 1
@@ -206,7 +211,9 @@ class SpeculativeEngine:
     def prepare(self, prompts: Sequence[Sequence[int]]) -> None:
         """Compile or capture, now, every round shape this engine may run on a batch like `prompts`
         (bench calls it before timing); generates nothing."""
-        cache, bufs, _, _ = self._start(prompts)
+        cache, bufs, _, _, drafting = self._start(prompts)
+        if drafting is not None:
+            torch.cuda.current_stream(self.device).wait_stream(drafting)
         for shape in self.shapes():
             if self.drafter is not None and not self.drafter.on_device:
                 bufs.give(self.drafter.propose(self._host_state(bufs, cache, [list(p) for p in prompts],
@@ -218,14 +225,34 @@ class SpeculativeEngine:
     # ---- pieces of the loop ----------------------------------------------------------------
     def _start(self, prompts: Sequence[Sequence[int]]):
         """Open a batch and prefill the target and the drafter: (cache, buffers with `last` and
-        `prev` set, cache size, the first token per row [B])."""
+        `prev` set, cache size, the first token per row [B], the side stream the draft's prefill
+        was queued on or None). With a captured draft model on CUDA its prefill runs on a side
+        stream, concurrently with the target's (each alone leaves most of the GPU idle), so the
+        first token does not wait for it; the caller makes its stream wait for that one before
+        anything reads the draft's cache."""
         cache, bufs, input_ids, lengths, max_len = self._open(prompts)
         first = self._prefill(cache, input_ids, lengths)  # [B]
         bufs.last.copy_(first)
         bufs.prev.copy_(input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1))
+        drafting = None
         if self.drafter is not None:
-            self.drafter.prefill(input_ids, lengths, max_len)
-        return cache, bufs, max_len, first
+            if self.device.type == "cuda" and getattr(getattr(self.drafter, "runner", None), "graphs", False):
+                drafting = self._side_stream()
+                drafting.wait_stream(torch.cuda.current_stream(self.device))  # input_ids, lengths are ready
+                for t in (input_ids, lengths):  # the allocator must not reuse them before the side stream is done
+                    t.record_stream(drafting)
+                with torch.cuda.stream(drafting):
+                    self.drafter.prefill(input_ids, lengths, max_len)
+            else:
+                self.drafter.prefill(input_ids, lengths, max_len)
+        return cache, bufs, max_len, first, drafting
+
+    def _side_stream(self):
+        """The stream the draft's prefill runs on (one per engine)."""
+        found = getattr(self, "_drafting", None)
+        if found is None:
+            found = self._drafting = torch.cuda.Stream(self.device)
+        return found
 
     def _open(self, prompts: Sequence[Sequence[int]]):
         """Right-padded prompts on the device (slot == position), the target cache and buffers."""
