@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specdecode.accel import kernels, w8  # noqa: E402
+from specdecode.accel import kernels  # noqa: E402
 
 DEV = "cuda"
 DT = torch.bfloat16
@@ -184,87 +184,6 @@ def gemv_rows(model, rows, sweep, results):
         del ws
 
 
-def sweep_grid8(gated: bool) -> list[tuple]:
-    """gemv8's launch configurations: BLOCK_K (columns) a multiple of 512 x warps (the pair tile's
-    rows then load in the input half-tiles' layout, as sweep_grid's rule for bf16), at most 64 pairs
-    per thread per tile."""
-    g = 2 if gated else 1
-    out = []
-    for form, bn, w, r in itertools.product(("reduce", "prefetch"), [1, 2, 4, 8, 16], [1, 2, 4, 8], [1, 2]):
-        bk = 512 * w * r
-        if bk <= 4096 and bn * bk // 2 * g <= 64 * 32 * w:
-            out.append((form, bn, bk, w, 2))
-    return out
-
-
-def _compile_one8(job) -> bool:
-    """_compile_one for gemv8 (an int8 copy of a zero weight)."""
-    wrows, k, m, gated, norm, delta, dnorm, gemma, cfg = job
-    try:
-        w = w8.quantize_int8(torch.zeros(wrows, k, device=DEV, dtype=DT))
-        x = torch.zeros(m, k, device=DEV, dtype=DT)
-        nw = torch.zeros(k, device=DEV, dtype=DT)
-        w8.gemv8(x, w, config=cfg, pdl=PDL, **gemv_kwargs(nw, x, gated, norm, delta, dnorm, gemma))
-        torch.cuda.synchronize()
-        return True
-    except Exception:  # out of resources for this config
-        return False
-
-
-def gemv8_rows(model, rows, sweep, results):
-    """The draft's products on int8 copies (w8.gemv8, one and two rows) against the bf16 kernel and
-    cuBLAS on the same matrices; bandwidth counts the int8 bytes read (pairs and row scales)."""
-    name = model[0]
-    for label, n, k, gated, norm, delta, dnorm in products(model):
-        wrows = 2 * n if gated else n
-        bytes16 = wrows * k * 2
-        copies = max(1, math.ceil(COLD_BYTES / bytes16))
-        ws = [torch.randn(wrows, k, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
-        qs = [w8.quantize_int8(w) for w in ws]
-        nbytes = qs[0].nbytes
-        nw = torch.randn(k, device=DEV, dtype=DT) * 0.1
-        for m in [r for r in rows if r <= w8.MAX_ROWS]:
-            x = torch.randn(m, k, device=DEV, dtype=DT)
-            dx = torch.randn(m, k, device=DEV, dtype=DT)
-            kw = gemv_kwargs(nw, dx, gated, norm, delta, dnorm, model[-1])
-
-            def bf16():
-                for w in ws:
-                    kernels.gemv(x, w, pdl=PDL, **kw) if label != "lm_head" else F.linear(x, w)
-
-            def ours(cfg=None):
-                def run():
-                    for q in qs:
-                        w8.gemv8(x, q, config=cfg, pdl=PDL, **kw)
-                return run
-
-            y, _ = w8.gemv8(x, qs[0], **kw)
-            ref, _ = kernels.gemv(x.float(), w8.dequantize_int8(qs[0]), **{a: (b.float() if torch.is_tensor(b) else b)
-                                                                            for a, b in kw.items()})
-            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-            t_16 = bench(bf16, copies)
-            t_ours = bench(ours(), copies)
-            best = (t_ours, w8.gemv8_config(m, n, k, gated, norm, PDL))
-            if sweep:
-                grid = sweep_grid8(gated)
-                ok = precompile([(wrows, k, m, gated, norm, delta, dnorm, model[-1], cfg) for cfg in grid], _compile_one8)
-                for cfg in [c for c, good in zip(grid, ok) if good]:
-                    try:
-                        t = bench(ours(cfg), copies)
-                    except Exception:  # out of resources for this config
-                        continue
-                    if t < best[0]:
-                        best = (t, cfg)
-            gbs = lambda t: nbytes / (t * 1e-3) / 1e12  # noqa: E731
-            print(f"{name:11s} int8 {label:8s} M={m} N={n:6d} K={k:5d} {nbytes / 1e6:6.1f} MB | bf16 "
-                  f"{'cuBLAS' if label == 'lm_head' else 'kernel'} {t_16 * 1e3:7.2f} us | int8 {t_ours * 1e3:7.2f} us "
-                  f"{gbs(t_ours):4.2f} TB/s | best {best[0] * 1e3:7.2f} us {gbs(best[0]):4.2f} TB/s {best[1]} | err {err:.1e}",
-                  flush=True)
-            results.append(dict(model=name, product=label, int8=True, rows=m, n=n, k=k, mb=nbytes / 1e6, bf16_us=t_16 * 1e3,
-                                ours_us=t_ours * 1e3, best_us=best[0] * 1e3, best_config=list(best[1]), rel_err=err))
-        del ws, qs
-
-
 def attention_rows(model, rows, results, slots=512, visible=384, sweep=True, n_layers=34):
     name, E, I, H, Hkv, D, V, gemma = model
     G = H // Hkv
@@ -330,15 +249,13 @@ def _smoke(args) -> None:
 
     globals()["itertools"] = _FirstOnly
     # the interpreter's cost is per program: every configuration as wide programs (same code paths)
-    for module, name in ((kernels, "gemv"), (w8, "gemv8")):
-        def wide(*a, _f=getattr(module, name), config=None, **k):
-            return _f(*a, config=kernels.interpreted(config) if config is not None else None, **k)
-        setattr(module, name, wide)
+    def wide(*a, _f=kernels.gemv, config=None, **k):
+        return _f(*a, config=kernels.interpreted(config) if config is not None else None, **k)
+    kernels.gemv = wide
     tiny = ("tiny", 64, 128, 4, 2, 16, 300, True)
     results: list[dict] = []
     attention_rows(tiny, args.rows, results, slots=64, visible=40, n_layers=2)
     gemv_rows(tiny, args.rows, True, results)
-    gemv8_rows(("tiny", 128, 256, 4, 2, 16, 300, True), args.rows, True, results)
     bad = [r for r in results if r.get("rel_err", 0.0) > 1e-4]
     print(f"smoke: {len(results)} measurements, {len(bad)} with a wrong result")
     if bad:
@@ -354,8 +271,6 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="sweep gemv's launch configurations")
     ap.add_argument("--attention-sweep", action="store_true", help="sweep the attention's splits and slot blocks")
     ap.add_argument("--pdl", action="store_true", help="our kernels with programmatic dependent launch")
-    ap.add_argument("--int8", action="store_true",
-                    help="only the draft models' products on int8 copies (w8.gemv8) against the bf16 kernel")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, Triton's interpreter, a tiny model, one config per form, no timing: checks the script")
@@ -370,10 +285,6 @@ def main():
     with torch.inference_mode():
         for pair in args.pairs:
             for i, model in enumerate(MODELS[pair]):
-                if args.int8:
-                    if i == 1:
-                        gemv8_rows(model, args.draft_rows or args.rows, args.sweep, results)
-                    continue
                 rows = args.rows if i == 0 or args.draft_rows is None else args.draft_rows
                 attention_rows(model, rows, results, sweep=args.attention_sweep)
                 gemv_rows(model, rows, args.sweep, results)

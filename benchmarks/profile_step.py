@@ -108,8 +108,6 @@ def main():
     ap.add_argument("--max-mixed-rows", nargs="+", type=int, default=[None],
                     help="multi-row mixed takes steps of at most this many rows (default fused.MAX_MIXED_ROWS; "
                          "at most kernels.MAX_GEMV_ROWS), larger ones run hybrid")
-    ap.add_argument("--draft-int8", nargs="+", default=["off"], choices=["off", "on"],
-                    help="the draft's kernel steps on int8 copies of its weights (FusedModel's int8)")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -127,17 +125,15 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows, multi, fold, mixed, int8 in itertools.product(args.max_kernel_rows, args.multi_row,
-                                                                    args.fold_combine, args.max_mixed_rows,
-                                                                    args.draft_int8 if kern else ["off"]):
+            for rows, multi, fold, mixed in itertools.product(args.max_kernel_rows, args.multi_row, args.fold_combine,
+                                                              args.max_mixed_rows):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
                 label += f", multi-row {multi or 'default'}, fold combine {fold}, max mixed rows {mixed}"
-                label += f", draft int8 {int8}"
                 print(f"\n==== {label}")
                 opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
                             multi_row=multi, fold_combine=fold == "on", max_mixed_rows=mixed)
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
-                dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, int8=int8 == "on", **opts)
+                dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
                 for b in args.batches:
                     t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)

@@ -262,8 +262,6 @@ def run(args) -> None:
     plan = {
         "k5_cold": ["--k", "5", *n],
         "k5_warm": ["--k", "5", *n],
-        # the draft's steps on its own bf16 weights (--draft-int8 is the default where the kernels run)
-        "k5_bf16_draft": ["--k", "5", "--no-draft-int8", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],
         "k5_batch4": ["--k", "5", "--batch-size", "4", *n],

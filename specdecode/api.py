@@ -232,30 +232,19 @@ class SpeculativeDecoder:
         from .accel.runner import ModelRunner
 
         ex = self.execution(loaded)
-        int8 = self._int8(loaded, ex)
-        key = (id(loaded.model), ex.key(), int8)
+        key = (id(loaded.model), ex.key())
         if key not in self._runners:
             runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
-                                 kernels=ex.kernels, nf4=ex.nf4, int8=int8)
+                                 kernels=ex.kernels, nf4=ex.nf4)
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
-            if self.settings.draft_int8 and int8 and (runner.fused is None or not runner.fused.int8):
-                raise SettingsError("--draft-int8: the int8 draft runs on the Triton kernels, in captured steps of "
-                                    f"a fused floating-point draft on CUDA ({runner.describe()})")
             self._runners[key] = runner
         return self._runners[key]
 
     def set_runner(self, loaded: LoadedModel, runner) -> None:
         """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""
-        ex = self.execution(loaded)
-        self._runners[(id(loaded.model), ex.key(), self._int8(loaded, ex))] = runner
-
-    def _int8(self, loaded: LoadedModel, ex) -> bool:
-        """Whether `loaded`'s kernel steps read int8 weight copies: the draft model's, unless
-        --no-draft-int8 or NF4 (its proposals are verified, so the outputs stay the target's);
-        never the target's, whose outputs they are."""
-        return loaded is self.draft and self.settings.draft_int8 is not False and not ex.nf4
+        self._runners[(id(loaded.model), self.execution(loaded).key())] = runner
 
     def rounds(self):
         """How the target's rounds run: captured as CUDA graphs (one object per target runner, so

@@ -167,11 +167,6 @@ class Settings(BaseModel):
         None, description="Triton decode kernels for captured steps of fused models (hidden size <= 3072); "
                           "None = with --compile on CUDA"
     )
-    draft_int8: bool | None = Field(
-        None, description="the draft model's one- and two-token decode steps read int8 copies of its weights "
-                          "(per-row scales; the target is never quantized, so outputs are unchanged); "
-                          "None = where the draft runs on the Triton kernels"
-    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

@@ -61,13 +61,6 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, ALIGNED=aligned, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
                                                   BLOCK_KH=128),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16"))
-    # int8 copies (w8.gemv8): one row under PDL with every fold (the draft's gate/up), two rows, plain
-    for two, prefetch, folded in ((False, True, True), (True, True, True), (False, False, False)):
-        flags = FOLDED if folded else dict(FOLDED, HAS_D=False, D_NORM=False, NORM=False, GATED=False, HAS_BIAS=False,
-                                           WRITE_R=False)
-        out[f"w8-two{int(two)}-prefetch{int(prefetch)}-{'folded' if folded else 'plain'}"] = (
-            "w8", "_gemv8_kernel", dict(flags, PREFETCH=prefetch, PDL=prefetch, TWO=two, GRAN_=128, BLOCK_N=2,
-                                        BLOCK_K=512), dict(W="*i16", WS="*fp32"))
     return out
 
 
@@ -77,9 +70,9 @@ def _compile_all() -> dict[str, str | None]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from specdecode.accel import kernels, nf4, w8
+    from specdecode.accel import kernels, nf4
 
-    modules = {"kernels": kernels, "nf4": nf4, "w8": w8}
+    modules = {"kernels": kernels, "nf4": nf4}
     results = {}
     for name, (module, kernel, consts, types) in forms().items():
         fn = getattr(modules[module], kernel)

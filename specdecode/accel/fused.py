@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from . import kernels as _kernels
 from . import nf4 as _nf4
-from . import w8 as _w8
 
 __all__ = ["FusedModel", "FusedUnsupported", "KernelFailure", "LayerWeights", "fused_support"]
 
@@ -441,8 +440,7 @@ class FusedModel:
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
-                 max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None,
-                 int8: bool = False) -> None:
+                 max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -461,10 +459,6 @@ class FusedModel:
         nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); the settings turn
         it on for NF4 models (accel/execution.py). nf4_kernel_rows: NF4 steps of at most this many
         rows run on the NF4 kernels (None: NF4_KERNEL_ROWS; at most nf4.MAX_ROWS).
-        int8: steps of at most max_kernel_rows rows read int8 copies of the layers' products and of
-        the head (accel/w8.py: per-row scales; the model's own weights stay for everything else).
-        Approximate: for a draft model only, whose proposals the target verifies. Needs the kernels
-        (no effect without them) and floating-point layers.
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -553,14 +547,6 @@ class FusedModel:
         if not 0 <= self.nf4_kernel_rows <= _nf4.MAX_ROWS:
             raise ValueError(f"nf4_kernel_rows must be in [0, {_nf4.MAX_ROWS}], got {self.nf4_kernel_rows}")
         self.max_mixed_rows = MAX_MIXED_ROWS if max_mixed_rows is None else int(max_mixed_rows)
-        # int8 copies for the kernel steps (one- and two-row): built only where the kernels run
-        self.int8 = bool(int8) and self.kernels and not self.nf4 and self.max_kernel_rows <= _w8.MAX_ROWS
-        self.weights8: list[LayerWeights] = []
-        self.lm_head8: _w8.Int8Weight | None = None
-        if self.int8:
-            q8 = _w8.quantize_int8
-            self.weights8 = [w._replace(wqkv=q8(w.wqkv), wo=q8(w.wo), wgu=q8(w.wgu), wd=q8(w.wd)) for w in self.weights]
-            self.lm_head8 = q8(self.lm_head)
         if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
             raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")
         if self.multi_row not in MULTI_ROW:
@@ -670,7 +656,7 @@ class FusedModel:
                 step = self._nf4_forward
             else:  # one- and two-row steps wholly on the kernels, larger ones as multi_row says
                 if B * q <= self.max_kernel_rows:
-                    step = self._int8_forward if self.int8 else self._kernel_forward
+                    step = self._kernel_forward
                 else:
                     mixed = self.multi_row == "mixed" and B * q <= self.max_mixed_rows
                     step = self._mixed_forward if mixed else self._hybrid_forward
@@ -716,13 +702,6 @@ class FusedModel:
         return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
                                        logits_to_keep)
 
-    def _int8_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
-                      logits_to_keep: Tensor | int) -> Tensor:
-        """_kernel_forward on the int8 copies (w8.gemv8), the head included: its product folds the
-        last residual add and the final norm in, as the layers' products do."""
-        return self._layers_on_kernels(partial(_w8.gemv8, pdl=self.pdl), input_ids, cache, position_ids,
-                                       logits_to_keep, weights=self.weights8, head8=self.lm_head8)
-
     def _mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                        logits_to_keep: Tensor | int) -> Tensor:
         """Steps of several rows (the verify) on the kernels' tensor-core products, which fold the
@@ -741,13 +720,10 @@ class FusedModel:
                                        logits_to_keep)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
-                           logits_to_keep: Tensor | int, down: Callable | None = None,
-                           weights: list[LayerWeights] | None = None, head8: _w8.Int8Weight | None = None) -> Tensor:
+                           logits_to_keep: Tensor | int, down: Callable | None = None) -> Tensor:
         """Every layer as gemv (qkv, with the previous residual add and the input norm) ->
         attention kernel -> gemv (o) -> gemv (gate/up, with the residual add, the norm and the
-        activation) -> down (default gemv); `gemv` is kernels.gemv, nf4.nf4_gemv_fused or
-        w8.gemv8 over `weights` (default self.weights). head8: the head as one more gemv on this
-        int8 weight (the last residual add and the final norm folded in) instead of cuBLAS."""
+        activation) -> down (default gemv); `gemv` is kernels.gemv or nf4.nf4_gemv_fused."""
         down = down or gemv
         sh = self.shape
         gemma = sh.gemma
@@ -756,7 +732,7 @@ class FusedModel:
         h = self._embed(input_ids)
         d = None
         d_norm = None
-        for i, w in enumerate(self.weights if weights is None else weights):
+        for i, w in enumerate(self.weights):
             qkv, h_new = gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
                               delta=d, delta_norm=d_norm)
             if h_new is not None:
@@ -768,11 +744,6 @@ class FusedModel:
             d, _ = down(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
-        if head8 is not None:
-            logits, _ = gemv(h, head8, norm=self.final_norm, gemma=gemma, eps=eps, delta=d, delta_norm=d_norm)
-            if self.softcap is not None:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            return logits
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
         # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
         # one compiled function before it

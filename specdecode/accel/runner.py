@@ -54,15 +54,14 @@ class ModelRunner(ModelStep):
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
     `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`, `nf4_kernel_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; Execution.nf4 turns
-    it on for models that hold them, e.g. `--quantized`). `int8`: the kernel steps read int8 copies of
-    the weights (FusedModel's int8: a draft model's, `--draft-int8`)."""
+    it on for models that hold them, e.g. `--quantized`)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
                  fold_combine: bool = False, max_mixed_rows: int | None = None,
-                 nf4_kernel_rows: int | None = None, int8: bool = False) -> None:
+                 nf4_kernel_rows: int | None = None) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -77,8 +76,7 @@ class ModelRunner(ModelStep):
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
                                         multi_row=multi_row, fold_combine=fold_combine,
-                                        max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows,
-                                        int8=int8)
+                                        max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -107,8 +105,7 @@ class ModelRunner(ModelStep):
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
             larger = ("all but the down projection in larger ones" if self.fused.multi_row == "mixed"
                       else "attention in larger ones")
-            int8 = " on int8 weight copies" if self.fused.int8 else ""
-            parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows{int8}, "
+            parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
                          f"{larger}{pdl})")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")

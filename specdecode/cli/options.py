@@ -78,7 +78,6 @@ class SharedOptions:
     fused: bool | None
     compile: bool | None
     kernels: bool | None
-    draft_int8: bool | None
     trust_remote_code: bool
     debug: bool
     dry_run: bool
@@ -151,7 +150,6 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("fused", Optional[bool], _opt("--fused/--no-fused", help="fused decode layers for Llama/Mistral/Qwen/Gemma 3 (default: where supported)")),
     ("compile", Optional[bool], _opt("--compile/--no-compile", help="torch.compile decode steps before capture (default: on CUDA, for fused layers)")),
     ("kernels", Optional[bool], _opt("--kernels/--no-kernels", help="Triton decode kernels for captured steps (default: with --compile on CUDA, models up to hidden size 3072)")),
-    ("draft_int8", Optional[bool], _opt("--draft-int8/--no-draft-int8", help="the draft's decode steps read int8 copies of its weights (default: where the draft runs on the kernels)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),
@@ -173,7 +171,7 @@ FLAG_NAMES = {
     "max_k": "--max-k", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
     "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "tp": "--tp", "device_map": "--device-map", "max_memory": "--max-memory",
-    "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized", "draft_int8": "--draft-int8",
+    "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",
     "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
     "output": "--output", "summary_file_name": "--name", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
     "dataset.prompt_field": "--prompt-field",
