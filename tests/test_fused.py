@@ -157,6 +157,48 @@ def test_compiled_layers_trace_as_one_graph_and_match(arch):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_compiled_prefill_traces_as_one_graph_and_matches(arch):
+    """Where prefills are captured (CUDA graphs: bucketed prompt shapes) the prefill's layer is
+    compiled too; here traced with aot_eager (fullgraph: no graph break) and checked against
+    transformers over the prefill and the steps after it. Uncaptured runners never compile it."""
+    from specdecode.accel.fused import FusedModel
+
+    torch._dynamo.reset()
+    model = _model(arch)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, compile=True, compile_backend="aot_eager")
+    assert runner.fused._prefill[0] is runner.fused._prefill_uncompiled[0]  # no graphs here: not compiled
+    runner.fused = FusedModel(model, runner.layout.kinds, compile=True, compile_backend="aot_eager",
+                              compile_prefill=True)
+    assert runner.fused._prefill[0] is not runner.fused._prefill_uncompiled[0]
+    got = _run(runner)
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    runner.uncompile()
+    assert runner.fused._prefill[0] is runner.fused._prefill_uncompiled[0]
+
+
+def test_a_failing_prefill_compile_falls_back_to_the_uncompiled_prefill(caplog):
+    from specdecode.accel.fused import FusedModel
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no working triton installation")
+
+    torch._dynamo.reset()
+    model = _model("llama")
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, compile=True, compile_backend=broken_backend)
+    runner.fused = FusedModel(model, runner.layout.kinds, compile=True, compile_backend=broken_backend,
+                              compile_prefill=True)
+    with caplog.at_level("WARNING", logger="specdecode"):
+        got = _run(runner)
+    assert not runner.compiled and "no working triton installation" in runner.compile_error
+    assert sum("running it uncompiled" in r.message for r in caplog.records) == 1
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_models_say_why_and_keep_the_transformers_path():
     assert "soft-capping" in fused_support(_model("gemma3-softcap"))
     assert "'dynamic'" in fused_support(_model("llama-dynamic-rope"))  # frequencies change with length

@@ -440,7 +440,8 @@ class FusedModel:
                  kernels: bool | None = None, attention: str | None = None, max_kernel_rows: int | None = None,
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
-                 max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None) -> None:
+                 max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None,
+                 compile_prefill: bool = False) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -459,6 +460,9 @@ class FusedModel:
         nf4: accept bitsandbytes NF4 Linear4bit projections (see fused_support); the settings turn
         it on for NF4 models (accel/execution.py). nf4_kernel_rows: NF4 steps of at most this many
         rows run on the NF4 kernels (None: NF4_KERNEL_ROWS; at most nf4.MAX_ROWS).
+        compile_prefill: with `compile`, the prefill's layer function is compiled too (one compile
+        per prompt shape: for callers that pad prompts to a few buckets, as a runner whose prefills
+        are captured does). Uncompiled, a prefill layer runs ~45 small kernels besides its products.
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -560,6 +564,7 @@ class FusedModel:
         # more than it saves) and through sdpa, whose memory does not grow with prompt x cache
         # length (the explicit scores of "matmul" would be [B, Hkv, G*q, S] floats)
         self._prefill = (layer_fn if how == "sdpa" else _make_layer(self.shape, act, "sdpa"), first_norm, head)
+        self._prefill_uncompiled = self._prefill
         if compile:
             _raise_recompile_limit()
             opts = dict(dynamic=False, fullgraph=True, backend=compile_backend)
@@ -570,6 +575,11 @@ class FusedModel:
             head = torch.compile(head, **opts)
             last_norm = torch.compile(last_norm, **opts)
             post = torch.compile(post, **opts)
+            if compile_prefill:
+                # no coordinate-descent tuning: prompt-sized products are cuBLAS's, and the elementwise
+                # kernels it would tune are few per layer once fused
+                pre = dict(opts, options={}) if compile_backend == "inductor" else opts
+                self._prefill = (torch.compile(self._prefill[0], **pre), *self._prefill[1:])
         self._last_norm, self._post = last_norm, post
         self._layer, self._first_norm, self._head = layer_fn, first_norm, head
         self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
@@ -577,6 +587,7 @@ class FusedModel:
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
         self._layer, self._first_norm, self._head = self._uncompiled
+        self._prefill = self._prefill_uncompiled
         self.kernels = False
 
     def _kernel_support(self, model) -> str | None:

@@ -14,8 +14,10 @@
   batch of a given size; pooled caches are reused, which is what lets a captured round
   replay on them (rounds.py).
 
-Prefill (variable length) never compiles: it runs the fused layers uncompiled (sdpa), or the
-transformers modules. A torch.compile or Triton failure falls back once, with one warning.
+Prefill (variable length) runs the fused layers (sdpa) or the transformers modules; the fused
+layer is compiled only where prefills are captured (`graphs` and `compile`: prompts are padded to
+a few buckets, one compile and one graph each), uncompiled elsewhere. A torch.compile or Triton
+failure falls back once, with one warning.
 
 What it does not: capture graphs (rounds.py captures whole rounds), or decide its own
 settings (execution.py does).
@@ -76,7 +78,8 @@ class ModelRunner(ModelStep):
                                         kernels=kernels, attention=attention, max_kernel_rows=max_kernel_rows,
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
                                         multi_row=multi_row, fold_combine=fold_combine,
-                                        max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows)
+                                        max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows,
+                                        compile_prefill=compile and self.graphs)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -140,11 +143,13 @@ class ModelRunner(ModelStep):
         return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
-        """A variable-length forward (prompts): never compiled. With the fused path it runs the fused
-        layers uncompiled (sdpa); otherwise the transformers modules. With graphs, prompts are
-        right-padded to a bucket (`prefill_len`) and each (batch, bucket) is captured once: an eager
-        prefill is hundreds of launches, and a new prompt length would allocate memory on the
-        clock. The padding's cache writes land past each row's length, where nothing reads them."""
+        """A variable-length forward (prompts). With the fused path it runs the fused layers (sdpa);
+        otherwise the transformers modules. With graphs, prompts are right-padded to a bucket
+        (`prefill_len`) and each (batch, bucket) is captured once, its fused layer compiled for that
+        shape (with `compile`): an eager prefill is hundreds of launches, and a new prompt length
+        would allocate memory on the clock. The padding's cache writes land past each row's length,
+        where nothing reads them. Without graphs nothing here is compiled (one compile per prompt
+        length would cost more than it saves)."""
         if not self.graphs:
             return self._eager_prefill(input_ids, cache, attend_len, logits_to_keep)
         B, L = input_ids.shape
@@ -179,7 +184,13 @@ class ModelRunner(ModelStep):
     def _eager_prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                        logits_to_keep: Tensor | int) -> Tensor:
         if self.fused is not None:
-            return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
+            try:  # the fused prefill is compiled when its prefills are captured (bucketed shapes)
+                return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                if not self.compiled:
+                    raise
+                self.uncompile(e)
+                return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
         return ModelStep.prefill(self, input_ids, cache, attend_len, logits_to_keep)
 
     def _guarded_step(self, *args) -> Tensor:
