@@ -179,155 +179,6 @@ def test_compiled_prefill_traces_as_one_graph_and_matches(arch):
     assert runner.fused._prefill[0] is runner.fused._prefill_uncompiled[0]
 
 
-def test_a_failing_prefill_compile_falls_back_to_the_uncompiled_prefill(caplog):
-    from specdecode.accel.fused import FusedModel
-
-    def broken_backend(gm, example_inputs):
-        raise RuntimeError("no working triton installation")
-
-    torch._dynamo.reset()
-    model = _model("llama")
-    reference = _run(ModelRunner(model, fused=False))
-    runner = ModelRunner(model, compile=True, compile_backend=broken_backend)
-    runner.fused = FusedModel(model, runner.layout.kinds, compile=True, compile_backend=broken_backend,
-                              compile_prefill=True)
-    with caplog.at_level("WARNING", logger="specdecode"):
-        got = _run(runner)
-    assert not runner.compiled and "no working triton installation" in runner.compile_error
-    assert sum("running it uncompiled" in r.message for r in caplog.records) == 1
-    for a, b in zip(reference, got):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-
-
-def test_unsupported_models_say_why_and_keep_the_transformers_path():
-    assert "soft-capping" in fused_support(_model("gemma3-softcap"))
-    assert "'dynamic'" in fused_support(_model("llama-dynamic-rope"))  # frequencies change with length
-    gpt2 = _model("gpt2")
-    assert "GPT2LMHeadModel" in fused_support(gpt2)
-    assert ModelRunner(gpt2, compile=False, fused=None).fused is None
-    with pytest.raises(UnsupportedModelError, match="no fused decode step"):
-        ModelRunner(gpt2, fused=True)
-
-
-def test_fused_flag_on_an_unsupported_model_is_a_settings_error(tmp_path, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from specdecode.api import SpeculativeDecoder
-    from specdecode.settings import Settings, SettingsError
-
-    _model("gpt2").save_pretrained(tmp_path / "gpt2")
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "gpt2")
-    s = Settings(target=str(tmp_path / "gpt2"), drafter="none", device="cpu", dtype="float32", chat=False,
-                 fused=True, max_new_tokens=4)
-    dec = SpeculativeDecoder.from_settings(s)
-    with pytest.raises(SettingsError, match="--fused: no fused decode step for GPT2LMHeadModel"):
-        dec.generate(["the cat"])
-
-
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_transformers_path_still_exact(request, family):
-    """--no-fused: the engine on the transformers modules equals generate() on the target alone."""
-    from specdecode.api import SpeculativeDecoder
-    from specdecode.settings import Settings
-
-    pair = request.getfixturevalue(f"{family}_pair")
-    prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
-    s = Settings(target=str(pair.target), draft=str(pair.draft), device="cpu", dtype="float32", chat=False,
-                 k=4, batch_size=3, max_new_tokens=40, fused=False)
-    dec = SpeculativeDecoder.from_settings(s)
-    assert dec.runner(dec.target).fused is None
-    assert [r.token_ids for r in dec.generate(prompts)] == oracle_greedy(pair.target, prompts, 40)
-    fused = dec.with_settings(fused=None)
-    assert fused.runner(fused.target).fused is not None
-    assert [r.token_ids for r in fused.generate(prompts)] == oracle_greedy(pair.target, prompts, 40)
-
-
-def test_adaptive_k_verifies_one_padded_shape_when_steps_are_compiled(llama_pair):
-    """With compiled/captured steps, rounds with fewer draft tokens (--k auto, early stops) verify
-    padded to max_k: one verify shape, and the output is still the target's own greedy output."""
-    from specdecode.api import SpeculativeDecoder
-    from specdecode.settings import Settings
-
-    torch._dynamo.reset()
-    prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
-    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.draft), device="cpu", dtype="float32",
-                 chat=False, k="auto", max_k=6, batch_size=3, max_new_tokens=40)
-    dec = SpeculativeDecoder.from_settings(s)
-    for loaded in (dec.target, dec.draft):  # what CUDA would build, traced without a C compiler
-        dec.set_runner(loaded, ModelRunner(loaded.model, compile=True, compile_backend="aot_eager"))
-    target_runner = dec.runner(dec.target)
-    assert target_runner.compiled
-    shapes = record_step_widths(target_runner)
-    results = dec.generate(prompts)
-    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, prompts, 40)
-    assert set(shapes) == {7}
-    proposed = [st.draft_tokens / max(st.rounds, 1) for st in (r.stats for r in results)]
-    assert min(proposed) < 6  # some rounds really proposed fewer than max_k
-
-
-def test_inspect_says_which_decode_step_runs(llama_pair, tmp_path, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from specdecode.cli.inspect_cmd import describe_model
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    assert describe_model(str(llama_pair.target), tok, "float32", False, False)["decode_step"] == "fused"
-    # --quantized: the fused layers on the NF4 projections bitsandbytes makes (tests/test_quantized.py)
-    assert describe_model(str(llama_pair.target), tok, "float32", True, False)["decode_step"] == "fused NF4"
-    _model("gpt2").save_pretrained(tmp_path / "gpt2")
-    tok.save_pretrained(tmp_path / "gpt2")
-    step = describe_model(str(tmp_path / "gpt2"), tok, "float32", False, False)["decode_step"]
-    assert step.startswith("transformers: no fused decode step for GPT2LMHeadModel")
-
-
-def _gemma3_multimodal():
-    """A tiny Gemma3ForConditionalGeneration (the class of the 4B+ checkpoints: a vision tower
-    next to the text decoder), as AutoModelForCausalLM builds it from a Gemma3Config."""
-    from transformers import AutoModelForCausalLM, Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
-
-    text = Gemma3TextConfig(vocab_size=V + 8, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=8,
-                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
-                       image_token_index=V + 7, boi_token_index=V + 5, eoi_token_index=V + 6)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0.0, 0.3)
-            elif p.dim() > 1 and "language_model" in name:
-                p.normal_(0.0, 0.3)  # peaked next-token distributions: no near-ties
-    return model
-
-
-def test_multimodal_gemma3_runs_its_text_decoder_fused(tmp_path, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from specdecode.api import SpeculativeDecoder
-    from specdecode.settings import Settings
-
-    model = _gemma3_multimodal()
-    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
-    assert fused_support(model) is None  # the vision tower's own layers do not matter
-    reference = _run(ModelRunner(model, fused=False))
-    got = _run(ModelRunner(model, fused=True))
-    for a, b in zip(reference, got):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    # end to end through the loader: greedy output equals generate() on the target alone
-    model.save_pretrained(tmp_path / "mm")
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "mm")
-    prompts = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
-    s = Settings(target=str(tmp_path / "mm"), drafter="ngram", k=3, device="cpu", dtype="float32", chat=False,
-                 batch_size=3, max_new_tokens=24)
-    dec = SpeculativeDecoder.from_settings(s)
-    assert dec.runner(dec.target).fused is not None
-    assert [r.token_ids for r in dec.generate(prompts)] == oracle_greedy(tmp_path / "mm", prompts, 24)
-
-
 def test_compile_on_cpu_is_reported_not_silently_ignored(llama_pair):
     from specdecode.api import SpeculativeDecoder
     from specdecode.settings import Settings
@@ -340,8 +191,11 @@ def test_compile_on_cpu_is_reported_not_silently_ignored(llama_pair):
     assert not any("apply to CUDA" in n for n in dec.with_settings(compile=None).notes)
 
 
-def test_a_failing_compile_falls_back_to_the_uncompiled_step(caplog):
-    """No working Triton, an unsupported GPU, a compiler error: one warning, then the same logits uncompiled."""
+@pytest.mark.parametrize("compile_prefill", [False, True])
+def test_a_failing_compile_falls_back_to_the_uncompiled_step(caplog, compile_prefill):
+    """No working Triton, an unsupported GPU, a compiler error: one warning, then the same logits
+    uncompiled; with the prefill compiled too (captured prefills), the prefill is the first to fail."""
+    from specdecode.accel.fused import FusedModel
 
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no working triton installation")
@@ -350,6 +204,9 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step(caplog):
     model = _model("llama")
     reference = _run(ModelRunner(model, fused=False))
     runner = ModelRunner(model, compile=True, compile_backend=broken_backend)
+    if compile_prefill:
+        runner.fused = FusedModel(model, runner.layout.kinds, compile=True, compile_backend=broken_backend,
+                                  compile_prefill=True)
     with caplog.at_level("WARNING", logger="specdecode"):
         got = _run(runner)
     assert not runner.compiled and "no working triton installation" in runner.compile_error

@@ -697,8 +697,8 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_ROWS, "nf4_gemv")
     m = x2.shape[0]
     cfg = tuple(config or nf4_gemv_config(m, n, k, act is not None, norm is not None))
-    if config is None and not x.is_cuda and cfg[0] != "mma":
-        cfg = interpreted(cfg[:5]) + cfg[5:]  # Triton's interpreter: few, wide programs
+    if config is None and not x.is_cuda:
+        cfg = interpreted(cfg)  # Triton's interpreter: few, wide programs
     if len(cfg) not in (5, 6):
         raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut]), got {cfg}")
     form, block_n, block_k, warps, stages = cfg[:5]

@@ -26,6 +26,7 @@ settings (execution.py does).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -183,31 +184,29 @@ class ModelRunner(ModelStep):
 
     def _eager_prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int,
                        logits_to_keep: Tensor | int) -> Tensor:
-        if self.fused is not None:
-            try:  # the fused prefill is compiled when its prefills are captured (bucketed shapes)
-                return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
-            except torch._dynamo.exc.TorchDynamoException as e:
-                if not self.compiled:
-                    raise
-                self.uncompile(e)
-                return self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True)
+        if self.fused is not None:  # compiled where its prefills are captured (bucketed shapes)
+            return self._guarded(lambda: self._fused_step(input_ids, cache, attend_len, logits_to_keep, eager=True))
         return ModelStep.prefill(self, input_ids, cache, attend_len, logits_to_keep)
 
     def _guarded_step(self, *args) -> Tensor:
-        """The step; if torch.compile fails to build it (no working Triton, an unsupported GPU or
-        compiler), the runner falls back to the uncompiled step once, says so, and carries on."""
+        return self._guarded(lambda: self._step(*args))  # self._step changes when the runner falls back
+
+    def _guarded(self, call: Callable[[], Tensor]) -> Tensor:
+        """`call()` (a decode step or a prefill); if torch.compile fails to build it (no working
+        Triton, an unsupported GPU or compiler), the runner falls back to uncompiled functions once,
+        says so, and calls again; a kernel failure falls back to the compiled layers likewise."""
         try:
-            return self._step(*args)
+            return call()
         except KernelFailure as e:
             self.fused.disable_kernels(e.__cause__ or e)
             log.warning("the Triton decode kernels could not run here (%s); using the compiled layers "
                         "instead", self.fused.kernel_error)
-            return self._guarded_step(*args)  # now without kernels (and torch.compile still guarded)
+            return self._guarded(call)  # now without kernels (and torch.compile still guarded)
         except torch._dynamo.exc.TorchDynamoException as e:
             if not self.compiled:
                 raise
             self.uncompile(e)
-            return self._step(*args)
+            return call()
 
     def uncompile(self, error: BaseException | None = None) -> None:
         """Run decode steps uncompiled from now on."""

@@ -80,6 +80,10 @@ class SpeculativeEngine:
         # fixed shapes, target alone or an on-device drafter: launch each round before reading the last
         self.lookahead = True
         self.max_in_flight = 0  # most rounds launched and not yet read, in the last stream
+        # where a captured draft model prefills, concurrently with the target (see _start)
+        drafter_runner = getattr(self.drafter, "runner", None)
+        self.drafting = (torch.cuda.Stream(self.device) if self.device.type == "cuda"
+                         and getattr(drafter_runner, "graphs", False) else None)
         # one random stream for every batch of a call: batches must not repeat each other's draws
         self.generator = generator if generator is not None or params.sampling.greedy else \
             make_generator(self.device, params.seed)
@@ -234,25 +238,16 @@ class SpeculativeEngine:
         first = self._prefill(cache, input_ids, lengths)  # [B]
         bufs.last.copy_(first)
         bufs.prev.copy_(input_ids.gather(1, (lengths - 1)[:, None]).squeeze(1))
-        drafting = None
-        if self.drafter is not None:
-            if self.device.type == "cuda" and getattr(getattr(self.drafter, "runner", None), "graphs", False):
-                drafting = self._side_stream()
-                drafting.wait_stream(torch.cuda.current_stream(self.device))  # input_ids, lengths are ready
-                for t in (input_ids, lengths):  # the allocator must not reuse them before the side stream is done
-                    t.record_stream(drafting)
-                with torch.cuda.stream(drafting):
-                    self.drafter.prefill(input_ids, lengths, max_len)
-            else:
+        drafting = self.drafting
+        if drafting is not None:
+            drafting.wait_stream(torch.cuda.current_stream(self.device))  # input_ids, lengths are ready
+            for t in (input_ids, lengths):  # the allocator must not reuse them before the side stream is done
+                t.record_stream(drafting)
+            with torch.cuda.stream(drafting):
                 self.drafter.prefill(input_ids, lengths, max_len)
+        elif self.drafter is not None:
+            self.drafter.prefill(input_ids, lengths, max_len)
         return cache, bufs, max_len, first, drafting
-
-    def _side_stream(self):
-        """The stream the draft's prefill runs on (one per engine)."""
-        found = getattr(self, "_drafting", None)
-        if found is None:
-            found = self._drafting = torch.cuda.Stream(self.device)
-        return found
 
     def _open(self, prompts: Sequence[Sequence[int]]):
         """Right-padded prompts on the device (slot == position), the target cache and buffers."""
