@@ -175,6 +175,22 @@ def _stop_below(settings: Settings, runner=None) -> float | None:
     return DRAFT_CONFIDENCE
 
 
+def _step_params(model) -> int:
+    """Parameters one decoding step reads: all but an untied input embedding table (read one row
+    per token)."""
+    emb = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    skip = emb.weight if emb is not None and (out is None or out.weight is not emb.weight) else None
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or p is skip:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
 def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None,
                   decoder: SpeculativeDecoder | None = None):
     if settings.drafter == "none":
@@ -372,7 +388,7 @@ class SpeculativeDecoder:
         if s.k == "auto" and k_policy is None and drafter is not None:
             from .decoding.policy import AdaptiveK
 
-            k_policy = AdaptiveK(max_k=s.max_k)
+            k_policy = AdaptiveK(max_k=s.max_k, cost_ratio=self.prior_cost_ratio())
         k = s.k if isinstance(s.k, int) else s.max_k
         params = EngineParams(
             num_draft_tokens=k,
@@ -385,6 +401,18 @@ class SpeculativeDecoder:
         )
         return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator,
                                  runner=self.runner(self.target), rounds=self.rounds())
+
+    def prior_cost_ratio(self) -> float:
+        """c for `--k auto` before any round is timed: a draft step's weights over the target's
+        (the parameters a step reads), the exit layer's share of the target's layers for
+        early exit, 0 for prompt lookup."""
+        s = self.settings
+        if s.drafter == "model" and self.draft is not None:
+            return _step_params(self.draft.model) / max(1, _step_params(self.target.model))
+        if s.drafter == "early-exit":
+            layers = getattr(self.target.config.get_text_config(), "num_hidden_layers", None)
+            return min(1.0, s.exit_layer / layers) if layers and s.exit_layer else 0.5
+        return 0.0
 
     def _generator(self) -> torch.Generator | None:
         """One random stream per call, shared by its batches (seeded: reproducible)."""

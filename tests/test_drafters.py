@@ -17,6 +17,7 @@ import torch
 
 from fixtures import PROMPTS, oracle_greedy
 from helpers import cpu_decoder, record_step_widths
+from specdecode import metrics
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.policy import AdaptiveK
 from specdecode.decoding.sampling import SamplingParams
@@ -145,32 +146,66 @@ def test_ngram_drafter_batches_histories_of_different_lengths():
 
 
 def test_adaptive_k_rises_under_full_acceptance_up_to_max_k():
-    policy = AdaptiveK(max_k=6)
-    assert policy.k == 4
+    policy = AdaptiveK(max_k=6, cost_ratio=0.1)
     for _ in range(10):
-        policy.update([policy.k, policy.k], [policy.k, policy.k])
-    assert policy.k == 6
+        policy.update([policy.k, policy.k], [policy.k, policy.k])  # whole blocks kept: no rejection
+    assert policy.alpha > 0.95 and policy.k == 6
 
 
 def test_adaptive_k_falls_under_rejection_down_to_one():
-    policy = AdaptiveK(max_k=8)
-    ks = []
+    policy = AdaptiveK(max_k=8, cost_ratio=0.3)
+    start = policy.k
     for _ in range(10):
-        ks.append(policy.update([0, 1 if policy.k > 1 else 0], [policy.k, policy.k]))
-    assert ks[:3] == [3, 2, 1] and policy.k == 1
+        policy.update([0, 0], [policy.k, policy.k])  # every row rejects its first token
+    assert start > 1 and policy.k == 1 and policy.alpha < 0.1
 
 
-def test_adaptive_k_holds_on_a_late_rejection_and_ignores_rows_that_did_not_draft():
-    policy = AdaptiveK(max_k=8)
-    policy.update([3], [4])  # 75% kept: neither full nor poor
-    assert policy.k == 4
-    policy.update([0, 4], [0, 4])  # the row that proposed nothing does not count
-    assert policy.k == 5
-    policy.update([2, 2, 0], [5, 5, 5])  # one rejection-heavy batch
-    assert policy.k == 4
-    assert AdaptiveK(max_k=2).k == 2 and AdaptiveK(max_k=1).k == 1
-    with pytest.raises(ValueError):
-        AdaptiveK(max_k=0)
+def test_adaptive_k_estimates_acceptance_from_runs_and_ignores_rows_that_did_not_draft():
+    policy = AdaptiveK(max_k=8, decay=1.0)
+    a0, r0 = policy.accepted, policy.rejected
+    policy.update([3, 0], [4, 0])  # 3 kept then a rejection; the row that proposed nothing adds nothing
+    assert (policy.accepted, policy.rejected) == (a0 + 3, r0 + 1)
+    policy.update([5], [5])  # a whole block: 5 accepted, no rejection
+    assert (policy.accepted, policy.rejected) == (a0 + 8, r0 + 1)
+    policy.update([0], [0])  # nothing drafted: nothing learned
+    assert (policy.accepted, policy.rejected) == (a0 + 8, r0 + 1)
+    assert policy.alpha == pytest.approx((a0 + 8) / (a0 + r0 + 9))
+    assert len(policy.history) == 4
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.7, 0.85, 0.95])
+@pytest.mark.parametrize("c", [0.05, 0.3, 0.6])
+def test_adaptive_k_without_measured_costs_maximises_leviathans_predicted_speedup(alpha, c):
+    policy = AdaptiveK(max_k=10, cost_ratio=c, decay=0.5)
+    kept = round(100 * alpha)
+    for _ in range(60):  # rounds of 100 one-token rows, `kept` of them accepted: α̂ converges to α
+        policy.update([1] * kept + [0] * (100 - kept), [1] * 100)
+    assert policy.alpha == pytest.approx(alpha, abs=1e-9)
+    want = max(range(1, 11), key=lambda k: (metrics.predicted_speedup(policy.alpha, k, c), -k))
+    assert policy.k == want
+
+
+def test_adaptive_k_weighs_measured_round_costs():
+    policy = AdaptiveK(max_k=8, cost_ratio=0.1, decay=1.0)
+    for _ in range(20):
+        policy.update([8], [8])  # long accepted runs: cheap drafting would want max_k
+    assert policy.k == 8
+    # measured: every k beyond 3 costs twice as much as k = 3 (say the verify got wider)
+    policy.set_costs({1: 2.0, 2: 2.5, 3: 3.0, 4: 6.0, 5: 6.5, 6: 7.0, 7: 7.5, 8: 8.0})
+    assert policy.k == 3
+    # two measured ks: the others lie on the line through them
+    policy.set_costs({2: 2.0, 4: 3.0})
+    assert policy.cost(6) == pytest.approx(4.0) and policy.cost(1) == pytest.approx(1.5)
+    # one measured k scales the model k c + 1 through it
+    policy.set_costs({4: 7.0})
+    assert policy.cost(2) == pytest.approx(7.0 * 1.2 / 1.4)
+
+
+def test_adaptive_k_refuses_bad_parameters():
+    assert AdaptiveK(max_k=1).k == 1 and AdaptiveK(max_k=8, start=3).k == 3 and AdaptiveK(max_k=2, start=9).k == 2
+    for kwargs in ({"max_k": 0}, {"cost_ratio": -0.1}, {"decay": 0.0}, {"decay": 1.5}):
+        with pytest.raises(ValueError):
+            AdaptiveK(**kwargs)
 
 
 # ---- early exit ---------------------------------------------------------------------------

@@ -74,6 +74,24 @@ def test_one_host_wait_and_one_graph_launch_per_round(llama_pair, monkeypatch):
     assert eng.rounds.captures == captured  # nothing captured while generating
 
 
+def test_k_auto_prices_rounds_by_their_captured_graphs(llama_pair):
+    """Each captured round graph is timed once at capture; --k auto's policy gets those times by
+    k (the lookahead rounds' shapes) before its first round, and chooses among them."""
+    d = dec(llama_pair, k="auto", max_k=5, max_new_tokens=24, batch_size=1)
+    ids = d.encode_all(RAGGED[:1])
+    d.reserve(ids)
+    eng = d.engine()
+    eng.prepare(ids)
+    rounds = eng.rounds
+    assert len(rounds.round_ms) == rounds.captures == 10  # k 1..5, with and without `prev`
+    assert all(ms > 0 for ms in rounds.round_ms.values())
+    list(eng.stream(ids))
+    costs = eng.k_policy.costs
+    assert sorted(costs) == [1, 2, 3, 4, 5] and all(v > 0 for v in costs.values())
+    assert costs[5] > costs[1]  # four more draft steps cost something
+    assert set(eng.k_policy.history) <= set(costs)
+
+
 def test_sampling_is_seeded_through_captured_rounds(llama_pair):
     a = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)
     b = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)

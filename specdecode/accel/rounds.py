@@ -18,6 +18,10 @@ replay order is safe.
 Caches and round buffers are pooled per (batch, cache size): the graphs are bound to them,
 and every batch of that shape reuses them.
 
+Each graph is timed once right after its capture (a few replays between CUDA events, the
+state restored after each): `measured` gives those round times by k, which `--k auto`'s
+policy weighs against the acceptance it sees (decoding/policy.py).
+
 What it does not: decide k or stops (the engine does), or run on anything but CUDA.
 """
 
@@ -31,7 +35,7 @@ from torch import Tensor
 from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
 
-__all__ = ["CapturedRounds", "Pending", "capture"]
+__all__ = ["CapturedRounds", "Pending", "capture", "time_replays"]
 
 
 def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
@@ -56,6 +60,23 @@ def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
     return graph, result
 
 
+def time_replays(graph: torch.cuda.CUDAGraph, state: list[Tensor], repeats: int = 3) -> float:
+    """Median device time (ms) of one replay of `graph`, `state` (what it changes) restored after
+    each; synchronises (a capture-time cost, never a round's)."""
+    saved = [t.clone() for t in state]
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        for t, s in zip(state, saved):
+            t.copy_(s)
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 @dataclass
 class Pending:
     """A launched round: its counts are on their way to pinned host memory."""
@@ -76,6 +97,7 @@ class CapturedRounds(EagerRounds):
         self._host: dict[tuple[int, int], list[Pending]] = {}  # pinned result buffers, a ring per shape
         self._turn = 0
         self.captures = 0  # graphs captured so far (tests and warm-up reports)
+        self.round_ms: dict[tuple, float] = {}  # graph key -> its replay's device time, timed at capture
 
     def open(self, drafter, batch: int, max_len: int, width: int, vocab: int, sampling: SamplingParams):
         self.drafter = drafter
@@ -103,11 +125,22 @@ class CapturedRounds(EagerRounds):
             return found
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        state = self._state(cache, bufs)
         graph, steps = capture(lambda: self._round(cache, bufs, shape, sampling, cache.max_len, target_rows, False),
-                               self._state(cache, bufs), pool=self._pool)
+                               state, pool=self._pool)
         self._graphs[key] = (graph, steps)
+        self.round_ms[key] = time_replays(graph, state)
         self.captures += 1
         return graph, steps
+
+    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool) -> dict[int, float]:
+        """The captured rounds' device times (ms) by k, for this batch's cache and buffers."""
+        out = {}
+        for key, ms in self.round_ms.items():
+            c, b, shape, s, draft_key = key
+            if (c, b, s) == (id(cache), id(bufs), sampling) and shape.feed_prev == feed_prev and shape.k > 0:
+                out[shape.k] = ms
+        return out
 
     def launch(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
                attend_len: int, target_rows: int) -> tuple[int, Pending]:

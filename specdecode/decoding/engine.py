@@ -154,6 +154,7 @@ class SpeculativeEngine:
         lookahead = self.lookahead and not compact and (self.drafter is None or self.drafter.on_device)
         feed_prev = lookahead and self.drafter is not None  # else: the draft prefilled the whole prompt
         pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
+        costs_at = self._give_costs(-1, cache, bufs, feed_prev)  # captures when the policy last got costs
         rnd = 0
         gone: set[int] = set()  # rows whose finishing the batch has already absorbed
         while True:
@@ -185,6 +186,7 @@ class SpeculativeEngine:
             rnd_done, k_round, steps, result = pending.popleft()
             host = self.rounds.read(result)
             if self.k_policy is not None:
+                costs_at = self._give_costs(costs_at, cache, bufs, feed_prev)
                 self.k_policy.update([h[0] for h in host], [h[2] for h in host])
             if self.drafter is not None:
                 self.drafter.observe(torch.tensor([h[0] for h in host]))
@@ -271,6 +273,18 @@ class SpeculativeEngine:
         if self.params.sampling.greedy:
             return logits.argmax(dim=-1)  # [B]
         return sample(logits_to_probs(logits, self.params.sampling), self.generator)
+
+    def _give_costs(self, seen: int, cache, bufs: RoundBuffers, feed_prev: bool) -> int:
+        """Hand `--k auto`'s policy the rounds' measured costs (captured rounds time each graph once)
+        when rounds were captured since it last got them (`seen`: the capture count then)."""
+        if self.k_policy is None or not hasattr(self.k_policy, "set_costs"):
+            return seen
+        captures = getattr(self.rounds, "captures", 0)
+        if captures != seen:
+            costs = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev)
+            if costs:
+                self.k_policy.set_costs(costs)
+        return captures
 
     def _host_state(self, bufs: RoundBuffers, cache, histories, active, k: int) -> DraftState:
         return DraftState(last=bufs.last, prev=bufs.prev, positions=cache.positions, attend_len=0,

@@ -219,3 +219,7 @@ class EagerRounds:
 
     def read(self, result: Tensor) -> list[list[int]]:
         return result.tolist()  # the round's single host synchronisation
+
+    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool) -> dict[int, float]:
+        """Measured round costs by k (captured rounds time their graphs); none here."""
+        return {}
