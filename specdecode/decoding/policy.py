@@ -19,7 +19,7 @@ expected speedup, evaluated on what this run has seen:
 So k follows the local acceptance: with the model alone at c = 0.45, k = 1 at α̂ = 0.7, 3 at
 0.9, 6 at 0.95 and 8 from 0.97; measured costs, whose fixed part (the verify) is usually
 more than one target step, move it up (the real Qwen2.5-Coder 0.5B/1.5B pair's rounds cost
-1.67 + 0.57 k ms on the H200: k = 4 at α̂ = 0.9). On an exact tie the smaller k wins.
+about 1.65 + 0.575 k ms on the H200: k = 4 at α̂ = 0.9). On an exact tie the smaller k wins.
 
 What it does not: look at the draft's probabilities (the engine's confidence stop does, on
 eager rounds), or choose k per row (a drafter may still propose fewer than k per row through
