@@ -297,6 +297,22 @@ def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int, repeats:
     return statistics.median(times)
 
 
+def replay_ms(graph: torch.cuda.CUDAGraph, reps: int = 20, rounds: int = 15) -> float:
+    """Median ms of one replay of a captured graph: `reps` replays back to back per timing (a step's
+    own pace inside a round, not a launch onto a drained GPU), the median of `rounds` timings."""
+    graph.replay()
+    sync()
+    times = []
+    for _ in range(rounds):
+        sync()
+        t = time.perf_counter()
+        for _ in range(reps):
+            graph.replay()
+        sync()
+        times.append((time.perf_counter() - t) / reps * 1e3)
+    return statistics.median(times)
+
+
 # ---------------------------------------------------------------------------- main
 class Recorder:
     """Results dict that is written to disk after every measurement (a run cut by its time limit

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,22 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
+from specdecode.accel.rounds import capture  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
-
-
-def timed(graph: torch.cuda.CUDAGraph, reps: int = 20, rounds: int = 15) -> float:
-    """Median ms per replay, `reps` replays back to back per timing."""
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            graph.replay()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / reps * 1e3)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -94,17 +78,9 @@ def main() -> None:
             return t
         return run
 
-    def graph_of(fn):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        return g
+    def timed(fn) -> float:  # warm-ups on a side stream, one graph, its replays timed
+        graph, _ = capture(fn, [tc.positions, dc.positions], warmups=3)
+        return gpu_bench.replay_ms(graph)
 
     def overlapped(v, d):
         def run():
@@ -122,17 +98,17 @@ def main() -> None:
             return v(), d()
         return run
 
-    results["draft_step"] = timed(graph_of(drafting(1)))
+    results["draft_step"] = timed(drafting(1))
     print(f"draft step [1, 1]: {results['draft_step']:.3f} ms")
     for rows in args.verify_rows:
         v = verify(rows)
-        tv = results[f"verify_{rows}"] = timed(graph_of(v))
+        tv = results[f"verify_{rows}"] = timed(v)
         print(f"\nverify [1, {rows}]: {tv:.3f} ms")
         for m in args.steps:
             d = drafting(m)
-            td = results[f"draft_{m}"] = timed(graph_of(d))
-            ts = results[f"serial_{rows}_{m}"] = timed(graph_of(serial(v, d)))
-            to = results[f"overlap_{rows}_{m}"] = timed(graph_of(overlapped(v, d)))
+            td = results[f"draft_{m}"] = timed(d)
+            ts = results[f"serial_{rows}_{m}"] = timed(serial(v, d))
+            to = results[f"overlap_{rows}_{m}"] = timed(overlapped(v, d))
             print(f"  m={m}: drafts alone {td:.3f}, serial {ts:.3f}, overlapped {to:.3f} ms "
                   f"(the m steps cost {to - tv:.3f} ms during the verify, {ts - tv:.3f} after it)")
     if args.json:

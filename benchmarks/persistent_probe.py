@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,8 +29,11 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gpu_bench  # noqa: E402
 from specdecode.accel import kernels  # noqa: E402
+from specdecode.accel.rounds import capture  # noqa: E402
 
 
 @triton.jit
@@ -75,14 +76,19 @@ def _slice_gemv(X, W, Y, N, K, pid, P, GATED: tl.constexpr, BLOCK_R: tl.constexp
 
 
 @triton.jit
+def _slice_rows(N, pid, P, BLOCK_R: tl.constexpr):
+    """The output rows of program pid's contiguous slice (at most BLOCK_R), and which are real."""
+    per = tl.cdiv(N, P)
+    r = tl.arange(0, BLOCK_R)
+    rows = pid * per + r
+    return rows, (r < per) & (rows < N)
+
+
+@triton.jit
 def _prefetched_gemv(X, W, Y, N, K, pid, P, w0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Y = W @ X for a program whose whole slice (<= BLOCK_R rows, K <= BLOCK_K) is already in w0."""
-    per = tl.cdiv(N, P)
-    lo = pid * per
-    r = tl.arange(0, BLOCK_R)
+    rows, ok = _slice_rows(N, pid, P, BLOCK_R)
     kk = tl.arange(0, BLOCK_K)
-    rows = lo + r
-    ok = (r < per) & (rows < N)
     x = tl.load(X + kk, mask=kk < K, other=0.0, cache_modifier=".cg").to(tl.float32)
     acc = tl.sum(w0.to(tl.float32) * x[None, :], axis=1)
     tl.store(Y + rows, acc.to(Y.dtype.element_ty), mask=ok)
@@ -90,12 +96,9 @@ def _prefetched_gemv(X, W, Y, N, K, pid, P, w0, BLOCK_R: tl.constexpr, BLOCK_K: 
 
 @triton.jit
 def _slice_tile(W, N, K, pid, P, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    per = tl.cdiv(N, P)
-    lo = pid * per
-    r = tl.arange(0, BLOCK_R)
+    """Program pid's whole weight slice [BLOCK_R, BLOCK_K] (K <= BLOCK_K), zeros past its rows."""
+    rows, ok = _slice_rows(N, pid, P, BLOCK_R)
     kk = tl.arange(0, BLOCK_K)
-    rows = lo + r
-    ok = (r < per) & (rows < N)
     return tl.load(W + rows[:, None] * K + kk[None, :], mask=ok[:, None] & (kk < K)[None, :], other=0.0)
 
 
@@ -168,26 +171,10 @@ def reference(x, w, layers):
     return x
 
 
-def timed(fn, reps=20, rounds=15) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            g.replay()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / reps * 1e3)
-    return statistics.median(times)
+def timed(fn) -> float:
+    """ms per replay of `fn` captured as a CUDA graph (gpu_bench.replay_ms)."""
+    graph, _ = capture(fn, [], warmups=1)
+    return gpu_bench.replay_ms(graph)
 
 
 @torch.inference_mode()
