@@ -201,6 +201,26 @@ def test_adaptive_k_weighs_measured_round_costs():
     assert policy.cost(2) == pytest.approx(7.0 * 1.2 / 1.4)
 
 
+def test_k_auto_prior_cost_is_the_pairs_step_weights(llama_pair):
+    """Before any round is timed, --k auto prices a draft step by the weights it reads: the draft's
+    parameters over the target's (an untied input embedding is read one row per token, so it
+    does not count), the exit layer's share for early exit, nothing for prompt lookup."""
+    dec = cpu_decoder(llama_pair.target, llama_pair.draft, k="auto")
+
+    def step_params(model):
+        skip = model.get_input_embeddings().weight
+        tied = skip is model.get_output_embeddings().weight
+        return sum(p.numel() for p in model.parameters() if tied or p is not skip)
+
+    want = step_params(dec.draft.model) / step_params(dec.target.model)
+    assert 0 < want < 1 and dec.prior_cost_ratio() == pytest.approx(want)
+    assert dec.engine().k_policy.cost_ratio == pytest.approx(want)
+    layers = dec.target.config.get_text_config().num_hidden_layers
+    early = cpu_decoder(llama_pair.target, drafter="early-exit", exit_layer=1, k="auto")
+    assert early.prior_cost_ratio() == pytest.approx(1 / layers)
+    assert cpu_decoder(llama_pair.target, drafter="ngram", k="auto").prior_cost_ratio() == 0.0
+
+
 def test_adaptive_k_refuses_bad_parameters():
     assert AdaptiveK(max_k=1).k == 1 and AdaptiveK(max_k=8, start=3).k == 3 and AdaptiveK(max_k=2, start=9).k == 2
     for kwargs in ({"max_k": 0}, {"cost_ratio": -0.1}, {"decay": 0.0}, {"decay": 1.5}):
