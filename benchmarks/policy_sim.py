@@ -1,0 +1,176 @@
+"""`--k auto` policies replayed on a real pair's agreement traces, against every fixed k (CPU).
+
+    python3 benchmarks/policy_sim.py traces --target DIR --draft DIR --prompts FILE.jsonl [--n 20] --out FILE.json
+    python3 benchmarks/policy_sim.py simulate --traces FILE.json [--cost 1.65 0.575] [--max-k 8]
+
+Under greedy decoding a round's outcome needs no draft run of its own: until the first
+mismatch the draft's context is the target's, so the draft's k proposals from position t are
+accepted up to the first position j >= t where the draft's prediction, teacher-forced on the
+target's own output, differs from the target's token. `traces` generates the target's greedy
+answer to each prompt through `specdecode` (drafter none) and runs the draft once over prompt +
+answer: `match[j]` says whether the draft's prediction of answer token j is that token.
+
+`simulate` replays rounds on those traces: a round at answer position e with k draft tokens
+accepts a = the run of matches from e (at most k) and emits a + 1 tokens; it costs
+cost(k) = A + B k ms (default: the Qwen2.5-Coder 0.5B/1.5B pair's rounds on the H200,
+benchmarks/results/2026-12-03-h200-stop24-notes.md). Policies see each round's counts one round
+late, as the engine's look-ahead does. Prints tokens per ms for every fixed k and the policies.
+This is a model of rounds, not a measurement: the measure of record is `specdecode bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def traces(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from specdecode.api import SpeculativeDecoder
+    from specdecode.settings import Settings
+
+    dec = SpeculativeDecoder.from_settings(Settings(target=args.target, drafter="none", device="cpu",
+                                                    dtype="float32", max_new_tokens=args.max_new_tokens))
+    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32).eval()
+    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    rows = []
+    for p in prompts[: args.n]:
+        ids = dec.encode_all([p])[0]
+        answer = dec.generate([p])[0].token_ids
+        with torch.no_grad():
+            logits = draft(torch.tensor([ids + answer])).logits[0]
+        pred = logits[len(ids) - 1 : len(ids) + len(answer) - 1].argmax(-1).tolist()
+        rows.append({"prompt_tokens": len(ids), "tokens": answer, "match": [int(a == b) for a, b in zip(pred, answer)]})
+        print(f"{len(rows)}/{min(args.n, len(prompts))}: {len(answer)} tokens, agreement "
+              f"{sum(rows[-1]['match']) / max(1, len(answer)):.3f}", flush=True)
+        Path(args.out).write_text(json.dumps({"prompts": args.prompts, "rows": rows}))
+
+
+def run_prompt(match: list[int], choose, cost) -> tuple[int, float, list[int]]:
+    """Rounds over one answer: (tokens emitted after the first, ms, k of every round).
+    choose(history) -> k, where history holds (accepted, proposed) of the rounds read so far
+    (all but the last one launched: look-ahead)."""
+    n = len(match)
+    e, ms, ks, done = 1, 0.0, [], []
+    while e < n:
+        k = choose(done[:-1] if done else done)
+        a = 0
+        while a < k and e + a < n and match[e + a]:
+            a += 1
+        ms += cost(k)
+        ks.append(k)
+        done.append((a, k))
+        e += a + 1
+    return min(e, n) - 1, ms, ks
+
+
+def positional_policy(base):
+    """AdaptiveK with an acceptance estimate per draft position (a candidate, simulated only): the
+    chance that position j is accepted once 1..j-1 were, from decayed counts of the rounds that
+    reached it, shrunk to the pooled α̂ (two tokens' weight); positions no round reached take
+    the deepest estimate. Expected tokens of k: 1 + sum over i <= k of the product of α_1..α_i."""
+
+    class Positional(base):
+        def __init__(self, max_k=8, **kw):
+            self.tried = [0.0] * (max_k + 1)  # before the base class chooses its first k
+            self.kept = [0.0] * (max_k + 1)
+            super().__init__(max_k=max_k, **kw)
+
+        def update(self, num_accepted, proposed):
+            for a, p in zip(num_accepted, proposed):
+                for j in range(1, min(a + 1, p) + 1):
+                    self.tried[j] += 1
+                    self.kept[j] += j <= a
+            self.tried = [t * self.decay for t in self.tried]
+            self.kept = [t * self.decay for t in self.kept]
+            return super().update(num_accepted, proposed)
+
+        def expected_rate(self, k):
+            pooled, reach, tokens, last = self.alpha, 1.0, 1.0, None
+            for j in range(1, k + 1):
+                if self.tried[j] > 0.5:
+                    last = (self.kept[j] + 2 * pooled) / (self.tried[j] + 2)
+                reach *= last if last is not None else pooled
+                tokens += reach
+            return tokens / self.cost(k)
+
+    return Positional
+
+
+def simulate(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from specdecode.decoding.policy import AdaptiveK
+
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    A, B = args.cost
+    cost = lambda k: A + B * k  # noqa: E731
+    results = {}
+
+    def total(make):
+        tokens = ms = 0.0
+        ks = []
+        for r in rows:
+            choose = make()
+            t, m, k = run_prompt(r["match"], choose, cost)
+            tokens, ms, ks = tokens + t, ms + m, ks + k
+        return tokens / ms, sum(ks) / len(ks)
+
+    for k in range(1, args.max_k + 1):
+        results[f"k{k}"] = total(lambda k=k: (lambda hist: k))
+
+    def policy_factory(cls=AdaptiveK, **kw):
+        def make():
+            pol = cls(max_k=args.max_k, **kw)
+            pol.set_costs({k: cost(k) for k in range(1, args.max_k + 1)})
+            seen = [0]
+
+            def choose(hist):
+                for a, p in hist[seen[0]:]:
+                    pol.update([a], [p])
+                seen[0] = len(hist)
+                return pol.k
+            return choose
+        return make
+
+    results["auto"] = total(policy_factory())
+    for decay in (0.8, 0.95, 1.0):
+        results[f"auto_decay{decay}"] = total(policy_factory(decay=decay))
+    for decay in (0.9, 0.95, 1.0):
+        results[f"positional_decay{decay}"] = total(policy_factory(positional_policy(AdaptiveK), decay=decay))
+    best = max((v[0], name) for name, v in results.items() if name.startswith("k") and name[1:].isdigit())
+    print(f"{len(rows)} answers, cost {A} + {B} k ms a round; best fixed: {best[1]}")
+    for name, (rate, mean_k) in results.items():
+        print(f"{name:16s} {rate:.4f} tokens/ms ({rate / best[0]:.3f} of the best fixed k), mean k {mean_k:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"cost": [A, B], "answers": len(rows), "traces": args.traces,
+                                              "results": {k: {"tokens_per_ms": v[0], "mean_k": v[1]}
+                                                          for k, v in results.items()}}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("traces")
+    t.add_argument("--target", required=True)
+    t.add_argument("--draft", required=True)
+    t.add_argument("--prompts", required=True)
+    t.add_argument("--n", type=int, default=20)
+    t.add_argument("--max-new-tokens", type=int, default=128)
+    t.add_argument("--out", required=True)
+    s = sub.add_parser("simulate")
+    s.add_argument("--traces", required=True)
+    s.add_argument("--cost", nargs=2, type=float, default=[1.65, 0.575], metavar=("A", "B"))
+    s.add_argument("--max-k", type=int, default=8)
+    s.add_argument("--out", default=None)
+    args = ap.parse_args()
+    traces(args) if args.cmd == "traces" else simulate(args)
+
+
+if __name__ == "__main__":
+    main()
