@@ -14,7 +14,9 @@ answer: `match[j]` says whether the draft's prediction of answer token j is that
 accepts a = the run of matches from e (at most k) and emits a + 1 tokens; it costs
 cost(k) = A + B k ms (default: the Qwen2.5-Coder 0.5B/1.5B pair's rounds on the H200,
 benchmarks/results/2026-12-03-h200-stop24-notes.md). Policies see each round's counts one round
-late, as the engine's look-ahead does. Prints tokens per ms for every fixed k and the policies.
+late, as the engine's look-ahead does. Prints tokens per ms for every fixed k, `--k auto`'s
+policy (and variants: other decays, an acceptance estimate per position), and the best
+two-state rule fitted on the traces themselves (an optimistic bound on what adapting k can gain).
 This is a model of rounds, not a measurement: the measure of record is `specdecode bench`.
 """
 
@@ -143,6 +145,15 @@ def simulate(args) -> None:
         results[f"auto_decay{decay}"] = total(policy_factory(decay=decay))
     for decay in (0.9, 0.95, 1.0):
         results[f"positional_decay{decay}"] = total(policy_factory(positional_policy(AdaptiveK), decay=decay))
+    # an optimistic bound on adapting k at all: the best two-state rule (k_hi after a round that kept
+    # its whole block, as far as the look-ahead lets the policy know, else k_lo), fitted on these traces
+    grid = []
+    for lo in range(1, args.max_k + 1):
+        for hi in range(1, args.max_k + 1):
+            rule = lambda hist, lo=lo, hi=hi: (hi if hist[-1][0] >= hist[-1][1] else lo) if hist else 5  # noqa: E731
+            grid.append((total(lambda rule=rule: rule), lo, hi))
+    (rate, mk), lo, hi = max(grid, key=lambda g: g[0][0])
+    results[f"two_state_fitted_lo{lo}_hi{hi}"] = (rate, mk)
     best = max((v[0], name) for name, v in results.items() if name.startswith("k") and name[1:].isdigit())
     print(f"{len(rows)} answers, cost {A} + {B} k ms a round; best fixed: {best[1]}")
     for name, (rate, mean_k) in results.items():
