@@ -61,7 +61,7 @@ def run_prompt(match: list[int], choose, cost) -> tuple[int, float, list[int]]:
     n = len(match)
     e, ms, ks, done = 1, 0.0, [], []
     while e < n:
-        k = choose(done[:-1] if done else done)
+        k = choose(done[:-1])
         a = 0
         while a < k and e + a < n and match[e + a]:
             a += 1
@@ -106,7 +106,6 @@ def positional_policy(base):
 
 
 def simulate(args) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from specdecode.decoding.policy import AdaptiveK
 
     rows = json.loads(Path(args.traces).read_text())["rows"]

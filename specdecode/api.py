@@ -25,7 +25,7 @@ import torch
 
 from .decoding.engine import EngineParams, RoundEvent, RowStats, SpeculativeEngine, make_generator
 from .decoding.sampling import SamplingParams
-from .metrics import round_counts
+from .metrics import cost_ratio, round_counts
 from .models.loading import (
     LoadedModel,
     ModelLoadError,
@@ -408,7 +408,7 @@ class SpeculativeDecoder:
         early exit, 0 for prompt lookup."""
         s = self.settings
         if s.drafter == "model" and self.draft is not None:
-            return _step_params(self.draft.model) / max(1, _step_params(self.target.model))
+            return cost_ratio(_step_params(self.draft.model), _step_params(self.target.model)) or 0.5
         if s.drafter == "early-exit":
             layers = getattr(self.target.config.get_text_config(), "num_hidden_layers", None)
             return min(1.0, s.exit_layer / layers) if layers and s.exit_layer else 0.5

@@ -129,13 +129,12 @@ class SpeculativeEngine:
         generated = [0] * bsz
 
         # 1. prefill: target (its first token) and drafter (on a side stream where it can overlap)
-        cache, bufs, max_len, first, drafting = self._start(prompts)
+        cache, bufs, max_len, first = self._start(prompts)
         positions = [len(x) for x in prompts]  # host copy: position of `last` per row
         active = list(range(bsz))  # batch slot -> prompt index
         finished: set[int] = set()
         first_host = first.tolist()  # waits for the target's prefill, not for the draft's
-        if drafting is not None:
-            torch.cuda.current_stream(self.device).wait_stream(drafting)  # rounds read the draft's cache
+        self._join_draft()  # rounds read the draft's cache
         for b, tok in enumerate(first_host):
             generated[b] = 1
             histories[b].append(tok)
@@ -217,9 +216,8 @@ class SpeculativeEngine:
     def prepare(self, prompts: Sequence[Sequence[int]]) -> None:
         """Compile or capture, now, every round shape this engine may run on a batch like `prompts`
         (bench calls it before timing); generates nothing."""
-        cache, bufs, _, _, drafting = self._start(prompts)
-        if drafting is not None:
-            torch.cuda.current_stream(self.device).wait_stream(drafting)
+        cache, bufs, _, _ = self._start(prompts)
+        self._join_draft()
         for shape in self.shapes():
             if self.drafter is not None and not self.drafter.on_device:
                 bufs.give(self.drafter.propose(self._host_state(bufs, cache, [list(p) for p in prompts],
@@ -231,11 +229,10 @@ class SpeculativeEngine:
     # ---- pieces of the loop ----------------------------------------------------------------
     def _start(self, prompts: Sequence[Sequence[int]]):
         """Open a batch and prefill the target and the drafter: (cache, buffers with `last` and
-        `prev` set, cache size, the first token per row [B], the side stream the draft's prefill
-        was queued on or None). With a captured draft model on CUDA its prefill runs on a side
-        stream, concurrently with the target's (each alone leaves most of the GPU idle), so the
-        first token does not wait for it; the caller makes its stream wait for that one before
-        anything reads the draft's cache."""
+        `prev` set, cache size, the first token per row [B]). With a captured draft model on CUDA
+        its prefill runs on a side stream (`self.drafting`), concurrently with the target's (each
+        alone leaves most of the GPU idle), so the first token does not wait for it; the caller
+        calls `_join_draft` before anything reads the draft's cache."""
         cache, bufs, input_ids, lengths, max_len = self._open(prompts)
         first = self._prefill(cache, input_ids, lengths)  # [B]
         bufs.last.copy_(first)
@@ -249,7 +246,12 @@ class SpeculativeEngine:
                 self.drafter.prefill(input_ids, lengths, max_len)
         elif self.drafter is not None:
             self.drafter.prefill(input_ids, lengths, max_len)
-        return cache, bufs, max_len, first, drafting
+        return cache, bufs, max_len, first
+
+    def _join_draft(self) -> None:
+        """The current stream waits (on the device) for the draft's prefill on its side stream."""
+        if self.drafting is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.drafting)
 
     def _open(self, prompts: Sequence[Sequence[int]]):
         """Right-padded prompts on the device (slot == position), the target cache and buffers."""
@@ -279,7 +281,7 @@ class SpeculativeEngine:
         when rounds were captured since it last got them (`seen`: the capture count then)."""
         if self.k_policy is None or not hasattr(self.k_policy, "set_costs"):
             return seen
-        captures = getattr(self.rounds, "captures", 0)
+        captures = self.rounds.captures
         if captures != seen:
             costs = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev)
             if costs:

@@ -56,6 +56,7 @@ class AdaptiveK:
         self.accepted = PRIOR_ALPHA * PRIOR_WEIGHT  # decayed counts, the prior included
         self.rejected = (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT
         self.costs: dict[int, float] = {}  # measured round cost by k (any unit)
+        self._line: tuple[float, float, float] | None = None  # fitted in set_costs
         self.k = self.best() if start is None else max(1, min(int(start), self.max_k))
         self.history: list[int] = [self.k]  # k after every update (for reports and tests)
 
@@ -68,6 +69,12 @@ class AdaptiveK:
         """Measured round costs by k (e.g. ms per captured round); replaces the cost model where
         given, and the k is chosen again at once."""
         self.costs = {int(k): float(v) for k, v in costs.items() if 1 <= int(k) <= self.max_k and v > 0}
+        self._line = None  # (mean k, mean cost, slope) of the measured costs, when two or more
+        if len(self.costs) >= 2:
+            ks, vs = list(self.costs), list(self.costs.values())
+            mk, mv = sum(ks) / len(ks), sum(vs) / len(vs)
+            slope = sum((a - mk) * (b - mv) for a, b in zip(ks, vs)) / sum((a - mk) ** 2 for a in ks)
+            self._line = (mk, mv, max(slope, 0.0))
         self.k = self.best()
 
     def cost(self, k: int) -> float:
@@ -75,12 +82,10 @@ class AdaptiveK:
         or k·c + 1 (scaled through the one measured k)."""
         if k in self.costs:
             return self.costs[k]
-        if len(self.costs) >= 2:
-            ks, vs = list(self.costs), list(self.costs.values())
-            mk, mv = sum(ks) / len(ks), sum(vs) / len(vs)
-            slope = sum((a - mk) * (b - mv) for a, b in zip(ks, vs)) / sum((a - mk) ** 2 for a in ks)
-            fit = mv + max(slope, 0.0) * (k - mk)
-            return fit if fit > 0 else min(vs)
+        if self._line is not None:
+            mk, mv, slope = self._line
+            fit = mv + slope * (k - mk)
+            return fit if fit > 0 else min(self.costs.values())
         model = 1.0 + self.cost_ratio * k
         if self.costs:
             (k0, v0), = self.costs.items()

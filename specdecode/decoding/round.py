@@ -170,6 +170,7 @@ class EagerRounds:
     batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
 
     captured = False
+    captures = 0  # round graphs captured so far (CapturedRounds counts them)
 
     def __init__(self, target, fixed_shapes: bool = False) -> None:
         self.target = target  # the target's Step
