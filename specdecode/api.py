@@ -272,7 +272,9 @@ class SpeculativeDecoder:
         if found is None:
             from .accel.rounds import CapturedRounds
 
-            found = self._rounds[id(runner)] = CapturedRounds(runner)
+            # --no-kernels: no Triton anywhere in the round, its commit included
+            found = self._rounds[id(runner)] = CapturedRounds(
+                runner, fused_commit=False if self.settings.kernels is False else None)
         return found
 
     def reserve(self, ids: Sequence[Sequence[int]]) -> None:

@@ -127,3 +127,18 @@ def test_draft_equal_to_target_accepts_everything_in_captured_rounds(llama_pair,
     for r in results:
         assert r.stats.draft_tokens > 0
         assert r.stats.acceptance_rate == 1.0
+
+
+def test_the_captured_round_commits_in_one_kernel(llama_pair):
+    """On CUDA the round's acceptance and commit run as accel/glue.py's one kernel; --no-kernels
+    keeps Triton out of the round (the reference's tensor operations). Both are the target's own
+    output."""
+    from specdecode.accel import glue
+
+    fused = dec(llama_pair, k=4, max_new_tokens=40, batch_size=3)
+    plain = dec(llama_pair, k=4, max_new_tokens=40, batch_size=3, kernels=False)
+    assert fused.rounds().commit is glue.commit
+    assert plain.rounds() is not None and plain.rounds().commit is None
+    want = oracle_greedy(llama_pair.target, RAGGED, 40)
+    assert [r.token_ids for r in fused.generate(RAGGED)] == want
+    assert [r.token_ids for r in plain.generate(RAGGED)] == want

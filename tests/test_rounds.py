@@ -172,3 +172,107 @@ def test_speculative_lookahead_stops_where_the_plain_loop_does(llama_pair, max_n
     cut = [ref[: ref.index(eos[0]) + 1] if eos[0] in ref else ref for ref in free]
     assert plain == cut
     assert plain_reasons[1] == "eos"
+
+
+class _Lengths:
+    """The one thing the commit needs of a cache: its lengths (and `advance`, for the reference)."""
+
+    def __init__(self, positions: torch.Tensor) -> None:
+        self.positions = positions
+
+    def advance(self, n: torch.Tensor) -> None:
+        self.positions += n
+
+
+def _commit_case(seed: int, batch: int, width: int, per_row_num: bool):
+    """A round's state after the verify: [last, proposal] with a random agreeing prefix per row,
+    the target's argmax tokens, counts proposed per row (a tensor, or an int for all rows), rows
+    that have finished, and buffers holding stale values the commit must overwrite."""
+    g = torch.Generator().manual_seed(seed)
+    verify_in = torch.randint(0, 50, (batch, width + 1), generator=g)
+    target = torch.randint(0, 50, (batch, width + 1), generator=g)
+    for b in range(batch):
+        agree = int(torch.randint(0, width + 1, (1,), generator=g))
+        target[b, :agree] = verify_in[b, 1:1 + agree]
+    num = torch.randint(0, width + 1, (batch,), generator=g) if per_row_num else width
+    bufs = RoundBuffers.new(batch, width + 2, 50, SamplingParams(), torch.device("cpu"))
+    bufs.last.copy_(verify_in[:, 0])
+    bufs.prev.fill_(-7)
+    bufs.out.fill_(-9)
+    bufs.alive.copy_(torch.randint(0, 2, (batch,), generator=g))
+    positions = torch.randint(10, 90, (batch,), generator=g)
+    return verify_in, target, num, bufs, positions
+
+
+def _after(bufs, positions):
+    return [t.clone() for t in (positions, bufs.prev, bufs.last, bufs.out)]
+
+
+@pytest.mark.parametrize("width", [0, 1, 5, 7])
+@pytest.mark.parametrize("per_row_num", [False, True])
+def test_the_fused_commit_equals_the_reference(width, per_row_num):
+    """accel/glue.commit (one Triton kernel per round, here under the interpreter) accepts and
+    commits exactly what the reference's tensor operations do: greedy (the accepted prefix from
+    the target's argmax, capped by each row's proposal count) and sampling (counts given), for
+    live and finished rows, with the proposal padded to a wider result buffer."""
+    from specdecode.accel import glue
+    from specdecode.decoding.round import commit_reference
+    from specdecode.decoding.verify import verify_greedy
+
+    for seed in range(6):
+        verify_in, target, num, bufs, positions = _commit_case(seed, 4, width, per_row_num)
+        # reference: verify_greedy on one-hot logits of the target's tokens, then the commit
+        logits = torch.nn.functional.one_hot(target, 50).float()
+        ref_bufs, ref_pos = RoundBuffers(**{**bufs.__dict__}), positions.clone()
+        for name in ("last", "prev", "out", "alive"):
+            setattr(ref_bufs, name, getattr(bufs, name).clone())
+        n_acc, nxt = verify_greedy(verify_in[:, 1:], logits, num if isinstance(num, torch.Tensor) else None)
+        commit_reference(verify_in, _Lengths(ref_pos), ref_bufs, num, n_acc, nxt)
+        fused_pos = positions.clone()
+        glue.commit(verify_in, _Lengths(fused_pos), bufs, num, target_tokens=target)
+        assert [t.tolist() for t in _after(bufs, fused_pos)] == [t.tolist() for t in _after(ref_bufs, ref_pos)]
+        # the greedy decision itself: a prefix that agrees, then the target's token
+        for b in range(4):
+            a = int(bufs.out[b, 0])
+            cap = int(num[b]) if isinstance(num, torch.Tensor) else width
+            assert a <= cap and verify_in[b, 1:1 + a].tolist() == target[b, :a].tolist()
+            assert a == cap or verify_in[b, 1 + a] != target[b, a]
+            assert int(bufs.out[b, 1]) == int(target[b, a]) == int(bufs.last[b])
+
+        # sampling: the rule's counts and token handed in
+        verify_in, target, num, bufs, positions = _commit_case(100 + seed, 3, width, per_row_num)
+        cap = num if isinstance(num, torch.Tensor) else torch.full((3,), width)
+        n_acc = (torch.rand(3, generator=torch.Generator().manual_seed(seed)) * (cap + 1)).long().clamp(max=cap)
+        nxt = torch.randint(0, 50, (3,))
+        ref_bufs, ref_pos = RoundBuffers(**{**bufs.__dict__}), positions.clone()
+        for name in ("last", "prev", "out", "alive"):
+            setattr(ref_bufs, name, getattr(bufs, name).clone())
+        commit_reference(verify_in, _Lengths(ref_pos), ref_bufs, num, n_acc, nxt)
+        fused_pos = positions.clone()
+        glue.commit(verify_in, _Lengths(fused_pos), bufs, num, accepted=n_acc, next_token=nxt)
+        assert [t.tolist() for t in _after(bufs, fused_pos)] == [t.tolist() for t in _after(ref_bufs, ref_pos)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
+    """Whole generations whose rounds commit through the fused kernel (as captured rounds do on
+    CUDA; here under Triton's interpreter) emit what the reference rounds emit, greedy and sampled
+    with one seed, with a model drafter and with prompt lookup (counts per row)."""
+    from specdecode.accel import glue
+
+    def run(fused: bool, drafter: str):
+        dec = cpu_decoder(llama_pair.target, llama_pair.draft if drafter == "model" else None, drafter=drafter,
+                          k=3, batch_size=3, max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
+        eng = dec.engine()
+        if fused:
+            eng.rounds.commit = glue.commit
+        ids = dec.encode_all(RAGGED)
+        tokens = [[] for _ in ids]
+        for ev in eng.stream(ids):
+            tokens[ev.row].extend(ev.tokens)
+        return tokens
+
+    for drafter in ("model", "ngram"):
+        assert run(True, drafter) == run(False, drafter)
+    if temperature == 0.0:
+        assert run(True, "model") == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
+from . import glue
 
 __all__ = ["CapturedRounds", "Pending", "capture", "time_replays"]
 
@@ -88,9 +89,15 @@ class Pending:
 class CapturedRounds(EagerRounds):
     captured = True
 
-    def __init__(self, target) -> None:
-        """`target`: the target's ModelRunner (CUDA, fixed shapes)."""
+    def __init__(self, target, fused_commit: bool | None = None) -> None:
+        """`target`: the target's ModelRunner (CUDA, fixed shapes). `fused_commit`: the acceptance
+        and commit as one Triton kernel (accel/glue.py); None: wherever Triton runs on the device
+        (--no-kernels turns it off with the other kernels)."""
         super().__init__(target, fixed_shapes=True)
+        usable = glue.usable(target.device)
+        if fused_commit and not usable:
+            raise ValueError("the fused commit needs Triton and a CUDA device")
+        self.commit = glue.commit if (usable if fused_commit is None else fused_commit) else None
         self._bufs: dict[tuple, RoundBuffers] = {}
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, int]] = {}
         self._pool = None

@@ -53,6 +53,7 @@ class KVCache:
         # set by `prepare` for the forward in flight
         self._step_positions: Tensor | None = None  # [B, q]
         self._attend_len = max_len
+        self._offset_cache: dict[int, Tensor] = {}
 
     def layer(self, i: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype,
               device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -101,9 +102,24 @@ class KVCache:
         if attend_len > self.max_len:
             raise ValueError(f"attend_len {attend_len} exceeds the cache size {self.max_len}")
         self._attend_len = attend_len
-        offsets = torch.arange(q, device=self.device)
-        self._step_positions = self.positions[:, None] + offsets  # [B, q]
+        if q == 1:
+            # a view, no kernel (a captured round runs a dozen such steps): valid for this forward,
+            # which reads it before anything advances the lengths
+            self._step_positions = self.positions[:, None]
+        else:
+            self._step_positions = self.positions[:, None] + self._offsets(q)  # [B, q]
         return self._step_positions
+
+    def _offsets(self, q: int) -> Tensor:
+        """arange(q) on the cache's device, made once per q (outside a graph capture: a tensor made
+        during one would live in the graph's memory)."""
+        found = self._offset_cache.get(q)
+        if found is None:
+            found = torch.arange(q, device=self.device)
+            capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            if not capturing:
+                self._offset_cache[q] = found
+        return found
 
     def advance(self, n: Tensor) -> None:
         """positions += n ([B]). Rolling back a round is advancing by fewer than were written."""

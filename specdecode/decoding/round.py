@@ -38,7 +38,7 @@ from .drafting import Draft, Drafter, DraftState
 from .sampling import SamplingParams, logits_to_probs
 from .verify import verify_greedy, verify_sampling
 
-__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "run_round"]
+__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "commit_reference", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -99,32 +99,60 @@ class RoundBuffers:
         self.given_num.copy_(src, non_blocking=True)
 
 
-def _padded(draft: Draft, width: int) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(tokens [B, width], probs [B, width, V] or None, num_proposed [B]): padding is never proposed."""
+def _verify_input(last: Tensor, draft: Draft, width: int) -> tuple[Tensor, Tensor | None, Tensor | int]:
+    """(verify_in [B, width+1] = [last, proposal, padding], probs [B, width, V] or None,
+    num_proposed: [B] int64, or an int when every row proposed all its tokens). One
+    concatenation; padding is never proposed."""
     tokens, probs = draft.tokens, draft.probs
     b, n = tokens.shape
-    num = draft.num_proposed if draft.num_proposed is not None else torch.full(
-        (b,), n, dtype=torch.long, device=tokens.device)
+    num = draft.num_proposed if draft.num_proposed is not None else n
+    parts = [last[:, None]]
+    if n:
+        parts.append(tokens)
     if n < width:
-        tokens = torch.cat([tokens, tokens.new_zeros((b, width - n))], dim=1)
+        parts.append(tokens.new_zeros((b, width - n)))
         if probs is not None:
             probs = torch.cat([probs, probs.new_zeros((b, width - n, probs.shape[-1]))], dim=1)
-    return tokens, probs, num
+    verify_in = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    return verify_in, probs, num
+
+
+def commit_reference(verify_in: Tensor, cache, bufs: RoundBuffers, num_proposed: Tensor | int,
+                     accepted: Tensor, next_token: Tensor) -> None:
+    """The round's commit as tensor operations (the reference; accel/glue.py's `commit` is the
+    same as one kernel): the target cache keeps last, d_1..d_a (`positions` advances by a+1 in
+    live rows: that is the rollback), the new `prev` is d_a (or last), `last` the next token,
+    and the counts and proposal land in `bufs.out`."""
+    width = verify_in.shape[1] - 1
+    tokens = verify_in[:, 1:]
+    cache.advance((accepted + 1) * bufs.alive)
+    if width > 0:
+        gathered = tokens.gather(1, (accepted - 1).clamp(min=0)[:, None]).squeeze(1)  # [B]
+        bufs.prev.copy_(torch.where(accepted > 0, gathered, verify_in[:, 0]))
+    else:
+        bufs.prev.copy_(verify_in[:, 0])
+    bufs.last.copy_(next_token)
+    bufs.out[:, 0] = accepted
+    bufs.out[:, 1] = next_token
+    bufs.out[:, 2] = num_proposed.clamp(max=width) if isinstance(num_proposed, Tensor) else min(num_proposed, width)
+    bufs.out[:, 3:3 + width] = tokens
 
 
 def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-              attend_len: int, target_rows: int, may_sync: bool = True) -> int:
+              attend_len: int, target_rows: int, may_sync: bool = True, commit=None) -> int:
     """One round over `bufs` and the caches (see the module doc); returns the draft steps the
     drafter ran (<= k; fewer only when an uncaptured drafter stopped early).
 
     `target`: the target's Step (forward over `cache`); `drafter`: an on-device drafter, or None
-    when the proposal was handed in (`bufs.give`) or k == 0."""
+    when the proposal was handed in (`bufs.give`) or k == 0. `commit`: the acceptance and commit
+    fused into one kernel (accel/glue.py's `commit`, captured rounds on CUDA); None runs them
+    as the reference tensor operations below."""
     B = bufs.last.shape[0]
     k, width = shape.k, shape.width
 
     # 1. draft: up to k tokens per row
     if k == 0:
-        draft = Draft(tokens=bufs.last.new_zeros((B, 0)), num_proposed=bufs.last.new_zeros(B))
+        draft = Draft(tokens=bufs.last.new_zeros((B, 0)), num_proposed=None)
     elif drafter is None:  # a host drafter's proposal, handed in
         draft = Draft(tokens=bufs.given_tokens[:, :k], num_proposed=bufs.given_num)
     else:
@@ -134,32 +162,27 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
         draft = drafter.propose(state, k)
     steps = draft.tokens.shape[1]
     width = max(width, steps)
-    tokens, probs, num_proposed = _padded(draft, width)  # [B, w], [B, w, V] | None, [B]
+    verify_in, probs, num_proposed = _verify_input(bufs.last, draft, width)  # [B, w+1], [B, w, V] | None
+    tokens = verify_in[:, 1:]  # [B, w]
 
     # 2. verify: one target forward over w+1 positions
-    verify_in = torch.cat([bufs.last[:, None], tokens], dim=1)  # [B, w+1]
     logits = target.forward(verify_in, cache, attend_len)  # [B, w+1, V]
 
-    # 3. accept (pure functions, no host sync)
+    # 3. accept (pure functions, no host sync) and 4. commit
+    num = num_proposed if isinstance(num_proposed, Tensor) else None
+    if sampling.greedy and commit is not None:
+        commit(verify_in, cache, bufs, num_proposed, target_tokens=logits.argmax(dim=-1))
+        return steps
     if sampling.greedy:
-        n_acc, nxt = verify_greedy(tokens, logits, num_proposed)
+        n_acc, nxt = verify_greedy(tokens, logits, num)
     else:
         p = logits_to_probs(logits, sampling)  # [B, w+1, V] float32
-        n_acc, nxt = verify_sampling(tokens, probs, p, num_proposed=num_proposed,
+        n_acc, nxt = verify_sampling(tokens, probs, p, num_proposed=num,
                                      uniform=bufs.uniform[:, :width], race=bufs.race[:, width])
-
-    # 4. commit: the target cache keeps last, d_1..d_a; the new `prev` is d_a (or last)
-    cache.advance((n_acc + 1) * bufs.alive)
-    if width > 0:
-        gathered = tokens.gather(1, (n_acc - 1).clamp(min=0)[:, None]).squeeze(1)  # [B]
-        bufs.prev.copy_(torch.where(n_acc > 0, gathered, bufs.last))
+    if commit is not None:
+        commit(verify_in, cache, bufs, num_proposed, accepted=n_acc, next_token=nxt)
     else:
-        bufs.prev.copy_(bufs.last)
-    bufs.last.copy_(nxt)
-    bufs.out[:, 0] = n_acc
-    bufs.out[:, 1] = nxt
-    bufs.out[:, 2] = num_proposed.clamp(max=width)
-    bufs.out[:, 3:3 + width] = tokens
+        commit_reference(verify_in, cache, bufs, num_proposed, n_acc, nxt)
     return steps
 
 
@@ -203,12 +226,15 @@ class EagerRounds:
         width = max(shape.width, steps)
         return steps, bufs.out[:, : 3 + width].clone()
 
+    commit = None  # the reference commit (captured rounds may fuse it: accel/glue.py)
+
     def _round(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, attend_len: int,
                target_rows: int, may_sync: bool) -> int:
         """run_round with this batch's drafter when it drafts on the device (a host drafter's
         proposal is already in `bufs`)."""
         drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
-        return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync)
+        return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync,
+                         commit=self.commit)
 
     def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
         """The tensors a round changes that a warm-up must leave as it found them."""
