@@ -253,10 +253,11 @@ def test_the_fused_commit_equals_the_reference(width, per_row_num):
         assert [t.tolist() for t in _after(bufs, fused_pos)] == [t.tolist() for t in _after(ref_bufs, ref_pos)]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("temperature", [pytest.param(0.0, marks=pytest.mark.slow), 0.8])
 def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
     """Whole generations whose rounds commit through the fused kernel (as captured rounds do on
-    CUDA; here under Triton's interpreter) emit what the reference rounds emit, greedy and sampled
+    CUDA; here under Triton's interpreter, slow for greedy, whose argmax kernel runs every round)
+    emit what the reference rounds emit, greedy and sampled
     with one seed, with a model drafter and with prompt lookup (counts per row)."""
     from specdecode.accel import glue
 
@@ -272,7 +273,32 @@ def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
             tokens[ev.row].extend(ev.tokens)
         return tokens
 
-    for drafter in ("model", "ngram"):
-        assert run(True, drafter) == run(False, drafter)
+    fused_model = run(True, "model")
+    assert fused_model == run(False, "model")
+    assert run(True, "ngram") == run(False, "ngram")
     if temperature == 0.0:
-        assert run(True, "model") == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+        assert fused_model == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_argmax_kernel_equals_torch(dtype):
+    """accel/glue.argmax (many programs a row, the last to finish reduces; here under the
+    interpreter) returns torch.argmax's index: the first of tied maxima, within and across its
+    chunks, on rows of a real vocabulary's size and of odd sizes, on sliced rows, a row of -inf,
+    a row with NaN, and leading dimensions."""
+    from specdecode.accel import glue
+
+    g = torch.Generator().manual_seed(0)
+    for v in (151936, 5000, 37):
+        x = torch.randn((5, v + 3), generator=g).to(dtype)[:, :v]  # rows strided past their length
+        x[1, :] = 0.0
+        x[1, v // 2] = x[1, v - 1] = 4.0  # tie across chunks: the first one
+        x[2, :] = float("-inf")
+        x[3, v // 3] = float("nan")
+        x[4, 7 % v] = x[4, (7 + glue.ARGMAX_CHUNK) % v] = 30.0
+        assert glue.argmax(x).tolist() == x.argmax(dim=-1).tolist()
+        three = x[:4].reshape(2, 2, v)
+        assert glue.argmax(three).tolist() == three.argmax(dim=-1).tolist()
+    # the counters are left at zero: a second launch over the same rows gives the same answer
+    y = torch.randn((3, 9000), generator=g)
+    assert glue.argmax(y).tolist() == glue.argmax(y).tolist() == y.argmax(dim=-1).tolist()

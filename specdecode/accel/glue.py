@@ -21,8 +21,11 @@ with exactly the reference's results (decoding/round.py's `commit_reference`; in
 so there is no rounding to differ in). Tests run it under Triton's interpreter on CPU against
 the reference; captured rounds use it when the Triton kernels can run (accel/rounds.py).
 
-What it does not: the argmax over the vocabulary (torch's reduction is one kernel already) or
-the sampling rule (verify.py).
+`argmax` is the greedy token choice over a vocabulary-sized row as one kernel of ~40 programs a
+row (torch's reduction spends ~9 us on a 152k-id row on an H200, six times a k 5 round): the
+verify's tokens for `commit`, and the draft's picks (ModelRunner.argmax).
+
+What it does not: the sampling rule (verify.py).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from .kernels import AVAILABLE, tl, triton
 
-__all__ = ["commit"]
+__all__ = ["argmax", "commit"]
 
 
 if AVAILABLE:
@@ -73,17 +76,93 @@ if AVAILABLE:
         tl.store(OUT + b * sout + 3 + j, d, mask=in_w)
 
 
+    @triton.jit
+    def _argmax_kernel(X, sx, V, PV, PI, CNT, OUT, S: tl.constexpr, SB: tl.constexpr, CHUNK: tl.constexpr,
+                       BLOCK: tl.constexpr):
+        """Program (r, s): the max of row r over its chunk s and the first index holding it, into
+        the partials; the last of the row's S programs to finish (an atomic count) reduces the S
+        partials and writes the row's index. NaN counts as larger than everything (as torch)."""
+        r = tl.program_id(0)
+        s = tl.program_id(1)
+        lane = tl.arange(0, BLOCK)
+        best = tl.full([BLOCK], float("-inf"), tl.float32)
+        where = tl.full([BLOCK], -1, tl.int32)
+        for off in range(0, CHUNK, BLOCK):
+            idx = s * CHUNK + off + lane
+            x = tl.load(X + r * sx + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+            x = tl.where(x != x, float("inf"), x)
+            # strict: a lane keeps its earlier index on ties; its first in-range element always
+            take = ((x > best) | (where < 0)) & (idx < V)
+            best = tl.where(take, x, best)
+            where = tl.where(take, idx, where)
+        m = tl.max(best, axis=0)
+        i = tl.min(tl.where((best == m) & (where >= 0), where, 2147483647), axis=0)
+        tl.store(PV + r * S + s, m)
+        tl.store(PI + r * S + s, i)
+        tl.debug_barrier()
+        done = tl.atomic_add(CNT + r, 1, sem="acq_rel")
+        if done == S - 1:
+            j = tl.arange(0, SB)
+            pv = tl.load(PV + r * S + j, mask=j < S, other=float("-inf"), cache_modifier=".cg")
+            pi = tl.load(PI + r * S + j, mask=j < S, other=2147483647, cache_modifier=".cg")
+            m = tl.max(pv, axis=0)
+            i = tl.min(tl.where(pv == m, pi, 2147483647), axis=0)
+            tl.store(OUT + r, i.to(tl.int64))
+            tl.atomic_xchg(CNT + r, 0)  # ready for the next launch
+
+
+_SCRATCH: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+_KEEP: list[Tensor] = []  # scratch a captured graph may still point to is never freed
+ARGMAX_CHUNK = 4096  # vocabulary ids per program (a 152k vocabulary: 38 programs a row)
+
+
+def _scratch(device: torch.device, rows: int, parts: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(partial maxima, partial indices, zeroed per-row counters) for argmax, one set per device,
+    grown (never shrunk or freed) at first use of a larger shape, which is outside any capture:
+    captured rounds run every shape before capturing it."""
+    found = _SCRATCH.get(device)
+    if found is None or found[0].numel() < rows * parts or found[2].numel() < rows:
+        n = max(rows * parts, 16384)
+        found = (torch.empty(n, dtype=torch.float32, device=device), torch.empty(n, dtype=torch.int32, device=device),
+                 torch.zeros(max(rows, 1024), dtype=torch.int32, device=device))
+        _SCRATCH[device] = found
+        _KEEP.extend(found)
+    return found
+
+
+def argmax(logits: Tensor) -> Tensor:
+    """logits [..., V] (any float dtype, last dimension contiguous) -> the first index of each row's
+    maximum, int64 [...] (torch.argmax's result), as one kernel of many programs a row: torch's
+    reduction reads a 152k-id row with few programs (~9 us on an H200)."""
+    lead, v = logits.shape[:-1], logits.shape[-1]
+    x = logits.reshape(-1, v)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    rows = x.shape[0]
+    parts = triton.cdiv(v, ARGMAX_CHUNK)
+    pv, pi, cnt = _scratch(x.device, rows, parts)
+    out = torch.empty(rows, dtype=torch.long, device=x.device)
+    if rows:
+        _argmax_kernel[(rows, parts)](x, x.stride(0), v, pv, pi, cnt, out, S=parts,
+                                      SB=triton.next_power_of_2(parts), CHUNK=ARGMAX_CHUNK,
+                                      BLOCK=min(1024, triton.next_power_of_2(v)), num_warps=4)
+    return out.view(lead)
+
+
 def commit(verify_in: Tensor, cache, bufs, num_proposed: Tensor | int,
            target_tokens: Tensor | None = None, accepted: Tensor | None = None,
-           next_token: Tensor | None = None) -> None:
+           next_token: Tensor | None = None, logits: Tensor | None = None) -> None:
     """Accept (greedy: from `target_tokens` [B, W+1], the verify's argmax) or take `accepted` and
     `next_token` [B] (sampling), and commit the round in place: the target cache's lengths
     (`cache.positions`), `bufs.prev`, `bufs.last`, `bufs.out` (see the module doc).
 
     verify_in [B, W+1] int64: [last, proposal]; num_proposed: [B] int64, or an int for every row.
-    All int64 and contiguous in their last dimension; one launch, no host synchronisation."""
+    All int64 and contiguous in their last dimension; one launch, no host synchronisation.
+    `logits` [B, W+1, V] (greedy, instead of target_tokens): their argmax by `argmax` first."""
     B, w1 = verify_in.shape
     width = w1 - 1
+    if logits is not None:
+        target_tokens = argmax(logits)
     greedy = target_tokens is not None
     if not greedy and (accepted is None or next_token is None):
         raise ValueError("commit needs the target's tokens (greedy) or accepted and next_token (sampling)")

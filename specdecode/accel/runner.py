@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..decoding.cache import KVCache
 from ..decoding.step import ModelStep, UnsupportedModelError
+from . import glue as _glue
 from .fused import KernelFailure, FusedModel, FusedUnsupported
 
 __all__ = ["ModelRunner", "pool_len"]
@@ -89,6 +90,8 @@ class ModelRunner(ModelStep):
         if compile and self.fused is None:
             # inductor fuses the step's elementwise work; CUDA graphs are captured around rounds
             self._step = torch.compile(self._transformers_step, dynamic=False, backend=compile_backend)
+        # greedy picks on glue.argmax's kernel inside captured rounds (--no-kernels: torch's)
+        self._argmax_kernel = self.graphs and kernels is not False and _glue.usable(self.device)
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._prefills: dict[tuple, tuple] = {}  # captured prefills per (cache, batch, bucket, kept logits)
         self._pool = None
@@ -142,6 +145,13 @@ class ModelRunner(ModelStep):
         if self.fixed_shapes:
             attend_len = cache.max_len
         return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
+
+    def argmax(self, logits: Tensor) -> Tensor:
+        """The greedy pick (ModelStep.argmax): one kernel of many programs a row in captured steps
+        (accel/glue.py's argmax; torch's reduction reads a 152k-id row with few)."""
+        if self._argmax_kernel and logits.is_cuda:
+            return _glue.argmax(logits)
+        return logits.argmax(dim=-1)
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
         """A variable-length forward (prompts). With the fused path it runs the fused layers (sdpa);

@@ -171,7 +171,7 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     # 3. accept (pure functions, no host sync) and 4. commit
     num = num_proposed if isinstance(num_proposed, Tensor) else None
     if sampling.greedy and commit is not None:
-        commit(verify_in, cache, bufs, num_proposed, target_tokens=logits.argmax(dim=-1))
+        commit(verify_in, cache, bufs, num_proposed, logits=logits)
         return steps
     if sampling.greedy:
         n_acc, nxt = verify_greedy(tokens, logits, num)

@@ -102,6 +102,11 @@ class ModelStep:
             return masks
         return masks[self.layout.kinds[0]]
 
+    def argmax(self, logits: Tensor) -> Tensor:
+        """The greedy pick over logits [..., V] (int64 [...]); accelerated runners may run it as
+        their own kernel (accel/runner.py)."""
+        return logits.argmax(dim=-1)
+
     def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
         """One forward of input_ids [B, q] at each row's cache position; returns logits [B, q', V].
 

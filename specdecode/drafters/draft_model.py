@@ -57,7 +57,7 @@ class ModelDrafter:
     def _next(self, logits: Tensor, state: DraftState, j: int) -> tuple[Tensor, Tensor | None]:
         """logits: [B, V] already aligned to the target's rows."""
         if state.sampling.greedy:
-            return logits.argmax(dim=-1), None
+            return self.runner.argmax(logits), None
         q = logits_to_probs(logits, state.sampling)  # [B, V] float32
         race = state.race[:, j] if state.race is not None else None
         return sample(q, state.generator, race=race), q
