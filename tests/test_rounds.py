@@ -22,6 +22,8 @@ from specdecode.decoding.sampling import SamplingParams
 
 RAGGED = [PROMPTS[0], PROMPTS[7], PROMPTS[2]]
 MAX_NEW = 30
+# the Triton kernels of accel/glue.py: on the GPU where there is one, else under the interpreter
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _compiled(dec):
@@ -205,7 +207,15 @@ def _commit_case(seed: int, batch: int, width: int, per_row_num: bool):
 
 
 def _after(bufs, positions):
-    return [t.clone() for t in (positions, bufs.prev, bufs.last, bufs.out)]
+    return [t.cpu() for t in (positions, bufs.prev, bufs.last, bufs.out)]
+
+
+def _on(x, device):
+    """Round buffers (or a tensor, or an int) on `device` (copies)."""
+    if isinstance(x, RoundBuffers):
+        return RoundBuffers(**{name: (t.to(device) if isinstance(t, torch.Tensor) else t)
+                               for name, t in x.__dict__.items()})
+    return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
 @pytest.mark.parametrize("width", [0, 1, 5, 7])
@@ -228,8 +238,9 @@ def test_the_fused_commit_equals_the_reference(width, per_row_num):
             setattr(ref_bufs, name, getattr(bufs, name).clone())
         n_acc, nxt = verify_greedy(verify_in[:, 1:], logits, num if isinstance(num, torch.Tensor) else None)
         commit_reference(verify_in, _Lengths(ref_pos), ref_bufs, num, n_acc, nxt)
-        fused_pos = positions.clone()
-        glue.commit(verify_in, _Lengths(fused_pos), bufs, num, target_tokens=target)
+        fused_pos, dbufs = positions.to(DEV), _on(bufs, DEV)
+        glue.commit(verify_in.to(DEV), _Lengths(fused_pos), dbufs, _on(num, DEV), target_tokens=target.to(DEV))
+        bufs = _on(dbufs, "cpu")
         assert [t.tolist() for t in _after(bufs, fused_pos)] == [t.tolist() for t in _after(ref_bufs, ref_pos)]
         # the greedy decision itself: a prefix that agrees, then the target's token
         for b in range(4):
@@ -248,11 +259,14 @@ def test_the_fused_commit_equals_the_reference(width, per_row_num):
         for name in ("last", "prev", "out", "alive"):
             setattr(ref_bufs, name, getattr(bufs, name).clone())
         commit_reference(verify_in, _Lengths(ref_pos), ref_bufs, num, n_acc, nxt)
-        fused_pos = positions.clone()
-        glue.commit(verify_in, _Lengths(fused_pos), bufs, num, accepted=n_acc, next_token=nxt)
+        fused_pos, dbufs = positions.to(DEV), _on(bufs, DEV)
+        glue.commit(verify_in.to(DEV), _Lengths(fused_pos), dbufs, _on(num, DEV), accepted=n_acc.to(DEV),
+                    next_token=nxt.to(DEV))
+        bufs = _on(dbufs, "cpu")
         assert [t.tolist() for t in _after(bufs, fused_pos)] == [t.tolist() for t in _after(ref_bufs, ref_pos)]
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="CPU rounds: on CUDA, test_gpu_rounds.py runs the fused commit")
 @pytest.mark.parametrize("temperature", [pytest.param(0.0, marks=pytest.mark.slow), 0.8])
 def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
     """Whole generations whose rounds commit through the fused kernel (as captured rounds do on
@@ -290,7 +304,7 @@ def test_the_argmax_kernel_equals_torch(dtype):
 
     g = torch.Generator().manual_seed(0)
     for v in (151936, 5000, 37):
-        x = torch.randn((5, v + 3), generator=g).to(dtype)[:, :v]  # rows strided past their length
+        x = torch.randn((5, v + 3), generator=g).to(dtype).to(DEV)[:, :v]  # rows strided past their length
         x[1, :] = 0.0
         x[1, v // 2] = x[1, v - 1] = 4.0  # tie across chunks: the first one
         x[2, :] = float("-inf")
@@ -300,5 +314,5 @@ def test_the_argmax_kernel_equals_torch(dtype):
         three = x[:4].reshape(2, 2, v)
         assert glue.argmax(three).tolist() == three.argmax(dim=-1).tolist()
     # the counters are left at zero: a second launch over the same rows gives the same answer
-    y = torch.randn((3, 9000), generator=g)
+    y = torch.randn((3, 9000), generator=g).to(DEV)
     assert glue.argmax(y).tolist() == glue.argmax(y).tolist() == y.argmax(dim=-1).tolist()
