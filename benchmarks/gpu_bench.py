@@ -297,6 +297,18 @@ def step_time(runner: ModelRunner, batch: int, q: int, prompt_len: int, repeats:
     return statistics.median(times)
 
 
+def product_pair(pair: str):
+    """(target, draft, target runner, draft runner): the pair's random-weight models on the
+    product's default decode path (fused layers, compiled, Triton kernels, captured steps); the
+    runners' paths are printed."""
+    tcfg, dcfg = CONFIGS[pair]()
+    target, draft = build(tcfg, "target"), build(dcfg, "draft")
+    tr = ModelRunner(target.model, graphs=True, compile=True)
+    dr = ModelRunner(draft.model, graphs=True, compile=True)
+    print(f"target: {tr.describe()}\ndraft: {dr.describe()}")
+    return target, draft, tr, dr
+
+
 def replay_ms(graph: torch.cuda.CUDAGraph, reps: int = 20, rounds: int = 15) -> float:
     """Median ms of one replay of a captured graph: `reps` replays back to back per timing (a step's
     own pace inside a round, not a launch onto a drained GPU), the median of `rounds` timings."""

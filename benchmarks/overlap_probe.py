@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
 from specdecode.accel.rounds import capture  # noqa: E402
-from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
 @torch.inference_mode()
@@ -40,12 +39,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=200)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
-    target = gpu_bench.build(tcfg, "target")
-    draft = gpu_bench.build(dcfg, "draft")
-    tr = ModelRunner(target.model, graphs=True, compile=True)
-    dr = ModelRunner(draft.model, graphs=True, compile=True)
-    print(f"target: {tr.describe()}\ndraft: {dr.describe()}")
+    _, _, tr, dr = gpu_bench.product_pair(args.pair)
     n = args.prompt
     tc, dc = tr.new_cache(1, n + 300), dr.new_cache(1, n + 300)
     x = torch.randint(10, 500, (1, n), device="cuda")

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
 from specdecode.accel.rounds import CapturedRounds  # noqa: E402
-from specdecode.accel.runner import ModelRunner  # noqa: E402
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine  # noqa: E402
 from specdecode.decoding.round import RoundShape  # noqa: E402
 from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
@@ -61,12 +60,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
-    target = gpu_bench.build(tcfg, "target")
-    draft = gpu_bench.build(dcfg, "draft")
-    tr = ModelRunner(target.model, graphs=True, compile=True)
-    dr = ModelRunner(draft.model, graphs=True, compile=True)
-    print(f"target: {tr.describe()}\ndraft: {dr.describe()}")
+    target, draft, tr, dr = gpu_bench.product_pair(args.pair)
     prompt = torch.randint(10, 500, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
     out: dict = {"pair": args.pair, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "method": "10 replays back to back, each after a captured restore of the round's state, "

@@ -61,6 +61,14 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, ALIGNED=aligned, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
                                                   BLOCK_KH=128),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16"))
+    # a round's glue (accel/glue.py): the commit, greedy and sampling, counts per row or one for all;
+    # the argmax over a vocabulary (its last program reduces: atomics)
+    ids = {name: "*i64" for name in ("VIN", "TT", "NACC", "NXT", "NUM", "LAST", "PREV", "ALIVE", "POS", "OUT")}
+    for greedy, has_num in ((True, False), (True, True), (False, True)):
+        out[f"commit-greedy{int(greedy)}-num{int(has_num)}"] = (
+            "glue", "_commit_kernel", dict(W=5, BLOCK=8, GREEDY=greedy, HAS_NUM=has_num), ids)
+    out["argmax"] = ("glue", "_argmax_kernel", dict(S=38, SB=64, CHUNK=4096, BLOCK=1024),
+                     dict(V="i32", PV="*fp32", PI="*i32", CNT="*i32", OUT="*i64"))
     return out
 
 
@@ -70,9 +78,9 @@ def _compile_all() -> dict[str, str | None]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from specdecode.accel import kernels, nf4
+    from specdecode.accel import glue, kernels, nf4
 
-    modules = {"kernels": kernels, "nf4": nf4}
+    modules = {"kernels": kernels, "nf4": nf4, "glue": glue}
     results = {}
     for name, (module, kernel, consts, types) in forms().items():
         fn = getattr(modules[module], kernel)
@@ -84,7 +92,7 @@ def _compile_all() -> dict[str, str | None]:
                 constexprs[(i,)] = consts[p]
             elif p in types:
                 signature[p] = types[p]
-            elif p[0].isupper() and p not in INTS:
+            elif p[0].isupper() and p not in INTS:  # (a pointer's element type defaults to bf16)
                 signature[p] = "*bf16"
             else:
                 signature[p] = "fp32" if p in ("eps", "scaling") else "i32"

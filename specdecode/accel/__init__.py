@@ -5,7 +5,8 @@
   pooled cache sizes so compiled and captured code is reused;
 * `rounds.CapturedRounds`: a whole round (draft steps, verify, acceptance, cache commits)
   captured once per shape as one CUDA graph, launched once per round, with one host
-  synchronisation: the counts the engine reads;
+  synchronisation: the counts the engine reads; the round's acceptance and commit, and greedy
+  picks over the vocabulary, as Triton kernels of their own (glue.py);
 * `execution.resolve_execution`: which of these a model runs with on a device, and why,
   decided once where settings meet the device.
 

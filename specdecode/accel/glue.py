@@ -157,8 +157,8 @@ def commit(verify_in: Tensor, cache, bufs, num_proposed: Tensor | int,
     (`cache.positions`), `bufs.prev`, `bufs.last`, `bufs.out` (see the module doc).
 
     verify_in [B, W+1] int64: [last, proposal]; num_proposed: [B] int64, or an int for every row.
-    All int64 and contiguous in their last dimension; one launch, no host synchronisation.
-    `logits` [B, W+1, V] (greedy, instead of target_tokens): their argmax by `argmax` first."""
+    All int64 and contiguous in their last dimension; one launch (two with `logits` [B, W+1, V],
+    greedy, instead of target_tokens: their `argmax` first), no host synchronisation."""
     B, w1 = verify_in.shape
     width = w1 - 1
     if logits is not None:

@@ -194,6 +194,7 @@ class EagerRounds:
 
     captured = False
     captures = 0  # round graphs captured so far (CapturedRounds counts them)
+    commit = None  # run_round's commit: None = the reference (captured rounds fuse it: accel/glue.py)
 
     def __init__(self, target, fixed_shapes: bool = False) -> None:
         self.target = target  # the target's Step
@@ -225,8 +226,6 @@ class EagerRounds:
         steps = self._round(cache, bufs, shape, sampling, attend_len, target_rows, may_sync=True)
         width = max(shape.width, steps)
         return steps, bufs.out[:, : 3 + width].clone()
-
-    commit = None  # the reference commit (captured rounds may fuse it: accel/glue.py)
 
     def _round(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, attend_len: int,
                target_rows: int, may_sync: bool) -> int:
