@@ -31,6 +31,7 @@ from .models.loading import (
     ModelLoadError,
     apply_threads,
     check_source,
+    decode_weights,
     load_model,
     load_tokenizer,
     model_source,
@@ -176,19 +177,8 @@ def _stop_below(settings: Settings, runner=None) -> float | None:
 
 
 def _step_params(model) -> int:
-    """Parameters one decoding step reads: all but an untied input embedding table (read one row
-    per token)."""
-    emb = model.get_input_embeddings()
-    out = model.get_output_embeddings()
-    skip = emb.weight if emb is not None and (out is None or out.weight is not emb.weight) else None
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) in seen or p is skip:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    """Parameters one decoding step reads (models.loading.decode_weights)."""
+    return sum(p.numel() for _, p, read in decode_weights(model) if read)
 
 
 def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | None, draft_runner=None,

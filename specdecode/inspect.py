@@ -90,7 +90,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     import torch
 
     from .accel.nf4 import nf4_nbytes
-    from .models.loading import gguf_info, model_source
+    from .models.loading import decode_weights, gguf_info, model_source
 
     source = model_source(name, gguf_file)
     name = source.name
@@ -115,11 +115,7 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
     nf4_params = nf4_bytes = 0
     step_bytes = 0  # the bytes of those weights: NF4 projections as stored, the rest in dtype
     bytes_per = DTYPE_BYTES.get(dtype, 4)
-    seen: set[int] = set()
-    for pname, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for pname, p, read in decode_weights(model):
         layer = _layer_index(pname)
         if exit_layer is not None and layer is not None and layer >= exit_layer:
             continue
@@ -132,12 +128,9 @@ def describe_model(name: str, tokenizer, dtype: str, quantized: bool, trust_remo
             nf4_bytes += size
         if p is in_emb.weight:
             embed += n
-            if tied:
-                step_params += n  # read again as the LM head
-                step_bytes += size
-            continue
-        step_params += n
-        step_bytes += size
+        if read:  # (a tied embedding table is read whole, as the LM head)
+            step_params += n
+            step_bytes += size
     used_layers = exit_layer if exit_layer is not None else layers
     if quantized:  # 4-bit NF4 linear weights (~0.516 byte each with their scales); the rest in dtype
         memory = nf4_bytes + (params - nf4_params) * bytes_per

@@ -349,6 +349,21 @@ def check_causal_lm(name: str, config) -> None:
         raise ModelLoadError(f"'{name}' is not a causal language model (architecture: {', '.join(archs)})")
 
 
+def decode_weights(model):
+    """(name, parameter, read whole by a decoding step) once per distinct parameter: a step reads
+    every weight but an untied input embedding table, of which it reads one row per token (tied,
+    the table is read whole as the LM head)."""
+    emb = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    table = emb.weight if emb is not None and (out is None or out.weight is not emb.weight) else None
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        yield name, p, p is not table
+
+
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
