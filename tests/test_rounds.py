@@ -316,3 +316,25 @@ def test_the_argmax_kernel_equals_torch(dtype):
     # the counters are left at zero: a second launch over the same rows gives the same answer
     y = torch.randn((3, 9000), generator=g).to(DEV)
     assert glue.argmax(y).tolist() == glue.argmax(y).tolist() == y.argmax(dim=-1).tolist()
+
+
+def test_padding_past_a_shorter_proposal_is_never_accepted():
+    """A fixed-shape round verifies `width` positions; when the drafter proposed fewer (k < width,
+    --k auto), the padding must not count as proposed even where the target's argmax equals it."""
+    from specdecode.decoding.drafting import Draft
+
+    class Zeros:  # a target whose argmax is token 0 everywhere, as the padding is
+        def forward(self, ids, cache, attend_len):
+            logits = torch.zeros((*ids.shape, 7))
+            logits[..., 0] = 1.0
+            return logits
+
+    class Drafter:  # proposes k zeros, no per-row counts
+        def propose(self, state, k):
+            return Draft(tokens=torch.zeros((state.last.shape[0], k), dtype=torch.long))
+
+    bufs = RoundBuffers.new(2, 4, 7, SamplingParams(), torch.device("cpu"))
+    cache = _Lengths(torch.tensor([10, 20]))
+    run_round(Zeros(), cache, Drafter(), bufs, RoundShape(2, 4, False), SamplingParams(), 32, 7, may_sync=False)
+    assert bufs.out[:, 0].tolist() == [2, 2] and bufs.out[:, 2].tolist() == [2, 2]
+    assert cache.positions.tolist() == [13, 23]

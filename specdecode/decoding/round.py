@@ -101,11 +101,13 @@ class RoundBuffers:
 
 def _verify_input(last: Tensor, draft: Draft, width: int) -> tuple[Tensor, Tensor | None, Tensor | int]:
     """(verify_in [B, width+1] = [last, proposal, padding], probs [B, width, V] or None,
-    num_proposed: [B] int64, or an int when every row proposed all its tokens). One
-    concatenation; padding is never proposed."""
+    num_proposed: [B] int64, or the int `width` when every row proposed all `width` positions).
+    One concatenation; padding is never proposed."""
     tokens, probs = draft.tokens, draft.probs
     b, n = tokens.shape
-    num = draft.num_proposed if draft.num_proposed is not None else n
+    num = draft.num_proposed
+    if num is None:  # every row proposed its n tokens: a count only where padding follows them
+        num = n if n == width else torch.full((b,), n, dtype=torch.long, device=tokens.device)
     parts = [last[:, None]]
     if n:
         parts.append(tokens)
