@@ -69,7 +69,7 @@ def main() -> None:
     for k in args.k:
         for feed_prev in ((False, True) if k else (False,)):
             for fused in (False, True):
-                tr._argmax_kernel = dr._argmax_kernel = fused  # the greedy picks on glue.argmax
+                tr._picks_on_kernel = dr._picks_on_kernel = fused  # the greedy picks on glue.argmax
                 eng, rounds, cache, bufs = round_engine(target, draft, tr, dr, k, fused, prompt)
                 shape = RoundShape(k, k, feed_prev)
                 graph, _ = rounds.prepare(cache, bufs, shape, eng.params.sampling, eng.target_rows)

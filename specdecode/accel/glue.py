@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import AVAILABLE, tl, triton
+from .kernels import AVAILABLE, scratch, tl, triton
 
 __all__ = ["argmax", "commit"]
 
@@ -111,23 +111,7 @@ if AVAILABLE:
             tl.atomic_xchg(CNT + r, 0)  # ready for the next launch
 
 
-_SCRATCH: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
-_KEEP: list[Tensor] = []  # scratch a captured graph may still point to is never freed
 ARGMAX_CHUNK = 4096  # vocabulary ids per program (a 152k vocabulary: 38 programs a row)
-
-
-def _scratch(device: torch.device, rows: int, parts: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(partial maxima, partial indices, zeroed per-row counters) for argmax, one set per device,
-    grown (never shrunk or freed) at first use of a larger shape, which is outside any capture:
-    captured rounds run every shape before capturing it."""
-    found = _SCRATCH.get(device)
-    if found is None or found[0].numel() < rows * parts or found[2].numel() < rows:
-        n = max(rows * parts, 16384)
-        found = (torch.empty(n, dtype=torch.float32, device=device), torch.empty(n, dtype=torch.int32, device=device),
-                 torch.zeros(max(rows, 1024), dtype=torch.int32, device=device))
-        _SCRATCH[device] = found
-        _KEEP.extend(found)
-    return found
 
 
 def argmax(logits: Tensor) -> Tensor:
@@ -140,7 +124,9 @@ def argmax(logits: Tensor) -> Tensor:
         x = x.contiguous()
     rows = x.shape[0]
     parts = triton.cdiv(v, ARGMAX_CHUNK)
-    pv, pi, cnt = _scratch(x.device, rows, parts)
+    pv = scratch(x.device, "argmax maxima", rows * parts, torch.float32, least=16384)
+    pi = scratch(x.device, "argmax indices", rows * parts, torch.int32, least=16384)
+    cnt = scratch(x.device, "argmax counters", rows, torch.int32)  # each row's last program resets it
     out = torch.empty(rows, dtype=torch.long, device=x.device)
     if rows:
         _argmax_kernel[(rows, parts)](x, x.stride(0), v, pv, pi, cnt, out, S=parts,

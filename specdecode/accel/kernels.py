@@ -45,7 +45,7 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     tl = None
 
 __all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
-           "gemv_config", "gemv_operands", "pdl_usable", "usable_on"]
+           "gemv_config", "gemv_operands", "pdl_usable", "scratch", "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -681,19 +681,29 @@ def _pdl_args(pdl: bool) -> dict:
     return dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
 
 
-_COUNTERS: dict[torch.device, Tensor] = {}
+_SCRATCH: dict[tuple[torch.device, str], Tensor] = {}
+_RETIRED: list[Tensor] = []  # replaced scratch buffers: a captured graph may still point to them
+
+
+def scratch(device: torch.device, name: str, n: int, dtype: torch.dtype, least: int = 1024) -> Tensor:
+    """A zeroed buffer of at least n elements per (device, name), shared by every launch on the
+    device (its kernels run one after another in one stream). Kernels that count in it leave it
+    zero again. It grows at the first use of a larger size, which is uncaptured (the runner and
+    the captured rounds run each shape once before capturing it); the buffer it replaces is kept
+    alive, since graphs captured earlier still point to it."""
+    key = (device, name)
+    found = _SCRATCH.get(key)
+    if found is None or found.numel() < n:
+        if found is not None:
+            _RETIRED.append(found)
+        found = _SCRATCH[key] = torch.zeros(max(n, least), dtype=dtype, device=device)
+    return found
 
 
 def _split_counters(device: torch.device, n: int) -> Tensor:
     """Zeroed int32 counters for decode_attention's folded merge, one per (row, KV head); each
-    launch leaves them zero again, so one buffer per device serves every layer and model (the
-    steps of one device run in one stream, one kernel after another). Allocated at the first,
-    uncaptured use of a shape (the runner runs each shape once before capturing it)."""
-    found = _COUNTERS.get(device)
-    if found is None or found.numel() < n:
-        found = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _COUNTERS[device] = found
-    return found
+    launch leaves them zero again, so one buffer per device serves every layer and model."""
+    return scratch(device, "attention split counters", n, torch.int32)
 
 
 def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:

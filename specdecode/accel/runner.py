@@ -91,7 +91,7 @@ class ModelRunner(ModelStep):
             # inductor fuses the step's elementwise work; CUDA graphs are captured around rounds
             self._step = torch.compile(self._transformers_step, dynamic=False, backend=compile_backend)
         # greedy picks on glue.argmax's kernel inside captured rounds (--no-kernels: torch's)
-        self._argmax_kernel = self.graphs and kernels is not False and _glue.usable(self.device)
+        self._picks_on_kernel = self.graphs and kernels is not False and _glue.usable(self.device)
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._prefills: dict[tuple, tuple] = {}  # captured prefills per (cache, batch, bucket, kept logits)
         self._pool = None
@@ -149,7 +149,7 @@ class ModelRunner(ModelStep):
     def argmax(self, logits: Tensor) -> Tensor:
         """The greedy pick (ModelStep.argmax): one kernel of many programs a row in captured steps
         (accel/glue.py's argmax; torch's reduction reads a 152k-id row with few)."""
-        if self._argmax_kernel and logits.is_cuda:
+        if self._picks_on_kernel and logits.is_cuda:
             return _glue.argmax(logits)
         return logits.argmax(dim=-1)
 

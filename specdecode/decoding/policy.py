@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ..metrics import expected_tokens_per_round
+
 __all__ = ["AdaptiveK", "PRIOR_ALPHA", "PRIOR_WEIGHT"]
 
 PRIOR_ALPHA = 0.8  # the acceptance rate assumed before any round (a matched pair's typical)
@@ -94,9 +96,7 @@ class AdaptiveK:
 
     def expected_rate(self, k: int) -> float:
         """Expected tokens per unit of cost at the current α̂ with k draft tokens."""
-        a = self.alpha
-        tokens = k + 1.0 if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
-        return tokens / self.cost(k)
+        return expected_tokens_per_round(self.alpha, k) / self.cost(k)
 
     def best(self) -> int:
         """The k in [1, max_k] with the highest expected rate; the smallest on a tie."""

@@ -171,10 +171,10 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     logits = target.forward(verify_in, cache, attend_len)  # [B, w+1, V]
 
     # 3. accept (pure functions, no host sync) and 4. commit
-    num = num_proposed if isinstance(num_proposed, Tensor) else None
     if sampling.greedy and commit is not None:
         commit(verify_in, cache, bufs, num_proposed, logits=logits)
         return steps
+    num = num_proposed if isinstance(num_proposed, Tensor) else None  # None: all `width` proposed
     if sampling.greedy:
         n_acc, nxt = verify_greedy(tokens, logits, num)
     else:
