@@ -235,6 +235,38 @@ if triton is not None:
         y = tl.sum(tl.reshape(acc, [BLOCK_N, NB * 32]), axis=1)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=n_ok)
 
+
+    @triton.jit
+    def _gemv_pair_kernel(X32, W, ABSMAX, CODE, Y, N, K, KH, V: tl.constexpr, BLOCK_N: tl.constexpr,
+                          NB: tl.constexpr, DEPTH: tl.constexpr):
+        """_gemv_deep_kernel with the input read as bf16 pairs (one int32 per weight byte) in the
+        byte tile's own shape (the same address for every row): no exchange of the input tile."""
+        STEP: tl.constexpr = NB * 32
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < N
+        rb = tl.arange(0, NB)
+        re = tl.arange(0, 32)
+        xoff = (rn * 0)[:, None, None] + (rb * 32)[None, :, None] + re[None, None, :]
+        acc = tl.zeros([BLOCK_N, NB, 32], dtype=tl.float32)
+        b1, a1 = _tile(W, ABSMAX, rn, n_ok, 0, KH, K, BLOCK_N, NB)
+        b2, a2 = b1, a1
+        if DEPTH >= 2:
+            b2, a2 = _tile(W, ABSMAX, rn, n_ok, STEP, KH, K, BLOCK_N, NB)
+        for j0 in range(0, KH, STEP):
+            byte, a = b1, a1
+            if DEPTH == 1:
+                b1, a1 = _tile(W, ABSMAX, rn, n_ok, j0 + STEP, KH, K, BLOCK_N, NB)
+            else:
+                b1, a1 = b2, a2
+                b2, a2 = _tile(W, ABSMAX, rn, n_ok, j0 + 2 * STEP, KH, K, BLOCK_N, NB)
+            x32 = tl.load(X32 + j0 + xoff, mask=j0 + xoff < KH, other=0)
+            xe = (x32 << 16).to(tl.float32, bitcast=True)
+            xo = (x32 & -65536).to(tl.float32, bitcast=True)
+            w_hi, w_lo = _lookup(byte, CODE, a, V, BLOCK_N, NB)
+            acc += xe * w_hi + xo * w_lo
+        y = tl.sum(tl.reshape(acc, [BLOCK_N, NB * 32]), axis=1)
+        tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=n_ok)
+
     PRMT_ASM_C = tl.constexpr(PRMT_ASM)
 
 
@@ -268,6 +300,47 @@ def gemv_deep(x, q: nf4.NF4Weight, v: int, block_n: int, nb: int, warps: int, de
     _gemv_deep_kernel[(triton.cdiv(n, block_n),)](x, q.packed, q.absmax, q.code, y, n, k, k // 2, V=v,
                                                  BLOCK_N=block_n, NB=nb, DEPTH=depth, num_warps=warps)
     return y
+
+
+def gemv_pair(x, q: nf4.NF4Weight, v: int, block_n: int, nb: int, warps: int, depth: int):
+    n, k = q.shape
+    y = torch.empty(n, dtype=torch.bfloat16, device=x.device)
+    _gemv_pair_kernel[(triton.cdiv(n, block_n),)](x.view(torch.int32), q.packed, q.absmax, q.code, y, n, k, k // 2,
+                                                 V=v, BLOCK_N=block_n, NB=nb, DEPTH=depth, num_warps=warps)
+    return y
+
+
+def pairs(args) -> dict:
+    """Probe 3: the one-row GEMV with the input read as bf16 pairs in the weight tile's layout."""
+    dev = torch.device("cuda")
+    out: dict = {"rows": []}
+    for name, (n, k) in SHAPES.items():
+        w = (torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16)
+        q = nf4.quantize_nf4(w, BS, double_quant=False)
+        ref = nf4.dequantize_nf4(q)
+        x = torch.randn(k, device=dev, dtype=torch.bfloat16)
+        yref = ref.float() @ x.float()
+        copies = max(1, min(64, math.ceil(COLD / q.nbytes)))
+        qs = [nf4.quantize_nf4((torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16), BS, False)
+              for _ in range(copies - 1)] + [q]
+        row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "gemv_pair": []}
+        print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
+        for v in (0, 2, 4):
+            for bn, nb, wp, d in ((4, 8, 4, 1), (4, 8, 4, 2), (8, 8, 4, 1), (8, 4, 2, 2), (2, 16, 2, 1),
+                                  (4, 16, 4, 1), (16, 4, 4, 1), (4, 4, 1, 2), (8, 8, 8, 2), (2, 8, 1, 2)):
+                try:
+                    y = gemv_pair(x, q, v, bn, nb, wp, d).float()
+                    err = float((y - yref).abs().max() / yref.abs().max())
+                    t = timed([lambda c=c: gemv_pair(x, c, v, bn, nb, wp, d) for c in qs])
+                except Exception as e:
+                    print(f"  gemv_pair {VARIANTS[v]} {(bn, nb, wp, d)} failed: {type(e).__name__}: {str(e)[:200]}",
+                          flush=True)
+                    continue
+                row["gemv_pair"].append({"variant": VARIANTS[v], "config": [bn, nb, wp, d], "us": t, "rel_err": err})
+                print(f"  gemv_pair {VARIANTS[v]:5s} {(bn, nb, wp, d)} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) "
+                      f"err {err:.1e}", flush=True)
+        out["rows"].append(row)
+    return out
 
 
 def structure(args) -> dict:
@@ -339,10 +412,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--structure", action="store_true", help="probe 2 (see structure())")
+    ap.add_argument("--pairs", action="store_true", help="probe 3 (see pairs())")
     args = ap.parse_args()
-    if args.structure:
+    if args.structure or args.pairs:
         torch.manual_seed(0)
-        res = structure(args)
+        res = structure(args) if args.structure else pairs(args)
         if args.json:
             args.json.write_text(json.dumps(res, indent=1))
         return

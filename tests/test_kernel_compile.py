@@ -56,11 +56,13 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
                  HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=pdl, BLOCK_M=rows, BLOCK_N=32 if mma else 4,
                  BLOCK_KH=128 if mma else 512),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32"))
-    for nested, aligned in ((True, True), (False, False)):  # the decoded weight (dequantize_nf4_fast)
-        out[f"nf4-dequantize-nested{int(nested)}-aligned{int(aligned)}"] = (
-            "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, ALIGNED=aligned, BS=64, BS2=256, WROUND=1, HW=True, BLOCK_N=16,
-                                                  BLOCK_KH=128),
-            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16"))
+    # the decoded weight (dequantize_nf4_fast): int32 pair stores for 16-bit weights, joined fp32 otherwise
+    for nested, aligned, pairs in ((True, True, True), (False, False, True), (True, True, False)):
+        out[f"nf4-dequantize-nested{int(nested)}-aligned{int(aligned)}-pairs{int(pairs)}"] = (
+            "nf4", "_nf4_dequantize_kernel", dict(NESTED=nested, ALIGNED=aligned, BS=64, BS2=256,
+                                                  WROUND=1 if pairs else 0, HW=True, PAIRS=pairs,
+                                                  BLOCK_N=8 if pairs else 16, BLOCK_KH=256 if pairs else 128),
+            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", Y="*bf16" if pairs else "*fp32", Y32="*i32"))
     # a round's glue (accel/glue.py): the commit, greedy and sampling, counts per row or one for all;
     # the argmax over a vocabulary (its last program reduces: atomics)
     ids = {name: "*i64" for name in ("VIN", "TT", "NACC", "NXT", "NUM", "LAST", "PREV", "ALIVE", "POS", "OUT")}

@@ -24,6 +24,7 @@ grid is marked slow there (`python -m pytest -m slow tests/test_nf4.py`).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -82,11 +83,22 @@ def test_quantize_nf4_matches_bitsandbytes_bit_for_bit(double_quant, dtype):
             assert torch.equal(ours.code2, qs.state2.code)
             assert torch.equal(ours.offset, qs.offset.reshape(1))
             assert ours.blocksize2 == qs.state2.blocksize == 256
-        # and bitsandbytes' dequantization of its own state is ours, bit for bit
-        expected = F.dequantize_4bit(packed, qs)
+        # and bitsandbytes' dequantization of its own state is ours, bit for bit: where there is
+        # a GPU, its CUDA kernel's (what --quantized runs). Its 0.50 CPU dequantizer rounds float16
+        # without double quantization differently in rare elements (6 of 57,600 by one ulp at
+        # 150 x 384, blocks of 64, on the H200 machine's CPU, where the CUDA kernel agrees with
+        # ours everywhere: benchmarks/results/2026-12-03-h200-bnb-fp16-check.txt), so on the CPU
+        # that case is held to one ulp.
+        if torch.cuda.is_available():
+            expected = F.dequantize_4bit(packed.cuda(), copy.deepcopy(qs).to("cuda")).cpu()
+        else:
+            expected = F.dequantize_4bit(packed, qs)
         assert expected.dtype == dtype
-        assert torch.equal(nf4.dequantize_nf4(ours), expected)
-        assert torch.equal(nf4.dequantize_nf4(nf4.NF4Weight.from_quant_state(packed, qs)), expected)
+        for got in (nf4.dequantize_nf4(ours), nf4.dequantize_nf4(nf4.NF4Weight.from_quant_state(packed, qs))):
+            if torch.cuda.is_available() or dtype != torch.float16 or double_quant:
+                assert torch.equal(got, expected)
+            else:
+                torch.testing.assert_close(got, expected, rtol=2**-10, atol=0)
 
 
 @needs_bnb

@@ -808,8 +808,9 @@ DEFAULT_MULTI_ROW = "mixed"
 MAX_MIXED_ROWS = 16
 # NF4 layers run steps of at most this many rows on the NF4 GEMV (the draft's and the target's
 # own steps); larger ones (the verify) take the layer's weights dequantized by one kernel
-# (nf4.dequantize_nf4_fast) and cuBLAS: on the H200 the NF4 forms at 6 rows read their weights
-# at 48-280 GB/s (the verify step 6-8x bf16's; benchmarks/results/2026-12-03-h200-nf4.md)
+# (nf4.dequantize_nf4_fast, ~3.2 TB/s) and cuBLAS: on the H200 the NF4 forms at 6 rows read their
+# weights at 48-280 GB/s (a verify step 6-8x bf16's), the dequantized path is 2.17x bf16's
+# (benchmarks/results/2026-12-03-h200-nf4.md, -nf4-stop26.md)
 NF4_KERNEL_ROWS = 2
 
 def _raise_recompile_limit(limit: int = 64) -> None:

@@ -58,22 +58,25 @@ dequantized by one kernel (``dequantize_nf4_fast``: the same values) and cuBLAS.
 
 Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md):
 
-- The one- and two-row forms read NF4 weights at 290-800 GB/s, far below HBM's ~4.8 TB/s: the
-  decode (a gather of the 16-entry map per element, the product by the absmax and the rounding
-  to the weight's dtype, the input tile moved through shared memory once per tile to match the
-  decoded tile's register layout) bounds them, not memory. A target step is 1.2-1.3x the bf16
-  step on the Qwen2.5 1.5B, Gemma 3 4B and Llama 3.1 8B shapes, not the 0.6-0.75x the bytes allow.
+- The one- and two-row forms read NF4 weights at 290-800 GB/s, far below HBM's ~4.8 TB/s. A
+  target step is 1.2-1.3x the bf16 step on the Qwen2.5 1.5B, Gemma 3 4B and Llama 3.1 8B shapes,
+  not the 0.6-0.75x the bytes allow. What bounds them is mostly not the code lookup: the same
+  one-row kernel with no lookup at all (the bytes widened) reads only 0.7-1.2 TB/s, and neither a lookup from
+  registers (tl.gather, a per-block decoded table), nor byte permutes (prmt), nor the input read
+  in the weight tile's own layout, nor more tiles in flight moved it past ~0.85 TB/s
+  (benchmarks/nf4_decode_probe.py, benchmarks/results/2026-12-03-h200-nf4-decode-probe*.txt).
 - The forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows with the rows;
   the tensor-core form's decoded operand goes through shared memory); hence NF4_KERNEL_ROWS.
+  Those steps dequantize each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its
+  stores take the loads' layout: the 6-row Qwen2.5 1.5B step 11.6 -> 3.27 ms, 2.17x bf16's).
 - nf4_gemv_config's defaults are the sweep's best by kind and size.
 
-Not done: a decode bound by memory (a layout for the one-row form in which the input needs no
-exchange per tile; the code lookup without a gather per element, e.g. a byte-pair table in
-registers or shared memory), splitting K across programs, keeping the merged q/k/v and gate/up
-weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16 tensor-core operands are
-checked on the GPU only (Triton's interpreter gets tl.dot on bf16 wrong, so on the CPU bf16 rows
-take the fp32-operand path: the same exact products). Assumes an even K (every real model;
-rows then start on a byte boundary) and N*K < 2**31.
+Not done: a one-row form bound by memory (the probe's no-lookup variant says the structure of the
+reduction, not the decode, has to change: e.g. splitting K across programs), keeping the merged
+q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
+tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
+wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
+even K (every real model; rows then start on a byte boundary) and N*K < 2**31.
 
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests
 check it (tests/test_nf4.py).
@@ -559,19 +562,39 @@ if AVAILABLE:
 
 
     @triton.jit
-    def _nf4_dequantize_kernel(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, Y, N, K, KH,
+    def _nf4_dequantize_kernel(W, ABSMAX, CODE, CODE2, ABSMAX2, OFFSET, Y, Y32, N, K, KH,
                                NESTED: tl.constexpr, ALIGNED: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr,
-                               WROUND: tl.constexpr, HW: tl.constexpr, BLOCK_N: tl.constexpr,
+                               WROUND: tl.constexpr, HW: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_KH: tl.constexpr):
         """Y [N, K] = the decoded weight (dequantize_nf4's values), one [BLOCK_N, 2*BLOCK_KH] tile a
         program: the steps that do not run on the GEMV (prefill, larger steps) read it once.
-        ALIGNED: _nf4_raw's per-block tiles (the absmax decoded once per block)."""
+        ALIGNED: _nf4_raw's per-block tiles (the absmax decoded once per block). PAIRS (16-bit
+        weights): each byte's two values stored as one int32 through Y32 (Y's memory; the high
+        nibble's value in the low half, the lower address), so the stores take the loads' layout;
+        Triton's layout for two joined halves wrote at ~0.3 TB/s, this at ~3.2
+        (benchmarks/results/2026-12-03-h200-nf4-decode-probe2.txt)."""
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         j0 = tl.program_id(1) * BLOCK_KH
         n_ok = rn < N
         byte, a, s2 = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED, ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH)
         w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, CODE, CODE2, OFFSET, NESTED, ALIGNED, 0, WROUND, HW,
                                  BLOCK_N, BLOCK_KH)
+        if PAIRS:
+            yt = Y.dtype.element_ty
+            h = w_hi.to(yt).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            lo = w_lo.to(yt).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            if ALIGNED:  # bytes j0 + b * BS/2 + e: [BLOCK_N, blocks, BS / 2]
+                rb = tl.arange(0, BLOCK_KH // (BS // 2))
+                re = tl.arange(0, BS // 2)
+                jj = j0 + rb[None, :, None] * (BS // 2) + re[None, None, :]
+                msk = n_ok[:, None, None] & (jj < KH)
+                out = Y32 + rn[:, None, None] * KH + jj
+            else:
+                jj = j0 + tl.arange(0, BLOCK_KH)[None, :]
+                msk = n_ok[:, None] & (jj < KH)
+                out = Y32 + rn[:, None] * KH + jj
+            tl.store(out, h | (lo << 16), mask=msk)
+            return
         # the two nibbles' values side by side, [.., 2], so each thread stores contiguous elements
         # (two strided stores leave a warp's threads writing 2 bytes apiece across rows)
         w = tl.join(w_hi, w_lo).to(Y.dtype.element_ty)
@@ -755,14 +778,17 @@ def dequantize_nf4_fast(nf4: NF4Weight, dtype: torch.dtype | None = None, kernel
     y = torch.empty((n, k), dtype=nf4.dtype, device=nf4.packed.device)
     nested = nf4.nested
     dummy = nf4.absmax
-    block_n, block_kh = 16, 128
+    pairs = y.element_size() == 2  # bf16/fp16: a byte's two values are one int32
+    # tiles of 8 rows x 256 bytes (the H200 probe's best for the int32 stores; 16 x 128 before)
+    block_n, block_kh = (8, 256) if pairs else (16, 128)
     aligned = k % nf4.blocksize == 0 and block_kh % (nf4.blocksize // 2) == 0
     grid = (triton.cdiv(n, block_n), triton.cdiv(k // 2, block_kh))
     _nf4_dequantize_kernel[grid](
         nf4.packed, nf4.absmax, nf4.code, nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy,
-        nf4.offset if nested else dummy, y, n, k, k // 2,
+        nf4.offset if nested else dummy, y, y.view(torch.int32) if pairs else y, n, k, k // 2,
         NESTED=nested, ALIGNED=aligned, BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype],
-        HW=nf4.packed.device.type == "cuda" and not _INTERPRETED, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=4,
+        HW=nf4.packed.device.type == "cuda" and not _INTERPRETED, PAIRS=pairs, BLOCK_N=block_n,
+        BLOCK_KH=block_kh, num_warps=4,
     )
     return y if dtype is None else y.to(dtype)
 
