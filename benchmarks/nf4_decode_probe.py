@@ -20,6 +20,11 @@ through copies of the weight (> 192 MB, several times the L2), replayed 10 times
 median.
 
     python3 benchmarks/nf4_decode_probe.py --json out.json     # a CUDA device
+
+Two further probes of the same jobs (benchmarks/results/2026-12-03-h200-nf4-decode-probe{2,3}.txt):
+``--structure`` stores the dequantization's two values per byte as one int32 (the stores then
+have the loads' layout) and gives the GEMV two or three tiles in flight; ``--pairs`` reads the
+GEMV's input as bf16 pairs in the weight tile's own layout (no exchange of the input tile).
 """
 
 from __future__ import annotations
