@@ -166,26 +166,6 @@ if triton is not None:
         tl.store(Y + rn[:, None, None, None] * K + 2 * jj + pair[None, None, None, :], w, mask=msk)
 
     @triton.jit
-    def _gemv_kernel(X, W, ABSMAX, CODE, Y, N, K, KH, V: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = rn < N
-        acc = tl.zeros([BLOCK_N, NB, 32], dtype=tl.float32)
-        b_nx, a_nx = _tile(W, ABSMAX, rn, n_ok, 0, KH, K, BLOCK_N, NB)
-        for j0 in range(0, KH, NB * 32):
-            byte, a = b_nx, a_nx
-            b_nx, a_nx = _tile(W, ABSMAX, rn, n_ok, j0 + NB * 32, KH, K, BLOCK_N, NB)
-            w_hi, w_lo = _lookup(byte, CODE, a, V, BLOCK_N, NB)
-            cols = 2 * j0 + tl.arange(0, NB * 64)
-            x = tl.load(X + cols, mask=cols < K, other=0.0).to(tl.float32)
-            xe, xo = tl.split(tl.reshape(x, [NB * 32, 2]))
-            xe = tl.reshape(xe, [1, NB, 32])
-            xo = tl.reshape(xo, [1, NB, 32])
-            acc += xe * w_hi + xo * w_lo
-        y = tl.sum(tl.reshape(acc, [BLOCK_N, NB * 32]), axis=1)
-        tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=n_ok)
-
-
-    @triton.jit
     def _dequant32_kernel(W, ABSMAX, CODE, Y32, N, K, KH, V: tl.constexpr, BLOCK_N: tl.constexpr,
                           NB: tl.constexpr):
         """The dequantization with each byte's two bf16 values stored as one int32 (high nibble's
@@ -207,7 +187,9 @@ if triton is not None:
     @triton.jit
     def _gemv_deep_kernel(X, W, ABSMAX, CODE, Y, N, K, KH, V: tl.constexpr, BLOCK_N: tl.constexpr,
                           NB: tl.constexpr, DEPTH: tl.constexpr):
-        """_gemv_kernel with DEPTH tiles loaded ahead (1: as _gemv_kernel)."""
+        """One-row GEMV: BLOCK_N weight rows a program, tiles of NB blocks of 32 bytes, the input's even
+        columns against the high nibbles and the odd against the low, an fp32 accumulator in the
+        tile's shape reduced once at the end; DEPTH tiles loaded ahead (probe 1: one)."""
         STEP: tl.constexpr = NB * 32
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
@@ -244,7 +226,7 @@ if triton is not None:
     @triton.jit
     def _gemv_pair_kernel(X32, W, ABSMAX, CODE, Y, N, K, KH, V: tl.constexpr, BLOCK_N: tl.constexpr,
                           NB: tl.constexpr, DEPTH: tl.constexpr):
-        """_gemv_deep_kernel with the input read as bf16 pairs (one int32 per weight byte) in the
+        """The one-row GEMV with the input read as bf16 pairs (one int32 per weight byte) in the
         byte tile's own shape (the same address for every row): no exchange of the input tile."""
         STEP: tl.constexpr = NB * 32
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -286,8 +268,8 @@ def dequant(q: nf4.NF4Weight, v: int, block_n: int = 16, nb: int = 4, warps: int
 def gemv(x, q: nf4.NF4Weight, v: int, block_n: int = 4, nb: int = 8, warps: int = 4):
     n, k = q.shape
     y = torch.empty(n, dtype=torch.bfloat16, device=x.device)
-    _gemv_kernel[(triton.cdiv(n, block_n),)](x, q.packed, q.absmax, q.code, y, n, k, k // 2, V=v,
-                                            BLOCK_N=block_n, NB=nb, num_warps=warps)
+    _gemv_deep_kernel[(triton.cdiv(n, block_n),)](x, q.packed, q.absmax, q.code, y, n, k, k // 2, V=v,
+                                                 BLOCK_N=block_n, NB=nb, DEPTH=1, num_warps=warps)
     return y
 
 
@@ -315,19 +297,25 @@ def gemv_pair(x, q: nf4.NF4Weight, v: int, block_n: int, nb: int, warps: int, de
     return y
 
 
+def _weights(n: int, k: int, dev) -> tuple:
+    """(NF4 weight, its dense decode, a bf16 input row, the fp32 product, copies of the weight
+    ending with it whose NF4 bytes exceed COLD) for an [n, k] weight of random values."""
+    w = (torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16)
+    q = nf4.quantize_nf4(w, BS, double_quant=False)
+    ref = nf4.dequantize_nf4(q)
+    x = torch.randn(k, device=dev, dtype=torch.bfloat16)
+    copies = max(1, min(64, math.ceil(COLD / q.nbytes)))
+    qs = [nf4.quantize_nf4((torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16), BS, False)
+          for _ in range(copies - 1)] + [q]
+    return q, ref, x, ref.float() @ x.float(), qs
+
+
 def pairs(args) -> dict:
     """Probe 3: the one-row GEMV with the input read as bf16 pairs in the weight tile's layout."""
     dev = torch.device("cuda")
     out: dict = {"rows": []}
     for name, (n, k) in SHAPES.items():
-        w = (torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16)
-        q = nf4.quantize_nf4(w, BS, double_quant=False)
-        ref = nf4.dequantize_nf4(q)
-        x = torch.randn(k, device=dev, dtype=torch.bfloat16)
-        yref = ref.float() @ x.float()
-        copies = max(1, min(64, math.ceil(COLD / q.nbytes)))
-        qs = [nf4.quantize_nf4((torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16), BS, False)
-              for _ in range(copies - 1)] + [q]
+        q, ref, x, yref, qs = _weights(n, k, dev)
         row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "gemv_pair": []}
         print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
         for v in (0, 2, 4):
@@ -353,14 +341,7 @@ def structure(args) -> dict:
     dev = torch.device("cuda")
     out: dict = {"rows": []}
     for name, (n, k) in SHAPES.items():
-        w = (torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16)
-        q = nf4.quantize_nf4(w, BS, double_quant=False)
-        ref = nf4.dequantize_nf4(q)
-        x = torch.randn(k, device=dev, dtype=torch.bfloat16)
-        yref = ref.float() @ x.float()
-        copies = max(1, min(64, math.ceil(COLD / q.nbytes)))
-        qs = [nf4.quantize_nf4((torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16), BS, False)
-              for _ in range(copies - 1)] + [q]
+        q, ref, x, yref, qs = _weights(n, k, dev)
         moved = q.nbytes + 2 * n * k
         row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "dequant32": [], "gemv_deep": []}
         print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
@@ -430,14 +411,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "rows": []}
     print(f"{results['device']}, triton {triton.__version__}")
     for name, (n, k) in SHAPES.items():
-        w = (torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16)
-        q = nf4.quantize_nf4(w, BS, double_quant=False)
-        ref = nf4.dequantize_nf4(q)
-        x = torch.randn(k, device=dev, dtype=torch.bfloat16)
-        yref = ref.float() @ x.float()
-        copies = max(1, min(64, math.ceil(COLD / q.nbytes)))
-        qs = [nf4.quantize_nf4((torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16), BS, False)
-              for _ in range(copies - 1)] + [q]
+        q, ref, x, yref, qs = _weights(n, k, dev)
         nf4_bytes = q.nbytes
         t_old_dq = timed([lambda c=c: nf4.dequantize_nf4_fast(c) for c in qs])
         t_old_gemv = timed([lambda c=c: nf4.nf4_gemv(x[None], c) for c in qs])
