@@ -60,19 +60,21 @@ Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200
 
 - The one- and two-row forms read NF4 weights at 290-800 GB/s, far below HBM's ~4.8 TB/s. A
   target step is 1.2-1.3x the bf16 step on the Qwen2.5 1.5B, Gemma 3 4B and Llama 3.1 8B shapes,
-  not the 0.6-0.75x the bytes allow. What bounds them is mostly not the code lookup: the same
-  one-row kernel with no lookup at all (the bytes widened) reads only 0.7-1.2 TB/s, and neither a lookup from
-  registers (tl.gather, a per-block decoded table), nor byte permutes (prmt), nor the input read
-  in the weight tile's own layout, nor more tiles in flight moved it past ~0.85 TB/s
+  not the 0.6-0.75x the bytes allow. The code lookup is part of the cost, not all of it: the same
+  one-row kernel converting each nibble to a float instead (no lookup; itself a quarter-rate
+  instruction) reads only 0.7-1.2 TB/s, and neither a lookup from registers (tl.gather, a
+  per-block decoded table), nor byte permutes (prmt), nor the input read in the weight tile's own
+  layout, nor more tiles in flight moved the lookup forms past ~0.85 TB/s
   (benchmarks/nf4_decode_probe.py, benchmarks/results/2026-12-03-h200-nf4-decode-probe*.txt).
+  Per weight they issue about eight instructions (nibble, lookup, scale, bf16 rounding, FMA).
 - The forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows with the rows;
   the tensor-core form's decoded operand goes through shared memory); hence NF4_KERNEL_ROWS.
   Those steps dequantize each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its
   stores take the loads' layout: the 6-row Qwen2.5 1.5B step 11.6 -> 3.27 ms, 2.17x bf16's).
 - nf4_gemv_config's defaults are the sweep's best by kind and size.
 
-Not done: a one-row form bound by memory (the probe's no-lookup variant says the structure of the
-reduction, not the decode, has to change: e.g. splitting K across programs), keeping the merged
+Not done: a one-row form bound by memory (fewer instructions per weight: e.g. a per-block table
+of decoded values looked up by byte permutes, or tensor cores for the products), keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
