@@ -25,6 +25,9 @@ Two further probes of the same jobs (benchmarks/results/2026-12-03-h200-nf4-deco
 ``--structure`` stores the dequantization's two values per byte as one int32 (the stores then
 have the loads' layout) and gives the GEMV two or three tiles in flight; ``--pairs`` reads the
 GEMV's input as bf16 pairs in the weight tile's own layout (no exchange of the input tile).
+``--mma`` (probe 4, not yet run on a GPU): 1, 4 and 6 rows on tensor cores with each NF4 tile
+decoded once in plain 2-D tiles (the verify form issue 17 asks for), against nf4_gemv's default
+form and the dequantization + cuBLAS path the verify takes today.
 """
 
 from __future__ import annotations
@@ -254,6 +257,47 @@ if triton is not None:
         y = tl.sum(tl.reshape(acc, [BLOCK_N, NB * 32]), axis=1)
         tl.store(Y + rn, y.to(Y.dtype.element_ty), mask=n_ok)
 
+
+    @triton.jit
+    def _mma_kernel(X, sxm, W, ABSMAX, CODE, Y, sym, M, N, K, KH, V: tl.constexpr, F32: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """Y [M, N] = X [M, K] @ W^T on tensor cores, each NF4 weight tile read and decoded once
+        for all rows (the verify's form), in plain 2-D tiles: bytes [BLOCK_N, BLOCK_KH], the absmax
+        of each byte's block (gathered, cached), the decoded high and low nibbles as the left
+        operands of two products with the input's even and odd columns, loaded already transposed
+        ([BLOCK_KH, BLOCK_M]). V: the lookup (0: the map in global memory, 4: none, the nibble
+        converted). F32: fp32 operands (the CPU interpreter's tl.dot is wrong on bf16)."""
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = tl.arange(0, BLOCK_M)
+        n_ok = rn < N
+        m_ok = rm < M
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for j0 in range(0, KH, BLOCK_KH):
+            jj = j0 + tl.arange(0, BLOCK_KH)
+            j_ok = jj < KH
+            wm = n_ok[:, None] & j_ok[None, :]
+            byte = tl.load(W + rn[:, None] * KH + jj[None, :], mask=wm, other=0)
+            a = tl.load(ABSMAX + (rn[:, None] * K + 2 * jj[None, :]) // 64, mask=wm, other=0.0)
+            b = byte.to(tl.int32)
+            if V == 0:
+                c_hi = tl.load(CODE + (b >> 4))
+                c_lo = tl.load(CODE + (b & 15))
+            else:
+                c_hi = (b >> 4).to(tl.float32)
+                c_lo = (b & 15).to(tl.float32)
+            xm = j_ok[:, None] & m_ok[None, :]
+            xe = tl.load(X + rm[None, :] * sxm + 2 * jj[:, None], mask=xm, other=0.0)
+            xo = tl.load(X + rm[None, :] * sxm + 2 * jj[:, None] + 1, mask=xm, other=0.0)
+            if F32:
+                w_hi = (c_hi * a).to(tl.bfloat16).to(tl.float32)
+                w_lo = (c_lo * a).to(tl.bfloat16).to(tl.float32)
+                acc += tl.dot(w_hi, xe.to(tl.float32), input_precision="ieee")
+                acc += tl.dot(w_lo, xo.to(tl.float32), input_precision="ieee")
+            else:
+                acc += tl.dot((c_hi * a).to(tl.bfloat16), xe)
+                acc += tl.dot((c_lo * a).to(tl.bfloat16), xo)
+        tl.store(Y + rm[None, :] * sym + rn[:, None], acc.to(Y.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+
     PRMT_ASM_C = tl.constexpr(PRMT_ASM)
 
 
@@ -295,6 +339,57 @@ def gemv_pair(x, q: nf4.NF4Weight, v: int, block_n: int, nb: int, warps: int, de
     _gemv_pair_kernel[(triton.cdiv(n, block_n),)](x.view(torch.int32), q.packed, q.absmax, q.code, y, n, k, k // 2,
                                                  V=v, BLOCK_N=block_n, NB=nb, DEPTH=depth, num_warps=warps)
     return y
+
+
+def mma(x, q: nf4.NF4Weight, v: int, block_n: int = 64, block_kh: int = 64, warps: int = 4, stages: int = 2):
+    """x [M, K] (M <= 16) @ W^T through _mma_kernel."""
+    n, k = q.shape
+    m = x.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    _mma_kernel[(triton.cdiv(n, block_n),)](x, x.stride(0), q.packed, q.absmax, q.code, y, y.stride(0), m, n, k,
+                                           k // 2, V=v, F32=not x.is_cuda, BLOCK_M=16, BLOCK_N=block_n,
+                                           BLOCK_KH=block_kh, num_warps=warps, num_stages=stages)
+    return y
+
+
+def tensor_cores(args) -> dict:
+    """Probe 4: several rows (the verify's 6, a batch-4 target's 4, one) on tensor cores with each
+    NF4 tile decoded once, against today's nf4_gemv forms and the dequantization + cuBLAS path."""
+    dev = torch.device("cuda")
+    out: dict = {"rows": []}
+    for name, (n, k) in SHAPES.items():
+        q, ref, _, _, qs = _weights(n, k, dev)
+        row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "by_rows": {}}
+        print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
+        for m in (1, 4, 6):
+            xm = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            yref = xm.float() @ ref.float().T
+            res: dict = {}
+            res["dequant_cublas_us"] = timed([lambda c=c: torch.nn.functional.linear(xm, nf4.dequantize_nf4_fast(c))
+                                              for c in qs])
+            cfg = nf4.nf4_gemv_config(m, n, k)
+            res["nf4_gemv_default_us"] = timed([lambda c=c: nf4.nf4_gemv(xm, c) for c in qs])
+            res["nf4_gemv_default_config"] = list(cfg)
+            print(f"  rows {m}: dequantize + cuBLAS {res['dequant_cublas_us']:.1f} us | nf4_gemv {cfg} "
+                  f"{res['nf4_gemv_default_us']:.1f} us", flush=True)
+            res["mma"] = []
+            for v in (0, 4):
+                for bn, bkh, wp, st in ((64, 64, 4, 2), (64, 32, 4, 3), (32, 64, 4, 2), (128, 32, 4, 2),
+                                        (128, 64, 8, 2), (16, 128, 4, 2), (32, 128, 4, 3), (64, 128, 4, 2)):
+                    try:
+                        y = mma(xm, q, v, bn, bkh, wp, st).float()
+                        err = float((y - yref).abs().max() / yref.abs().max())
+                        t = timed([lambda c=c: mma(xm, c, v, bn, bkh, wp, st) for c in qs])
+                    except Exception as e:
+                        print(f"    mma {VARIANTS[v]} {(bn, bkh, wp, st)} failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]}", flush=True)
+                        continue
+                    res["mma"].append({"variant": VARIANTS[v], "config": [bn, bkh, wp, st], "us": t, "rel_err": err})
+                    print(f"    mma {VARIANTS[v]:4s} {(bn, bkh, wp, st)} {t:7.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) "
+                          f"err {err:.1e}", flush=True)
+            row["by_rows"][m] = res
+        out["rows"].append(row)
+    return out
 
 
 def _weights(n: int, k: int, dev) -> tuple:
@@ -399,10 +494,11 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--structure", action="store_true", help="probe 2 (see structure())")
     ap.add_argument("--pairs", action="store_true", help="probe 3 (see pairs())")
+    ap.add_argument("--mma", action="store_true", help="probe 4 (see tensor_cores())")
     args = ap.parse_args()
-    if args.structure or args.pairs:
+    if args.structure or args.pairs or args.mma:
         torch.manual_seed(0)
-        res = structure(args) if args.structure else pairs(args)
+        res = structure(args) if args.structure else pairs(args) if args.pairs else tensor_cores(args)
         if args.json:
             args.json.write_text(json.dumps(res, indent=1))
         return
