@@ -352,7 +352,7 @@ def mma(x, q: nf4.NF4Weight, v: int, block_n: int = 64, block_kh: int = 64, warp
     return y
 
 
-def tensor_cores(args) -> dict:
+def tensor_cores() -> dict:
     """Probe 4: several rows (the verify's 6, a batch-4 target's 4, one) on tensor cores with each
     NF4 tile decoded once, against today's nf4_gemv forms and the dequantization + cuBLAS path."""
     dev = torch.device("cuda")
@@ -405,7 +405,7 @@ def _weights(n: int, k: int, dev) -> tuple:
     return q, ref, x, ref.float() @ x.float(), qs
 
 
-def pairs(args) -> dict:
+def pairs() -> dict:
     """Probe 3: the one-row GEMV with the input read as bf16 pairs in the weight tile's layout."""
     dev = torch.device("cuda")
     out: dict = {"rows": []}
@@ -431,7 +431,7 @@ def pairs(args) -> dict:
     return out
 
 
-def structure(args) -> dict:
+def structure() -> dict:
     """Probe 2: the dequantization's stores as int32 pairs; the GEMV with tiles loaded further ahead."""
     dev = torch.device("cuda")
     out: dict = {"rows": []}
@@ -498,7 +498,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.structure or args.pairs or args.mma:
         torch.manual_seed(0)
-        res = structure(args) if args.structure else pairs(args) if args.pairs else tensor_cores(args)
+        res = structure() if args.structure else pairs() if args.pairs else tensor_cores()
         if args.json:
             args.json.write_text(json.dumps(res, indent=1))
         return

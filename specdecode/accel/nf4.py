@@ -363,28 +363,38 @@ if AVAILABLE:
         return out
 
     @triton.jit
-    def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
-                 BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
-        """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
-        when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
-        zeros where masked. All immutable: loaded one tile ahead, the first before the kernel waits
-        for its predecessor (PDL).
-        ALIGNED (K a multiple of BS, BLOCK_KH of BS / 2; j0 a multiple of BLOCK_KH): bytes as
-        [BLOCK_N, blocks, BS / 2], the absmax once per block, [BLOCK_N, blocks]. Otherwise (blocks
-        may straddle rows): bytes [BLOCK_N, BLOCK_KH] and the absmax of each byte's block."""
+    def _byte_tile(rn, n_ok, j0, KH, K, ALIGNED: tl.constexpr, BS: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """The byte tile at byte columns j0.. of rows rn of a row-major [N, KH] matrix (the packed
+        codes; the dequantization's int32 pairs have the same offsets): (offsets, their mask, the
+        mask per absmax entry, the absmax index). ALIGNED (K a multiple of BS, BLOCK_KH of BS / 2;
+        j0 a multiple of BLOCK_KH): offsets [BLOCK_N, blocks, BS / 2], one absmax per block
+        [BLOCK_N, blocks]. Otherwise (blocks may straddle rows): [BLOCK_N, BLOCK_KH], the absmax of
+        each byte's block."""
         if ALIGNED:
             rb = tl.arange(0, BLOCK_KH // (BS // 2))
             re = tl.arange(0, BS // 2)
             jb = j0 + rb * (BS // 2)  # first byte of each block
             bmask = n_ok[:, None] & (jb < KH)[None, :]  # whole blocks: K is a multiple of BS
-            byte = tl.load(W + rn[:, None, None] * KH + jb[None, :, None] + re[None, None, :],
-                           mask=bmask[:, :, None], other=0)
+            off = rn[:, None, None] * KH + jb[None, :, None] + re[None, None, :]
+            tmask = bmask[:, :, None]
             blk = rn[:, None] * (K // BS) + (jb // (BS // 2))[None, :]
         else:
             jj = j0 + tl.arange(0, BLOCK_KH)
             bmask = n_ok[:, None] & (jj < KH)[None, :]
-            byte = tl.load(W + rn[:, None] * KH + jj[None, :], mask=bmask, other=0)
+            off = rn[:, None] * KH + jj[None, :]
+            tmask = bmask
             blk = (rn[:, None] * K + 2 * jj[None, :]) // BS  # both nibbles: BS is even
+        return off, tmask, bmask, blk
+
+    @triton.jit
+    def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
+                 BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
+        when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
+        zeros where masked, in _byte_tile's shapes. All immutable: loaded one tile ahead, the first
+        before the kernel waits for its predecessor (PDL)."""
+        off, tmask, bmask, blk = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
+        byte = tl.load(W + off, mask=tmask, other=0)
         a = tl.load(ABSMAX + blk, mask=bmask, other=0)
         if NESTED:
             s2 = tl.load(ABSMAX2 + blk // BS2, mask=bmask, other=0.0)
@@ -585,33 +595,15 @@ if AVAILABLE:
             yt = Y.dtype.element_ty
             h = w_hi.to(yt).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
             lo = w_lo.to(yt).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-            if ALIGNED:  # bytes j0 + b * BS/2 + e: [BLOCK_N, blocks, BS / 2]
-                rb = tl.arange(0, BLOCK_KH // (BS // 2))
-                re = tl.arange(0, BS // 2)
-                jj = j0 + rb[None, :, None] * (BS // 2) + re[None, None, :]
-                msk = n_ok[:, None, None] & (jj < KH)
-                out = Y32 + rn[:, None, None] * KH + jj
-            else:
-                jj = j0 + tl.arange(0, BLOCK_KH)[None, :]
-                msk = n_ok[:, None] & (jj < KH)
-                out = Y32 + rn[:, None] * KH + jj
-            tl.store(out, h | (lo << 16), mask=msk)
+            off, tmask, _, _ = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)  # the bytes' own offsets
+            tl.store(Y32 + off, h | (lo << 16), mask=tmask)
             return
         # the two nibbles' values side by side, [.., 2], so each thread stores contiguous elements
         # (two strided stores leave a warp's threads writing 2 bytes apiece across rows)
-        w = tl.join(w_hi, w_lo).to(Y.dtype.element_ty)
+        w = tl.join(w_hi, w_lo).to(Y.dtype.element_ty)  # [.., 2]: byte b's values at 2b, 2b + 1 of Y
+        off, tmask, _, _ = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
         pair = tl.arange(0, 2)
-        if ALIGNED:  # byte j0 + b * BS/2 + e of the tile's rows: [BLOCK_N, blocks, BS / 2, 2]
-            rb = tl.arange(0, BLOCK_KH // (BS // 2))
-            re = tl.arange(0, BS // 2)
-            jj = j0 + rb[None, :, None, None] * (BS // 2) + re[None, None, :, None]
-            msk = n_ok[:, None, None, None] & (jj < KH) & (pair[None, None, None, :] < 2)
-            out = Y + rn[:, None, None, None] * K + 2 * jj + pair[None, None, None, :]
-        else:  # [BLOCK_N, BLOCK_KH, 2]
-            jj = j0 + tl.arange(0, BLOCK_KH)[None, :, None]
-            msk = n_ok[:, None, None] & (jj < KH) & (pair[None, None, :] < 2)
-            out = Y + rn[:, None, None] * K + 2 * jj + pair[None, None, :]
-        tl.store(out, w, mask=msk)
+        tl.store(Y + 2 * tl.expand_dims(off, -1) + pair, w, mask=tl.expand_dims(tmask, -1) & (pair < 2))
 
 # ------------------------------------------------------------------------------ launch
 
