@@ -373,20 +373,9 @@ def tensor_cores() -> dict:
             print(f"  rows {m}: dequantize + cuBLAS {res['dequant_cublas_us']:.1f} us | nf4_gemv {cfg} "
                   f"{res['nf4_gemv_default_us']:.1f} us", flush=True)
             res["mma"] = []
-            for v in (0, 4):
-                for bn, bkh, wp, st in ((64, 64, 4, 2), (64, 32, 4, 3), (32, 64, 4, 2), (128, 32, 4, 2),
-                                        (128, 64, 8, 2), (16, 128, 4, 2), (32, 128, 4, 3), (64, 128, 4, 2)):
-                    try:
-                        y = mma(xm, q, v, bn, bkh, wp, st).float()
-                        err = float((y - yref).abs().max() / yref.abs().max())
-                        t = timed([lambda c=c: mma(xm, c, v, bn, bkh, wp, st) for c in qs])
-                    except Exception as e:
-                        print(f"    mma {VARIANTS[v]} {(bn, bkh, wp, st)} failed: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]}", flush=True)
-                        continue
-                    res["mma"].append({"variant": VARIANTS[v], "config": [bn, bkh, wp, st], "us": t, "rel_err": err})
-                    print(f"    mma {VARIANTS[v]:4s} {(bn, bkh, wp, st)} {t:7.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) "
-                          f"err {err:.1e}", flush=True)
+            _sweep(f"rows {m} mma", lambda c, v, *cfg: mma(xm, c, v, *cfg),
+                   ((64, 64, 4, 2), (64, 32, 4, 3), (32, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (16, 128, 4, 2),
+                    (32, 128, 4, 3), (64, 128, 4, 2)), q, qs, yref, res["mma"], variants=(0, 4))
             row["by_rows"][m] = res
         out["rows"].append(row)
     return out
@@ -405,6 +394,26 @@ def _weights(n: int, k: int, dev) -> tuple:
     return q, ref, x, ref.float() @ x.float(), qs
 
 
+def _sweep(label: str, run, configs, q: nf4.NF4Weight, qs: list, yref: torch.Tensor, found: list,
+           variants: tuple[int, ...] = (0, 2, 4)) -> None:
+    """For each lookup variant (VARIANTS' indices: ldg, table, none by default) and config:
+    run(weight, variant, *config) checked against yref, then timed over the weight copies;
+    appended to `found` and printed."""
+    for v in variants:
+        for cfg in configs:
+            try:
+                y = run(q, v, *cfg).float()
+                err = float((y - yref).abs().max() / yref.abs().max())
+                t = timed([lambda c=c: run(c, v, *cfg) for c in qs])
+            except Exception as e:  # a config that does not compile is a result too
+                print(f"  {label} {VARIANTS[v]} {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                      flush=True)
+                continue
+            found.append({"variant": VARIANTS[v], "config": list(cfg), "us": t, "rel_err": err})
+            print(f"  {label} {VARIANTS[v]:5s} {cfg} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) err {err:.1e}",
+                  flush=True)
+
+
 def pairs() -> dict:
     """Probe 3: the one-row GEMV with the input read as bf16 pairs in the weight tile's layout."""
     dev = torch.device("cuda")
@@ -413,20 +422,9 @@ def pairs() -> dict:
         q, ref, x, yref, qs = _weights(n, k, dev)
         row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "gemv_pair": []}
         print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
-        for v in (0, 2, 4):
-            for bn, nb, wp, d in ((4, 8, 4, 1), (4, 8, 4, 2), (8, 8, 4, 1), (8, 4, 2, 2), (2, 16, 2, 1),
-                                  (4, 16, 4, 1), (16, 4, 4, 1), (4, 4, 1, 2), (8, 8, 8, 2), (2, 8, 1, 2)):
-                try:
-                    y = gemv_pair(x, q, v, bn, nb, wp, d).float()
-                    err = float((y - yref).abs().max() / yref.abs().max())
-                    t = timed([lambda c=c: gemv_pair(x, c, v, bn, nb, wp, d) for c in qs])
-                except Exception as e:
-                    print(f"  gemv_pair {VARIANTS[v]} {(bn, nb, wp, d)} failed: {type(e).__name__}: {str(e)[:200]}",
-                          flush=True)
-                    continue
-                row["gemv_pair"].append({"variant": VARIANTS[v], "config": [bn, nb, wp, d], "us": t, "rel_err": err})
-                print(f"  gemv_pair {VARIANTS[v]:5s} {(bn, nb, wp, d)} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) "
-                      f"err {err:.1e}", flush=True)
+        _sweep("gemv_pair", lambda c, v, *cfg: gemv_pair(x, c, v, *cfg),
+               ((4, 8, 4, 1), (4, 8, 4, 2), (8, 8, 4, 1), (8, 4, 2, 2), (2, 16, 2, 1), (4, 16, 4, 1), (16, 4, 4, 1),
+                (4, 4, 1, 2), (8, 8, 8, 2), (2, 8, 1, 2)), q, qs, yref, row["gemv_pair"])
         out["rows"].append(row)
     return out
 
@@ -451,19 +449,9 @@ def structure() -> dict:
                 row["dequant32"].append({"variant": VARIANTS[v], "config": [bn, nb, wp], "us": t, "exact": ok})
                 print(f"  dequant32 {VARIANTS[v]:5s} {(bn, nb, wp)} {t:7.1f} us ({moved / t / 1e6:.2f} TB/s) exact {ok}",
                       flush=True)
-        for v in (0, 2, 4):
-            for bn, nb, wp, d in ((4, 8, 4, 2), (4, 8, 4, 3), (4, 16, 4, 2), (8, 8, 4, 2), (8, 16, 8, 2),
-                                  (2, 16, 2, 3), (2, 8, 2, 3), (16, 8, 8, 2)):
-                try:
-                    y = gemv_deep(x, q, v, bn, nb, wp, d).float()
-                    err = float((y - yref).abs().max() / yref.abs().max())
-                    t = timed([lambda c=c: gemv_deep(x, c, v, bn, nb, wp, d) for c in qs])
-                except Exception as e:
-                    print(f"  gemv_deep {VARIANTS[v]} {(bn, nb, wp, d)} failed: {type(e).__name__}", flush=True)
-                    continue
-                row["gemv_deep"].append({"variant": VARIANTS[v], "config": [bn, nb, wp, d], "us": t, "rel_err": err})
-                print(f"  gemv_deep {VARIANTS[v]:5s} {(bn, nb, wp, d)} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) "
-                      f"err {err:.1e}", flush=True)
+        _sweep("gemv_deep", lambda c, v, *cfg: gemv_deep(x, c, v, *cfg),
+               ((4, 8, 4, 2), (4, 8, 4, 3), (4, 16, 4, 2), (8, 8, 4, 2), (8, 16, 8, 2), (2, 16, 2, 3), (2, 8, 2, 3),
+                (16, 8, 8, 2)), q, qs, yref, row["gemv_deep"])
         out["rows"].append(row)
     return out
 
