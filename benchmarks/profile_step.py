@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
-from specdecode.accel import fused  # noqa: E402
+from specdecode.accel import fused, kernels  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
@@ -108,6 +108,12 @@ def main():
     ap.add_argument("--max-mixed-rows", nargs="+", type=int, default=[None],
                     help="multi-row mixed takes steps of at most this many rows (default fused.MAX_MIXED_ROWS; "
                          "at most kernels.MAX_GEMV_ROWS), larger ones run hybrid")
+    ap.add_argument("--splits", nargs="+", type=int, default=[0],
+                    help="the attention's splits of the cached slots per (row, KV head), forced (0: the "
+                         "product's kernels.attention_splits)")
+    ap.add_argument("--apart", nargs="+", default=["default"], choices=["default", "off", "on"],
+                    help="the attention's new tokens on a split of their own (kernels.NEW_TOKENS_APART)")
+    ap.add_argument("--prompt-len", type=int, default=128, help="cached tokens before the profiled step")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
@@ -115,6 +121,8 @@ def main():
     for item in args.inductor:
         key, _, value = item.partition("=")
         options[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
+    product_splits = kernels.attention_splits
+    product_apart = kernels.NEW_TOKENS_APART
     tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
     target = gpu_bench.build(tcfg, "target", oracle_target=True)
     draft = gpu_bench.build(dcfg, "draft")
@@ -125,10 +133,15 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows, multi, fold, mixed in itertools.product(args.max_kernel_rows, args.multi_row, args.fold_combine,
-                                                              args.max_mixed_rows):
+            for rows, multi, fold, mixed, splits, apart in itertools.product(
+                    args.max_kernel_rows, args.multi_row, args.fold_combine, args.max_mixed_rows, args.splits,
+                    args.apart):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
                 label += f", multi-row {multi or 'default'}, fold combine {fold}, max mixed rows {mixed}"
+                label += f", splits {splits or 'default'}, new tokens apart {apart}"
+                kernels.NEW_TOKENS_APART = product_apart if apart == "default" else apart == "on"
+                kernels.attention_splits = (product_splits if not splits else
+                                            (lambda b, h, n, bs=64, s=splits: 1 << (max(1, min(s, n // bs)).bit_length() - 1)))
                 print(f"\n==== {label}")
                 opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
                             multi_row=multi, fold_combine=fold == "on", max_mixed_rows=mixed)
@@ -136,10 +149,11 @@ def main():
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
                 for b in args.batches:
-                    t1 = profile(tr, b, 1, 128, f"target [{b}, 1]", args.top)
-                    t6 = profile(tr, b, 6, 128, f"target [{b}, 6]", args.top)
-                    d1 = profile(dr, b, 1, 128, f"draft [{b}, 1]", args.top)
-                    d2 = profile(dr, b, 2, 128, f"draft [{b}, 2]", args.top)
+                    pl = args.prompt_len
+                    t1 = profile(tr, b, 1, pl, f"target [{b}, 1]", args.top)
+                    t6 = profile(tr, b, 6, pl, f"target [{b}, 6]", args.top)
+                    d1 = profile(dr, b, 1, pl, f"draft [{b}, 1]", args.top)
+                    d2 = profile(dr, b, 2, pl, f"draft [{b}, 2]", args.top)
                     print(f"c = {d1 / t1:.3f}")
                     summary.append((label, b, t1, t6, d1, d2))
                 del tr, dr

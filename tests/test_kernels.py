@@ -134,6 +134,10 @@ def test_gemv_configs():
     assert kernels.gemv_config(1, 4864, 896, True, True, pdl=True) == ("reduce", 2, 256, 1, 2)
     assert kernels.gemv_config(1, 896, 4864, False, pdl=True) == ("prefetch", 1, 2048, 8, 2)
     assert kernels.gemv_config(1, 896, 4864, False) != kernels.gemv_config(1, 896, 4864, False, pdl=True)
+    # two rows under PDL (the draft's [prev, last] step): the Qwen sweep's best, others unchanged
+    assert kernels.gemv_config(2, 896, 4864, False, pdl=True) == ("reduce", 1, 2048, 8, 2)
+    assert kernels.gemv_config(2, 4864, 896, True, True, pdl=True) == ("reduce", 4, 256, 1, 2)
+    assert kernels.gemv_config(2, 4096, 14336, False, pdl=True) == kernels.gemv_config(2, 4096, 14336, False)
     with pytest.raises(ValueError, match="unknown gemv form"):
         kernels.gemv(torch.zeros(1, 32, device=DEV), torch.zeros(16, 32, device=DEV), config=("fast", 8, 32, 4, 2))
 
@@ -177,15 +181,18 @@ def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn
 
 
 @pytest.mark.parametrize("q", [1, 3, 6])
-@pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits", "qwen3-splits-folded"])
+@pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits", "qwen3-splits-together",
+                                   "qwen3-splits-folded", "gemma-window-splits"])
 def test_decode_attention_matches_torch(q, setup):
     g = _gen(3)
     B, S = 2, 96
-    H, Hkv, D = (4, 2, 32) if setup != "gemma-window" else (2, 1, 64)
+    H, Hkv, D = (2, 1, 64) if setup.startswith("gemma-window") else (4, 2, 32)
     gemma = setup.startswith("gemma")
-    window = 9 if setup == "gemma-window" else None
-    splits = 4 if setup.startswith("qwen3-splits") else 1
+    window = 9 if setup.startswith("gemma-window") else None
+    splits = 4 if "splits" in setup else 1
     fold = setup.endswith("folded")  # the last split merges (no combine kernel)
+    # the step's own tokens on split 0 besides its cached slots, or (default) on a split of their own
+    apart = not setup.endswith("together")
     qn = kn = None
     if setup != "llama":
         qn, kn = _t(D, g=g, scale=0.3), _t(D, g=g, scale=0.3)
@@ -201,7 +208,7 @@ def test_decode_attention_matches_torch(q, setup):
     ref, kref, vref = _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, 1e-6, qn, kn, gemma, window)
     out = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D, scaling=scaling,
                                    eps=1e-6, q_norm=qn, k_norm=kn, gemma=gemma, window=window, splits=splits,
-                                   block_s=16, fold=fold)
+                                   block_s=16, fold=fold, apart=apart)
     torch.testing.assert_close(kc, kref, rtol=1e-5, atol=1e-5)  # the new keys/values were written
     torch.testing.assert_close(vc, vref, rtol=0, atol=0)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

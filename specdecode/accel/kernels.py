@@ -439,14 +439,17 @@ if AVAILABLE:
         QKV, sqb, sqq, QN, KN, COS, SIN, POS, spb, KC, VC, scb, sch, scs, O, sob, soq,
         PM, PA, CNT, Q, HKV, scaling, eps, window,
         G: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-        WINDOW: tl.constexpr, SPLITS: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
+        WINDOW: tl.constexpr, SPLITS: tl.constexpr, FOLD: tl.constexpr, APART: tl.constexpr, IEEE: tl.constexpr,
+        PDL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     ):
         """Program (b * HKV + kv head, split): the G query heads of one KV head over q tokens
         (R = G*q rows, row r = g*q + t), attending to this split's share of the cached slots
         before the step's first position, and (split 0) to the step's own q new tokens, whose
         keys and values it holds in registers and writes to the cache for later steps. The
-        cache reads never touch this step's slots, so nothing orders the write before them."""
+        cache reads never touch this step's slots, so nothing orders the write before them.
+        APART (SPLITS > 1): the step's own tokens go to the last split alone and the cached slots
+        to the others, so no program does both (split 0 doing both was the kernel's longest
+        path)."""
         _pdl_enter(PDL)
         bh = tl.program_id(0)
         split = tl.program_id(1)
@@ -469,7 +472,8 @@ if AVAILABLE:
             lo_all = tl.maximum(first - window + 1, 0)
             lo_all = (lo_all // BLOCK_S) * BLOCK_S
         span = first - lo_all
-        per = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_S) * BLOCK_S
+        # the splits that read cached slots: all, or (APART) all but the last, whose lo is >= first
+        per = tl.cdiv(tl.cdiv(span, SPLITS - APART), BLOCK_S) * BLOCK_S
         lo = lo_all + split * per
         hi = tl.minimum(lo + per, first)
         m_i = tl.full([BLOCK_R], -1.0e30, dtype=tl.float32)
@@ -485,8 +489,8 @@ if AVAILABLE:
             vb = tl.load(VC + off, mask=s_ok[:, None], other=0.0)
             sc = _masked_scores(qv, kb, slots, s_ok, rpos, scaling, window, WINDOW, IEEE)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, vb, IEEE)
-        # ---- the step's own tokens (split 0): norm, rotary, write, attend ----
-        if split == 0:
+        # ---- the step's own tokens (split 0, or APART the last): norm, rotary, write, attend ----
+        if split == (SPLITS - 1) * APART:
             t = tl.arange(0, BLOCK_Q)
             t_ok = t < Q
             tpos = tl.load(POS + b * spb + t, mask=t_ok, other=0)
@@ -576,6 +580,22 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
             return ("reduce", 2, 256, 1, 2)
         if not gated and not norm and 4096 < k <= 5120:
             return ("prefetch", 1, 2048, 8, 2)
+    if m == 2 and pdl:
+        # the H200 sweep of two rows under PDL at the Qwen2.5 0.5B and 1.5B shapes
+        # (2026-12-03-h200-kernels-qwen-2rows-pdl.txt): the draft's first step of every round
+        # with look-ahead ([prev, last]) 22.6 -> 16.6 us of products a layer; larger models keep
+        # the sweep without PDL below
+        if gated and k <= 1536:
+            return ("reduce", 4, 256, 1, 2)
+        if norm and k <= 1536:
+            return ("reduce", 2, 1024, 2, 2) if k <= 1024 else ("reduce", 4, 1024, 4, 2)
+        if not gated and not norm:
+            if k <= 1024:
+                return ("reduce", 1, 1024, 4, 2)
+            if k <= 1536:
+                return ("reduce", 4, 2048, 4, 2)
+            if 4096 < k <= 10240:
+                return ("reduce", 1 if k <= 5120 else 2, 2048, 8, 2)
     if m == 1:
         # the best of the H200 sweep (benchmarks/results/2026-11-29-h200-kernels-sweep.txt: Gemma
         # 3 4B and 270M) by kind: gated (gate/up), normed (qkv), plain (o, down). BLOCK_K is a
@@ -706,6 +726,10 @@ def _split_counters(device: torch.device, n: int) -> Tensor:
     return scratch(device, "attention split counters", n, torch.int32)
 
 
+# decode_attention's default for `apart`: the step's own tokens on a split of their own
+NEW_TOKENS_APART = True
+
+
 def attention_splits(batch: int, n_kv: int, cache_len: int, block_s: int = 64) -> int:
     """Splits of the slot range per (row, KV head), a power of two: about 32 programs in all
     (the H200 sweep of benchmarks/kernel_bench.py: more splits cost more in the combine than
@@ -720,7 +744,7 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                      scaling: float, eps: float = 1e-6, q_norm: Tensor | None = None,
                      k_norm: Tensor | None = None, gemma: bool = False, window: int | None = None,
                      splits: int | None = None, block_s: int = 64, pdl: bool = False,
-                     fold: bool = False) -> Tensor:
+                     fold: bool = False, apart: bool | None = None) -> Tensor:
     """Attention of q new tokens per row over the cache, with the new keys/values written.
 
     qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position),
@@ -729,7 +753,9 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
     cos/sin [S', D] rotary tables; q_norm/k_norm: per-head RMS norms. A query at position p
     sees slots <= p (and > p - window on sliding layers). Returns [B, q, H D].
     fold: with several splits, the last split of each (row, KV head) to finish merges them (a
-    counter per pair, reset by that program) instead of a separate combine kernel."""
+    counter per pair, reset by that program) instead of a separate combine kernel. apart (None:
+    NEW_TOKENS_APART): with several splits, the new tokens on a split of their own (the others
+    share the cached slots) instead of on split 0 besides its share."""
     b, q, _ = qkv.shape
     g = n_heads // n_kv
     if head_dim & (head_dim - 1):
@@ -751,6 +777,7 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
     pos = positions if positions.stride(-1) == 1 else positions.contiguous()
     warps = 4 if head_dim <= 128 else 8
     fold = fold and splits > 1
+    apart = (NEW_TOKENS_APART if apart is None else bool(apart)) and splits > 1
     counters = _split_counters(qkv.device, b * n_kv) if fold else pos
     _attention_kernel[(b * n_kv, splits)](
         qkv, qkv.stride(0), qkv.stride(1),
@@ -760,7 +787,7 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
         out, out.stride(0), out.stride(1), pm, pa, counters,
         q, n_kv, float(scaling), float(eps), int(window or 0),
         G=g, D=head_dim, QK_NORM=q_norm is not None, GEMMA=bool(gemma), WINDOW=bool(window),
-        SPLITS=splits, FOLD=fold, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
+        SPLITS=splits, FOLD=fold, APART=apart, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
         num_warps=warps, num_stages=2, **_pdl_args(pdl),
     )
     if splits > 1 and not fold:
