@@ -581,15 +581,20 @@ def test_fused_nf4_steps_match_the_dequantized_model(wide_nf4_config):
 @needs_triton
 def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeypatch):
     """By default (fused.NF4_KERNEL_ROWS) steps of one and two rows run on the NF4 GEMV and the
-    verify's 6 rows on weights dequantized by one kernel (nf4.dequantize_nf4_fast): the same values."""
+    verify's 6 rows on weights dequantized by one kernel (nf4.dequantize_nf4_fast), through the bf16
+    kernels' mixed step (_nf4_mixed_forward): the same values."""
     from specdecode.accel import fused as fused_mod
 
     calls = []
     fast = nf4.dequantize_nf4_fast
     monkeypatch.setattr(nf4, "dequantize_nf4_fast", lambda *a, **k: calls.append(1) or fast(*a, **k))
     assert fused_mod.NF4_KERNEL_ROWS == 2
-    _check_steps("llama", True, widths=(1, 2, 6), kernel_rows=None)
+    mixed = []
+    step = fused_mod.FusedModel._nf4_mixed_forward
+    monkeypatch.setattr(fused_mod.FusedModel, "_nf4_mixed_forward", lambda self, *a: mixed.append(a[0].shape) or step(self, *a))
+    _check_steps("llama", True, widths=(1, 2, 6, 17), kernel_rows=None)
     assert calls  # prefill and the 6-row step dequantized through dequantize_nf4_fast (the kernel on CUDA)
+    assert mixed == [torch.Size([1, 6])]  # 17 rows: past max_mixed_rows, the compiled layers' path
 
 
 @needs_bnb
@@ -597,10 +602,12 @@ def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeyp
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, dq", [("llama", False), ("qwen2", True), ("gemma3", True)],
                          ids=["llama-nodq", "qwen2-bias", "gemma3-delta-norms"])
-def test_fused_nf4_steps_match_the_dequantized_model_more(arch, dq):
+@pytest.mark.parametrize("kernel_rows", [16, None], ids=["nf4-forms", "default-rows"])
+def test_fused_nf4_steps_match_the_dequantized_model_more(arch, dq, kernel_rows):
     """The default launch configurations, no double quantization, q/k/v biases, Gemma 3's four norms
-    (its residual norms folded into the NF4 products) and soft-capped logits."""
-    _check_steps(arch, dq, widths=(1, 2, 6))
+    (its residual norms folded into the NF4 products) and soft-capped logits; the 6-row step on the
+    NF4 forms, and by default on the bf16 kernels over dequantized layers (_nf4_mixed_forward)."""
+    _check_steps(arch, dq, widths=(1, 2, 6), kernel_rows=kernel_rows)
 
 
 @needs_bnb

@@ -652,8 +652,15 @@ class FusedModel:
 
     def on_kernels(self, rows: int) -> bool:
         """Whether a decode step of `rows` rows (batch x tokens) runs on the Triton kernels, which mask
-        from the positions themselves (no mask needed); NF4 layers take at most nf4_kernel_rows."""
-        return self.kernels and not (self.nf4 and rows > self.nf4_kernel_rows)
+        from the positions themselves (no mask needed); NF4 layers take at most nf4_kernel_rows on
+        the NF4 kernels, and (multi_row "mixed") up to max_mixed_rows on dequantized weights."""
+        if self.nf4 and rows > self.nf4_kernel_rows:
+            return self.kernels and self._mixed(rows)
+        return self.kernels
+
+    def _mixed(self, rows: int) -> bool:
+        """Whether a step of `rows` rows, past the one-step kernels, runs as _mixed_forward."""
+        return self.multi_row == "mixed" and rows <= self.max_mixed_rows
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],
@@ -663,14 +670,13 @@ class FusedModel:
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
         if not eager and self.on_kernels(B * q):
-            if self.nf4:  # NF4: every step of at most nf4_kernel_rows rows wholly on the kernels
-                step = self._nf4_forward
+            if self.nf4:  # NF4: steps of at most nf4_kernel_rows rows wholly on the NF4 kernels
+                step = self._nf4_forward if B * q <= self.nf4_kernel_rows else self._nf4_mixed_forward
             else:  # one- and two-row steps wholly on the kernels, larger ones as multi_row says
                 if B * q <= self.max_kernel_rows:
                     step = self._kernel_forward
                 else:
-                    mixed = self.multi_row == "mixed" and B * q <= self.max_mixed_rows
-                    step = self._mixed_forward if mixed else self._hybrid_forward
+                    step = self._mixed_forward if self._mixed(B * q) else self._hybrid_forward
             shape = (B, q, cache.max_len)
             if shape in self._kernel_shapes:
                 return step(input_ids, cache, position_ids, logits_to_keep)
@@ -730,11 +736,22 @@ class FusedModel:
         return self._layers_on_kernels(partial(_nf4.nf4_gemv_fused, pdl=self.pdl), input_ids, cache, position_ids,
                                        logits_to_keep)
 
+    def _nf4_mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
+                           logits_to_keep: Tensor | int) -> Tensor:
+        """NF4 steps past nf4_kernel_rows (the verify) as _mixed_forward on each layer's weights
+        dequantized by one kernel (nf4.dequantize_nf4_fast) just before the layer runs: the norms,
+        residual adds and activation stay folded into the products and attention stays the
+        Triton kernel, where the compiled layers' path (prefill, steps past max_mixed_rows) runs
+        them apart. The NF4 forms themselves are slower at these rows (NF4_KERNEL_ROWS)."""
+        return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
+                                       logits_to_keep, down=_cublas_product, dense=True)
+
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
-                           logits_to_keep: Tensor | int, down: Callable | None = None) -> Tensor:
+                           logits_to_keep: Tensor | int, down: Callable | None = None, dense: bool = False) -> Tensor:
         """Every layer as gemv (qkv, with the previous residual add and the input norm) ->
         attention kernel -> gemv (o) -> gemv (gate/up, with the residual add, the norm and the
-        activation) -> down (default gemv); `gemv` is kernels.gemv or nf4.nf4_gemv_fused."""
+        activation) -> down (default gemv); `gemv` is kernels.gemv or nf4.nf4_gemv_fused.
+        dense: NF4 layers' weights dequantized (_dense) as each layer starts."""
         down = down or gemv
         sh = self.shape
         gemma = sh.gemma
@@ -744,6 +761,8 @@ class FusedModel:
         d = None
         d_norm = None
         for i, w in enumerate(self.weights):
+            if dense:
+                w = self._dense(w)
             qkv, h_new = gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
                               delta=d, delta_norm=d_norm)
             if h_new is not None:
@@ -808,9 +827,11 @@ DEFAULT_MULTI_ROW = "mixed"
 MAX_MIXED_ROWS = 16
 # NF4 layers run steps of at most this many rows on the NF4 GEMV (the draft's and the target's
 # own steps); larger ones (the verify) take the layer's weights dequantized by one kernel
-# (nf4.dequantize_nf4_fast, ~3.2 TB/s) and cuBLAS: on the H200 the NF4 forms at 6 rows read their
-# weights at 48-280 GB/s (a verify step 6-8x bf16's), the dequantized path is 2.17x bf16's
-# (benchmarks/results/2026-12-03-h200-nf4.md, -nf4-stop26.md)
+# (nf4.dequantize_nf4_fast, ~3.2 TB/s) and, up to max_mixed_rows, the bf16 kernels' mixed step
+# (_nf4_mixed_forward), else the compiled layers on cuBLAS. On the H200 the NF4 forms at 6 rows
+# read their weights at 48-280 GB/s (a verify step 6-8x bf16's), the dequantized path (compiled
+# layers) is 2.17x bf16's (benchmarks/results/2026-12-03-h200-nf4.md, -nf4-stop26.md), and NF4
+# tensor-core forms that decode each tile once measured slower still (nf4_mma_probe.py, probe 5)
 NF4_KERNEL_ROWS = 2
 
 def _raise_recompile_limit(limit: int = 64) -> None:

@@ -106,8 +106,11 @@ class ModelRunner(ModelStep):
         parts = ["fused layers" if self.fused is not None else "transformers modules"]
         if self.fused is not None and self.fused.kernels and self.fused.nf4:
             pdl = ", attention with programmatic dependent launch" if self.fused.pdl else ""
-            parts.append(f"fused NF4 kernels (whole steps of <= {self.fused.nf4_kernel_rows} rows{pdl}; larger steps and prefill "
-                         "dequantize one layer at a time)")
+            mixed = ""
+            if self.fused.multi_row == "mixed":
+                mixed = f"steps of <= {self.fused.max_mixed_rows} rows on the Triton kernels over each layer dequantized, "
+            parts.append(f"fused NF4 kernels (whole steps of <= {self.fused.nf4_kernel_rows} rows{pdl}; {mixed}larger "
+                         "steps and prefill dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
             larger = ("all but the down projection in larger ones" if self.fused.multi_row == "mixed"
