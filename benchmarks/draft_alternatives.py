@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,22 +50,11 @@ def coding_prompts() -> list[str]:
 
 
 def traces(args) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from policy_sim import answers
 
-    from specdecode.api import SpeculativeDecoder
-    from specdecode.settings import Settings
-
-    dec = SpeculativeDecoder.from_settings(Settings(target=args.target, drafter="none", device="cpu",
-                                                    dtype="float32", max_new_tokens=args.max_new_tokens))
-    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32).eval()
     rows = []
-    for p in coding_prompts()[: args.n]:
-        ids = dec.encode_all([p])[0]
-        answer = dec.generate([p])[0].token_ids
-        with torch.no_grad():
-            logits = draft(torch.tensor([ids + answer])).logits[0]
-        top = logits[len(ids) - 1: len(ids) + len(answer) - 1].topk(4, dim=-1).indices.tolist()
+    for ids, answer, logits in answers(args, coding_prompts()):
+        top = logits.topk(4, dim=-1).indices.tolist()
         rows.append({"prompt": ids, "tokens": answer, "top": top})
         agree = sum(t[0] == a for t, a in zip(top, answer)) / max(1, len(answer))
         print(f"{len(rows)}: {len(answer)} tokens, agreement {agree:.3f}", flush=True)
@@ -158,12 +148,9 @@ def simulate(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("traces")
-    t.add_argument("--target", required=True)
-    t.add_argument("--draft", required=True)
-    t.add_argument("--n", type=int, default=20)
-    t.add_argument("--max-new-tokens", type=int, default=128)
-    t.add_argument("--out", required=True)
+    from policy_sim import trace_arguments
+
+    trace_arguments(sub.add_parser("traces"))
     s = sub.add_parser("simulate")
     s.add_argument("--traces", required=True)
     s.add_argument("--cost", nargs=2, type=float, default=[1.65, 0.575], metavar=("A", "B"))

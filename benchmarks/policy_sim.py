@@ -30,7 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def traces(args) -> None:
+def answers(args, prompts: list[str]):
+    """For each prompt (the first args.n): (its token ids, the target's greedy answer through
+    `specdecode` with drafter none, fp32 on the CPU, and the draft's logits [len(answer), V] at
+    each answer position, teacher-forced on prompt + answer)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -40,14 +43,28 @@ def traces(args) -> None:
     dec = SpeculativeDecoder.from_settings(Settings(target=args.target, drafter="none", device="cpu",
                                                     dtype="float32", max_new_tokens=args.max_new_tokens))
     draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32).eval()
-    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    rows = []
     for p in prompts[: args.n]:
         ids = dec.encode_all([p])[0]
         answer = dec.generate([p])[0].token_ids
         with torch.no_grad():
             logits = draft(torch.tensor([ids + answer])).logits[0]
-        pred = logits[len(ids) - 1 : len(ids) + len(answer) - 1].argmax(-1).tolist()
+        yield ids, answer, logits[len(ids) - 1 : len(ids) + len(answer) - 1]
+
+
+def trace_arguments(parser) -> None:
+    """The `traces` subcommand's model and length arguments (shared with draft_alternatives.py)."""
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--draft", required=True)
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--out", required=True)
+
+
+def traces(args) -> None:
+    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    rows = []
+    for ids, answer, logits in answers(args, prompts):
+        pred = logits.argmax(-1).tolist()
         rows.append({"prompt_tokens": len(ids), "tokens": answer, "match": [int(a == b) for a, b in zip(pred, answer)]})
         print(f"{len(rows)}/{min(args.n, len(prompts))}: {len(answer)} tokens, agreement "
               f"{sum(rows[-1]['match']) / max(1, len(answer)):.3f}", flush=True)
@@ -167,12 +184,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("traces")
-    t.add_argument("--target", required=True)
-    t.add_argument("--draft", required=True)
+    trace_arguments(t)
     t.add_argument("--prompts", required=True)
-    t.add_argument("--n", type=int, default=20)
-    t.add_argument("--max-new-tokens", type=int, default=128)
-    t.add_argument("--out", required=True)
     s = sub.add_parser("simulate")
     s.add_argument("--traces", required=True)
     s.add_argument("--cost", nargs=2, type=float, default=[1.65, 0.575], metavar=("A", "B"))

@@ -259,9 +259,10 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
 
         warnings.append(
             f"--quantized: steps of more than {NF4_KERNEL_ROWS} rows (the verify of k >= {NF4_KERNEL_ROWS}) run on "
-            "each layer's weights dequantized to the compute dtype, then cuBLAS; on an H200 a 6-row Qwen2.5 1.5B NF4 "
-            "step costs 2.2x a one-token NF4 step, where the prediction below prices the verify as one step "
-            "(the real Qwen2.5-Coder 0.5B -> 1.5B pair in NF4, k 5: 0.90x the NF4 target alone; in bf16 1.29x); "
+            "each layer's weights dequantized to the compute dtype, then the bf16 kernels; on an H200 a 6-row Qwen2.5 "
+            "1.5B NF4 step cost 2.2x a one-token NF4 step (on cuBLAS), where the prediction below prices the verify as "
+            "one step (the real Qwen2.5-Coder 0.5B -> 1.5B pair in NF4, k 5: 0.90x the NF4 target alone; in bf16 "
+            "1.31x); "
             "--measure N times it"
         )
     prediction = None

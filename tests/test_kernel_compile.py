@@ -32,10 +32,13 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             "kernels", "_gemv_kernel", dict(FOLDED, IEEE=False, MMA=mma, PREFETCH=prefetch, PDL=pdl, BLOCK_M=rows,
                                             BLOCK_N=64 if mma else 4, BLOCK_K=64 if mma else 256), {})
     out["gemv2"] = ("kernels", "_gemv2_kernel", dict(FOLDED, PREFETCH=True, PDL=True, BLOCK_N=2, BLOCK_K=256), {})
-    for splits, fold in ((1, False), (8, False), (8, True)):  # fold: the last split merges (atomics)
-        out[f"attention-splits{splits}{'-folded' if fold else ''}"] = (
+    # fold: the last split merges (atomics); apart: the new tokens on a split of their own (the default)
+    for splits, fold, apart in ((1, False, False), (8, False, True), (8, True, True), (8, False, False)):
+        name = f"attention-splits{splits}{'-folded' if fold else ''}{'-together' if splits > 1 and not apart else ''}"
+        out[name] = (
             "kernels", "_attention_kernel", dict(G=7, D=64, QK_NORM=True, GEMMA=False, WINDOW=True, SPLITS=splits,
-                                                 FOLD=fold, IEEE=False, PDL=True, BLOCK_R=16, BLOCK_Q=16, BLOCK_S=64),
+                                                 FOLD=fold, APART=apart, IEEE=False, PDL=True, BLOCK_R=16, BLOCK_Q=16,
+                                                 BLOCK_S=64),
             dict(POS="*i64", PM="*fp32", PA="*fp32", CNT="*i32"))
     out["combine"] = ("kernels", "_combine_kernel", dict(G=7, D=64, SPLITS=8, BLOCK_R=16, PDL=True),
                       dict(PM="*fp32", PA="*fp32"))

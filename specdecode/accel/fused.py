@@ -467,11 +467,13 @@ class FusedModel:
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
         on nf4.nf4_gemv_fused (the same folding as the bf16 kernels: residual adds and norms in
-        the products, the gated activation in gate/up's epilogue) around kernels.decode_attention;
-        there is no dense weight for cuBLAS, so the verify's rows take the NF4 tensor-core form
-        too. Everything else (prefill, steps of more rows, steps without the kernels) runs the
-        uncompiled-or-compiled torch layers on weights dequantized one layer at a time
-        (nf4.dequantize_nf4): exact, slow, and never more than one layer's dense weights held."""
+        the products, the gated activation in gate/up's epilogue) around kernels.decode_attention.
+        Steps of more rows up to max_mixed_rows (the verify; multi_row "mixed") run the bf16
+        kernels' mixed step over each layer's weights dequantized by one kernel just before it
+        (_nf4_mixed_forward). Everything else (prefill, steps of more rows, steps without the
+        kernels) runs the uncompiled-or-compiled torch layers on weights dequantized one layer at
+        a time (nf4.dequantize_nf4_fast): exact, and never more than one layer's dense weights
+        held."""
         reason = fused_support(model, nf4=nf4)
         if reason is not None:
             raise FusedUnsupported(reason)

@@ -54,7 +54,8 @@ Wired into the fused decode layers (accel/fused.py, ``FusedModel(nf4=True)`` /
 ``ModelRunner(nf4=True)``), which the settings turn on for NF4 models (accel/execution.py:
 ``--quantized``): steps of at most fused.NF4_KERNEL_ROWS rows (2) run on these kernels around
 kernels.decode_attention; prefill and larger steps (the verify) take each layer's weights
-dequantized by one kernel (``dequantize_nf4_fast``: the same values) and cuBLAS.
+dequantized by one kernel (``dequantize_nf4_fast``: the same values), the verify then on the
+bf16 kernels' multi-row step, prefill on the compiled layers and cuBLAS.
 
 Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md):
 
@@ -72,6 +73,10 @@ Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200
   Those steps dequantize each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its
   stores take the loads' layout: the 6-row Qwen2.5 1.5B step 11.6 -> 3.27 ms, 2.17x bf16's).
 - nf4_gemv_config's defaults are the sweep's best by kind and size.
+
+Tensor-core forms that read each NF4 tile once for several rows (the verify) measured 2.5-7x
+slower than dequantization + cuBLAS on the H200 in every tile shape tried, with K split or not
+(benchmarks/nf4_mma_probe.py, benchmarks/results/2026-12-03-h200-stop27-notes.md).
 
 Not done: a one-row form bound by memory (fewer instructions per weight: e.g. a per-block table
 of decoded values looked up by byte permutes, or tensor cores for the products), keeping the merged
