@@ -395,9 +395,9 @@ def _weights(n: int, k: int, dev) -> tuple:
 
 
 def _sweep(label: str, run, configs, q: nf4.NF4Weight, qs: list, yref: torch.Tensor, found: list,
-           variants: tuple[int, ...] = (0, 2, 4)) -> None:
-    """For each lookup variant (VARIANTS' indices: ldg, table, none by default) and config:
-    run(weight, variant, *config) checked against yref, then timed over the weight copies;
+           variants: tuple[int, ...] = (0, 2, 4), names: tuple[str, ...] = VARIANTS) -> None:
+    """For each variant (indices into `names`, by default the lookups ldg, table, none) and
+    config: run(weight, variant, *config) checked against yref, then timed over the weight copies;
     appended to `found` and printed."""
     for v in variants:
         for cfg in configs:
@@ -406,11 +406,11 @@ def _sweep(label: str, run, configs, q: nf4.NF4Weight, qs: list, yref: torch.Ten
                 err = float((y - yref).abs().max() / yref.abs().max())
                 t = timed([lambda c=c: run(c, v, *cfg) for c in qs])
             except Exception as e:  # a config that does not compile is a result too
-                print(f"  {label} {VARIANTS[v]} {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                print(f"  {label} {names[v]} {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}",
                       flush=True)
                 continue
-            found.append({"variant": VARIANTS[v], "config": list(cfg), "us": t, "rel_err": err})
-            print(f"  {label} {VARIANTS[v]:5s} {cfg} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) err {err:.1e}",
+            found.append({"variant": names[v], "config": list(cfg), "us": t, "rel_err": err})
+            print(f"  {label} {names[v]:5s} {cfg} {t:6.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) err {err:.1e}",
                   flush=True)
 
 

@@ -169,6 +169,7 @@ def main() -> None:
             continue
         q, ref, _, _, qs = p4._weights(n, k, dev)
         row: dict = {"weight": name, "shape": [n, k], "nf4_mb": q.nbytes / 1e6, "by_rows": {}}
+        out["rows"].append(row)
         print(f"{name} {n}x{k} NF4 {q.nbytes / 1e6:.1f} MB", flush=True)
         for m in args.rows:
             xm = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
@@ -179,24 +180,11 @@ def main() -> None:
                          "forms": []}
             print(f"  rows {m}: dequantize + cuBLAS {res['dequant_cublas_us']:.1f} us | one-row nf4_gemv "
                   f"{res['nf4_gemv_one_row_us']:.1f} us", flush=True)
-            for form in FORMS:
-                for cfg in CONFIGS:
-                    try:
-                        y = mma(xm, q, form, *cfg)
-                        err = float((y - yref).abs().max() / yref.abs().max())
-                        t = p4.timed([lambda c=c: mma(xm, c, form, *cfg) for c in qs])
-                    except Exception as e:  # a config that does not compile is a result too
-                        print(f"  {form} {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
-                        continue
-                    res["forms"].append({"form": form, "config": list(cfg), "us": t, "rel_err": err})
-                    print(f"  rows {m} {form:5s} {cfg} {t:7.1f} us ({q.nbytes / t / 1e6:.2f} TB/s) err {err:.1e}",
-                          flush=True)
+            p4._sweep(f"rows {m}", lambda c, f, *cfg: mma(xm, c, FORMS[f], *cfg), CONFIGS, q, qs, yref,
+                      res["forms"], variants=tuple(range(len(FORMS))), names=FORMS)
             row["by_rows"][m] = res
-            if args.json:
-                out["rows"] = [r for r in out["rows"] if r is not row] + [row]
+            if args.json:  # after every row count: a run cut short keeps what it measured
                 args.json.write_text(json.dumps(out, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -722,13 +722,13 @@ class FusedModel:
                                        logits_to_keep)
 
     def _mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
-                       logits_to_keep: Tensor | int) -> Tensor:
+                       logits_to_keep: Tensor | int, dense: bool = False) -> Tensor:
         """Steps of several rows (the verify) on the kernels' tensor-core products, which fold the
         norms, residual adds and activation in, except the down projection: its long K leaves
         the tensor-core form few programs, and cuBLAS splits it (its output is the residual
-        delta the next qkv product adds, as in _kernel_forward)."""
+        delta the next qkv product adds, as in _kernel_forward). dense: see _layers_on_kernels."""
         return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
-                                       logits_to_keep, down=_cublas_product)
+                                       logits_to_keep, down=_cublas_product, dense=dense)
 
     def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                      logits_to_keep: Tensor | int) -> Tensor:
@@ -745,8 +745,7 @@ class FusedModel:
         residual adds and activation stay folded into the products and attention stays the
         Triton kernel, where the compiled layers' path (prefill, steps past max_mixed_rows) runs
         them apart. The NF4 forms themselves are slower at these rows (NF4_KERNEL_ROWS)."""
-        return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
-                                       logits_to_keep, down=_cublas_product, dense=True)
+        return self._mixed_forward(input_ids, cache, position_ids, logits_to_keep, dense=True)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
                            logits_to_keep: Tensor | int, down: Callable | None = None, dense: bool = False) -> Tensor:
