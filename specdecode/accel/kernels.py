@@ -44,7 +44,7 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv", "quantize_fp8",
            "gemv_config", "gemv_operands", "pdl_usable", "scratch", "usable_on"]
 
 AVAILABLE = triton is not None
@@ -248,8 +248,14 @@ if AVAILABLE:
 
     @triton.jit
     def _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                       NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr):
-        """acc (acc2: the up rows) [M, BLOCK_N]: row scale of the norm, bias, gated activation, store."""
+                       NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+                       WS=None, HAS_WS: tl.constexpr = False):
+        """acc (acc2: the up rows) [M, BLOCK_N]: the weight rows' scales (HAS_WS: 8-bit weights),
+        row scale of the norm, bias, gated activation, store."""
+        if HAS_WS:
+            acc = acc * tl.load(WS + rn, mask=n_ok, other=0.0)[None, :]
+            if GATED:
+                acc2 = acc2 * tl.load(WS + N + rn, mask=n_ok, other=0.0)[None, :]
         if NORM:
             rs = tl.rsqrt(ss / K + eps)
             acc = acc * rs[:, None]
@@ -270,11 +276,11 @@ if AVAILABLE:
 
     @triton.jit
     def _gemv_kernel(
-        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
+        X, sxm, D, sdm, WD, WN, W, swn, WS, BIAS, Y, sym, R, srm,
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr, HAS_WS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
@@ -289,9 +295,13 @@ if AVAILABLE:
         ("swap AB", as cuBLAS runs thin products): the weights are read once for up to BLOCK_M
         rows at no extra arithmetic cost. PREFETCH (reduction form): the loads of the next weight
         tile are issued before this tile's arithmetic, so a program keeps two tiles in flight
-        (Triton does not pipeline loads that feed no dot)."""
+        (Triton does not pipeline loads that feed no dot). HAS_WS: W holds 8-bit floats (e4m3) and
+        WS one fp32 scale per weight row; the input stays in X's dtype (tensor cores: each tile is
+        widened to it) and the scales multiply the sums."""
         pid, rm, rn, rk, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         wdt = W.dtype.element_ty
+        if HAS_WS:
+            wdt = X.dtype.element_ty
         # PREFETCH: the first weight tile now; each iteration then loads the next before its arithmetic
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
@@ -310,6 +320,9 @@ if AVAILABLE:
             xw = xn.to(wdt)
             if MMA:
                 xt = tl.trans(xw)
+                if HAS_WS:
+                    w = w.to(wdt)
+                    w2 = w2.to(wdt)
                 acc_t += _dot(w, xt, IEEE)
                 if GATED:
                     acc2_t += _dot(w2, xt, IEEE)
@@ -325,15 +338,16 @@ if AVAILABLE:
                     acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
         acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
         _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                       NORM, HAS_BIAS, GATED, ACT)
+                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
 
     @triton.jit
     def _gemv2_kernel(
-        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
+        X, sxm, D, sdm, WD, WN, W, swn, WS, BIAS, Y, sym, R, srm,
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        PREFETCH: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PREFETCH: tl.constexpr, PDL: tl.constexpr, HAS_WS: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
     ):
         """_gemv_kernel's reduction form for two rows (M <= 2): each weight tile is loaded once
         and multiplied into one [BLOCK_N, BLOCK_K / 8] accumulator per row, each row's input
@@ -343,6 +357,8 @@ if AVAILABLE:
         rb = ra + 1
         b_ok = rb < M
         wdt = W.dtype.element_ty
+        if HAS_WS:
+            wdt = X.dtype.element_ty
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
         rsd_a = _delta_scale(D, sdm, ra, a_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)
@@ -374,9 +390,9 @@ if AVAILABLE:
         out_a, up_a = _acc_results(acc_a, acc2_a, GATED, False, True)
         out_b, up_b = _acc_results(acc_b, acc2_b, GATED, False, True)
         _gemv_epilogue(out_a, up_a, tl.sum(ss_a, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, ra, a_ok,
-                       NORM, HAS_BIAS, GATED, ACT)
+                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
         _gemv_epilogue(out_b, up_b, tl.sum(ss_b, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rb, b_ok,
-                       NORM, HAS_BIAS, GATED, ACT)
+                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
 
     @triton.jit
     def _rope_rows(ptr, rows_ok, NORM_W, COS, SIN, pos, eps,
@@ -650,7 +666,8 @@ def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: 
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
-         config: tuple[str, int, int, int, int] | None = None, pdl: bool = False) -> tuple[Tensor, Tensor | None]:
+         config: tuple[str, int, int, int, int] | None = None, pdl: bool = False,
+         scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """y = f(x) @ weight.T (+ bias) for x [..., K] with at most MAX_ROWS rows (see module doc).
 
     delta: x' = x + norm_delta(delta) (or x + delta without delta_norm) is formed first and
@@ -658,11 +675,17 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     x' with this weight (Gemma's (1 + w) form when `gemma`); act: weight is [2N, K], gate rows
     then up rows, and y = act(gate) * up ("silu" or "gelu_tanh"). pdl: launch with programmatic
     dependent launch (see pdl_usable); the reduction forms then load their first weight tile
-    before waiting for the previous kernel (the "prefetch" form)."""
+    before waiting for the previous kernel (the "prefetch" form). scale: `weight` holds 8-bit
+    floats (float8_e4m3fn, see quantize_fp8) and `scale` [weight rows] their fp32 scales:
+    y = f(x) @ (weight * scale[:, None]).T, at half the bytes of a bf16 weight."""
     lead = x.shape[:-1]
     k = x.shape[-1]
     if weight.stride(-1) != 1:
         raise ValueError("gemv needs a row-major weight")
+    if (scale is None) != (weight.dtype != torch.float8_e4m3fn):
+        raise ValueError("gemv takes a scale exactly when the weight is float8_e4m3fn")
+    if scale is not None and (scale.dtype != torch.float32 or scale.shape != (weight.shape[0],)):
+        raise ValueError(f"gemv's scale must be fp32 [{weight.shape[0]}], got {scale.dtype} {tuple(scale.shape)}")
     n = weight.shape[0] // 2 if act is not None else weight.shape[0]
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_GEMV_ROWS, "gemv")
     m = x2.shape[0]
@@ -683,17 +706,30 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     grid = (triton.cdiv(n, block_n),)
     args = (x2, x2.stride(0), d2, d2.stride(0),
             delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
-            weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
-            m, n, k, float(eps))
+            weight, weight.stride(0), scale if scale is not None else x2,
+            bias if bias is not None else x2, y, y.stride(0), r, r.stride(0), m, n, k, float(eps))
     flags = dict(HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
                  GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
                  HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
+                 HAS_WS=scale is not None,
                  BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **_pdl_args(pdl))
     if not mma and m == 2:
         _gemv2_kernel[grid](*args, **flags)
     else:
-        _gemv_kernel[grid](*args, IEEE=weight.dtype == torch.float32, MMA=mma, BLOCK_M=block_m, **flags)
+        ieee = (x2.dtype if scale is not None else weight.dtype) == torch.float32
+        _gemv_kernel[grid](*args, IEEE=ieee, MMA=mma, BLOCK_M=block_m, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+def quantize_fp8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(float8_e4m3fn weight, fp32 scale per row) with weight ~= q * scale[:, None]: each row's
+    largest magnitude maps to e4m3's largest finite value (448), rounded to nearest; an all-zero
+    row gets scale 1. For gemv's `scale` (a draft model's products at half the bytes)."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    q = (w / scale[:, None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q, scale.contiguous()
 
 
 def _pdl_args(pdl: bool) -> dict:
