@@ -1,6 +1,6 @@
 """The Triton decode kernels against cuBLAS / the compiled layers' attention, shape by shape (H200).
 
-    python3 benchmarks/kernel_bench.py [--pairs gemma llama] [--rows 1 6] [--sweep] [--fp8]
+    python3 benchmarks/kernel_bench.py [--pairs gemma llama] [--rows 1 6] [--sweep]
 
 For every matrix of the issue-6 models (Gemma 3 4B + 270M, Llama 3.1 8B + 3.2 1B, bf16) it
 times, at 1 and 6 rows:
@@ -10,9 +10,7 @@ times, at 1 and 6 rows:
     gated activation), at the default launch configuration and, with --sweep, over a grid of
     (form, BLOCK_N, BLOCK_K, warps, stages) for both forms (elementwise reduction, one row only;
     tensor cores with the weights as the left operand), printing the best.
-With --fp8 "ours" reads the weights as 8-bit floats with a scale per row (half the bytes; the
-bf16 kernel at its default configuration is timed beside it, and the head is swept too: an fp8
-head runs on our kernel). And decode attention (norms, rotary, cache write, attention, combine) against the matmul +
+And decode attention (norms, rotary, cache write, attention, combine) against the matmul +
 softmax + matmul the compiled layers run, at 384 visible slots of a 512-slot cache.
 
 Method: weights are cold, as in a decode step: each measurement cycles through enough copies
@@ -47,7 +45,6 @@ MODELS = {
     "qwen": [("qwen-1.5b", 1536, 8960, 12, 2, 128, 151936, False), ("qwen-0.5b", 896, 4864, 14, 2, 64, 151936, False)],
 }
 PDL = False  # --pdl: our kernels launch with programmatic dependent launch
-FP8 = False  # --fp8: our kernels read e4m3 weights with a scale per row (kernels.quantize_fp8)
 
 
 COLD_BYTES = 256 << 20  # the copies of a matrix cycled through per measurement (> 5x the L2)
@@ -80,15 +77,14 @@ def sweep_grid(m: int, gated: bool) -> list[tuple]:
     g = 2 if gated else 1
     if m <= 2:  # one row: _gemv_kernel; two: _gemv2_kernel (the same layouts)
         out = []
-        # fp8 weights: 16 one-byte elements a thread fill a 128-bit load, so BLOCK_K up to 512 x warps
-        # per layout repeat, and twice the elements a thread for the same registers
-        widths, most = ((1, 2, 4), 4096) if FP8 else ((1, 2), 2048)
-        for form, bn, w, r in itertools.product(("reduce", "prefetch"), [1, 2, 4, 8], [1, 2, 4, 8], widths):
+        for form, bn, w, r in itertools.product(("reduce", "prefetch"), [1, 2, 4, 8], [1, 2, 4, 8], [1, 2]):
             bk = 256 * w * r
-            if bk <= most and bn * bk * g <= (128 if FP8 else 64) * 32 * w:
+            if bk <= 2048 and bn * bk * g <= 64 * 32 * w:
                 out.append((form, bn, bk, w, 2))  # num_stages does not change these kernels
         return out
-    return [("mma", bn, bk, w, st) for bn, bk, w, st in itertools.product([16, 32, 64, 128], [64, 128, 256], [4], [3, 4])
+    # K cut into 1-8 slices (SPLIT_K): narrow products get more programs than columns / BLOCK_N
+    return [("mma", bn, bk, w, st, sk)
+            for bn, bk, w, st, sk in itertools.product([16, 32, 64, 128], [64, 128, 256], [4], [3, 4], [1, 2, 4, 8])
             if st * (bn * bk * 2 * g + bk * 16 * 2) <= 200_000]
 
 
@@ -101,15 +97,12 @@ def gemv_kwargs(norm_w, dx, gated: bool, norm: bool, delta: bool, dnorm: bool, g
 def _compile_one(job) -> bool:
     """In a worker process: run gemv once at this shape and config (compiles it into Triton's
     on-disk cache, which the timing process then loads)."""
-    wrows, k, m, gated, norm, delta, dnorm, gemma, cfg, fp8, pdl = job
+    wrows, k, m, gated, norm, delta, dnorm, gemma, cfg = job
     try:
         w = torch.zeros(wrows, k, device=DEV, dtype=DT)
         x = torch.zeros(m, k, device=DEV, dtype=DT)
         nw = torch.zeros(k, device=DEV, dtype=DT)
-        extra = {}
-        if fp8:
-            w, extra["scale"] = kernels.quantize_fp8(w)
-        kernels.gemv(x, w, config=cfg, pdl=pdl, **gemv_kwargs(nw, x, gated, norm, delta, dnorm, gemma), **extra)
+        kernels.gemv(x, w, config=cfg, **gemv_kwargs(nw, x, gated, norm, delta, dnorm, gemma))
         torch.cuda.synchronize()
         return True
     except Exception:  # out of resources for this config
@@ -138,11 +131,6 @@ def gemv_rows(model, rows, sweep, results):
         copies = max(1, math.ceil(COLD_BYTES / nbytes))
         ws = [torch.randn(wrows, k, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
         nw = torch.randn(k, device=DEV, dtype=DT) * 0.1
-        q8 = None
-        if FP8:  # the same weights in e4m3 (half the bytes: twice the copies stay cold enough)
-            q8 = [kernels.quantize_fp8(w) for w in ws]
-            q8 = q8 + [kernels.quantize_fp8(torch.randn(wrows, k, device=DEV, dtype=DT) * 0.02)
-                       for _ in range(max(0, math.ceil(COLD_BYTES / (nbytes / 2)) - copies))]
         for m in rows:
             x = torch.randn(m, k, device=DEV, dtype=DT)
             dx = torch.randn(m, k, device=DEV, dtype=DT)
@@ -158,19 +146,8 @@ def gemv_rows(model, rows, sweep, results):
                         kernels.gemv(x, w, config=cfg, pdl=PDL, **kw)
                 return run
 
-            def ours8(cfg=None):
-                def run():
-                    for w, sc in q8:
-                        kernels.gemv(x, w, config=cfg, pdl=PDL, scale=sc, **kw)
-                return run
-
             # correctness against torch at this shape (bf16 tolerance)
-            if FP8:
-                y, _ = kernels.gemv(x, q8[0][0], scale=q8[0][1], **kw)
-                w_ref = q8[0][0].float() * q8[0][1][:, None]
-            else:
-                y, _ = kernels.gemv(x, ws[0], **kw)
-                w_ref = ws[0].float()
+            y, _ = kernels.gemv(x, ws[0], **kw)
             xr = x
             if delta:
                 dd = dx.float()
@@ -181,37 +158,32 @@ def gemv_rows(model, rows, sweep, results):
             if norm:
                 xin = xin * torch.rsqrt(xin.pow(2).mean(-1, keepdim=True) + 1e-6)
                 xin = xin * ((1 + nw.float()) if model[-1] else nw.float())
-            ref = xin.to(DT).float() @ w_ref.T
+            ref = xin.to(DT).float() @ ws[0].float().T
             if gated:
                 g, u = ref[:, :n], ref[:, n:]
                 ref = (F.gelu(g, approximate="tanh") if model[-1] else F.silu(g)) * u
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             t_cublas = bench(cublas, copies)
-            t_bf16 = bench(ours(), copies)
-            t_ours = bench(ours8(), len(q8)) if FP8 else t_bf16
+            t_ours = bench(ours(), copies)
             best = (t_ours, kernels.gemv_config(m, n, k, gated, norm, PDL))
-            if sweep and (label != "lm_head" or FP8):  # a bf16 head stays on cuBLAS
+            if sweep and label != "lm_head":  # the head stays on cuBLAS
                 grid = sweep_grid(m, gated)
-                ok = precompile([(wrows, k, m, gated, norm, delta, dnorm, model[-1], cfg, FP8, PDL) for cfg in grid])
+                ok = precompile([(wrows, k, m, gated, norm, delta, dnorm, model[-1], cfg) for cfg in grid])
                 for cfg in [c for c, good in zip(grid, ok) if good]:
                     try:
-                        t = bench(ours8(cfg), len(q8)) if FP8 else bench(ours(cfg), copies)
+                        t = bench(ours(cfg), copies)
                     except Exception:  # out of resources for this config
                         continue
                     if t < best[0]:
                         best = (t, cfg)
-            mb = nbytes / 2 if FP8 else nbytes
-            gbs = lambda t, b=mb: b / (t * 1e-3) / 1e12  # noqa: E731
-            kind = "fp8" if FP8 else "ours"
-            line = (f"{name:11s} {label:8s} M={m:<2d} N={n:6d} K={k:5d} {mb / 1e6:7.1f} MB | cuBLAS "
-                    f"{t_cublas * 1e3:7.2f} us | bf16 {t_bf16 * 1e3:7.2f} us {gbs(t_bf16, nbytes):4.2f} TB/s | "
-                    f"{kind} {t_ours * 1e3:7.2f} us {gbs(t_ours):4.2f} TB/s | best {best[0] * 1e3:7.2f} us "
-                    f"{gbs(best[0]):4.2f} TB/s {best[1]} | err {err:.1e}")
+            gbs = lambda t: nbytes / (t * 1e-3) / 1e12  # noqa: E731
+            line = (f"{name:11s} {label:8s} M={m:<2d} N={n:6d} K={k:5d} {nbytes / 1e6:7.1f} MB | cuBLAS "
+                    f"{t_cublas * 1e3:7.2f} us {gbs(t_cublas):4.2f} TB/s | ours {t_ours * 1e3:7.2f} us "
+                    f"{gbs(t_ours):4.2f} TB/s | best {best[0] * 1e3:7.2f} us {gbs(best[0]):4.2f} TB/s {best[1]} | err {err:.1e}")
             print(line, flush=True)
-            results.append(dict(model=name, product=label, rows=m, n=n, k=k, mb=mb / 1e6, fp8=FP8,
-                                cublas_us=t_cublas * 1e3, bf16_us=t_bf16 * 1e3, ours_us=t_ours * 1e3,
-                                best_us=best[0] * 1e3, best_config=list(best[1]), rel_err=err))
-        del ws, q8
+            results.append(dict(model=name, product=label, rows=m, n=n, k=k, mb=nbytes / 1e6, cublas_us=t_cublas * 1e3,
+                                ours_us=t_ours * 1e3, best_us=best[0] * 1e3, best_config=list(best[1]), rel_err=err))
+        del ws
 
 
 def attention_rows(model, rows, results, slots=512, visible=384, sweep=True, n_layers=34):
@@ -263,7 +235,7 @@ def attention_rows(model, rows, results, slots=512, visible=384, sweep=True, n_l
 def _smoke(args) -> None:
     """Run every code path of the script on CPU tensors (TRITON_INTERPRET=1 must be set before
     Triton is imported: the caller's environment). Times are not measured (1 us each)."""
-    global DEV, DT, COLD_BYTES, bench  # noqa: PLW0603
+    global DEV, DT, COLD_BYTES, bench
     import os
 
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -285,9 +257,7 @@ def _smoke(args) -> None:
     tiny = ("tiny", 64, 128, 4, 2, 16, 300, True)
     results: list[dict] = []
     attention_rows(tiny, args.rows, results, slots=64, visible=40, n_layers=2)
-    global FP8
-    for FP8 in (False, True):
-        gemv_rows(tiny, args.rows, True, results)
+    gemv_rows(tiny, args.rows, True, results)
     bad = [r for r in results if r.get("rel_err", 0.0) > 1e-4]
     print(f"smoke: {len(results)} measurements, {len(bad)} with a wrong result")
     if bad:
@@ -303,7 +273,6 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="sweep gemv's launch configurations")
     ap.add_argument("--attention-sweep", action="store_true", help="sweep the attention's splits and slot blocks")
     ap.add_argument("--pdl", action="store_true", help="our kernels with programmatic dependent launch")
-    ap.add_argument("--fp8", action="store_true", help="our kernels on e4m3 weights with a scale per row")
     ap.add_argument("--no-attention", action="store_true", help="the products only")
     ap.add_argument("--models", nargs="+", default=None, help="only these models of the pairs (e.g. qwen-0.5b)")
     ap.add_argument("--out", default=None)
@@ -313,8 +282,8 @@ def main():
     if args.smoke:
         _smoke(args)
         return
-    global PDL, FP8
-    PDL, FP8 = args.pdl, args.fp8
+    global PDL
+    PDL = args.pdl
     print(f"torch {torch.__version__}, triton {kernels.triton.__version__}, {torch.cuda.get_device_name()}")
     results: list[dict] = []
     with torch.inference_mode():

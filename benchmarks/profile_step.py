@@ -30,7 +30,7 @@ from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
 @torch.inference_mode()
-def profile(runner, batch, q, prompt_len, label, top):
+def profile(runner, batch, q, prompt_len, label, top, layers=0):
     cache = runner.new_cache(batch, prompt_len + 300)
     x = torch.randint(10, 500, (batch, prompt_len), device="cuda")
     runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
@@ -83,7 +83,34 @@ def profile(runner, batch, q, prompt_len, label, top):
           f"kernel time {busy / 1e3:.3f} ms (under PDL a kernel's time includes its wait for the one before)")
     for key, (us, cnt) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"{us:9.1f} us {us / busy:6.1%} {cnt:5.0f}x {us / cnt:7.2f} us/kernel  {key}")
+    if layers:
+        by_position(prof, reps, layers)
     return med
+
+
+def by_position(prof, reps: int, layers: int) -> None:
+    """Each kernel name's occurrences per layer told apart by their order (a layer's first gemv is
+    its qkv product, the second its o, ...): mean time per (name, ordinal). Without PDL these are
+    the kernels' own durations; under PDL they include each one's wait for its predecessor."""
+    evs = sorted((ev for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA),
+                 key=lambda ev: ev.time_range.start)
+    per_rep = len(evs) // reps
+    evs = evs[:per_rep]  # one replay
+    count = defaultdict(int)
+    for ev in evs:
+        count[ev.name[:60]] += 1
+    seen = defaultdict(int)
+    times = defaultdict(list)
+    for ev in evs:
+        key = ev.name[:60]
+        per_layer = count[key] // layers
+        ordinal = seen[key] % per_layer if per_layer else seen[key]
+        seen[key] += 1
+        times[(key, ordinal, per_layer)].append(ev.device_time)
+    print("   by position in a layer (mean us, count):")
+    for (key, ordinal, per_layer), ts in sorted(times.items(), key=lambda kv: -sum(kv[1])):
+        label = f"#{ordinal}/{per_layer}" if per_layer else "(not per layer)"
+        print(f"   {sum(ts) / len(ts):8.2f} us {len(ts):4d}x  {label:16s} {key}")
 
 
 def main():
@@ -115,6 +142,8 @@ def main():
                     help="the attention's new tokens on a split of their own (kernels.NEW_TOKENS_APART)")
     ap.add_argument("--prompt-len", type=int, default=128, help="cached tokens before the profiled step")
     ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--by-position", action="store_true",
+                    help="also each kernel's mean time by its position in a layer (qkv, o, gate/up, down...)")
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     args = ap.parse_args()
     options = {} if args.no_tuning else dict(fused.DEFAULT_INDUCTOR_OPTIONS)
@@ -150,10 +179,13 @@ def main():
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
                 for b in args.batches:
                     pl = args.prompt_len
-                    t1 = profile(tr, b, 1, pl, f"target [{b}, 1]", args.top)
-                    t6 = profile(tr, b, 6, pl, f"target [{b}, 6]", args.top)
-                    d1 = profile(dr, b, 1, pl, f"draft [{b}, 1]", args.top)
-                    d2 = profile(dr, b, 2, pl, f"draft [{b}, 2]", args.top)
+                    depth = lambda c: getattr(getattr(c, "text_config", c), "num_hidden_layers")  # noqa: E731
+                    tl_ = depth(tcfg) if args.by_position else 0
+                    dl_ = depth(dcfg) if args.by_position else 0
+                    t1 = profile(tr, b, 1, pl, f"target [{b}, 1]", args.top, tl_)
+                    t6 = profile(tr, b, 6, pl, f"target [{b}, 6]", args.top, tl_)
+                    d1 = profile(dr, b, 1, pl, f"draft [{b}, 1]", args.top, dl_)
+                    d2 = profile(dr, b, 2, pl, f"draft [{b}, 2]", args.top, dl_)
                     print(f"c = {d1 / t1:.3f}")
                     summary.append((label, b, t1, t6, d1, d2))
                 del tr, dr

@@ -148,6 +148,7 @@ def summary(report: dict) -> dict:
         "c": pred.get("c"),
         "target_step_ms": pred.get("target_step_ms"),
         "draft_step_ms": pred.get("draft_step_ms"),
+        "verify_step_ms": (pred.get("round_costs") or {}).get("verify_step_ms"),
         "predicted_speedup": pred.get("speedup"),
         "realised_over_predicted": pred.get("realised"),
         "output_match_rate": report.get("output_match_rate"),
@@ -262,6 +263,8 @@ def run(args) -> None:
     plan = {
         "k5_cold": ["--k", "5", *n],
         "k5_warm": ["--k", "5", *n],
+        # the draft's head in bf16 (the default reads an e4m3 copy on fp8 GPUs): the same run's A/B
+        "k5_bf16_draft_head": ["--k", "5", "--no-draft-fp8-head", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],
         "k5_batch4": ["--k", "5", "--batch-size", "4", *n],

@@ -238,19 +238,43 @@ class SpeculativeDecoder:
         from .accel.runner import ModelRunner
 
         ex = self.execution(loaded)
-        key = (id(loaded.model), ex.key())
+        key = self._runner_key(loaded)
         if key not in self._runners:
+            head8 = key[-1]
             runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
-                                 kernels=ex.kernels, nf4=ex.nf4)
+                                 kernels=ex.kernels, nf4=ex.nf4, head_fp8=head8)
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
+            if head8 and self.settings.draft_fp8_head and (runner.fused is None or runner.fused.head_fp8 is None):
+                why = runner.fused.kernels_unsupported if runner.fused is not None else runner.fused_unsupported
+                raise SettingsError("--draft-fp8-head: the draft's decode steps do not run on the Triton kernels"
+                                    + (f" ({why})" if why else ""))
             self._runners[key] = runner
         return self._runners[key]
 
+    def _runner_key(self, loaded: LoadedModel) -> tuple:
+        """(model, its execution, whether its head is read in fp8: the draft model's, see
+        draft_fp8_head)."""
+        return (id(loaded.model), self.execution(loaded).key(), loaded is self.draft and self.draft_fp8_head(loaded))
+
+    def draft_fp8_head(self, loaded: LoadedModel) -> bool:
+        """Whether the draft model's kernel steps read an e4m3 copy of its head (--draft-fp8-head;
+        default: where its steps are captured on a GPU with fp8 tensor cores, compute capability
+        8.9+, and the kernels are not turned off). Asked for where it cannot run: a SettingsError."""
+        want = self.settings.draft_fp8_head
+        dev = loaded.device
+        capable = dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 9)
+        if want and not capable:
+            raise SettingsError("--draft-fp8-head needs a CUDA GPU with fp8 tensor cores (compute capability 8.9+)")
+        if want is None:
+            ex = self.execution(loaded)
+            return capable and bool(ex.graphs) and ex.kernels is not False
+        return bool(want)
+
     def set_runner(self, loaded: LoadedModel, runner) -> None:
         """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""
-        self._runners[(id(loaded.model), self.execution(loaded).key())] = runner
+        self._runners[self._runner_key(loaded)] = runner
 
     def rounds(self):
         """How the target's rounds run: captured as CUDA graphs (one object per target runner, so

@@ -167,6 +167,11 @@ class Settings(BaseModel):
         None, description="Triton decode kernels for captured steps of fused models (hidden size <= 3072); "
                           "None = with --compile on CUDA"
     )
+    draft_fp8_head: bool | None = Field(
+        None, description="the draft model's vocabulary head as an e4m3 (fp8) copy in its decode steps: half "
+                          "its bytes; it only chooses proposals, so the output is unchanged. None = where the "
+                          "draft runs the Triton kernels on a GPU with fp8 tensor cores (compute capability 8.9+)"
+    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

@@ -98,6 +98,44 @@ def test_gemv_matches_torch(m, case, form):
         assert r is None
 
 
+@pytest.mark.parametrize("case, split_k", [("gated-gelu", 3), pytest.param("delta-norm", 2, marks=SLOW_ON_CPU),
+                                           pytest.param("plain", 4, marks=SLOW_ON_CPU)])
+def test_gemv_split_k_matches_torch(case, split_k):
+    """The tensor-core form with K cut into slices (program (tile, s) takes slice s; the last to
+    finish sums the partials in slice order): the same products, norms (whose sums of squares
+    are split too), residual write and activation; slices past K (3 slices of 200 columns in
+    tiles of 64: [0, 128), [128, 200), none) count as zeros; the counters are left zero, and a
+    second call gives the same bits whichever program finished last."""
+    g = _gen(7)
+    m, k, n = 5, 200, 72
+    x = _t(m, k, g=g)
+    w = _t(2 * n if case.startswith("gated") else n, k, g=g, scale=0.1)
+    nw, dn = _t(k, g=g, scale=0.3), _t(k, g=g, scale=0.3)
+    delta = _t(m, k, g=g, scale=2.0)
+    kw: dict = {}
+    xr = x
+    if case != "plain":
+        kw.update(norm=nw, gemma=True, eps=1e-6, delta=delta, delta_norm=dn)
+        xr = x + _rms(delta, dn, 1e-6, True)
+    if case.startswith("gated"):
+        kw["act"] = "gelu_tanh"
+    config = ("mma", 32, 64, 4, 2, split_k)
+    y, r = kernels.gemv(x, w, config=config, **kw)
+    xin = _rms(xr, nw, 1e-6, True) if "norm" in kw else xr
+    ref = xin @ w.T
+    if case.startswith("gated"):
+        ref = F.gelu(ref[:, :n], approximate="tanh") * ref[:, n:]
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    if "delta" in kw:
+        torch.testing.assert_close(r, xr, rtol=1e-5, atol=1e-5)
+    counters = kernels.scratch(x.device, "gemv split counters", 1, torch.int32)
+    assert int(counters.abs().sum()) == 0
+    again, _ = kernels.gemv(x, w, config=config, **kw)
+    assert torch.equal(again, y)
+    with pytest.raises(ValueError, match="splits K only"):
+        kernels.gemv(x, w, config=("reduce", 8, 64, 4, 2, 2))
+
+
 def test_gemv_half_precision_rounds_like_torch():
     g = _gen(2)
     x = _t(3, 256, g=g, dtype=torch.float16)
@@ -138,6 +176,12 @@ def test_gemv_configs():
     assert kernels.gemv_config(2, 896, 4864, False, pdl=True) == ("reduce", 1, 2048, 8, 2)
     assert kernels.gemv_config(2, 4864, 896, True, True, pdl=True) == ("reduce", 4, 256, 1, 2)
     assert kernels.gemv_config(2, 4096, 14336, False, pdl=True) == kernels.gemv_config(2, 4096, 14336, False)
+    # the verify (6 rows) under PDL at the Qwen2.5 1.5B shapes: qkv and the down projection in K slices
+    assert kernels.gemv_config(6, 2048, 1536, False, True, pdl=True) == ("mma", 64, 256, 4, 4, 4)
+    assert kernels.gemv_config(6, 1536, 8960, False, pdl=True) == ("mma", 64, 128, 4, 3, 8)
+    assert kernels.splits_k(kernels.gemv_config(6, 1536, 8960, False, pdl=True)) == 8
+    assert kernels.splits_k(kernels.gemv_config(6, 1536, 8960, False)) == 1  # without PDL: unchanged
+    assert kernels.splits_k(kernels.gemv_config(6, 4096, 14336, False, pdl=True)) == 1  # Llama 8B: unchanged
     with pytest.raises(ValueError, match="unknown gemv form"):
         kernels.gemv(torch.zeros(1, 32, device=DEV), torch.zeros(16, 32, device=DEV), config=("fast", 8, 32, 4, 2))
 
@@ -282,6 +326,80 @@ def test_multi_row_steps_match_transformers_fp32(multi_row, arch, monkeypatch):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
+def test_mixed_steps_with_k_slices_match_transformers_fp32(monkeypatch):
+    """Where gemv_config cuts K into slices for a several-row product (the verify's qkv and down
+    projection at the Qwen2.5 1.5B shape under PDL), the mixed step runs its down projection on
+    the kernel instead of cuBLAS: here every several-row product in 3 slices, the same values."""
+    from specdecode.accel import fused as fused_mod
+
+    model = _model("gemma3").to(DEV)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True)
+    sliced = lambda m, n, k, gated, norm=False, pdl=False: ("mma", 32, 64, 4, 2, 3)  # noqa: E731
+    plain = kernels.gemv_config
+    monkeypatch.setattr(kernels, "gemv_config", lambda m, *a, **kw: sliced(m, *a, **kw) if m > 2 else plain(m, *a, **kw))
+    monkeypatch.setattr(fused_mod, "_cublas_product", lambda *a, **kw: 1 / 0)
+    got = _run(runner)
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+
+
+def test_fp8_head_is_the_head_within_e4m3_rounding():
+    """quantize_head_fp8 + the fp8 head (a draft's kernel steps): one scale for the matrix, one for
+    the step's rows, rows padded to 16 for the fp8 product; logits within e4m3's rounding of the
+    bf16-free product, the clear winner of each row kept, softcapping applied after."""
+    from specdecode.accel import fused as fused_mod
+
+    g = _gen(9)
+    vocab, hidden = 300, 64
+    w = _t(vocab, hidden, g=g, scale=0.05)
+    x = _t(3, 2, hidden, g=g)
+    w[7] = x[0, 0] / x[0, 0].norm() * 0.3  # a clear winner for one row
+    w8, scale = fused_mod.quantize_head_fp8(w, chunk=128)
+    assert w8.dtype == torch.float8_e4m3fn and w8.shape == w.shape and scale.dim() == 0
+    assert float((w8.float() * scale).abs().max()) <= float(w.abs().max()) * 1.0001
+    head8 = fused_mod._make_head_fp8(None)
+    got = head8(x, w8, scale)
+    ref = x @ w.T
+    assert got.shape == ref.shape and got.dtype == x.dtype
+    assert float((got - ref).abs().max() / ref.abs().max()) < 0.08
+    assert int(got[0, 0].argmax()) == 7
+    capped = fused_mod._make_head_fp8(30.0)(x, w8, scale)
+    torch.testing.assert_close(capped, torch.tanh(got / 30.0) * 30.0)
+
+
+def test_kernel_steps_read_the_fp8_head(monkeypatch):
+    """FusedModel(head_fp8=True): the kernel steps' logits come from the e4m3 head (close to the
+    model's, not equal), prefill keeps the model's head; without the kernels it is not built."""
+    model = _model("qwen2").to(DEV)
+    reference = _run(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True, max_kernel_rows=16, head_fp8=True)
+    assert runner.fused.head_fp8 is not None and "e4m3 (fp8) vocabulary head" in runner.describe()
+    got = _run(runner)
+    torch.testing.assert_close(got[0], reference[0], rtol=2e-5, atol=2e-5)  # prefill: the model's head
+    for a, b in zip(reference[1:], got[1:]):
+        assert not torch.equal(a, b)
+        assert float((b - a).abs().max().detach() / a.abs().max().detach()) < 0.1
+    assert ModelRunner(model, fused=True, kernels=False, head_fp8=True).fused.head_fp8 is None
+
+
+def test_draft_fp8_head_setting(llama_pair):
+    """--draft-fp8-head: off by default on a CPU, a SettingsError when asked for without fp8
+    tensor cores; the target never reads its head in fp8."""
+    from specdecode.api import SpeculativeDecoder
+    from specdecode.settings import Settings, SettingsError
+
+    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.draft), device="cpu", dtype="float32",
+                 chat=False)
+    dec = SpeculativeDecoder.from_settings(s)
+    assert not dec.draft_fp8_head(dec.draft)
+    assert dec.runner(dec.draft).fused is None or dec.runner(dec.draft).fused.head_fp8 is None
+    on = dec.with_settings(draft_fp8_head=True)
+    with pytest.raises(SettingsError, match="--draft-fp8-head needs a CUDA GPU with fp8 tensor cores"):
+        on.runner(on.draft)
+    assert on.runner(on.target) is not None  # the target's runner ignores it
+
+
 def test_multi_row_setting_is_checked():
     with pytest.raises(ValueError, match="multi_row must be one of"):
         ModelRunner(_model("llama"), fused=True, kernels=True, multi_row="cublas")
@@ -323,11 +441,13 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_r
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [pytest.param(1, marks=SLOW_ON_CPU), pytest.param(2, marks=SLOW_ON_CPU)])
-def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
+@pytest.mark.parametrize("batch, head8", [pytest.param(1, False, marks=SLOW_ON_CPU), pytest.param(2, False, marks=SLOW_ON_CPU),
+                                         pytest.param(1, True, marks=SLOW_ON_CPU, id="1-fp8-draft-head")])
+def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch, head8):
     """Batch 1: the product's routing (one- and two-row draft steps on the kernels, verify on
-    the layers); batch 2: every step on the kernels. About a minute each under the interpreter:
-    slow there; the fast layer keeps the kernel steps against transformers (above)."""
+    the layers); batch 2: every step on the kernels; fp8-draft-head: the draft's head read in
+    e4m3 (its proposals change, the output must not). About a minute each under the
+    interpreter: slow there; the fast layer keeps the kernel steps against transformers (above)."""
     from fixtures import PROMPTS, oracle_greedy
     from specdecode.api import SpeculativeDecoder
     from specdecode.settings import Settings
@@ -338,10 +458,12 @@ def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch):
                  chat=False, k=3, batch_size=batch, max_new_tokens=12)
     dec = SpeculativeDecoder.from_settings(s)
     for loaded in (dec.target, dec.draft):
-        runner = ModelRunner(loaded.model, graphs=DEV == "cuda", fused=True, kernels=True, max_kernel_rows=rows)
+        runner = ModelRunner(loaded.model, graphs=DEV == "cuda", fused=True, kernels=True, max_kernel_rows=rows,
+                             head_fp8=head8 and loaded is dec.draft)
         dec.set_runner(loaded, runner)
     got = [r.token_ids for r in dec.generate(prompts)]
     assert dec.runner(dec.draft).fused._kernel_shapes
+    assert (dec.runner(dec.draft).fused.head_fp8 is not None) == head8
     assert got == oracle_greedy(gemma3_pair.target, prompts, 12)
 
 

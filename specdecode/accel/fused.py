@@ -359,6 +359,42 @@ def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
     return first_norm, head, last_norm
 
 
+# e4m3's largest finite value: a tensor's largest magnitude maps to it
+E4M3_MAX = 448.0
+
+
+def quantize_head_fp8(lm_head: Tensor, chunk: int = 16384) -> tuple[Tensor, Tensor]:
+    """(e4m3 copy of the [V, H] head, its fp32 scale as a 0-dim tensor): one scale for the whole
+    matrix (its largest magnitude maps to 448), so torch._scaled_mm takes it as it is; converted
+    a block of rows at a time (no fp32 copy of a vocabulary-sized matrix)."""
+    amax = lm_head.detach().abs().amax().float().clamp(min=1e-12)
+    scale = (amax / E4M3_MAX).reshape(())
+    out = torch.empty(lm_head.shape, dtype=torch.float8_e4m3fn, device=lm_head.device)
+    for i in range(0, lm_head.shape[0], chunk):
+        out[i:i + chunk] = (lm_head[i:i + chunk].float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return out, scale
+
+
+def _make_head_fp8(softcap: float | None) -> Callable:
+    """The head on an e4m3 copy (quantize_head_fp8): the step's rows quantized with one scale of
+    their own (their largest magnitude), padded to 16 rows (cuBLASLt's fp8 products take
+    multiples of 16), one fp8 tensor-core product with fp32 accumulation, logits in x's dtype."""
+
+    def head_fp8(x, w8, w_scale):
+        lead, hidden = x.shape[:-1], x.shape[-1]
+        xf = x.reshape(-1, hidden).float()
+        m = xf.shape[0]
+        x_scale = (xf.abs().amax().clamp(min=1e-12) / E4M3_MAX).reshape(())
+        xq = F.pad(xf / x_scale, (0, 0, 0, -m % 16)).to(torch.float8_e4m3fn)
+        logits = torch._scaled_mm(xq, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype,
+                                  use_fast_accum=True)[:m]
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits.reshape(*lead, w8.shape[0])
+
+    return head_fp8
+
+
 def _activation_name(act: nn.Module) -> str | None:
     """Which of the kernels' activations `act` computes (checked numerically), or None."""
     x = torch.linspace(-6.0, 6.0, 241, dtype=torch.float32)
@@ -441,7 +477,7 @@ class FusedModel:
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
                  max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None,
-                 compile_prefill: bool = False) -> None:
+                 compile_prefill: bool = False, head_fp8: bool = False) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -463,6 +499,10 @@ class FusedModel:
         compile_prefill: with `compile`, the prefill's layer function is compiled too (one compile
         per prompt shape: for callers that pad prompts to a few buckets, as a runner whose prefills
         are captured does). Uncompiled, a prefill layer runs ~45 small kernels besides its products.
+        head_fp8: the steps on the kernels read the vocabulary head as an e4m3 copy (half the
+        bytes; quantize_head_fp8, _make_head_fp8), for a draft model, whose logits only choose
+        proposals the target verifies; prefill and the other steps keep the model's head. Needs
+        the kernels (off without them) and fp8 tensor cores on CUDA (compute capability 8.9+).
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -560,8 +600,11 @@ class FusedModel:
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
+        head8 = _make_head_fp8(self.softcap)
+        self.head_fp8 = quantize_head_fp8(self.lm_head) if head_fp8 and self.kernels else None
         post = _make_post(self.shape, act)
         self._uncompiled = (layer_fn, first_norm, head)
+        self._head8_uncompiled = head8
         # variable-length forwards (prefill) run uncompiled (one compile per prompt length would cost
         # more than it saves) and through sdpa, whose memory does not grow with prompt x cache
         # length (the explicit scores of "matmul" would be [B, Hkv, G*q, S] floats)
@@ -576,19 +619,21 @@ class FusedModel:
             first_norm = torch.compile(first_norm, **opts)
             head = torch.compile(head, **opts)
             last_norm = torch.compile(last_norm, **opts)
+            head8 = torch.compile(head8, **opts)
             post = torch.compile(post, **opts)
             if compile_prefill:
                 # no coordinate-descent tuning: prompt-sized products are cuBLAS's, and the elementwise
                 # kernels it would tune are few per layer once fused
                 pre = dict(opts, options={}) if compile_backend == "inductor" else opts
                 self._prefill = (torch.compile(self._prefill[0], **pre), *self._prefill[1:])
-        self._last_norm, self._post = last_norm, post
+        self._last_norm, self._post, self._head8 = last_norm, post, head8
         self._layer, self._first_norm, self._head = layer_fn, first_norm, head
         self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
 
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
         self._layer, self._first_norm, self._head = self._uncompiled
+        self._head8 = self._head8_uncompiled
         self._prefill = self._prefill_uncompiled
         self.kernels = False
 
@@ -724,11 +769,17 @@ class FusedModel:
     def _mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                        logits_to_keep: Tensor | int, dense: bool = False) -> Tensor:
         """Steps of several rows (the verify) on the kernels' tensor-core products, which fold the
-        norms, residual adds and activation in, except the down projection: its long K leaves
-        the tensor-core form few programs, and cuBLAS splits it (its output is the residual
-        delta the next qkv product adds, as in _kernel_forward). dense: see _layers_on_kernels."""
-        return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
-                                       logits_to_keep, down=_cublas_product, dense=dense)
+        norms, residual adds and activation in. The down projection's long K leaves the
+        tensor-core form few programs: it runs on the kernel where gemv_config cuts K into
+        slices at this shape (measured faster than cuBLAS there), else on cuBLAS, which splits K
+        itself (its output is the residual delta the next qkv product adds, as in
+        _kernel_forward). dense: see _layers_on_kernels."""
+        gemv = partial(_kernels.gemv, pdl=self.pdl)
+        rows = input_ids.numel()
+        inter, hidden = self.weights[0].wd.shape[1], self.weights[0].wd.shape[0]
+        split = _kernels.splits_k(_kernels.gemv_config(rows, hidden, inter, False, False, self.pdl)) > 1
+        return self._layers_on_kernels(gemv, input_ids, cache, position_ids, logits_to_keep,
+                                       down=None if split else _cublas_product, dense=dense)
 
     def _nf4_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                      logits_to_keep: Tensor | int) -> Tensor:
@@ -776,9 +827,12 @@ class FusedModel:
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
-        # benchmarks/results/2026-12-02-rules.md); the last residual add and the final norm run as
-        # one compiled function before it
-        return self._head(self._last_norm(h, d, d_norm, self.final_norm), self.lm_head)
+        # benchmarks/results/2026-12-02-rules.md), or cuBLASLt's fp8 product on its e4m3 copy
+        # (head_fp8); the last residual add and the final norm run as one compiled function before it
+        x = self._last_norm(h, d, d_norm, self.final_norm)
+        if self.head_fp8 is not None:
+            return self._head8(x, *self.head_fp8)
+        return self._head(x, self.lm_head)
 
     def _dense(self, w: LayerWeights) -> LayerWeights:
         """An NF4 layer's weights dequantized to the model's dtype (prefill and the other steps

@@ -44,8 +44,8 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv", "quantize_fp8",
-           "gemv_config", "gemv_operands", "pdl_usable", "scratch", "usable_on"]
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
+           "gemv_config", "gemv_operands", "splits_k", "pdl_usable", "scratch", "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -248,14 +248,8 @@ if AVAILABLE:
 
     @triton.jit
     def _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                       NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
-                       WS=None, HAS_WS: tl.constexpr = False):
-        """acc (acc2: the up rows) [M, BLOCK_N]: the weight rows' scales (HAS_WS: 8-bit weights),
-        row scale of the norm, bias, gated activation, store."""
-        if HAS_WS:
-            acc = acc * tl.load(WS + rn, mask=n_ok, other=0.0)[None, :]
-            if GATED:
-                acc2 = acc2 * tl.load(WS + N + rn, mask=n_ok, other=0.0)[None, :]
+                       NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr):
+        """acc (acc2: the up rows) [M, BLOCK_N]: row scale of the norm, bias, gated activation, store."""
         if NORM:
             rs = tl.rsqrt(ss / K + eps)
             acc = acc * rs[:, None]
@@ -276,12 +270,12 @@ if AVAILABLE:
 
     @triton.jit
     def _gemv_kernel(
-        X, sxm, D, sdm, WD, WN, W, swn, WS, BIAS, Y, sym, R, srm,
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm, P, CNT,
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr, HAS_WS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        IEEE: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr = 1,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W row-major; GATED: W is [2N, K] (gate rows,
         then up rows) and Y = act(gate) * up. f: x (+ norm_d(D)) then an RMS norm (see module doc).
@@ -295,13 +289,22 @@ if AVAILABLE:
         ("swap AB", as cuBLAS runs thin products): the weights are read once for up to BLOCK_M
         rows at no extra arithmetic cost. PREFETCH (reduction form): the loads of the next weight
         tile are issued before this tile's arithmetic, so a program keeps two tiles in flight
-        (Triton does not pipeline loads that feed no dot). HAS_WS: W holds 8-bit floats (e4m3) and
-        WS one fp32 scale per weight row; the input stays in X's dtype (tensor cores: each tile is
-        widened to it) and the scales multiply the sums."""
+        (Triton does not pipeline loads that feed no dot). SPLIT_K > 1 (tensor cores): program
+        (pid, s) takes the s-th of SPLIT_K slices of K for columns pid*BLOCK_N.. (a narrow product,
+        the verify's o or down projection, then has SPLIT_K times the programs), writes its
+        partial sums to P and counts itself in CNT[pid]; the last of them to finish adds the
+        SPLIT_K partials in slice order (the result does not depend on which finished last), runs
+        the epilogue and resets the counter."""
         pid, rm, rn, rk, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
+        split = tl.program_id(1)
+        k_lo = split * 0
+        k_hi = K
+        if SPLIT_K > 1:  # slices of whole tiles, so no tile straddles two programs
+            per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+            k_lo = split * per
+            k_hi = tl.minimum(k_lo + per, K)
+            rk = rk + k_lo
         wdt = W.dtype.element_ty
-        if HAS_WS:
-            wdt = X.dtype.element_ty
         # PREFETCH: the first weight tile now; each iteration then loads the next before its arithmetic
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
@@ -309,7 +312,7 @@ if AVAILABLE:
         ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
         acc_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
         acc2_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(0, k_hi - k_lo, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < K
             w, w2, w_nx, w2_nx = _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED, PREFETCH, BLOCK_K)
@@ -320,9 +323,6 @@ if AVAILABLE:
             xw = xn.to(wdt)
             if MMA:
                 xt = tl.trans(xw)
-                if HAS_WS:
-                    w = w.to(wdt)
-                    w2 = w2.to(wdt)
                 acc_t += _dot(w, xt, IEEE)
                 if GATED:
                     acc2_t += _dot(w2, xt, IEEE)
@@ -336,18 +336,58 @@ if AVAILABLE:
                 acc_t += xw3 * w.to(tl.float32)[None, :, :]
                 if GATED:
                     acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
-        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
-        _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
+        ss = tl.sum(ss2, axis=1)
+        if SPLIT_K > 1:
+            acc_t, acc2_t, ss, last = _split_sums(P, CNT, pid, split, acc_t, acc2_t, ss, rm, GATED, SPLIT_K,
+                                                  BLOCK_M, BLOCK_N)
+            if last:
+                acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
+                _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                               NORM, HAS_BIAS, GATED, ACT)
+        else:
+            acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
+            _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                           NORM, HAS_BIAS, GATED, ACT)
+
+    @triton.jit
+    def _split_sums(P, CNT, pid, split, acc_t, acc2_t, ss, rm, GATED: tl.constexpr, SPLIT_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """A split-K program's partial sums (tensor-core accumulators [BLOCK_N, BLOCK_M], and the
+        rows' sums of squares) stored to its slot of P; the last program of column tile pid to
+        count itself in CNT[pid] gets the SPLIT_K partials summed in slice order and last = True
+        (the others: their own sums and False). That program resets the counter."""
+        size = 2 * BLOCK_N * BLOCK_M + BLOCK_M  # fp32 values a program's slot holds
+        rb = tl.arange(0, BLOCK_N)
+        tile = rb[:, None] * BLOCK_M + rm[None, :]
+        own = P + (pid * SPLIT_K + split) * size
+        tl.store(own + tile, acc_t)
+        if GATED:
+            tl.store(own + BLOCK_N * BLOCK_M + tile, acc2_t)
+        tl.store(own + 2 * BLOCK_N * BLOCK_M + rm, ss)
+        tl.debug_barrier()  # every thread's partials are written before the release below
+        done = tl.atomic_add(CNT + pid, 1, sem="acq_rel")
+        last = done == SPLIT_K - 1
+        if last:
+            tl.debug_barrier()
+            acc_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for s in range(SPLIT_K):  # in slice order: the same sums whichever program is last
+                slot = P + (pid * SPLIT_K + s) * size
+                acc_t += tl.load(slot + tile, cache_modifier=".cg")
+                if GATED:
+                    acc2_t += tl.load(slot + BLOCK_N * BLOCK_M + tile, cache_modifier=".cg")
+                ss += tl.load(slot + 2 * BLOCK_N * BLOCK_M + rm, cache_modifier=".cg")
+            tl.atomic_xchg(CNT + pid, 0)  # ready for the next launch
+        return acc_t, acc2_t, ss, last
 
     @triton.jit
     def _gemv2_kernel(
-        X, sxm, D, sdm, WD, WN, W, swn, WS, BIAS, Y, sym, R, srm,
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, Y, sym, R, srm,
         M, N, K, eps,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_R: tl.constexpr,
-        PREFETCH: tl.constexpr, PDL: tl.constexpr, HAS_WS: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
+        PREFETCH: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """_gemv_kernel's reduction form for two rows (M <= 2): each weight tile is loaded once
         and multiplied into one [BLOCK_N, BLOCK_K / 8] accumulator per row, each row's input
@@ -357,8 +397,6 @@ if AVAILABLE:
         rb = ra + 1
         b_ok = rb < M
         wdt = W.dtype.element_ty
-        if HAS_WS:
-            wdt = X.dtype.element_ty
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
         rsd_a = _delta_scale(D, sdm, ra, a_ok, K, eps, HAS_D, D_NORM, 1, BLOCK_K)
@@ -390,9 +428,9 @@ if AVAILABLE:
         out_a, up_a = _acc_results(acc_a, acc2_a, GATED, False, True)
         out_b, up_b = _acc_results(acc_b, acc2_b, GATED, False, True)
         _gemv_epilogue(out_a, up_a, tl.sum(ss_a, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, ra, a_ok,
-                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
+                       NORM, HAS_BIAS, GATED, ACT)
         _gemv_epilogue(out_b, up_b, tl.sum(ss_b, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rb, b_ok,
-                       NORM, HAS_BIAS, GATED, ACT, WS, HAS_WS)
+                       NORM, HAS_BIAS, GATED, ACT)
 
     @triton.jit
     def _rope_rows(ptr, rows_ok, NORM_W, COS, SIN, pos, eps,
@@ -584,9 +622,10 @@ if AVAILABLE:
 
 
 def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
-                pdl: bool = False) -> tuple[str, int, int, int, int]:
-    """(form, BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [k, n] product; form is
-    "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left operand).
+                pdl: bool = False) -> tuple:
+    """(form, BLOCK_N, BLOCK_K, num_warps, num_stages[, SPLIT_K]) for an [m, k] x [k, n] product;
+    form is "reduce" (elementwise accumulation) or "mma" (tensor cores, weights as the left
+    operand), whose programs may each take a slice of K (SPLIT_K, default 1).
     pdl: the configuration for launches with programmatic dependent launch, where it differs."""
     if m == 1 and pdl:
         # the H200 sweep under PDL at the Qwen2.5 0.5B shapes (2026-12-02-h200-kernels-qwen.txt):
@@ -630,11 +669,25 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
         if norm:
             return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
         return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
-    # several rows: tensor cores read the weights once for all of them (the H200 sweep at 6 rows,
-    # Qwen2.5 1.5B, the best by kind: 2026-12-02-h200-kernels-qwen.txt)
+    # several rows: tensor cores read the weights once for all of them
+    if pdl and m <= 16 and not gated and k <= 1536 < n <= 2048 and norm:
+        # the verify's qkv product at the Qwen2.5 1.5B shape, K in 4 slices (128 programs instead
+        # of 32): 6.72 -> 5.78 us (2026-12-04-h200-kernels-qwen15-6rows-splitk.txt, under PDL)
+        return ("mma", 64, 256, 4, 4, 4)
+    if pdl and m <= 16 and not gated and not norm and 4096 < k <= 10240 and n <= 2048:
+        # a long down projection of a small model in 8 slices (192 programs instead of 24): 16.14
+        # -> 11.35 us, below cuBLAS's split-K product and its reduction kernel (12.01 us); the
+        # verify's down projection then stays on the kernels (FusedModel._mixed_forward)
+        return ("mma", 64, 128, 4, 3, 8)
+    # (the H200 sweep at 6 rows, Qwen2.5 1.5B, the best by kind: 2026-12-02-h200-kernels-qwen.txt)
     if gated:
         return ("mma", 64, 64, 4, 4)
     return ("mma", 64, 256, 4, 3 if norm else 4)
+
+
+def splits_k(config: tuple) -> int:
+    """The K slices of a gemv configuration (1 unless it names more)."""
+    return config[5] if len(config) > 5 else 1
 
 
 def interpreted(config: tuple) -> tuple:
@@ -666,8 +719,7 @@ def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: 
 def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor | None = None,
          gemma: bool = False, eps: float = 1e-6, delta: Tensor | None = None,
          delta_norm: Tensor | None = None, act: str | None = None,
-         config: tuple[str, int, int, int, int] | None = None, pdl: bool = False,
-         scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+         config: tuple[str, int, int, int, int] | None = None, pdl: bool = False) -> tuple[Tensor, Tensor | None]:
     """y = f(x) @ weight.T (+ bias) for x [..., K] with at most MAX_ROWS rows (see module doc).
 
     delta: x' = x + norm_delta(delta) (or x + delta without delta_norm) is formed first and
@@ -675,17 +727,11 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     x' with this weight (Gemma's (1 + w) form when `gemma`); act: weight is [2N, K], gate rows
     then up rows, and y = act(gate) * up ("silu" or "gelu_tanh"). pdl: launch with programmatic
     dependent launch (see pdl_usable); the reduction forms then load their first weight tile
-    before waiting for the previous kernel (the "prefetch" form). scale: `weight` holds 8-bit
-    floats (float8_e4m3fn, see quantize_fp8) and `scale` [weight rows] their fp32 scales:
-    y = f(x) @ (weight * scale[:, None]).T, at half the bytes of a bf16 weight."""
+    before waiting for the previous kernel (the "prefetch" form)."""
     lead = x.shape[:-1]
     k = x.shape[-1]
     if weight.stride(-1) != 1:
         raise ValueError("gemv needs a row-major weight")
-    if (scale is None) != (weight.dtype != torch.float8_e4m3fn):
-        raise ValueError("gemv takes a scale exactly when the weight is float8_e4m3fn")
-    if scale is not None and (scale.dtype != torch.float32 or scale.shape != (weight.shape[0],)):
-        raise ValueError(f"gemv's scale must be fp32 [{weight.shape[0]}], got {scale.dtype} {tuple(scale.shape)}")
     n = weight.shape[0] // 2 if act is not None else weight.shape[0]
     x2, y, d2, r = gemv_operands(x, n, delta, MAX_GEMV_ROWS, "gemv")
     m = x2.shape[0]
@@ -693,9 +739,12 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         config = gemv_config(m, n, k, act is not None, norm is not None, pdl)
         if not x.is_cuda:
             config = interpreted(config)
-    form, block_n, block_k, warps, stages = config
+    form, block_n, block_k, warps, stages = config[:5]
+    split_k = splits_k(config)
     if form not in FORMS:
         raise ValueError(f"unknown gemv form {form!r} ({', '.join(FORMS)})")
+    if split_k > 1 and form != "mma":
+        raise ValueError("gemv splits K only in the tensor-core form")
     if pdl and form == "reduce":
         form = "prefetch"
     mma = form == "mma"
@@ -703,33 +752,27 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     block_k = max(least, min(block_k, max(16, triton.next_power_of_2(k))))  # small models: no idle lanes
     block_n = max(least, min(block_n, triton.next_power_of_2(n)))
     block_m = max(least, triton.next_power_of_2(m))
-    grid = (triton.cdiv(n, block_n),)
+    tiles = triton.cdiv(n, block_n)
+    grid = (tiles, split_k)
     args = (x2, x2.stride(0), d2, d2.stride(0),
             delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
-            weight, weight.stride(0), scale if scale is not None else x2,
-            bias if bias is not None else x2, y, y.stride(0), r, r.stride(0), m, n, k, float(eps))
+            weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
+            m, n, k, float(eps))
     flags = dict(HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
                  GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
                  HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
-                 HAS_WS=scale is not None,
                  BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **_pdl_args(pdl))
     if not mma and m == 2:
         _gemv2_kernel[grid](*args, **flags)
     else:
-        ieee = (x2.dtype if scale is not None else weight.dtype) == torch.float32
-        _gemv_kernel[grid](*args, IEEE=ieee, MMA=mma, BLOCK_M=block_m, **flags)
+        partials = counters = x2
+        if split_k > 1:  # a slot of partial sums per program; a counter per column tile (left zero)
+            partials = scratch(x.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
+                               torch.float32)
+            counters = scratch(x.device, "gemv split counters", tiles, torch.int32)
+        _gemv_kernel[grid](*args[:13], partials, counters, *args[13:], IEEE=weight.dtype == torch.float32, MMA=mma,
+                           BLOCK_M=block_m, SPLIT_K=split_k, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
-
-
-def quantize_fp8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """(float8_e4m3fn weight, fp32 scale per row) with weight ~= q * scale[:, None]: each row's
-    largest magnitude maps to e4m3's largest finite value (448), rounded to nearest; an all-zero
-    row gets scale 1. For gemv's `scale` (a draft model's products at half the bytes)."""
-    w = weight.detach().float()
-    amax = w.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
-    q = (w / scale[:, None]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
-    return q, scale.contiguous()
 
 
 def _pdl_args(pdl: bool) -> dict:

@@ -58,14 +58,15 @@ class ModelRunner(ModelStep):
     for captured steps where they can run). `attention`, `max_kernel_rows`, `inductor_options`,
     `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`, `nf4_kernel_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; Execution.nf4 turns
-    it on for models that hold them, e.g. `--quantized`)."""
+    it on for models that hold them, e.g. `--quantized`). `head_fp8`: the kernel steps read an e4m3
+    copy of the vocabulary head (FusedModel's head_fp8: a draft model's, `--draft-fp8-head`)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
                  fold_combine: bool = False, max_mixed_rows: int | None = None,
-                 nf4_kernel_rows: int | None = None) -> None:
+                 nf4_kernel_rows: int | None = None, head_fp8: bool = False) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -81,7 +82,7 @@ class ModelRunner(ModelStep):
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
                                         multi_row=multi_row, fold_combine=fold_combine,
                                         max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows,
-                                        compile_prefill=compile and self.graphs)
+                                        compile_prefill=compile and self.graphs, head_fp8=head_fp8)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -113,10 +114,12 @@ class ModelRunner(ModelStep):
                          "steps and prefill dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
-            larger = ("all but the down projection in larger ones" if self.fused.multi_row == "mixed"
-                      else "attention in larger ones")
+            larger = ("the products on tensor cores in larger ones, a long down projection on cuBLAS unless "
+                      "its K is split" if self.fused.multi_row == "mixed" else "attention in larger ones")
             parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
                          f"{larger}{pdl})")
+            if self.fused.head_fp8 is not None:
+                parts.append("e4m3 (fp8) vocabulary head")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")
         if self.fused is not None and self.fused.nf4 and not self.fused.kernels:
