@@ -246,7 +246,7 @@ class SpeculativeDecoder:
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
-            if head8 and self.settings.draft_fp8_head and (runner.fused is None or runner.fused.head_fp8 is None):
+            if head8 and (runner.fused is None or runner.fused.head_fp8 is None):
                 why = runner.fused.kernels_unsupported if runner.fused is not None else runner.fused_unsupported
                 raise SettingsError("--draft-fp8-head: the draft's decode steps do not run on the Triton kernels"
                                     + (f" ({why})" if why else ""))
@@ -259,18 +259,20 @@ class SpeculativeDecoder:
         return (id(loaded.model), self.execution(loaded).key(), loaded is self.draft and self.draft_fp8_head(loaded))
 
     def draft_fp8_head(self, loaded: LoadedModel) -> bool:
-        """Whether the draft model's kernel steps read an e4m3 copy of its head (--draft-fp8-head;
-        default: where its steps are captured on a GPU with fp8 tensor cores, compute capability
-        8.9+, and the kernels are not turned off). Asked for where it cannot run: a SettingsError."""
-        want = self.settings.draft_fp8_head
-        dev = loaded.device
-        capable = dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 9)
-        if want and not capable:
-            raise SettingsError("--draft-fp8-head needs a CUDA GPU with fp8 tensor cores (compute capability 8.9+)")
-        if want is None:
-            ex = self.execution(loaded)
-            return capable and bool(ex.graphs) and ex.kernels is not False
-        return bool(want)
+        """Whether the draft model's kernel steps read an e4m3 copy of its head (--draft-fp8-head,
+        off by default). Asked for where it cannot run: a SettingsError naming why."""
+        if not self.settings.draft_fp8_head:
+            return False
+        from .accel.fused import head_fp8_unsupported
+
+        head = getattr(loaded.model, "lm_head", None)
+        if loaded.device.type != "cuda":
+            why = "fp8 tensor cores need a CUDA GPU of compute capability 8.9+"
+        else:
+            why = head_fp8_unsupported(head.weight) if head is not None else "the draft has no lm_head"
+        if why:
+            raise SettingsError(f"--draft-fp8-head: {why}")
+        return True
 
     def set_runner(self, loaded: LoadedModel, runner) -> None:
         """Run `loaded` through `runner` under the current settings (tests, benchmarks)."""

@@ -167,10 +167,10 @@ class Settings(BaseModel):
         None, description="Triton decode kernels for captured steps of fused models (hidden size <= 3072); "
                           "None = with --compile on CUDA"
     )
-    draft_fp8_head: bool | None = Field(
-        None, description="the draft model's vocabulary head as an e4m3 (fp8) copy in its decode steps: half "
-                          "its bytes; it only chooses proposals, so the output is unchanged. None = where the "
-                          "draft runs the Triton kernels on a GPU with fp8 tensor cores (compute capability 8.9+)"
+    draft_fp8_head: bool = Field(
+        False, description="the draft model's vocabulary head as an e4m3 (fp8) copy in its kernel decode steps: "
+                           "half its bytes, proposals chosen from slightly rounded logits; the output is unchanged. "
+                           "Needs the Triton kernels and a GPU of compute capability 8.9+"
     )
     trust_remote_code: bool = False
 

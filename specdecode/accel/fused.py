@@ -365,20 +365,33 @@ E4M3_MAX = 448.0
 
 def quantize_head_fp8(lm_head: Tensor, chunk: int = 16384) -> tuple[Tensor, Tensor]:
     """(e4m3 copy of the [V, H] head, its fp32 scale as a 0-dim tensor): one scale for the whole
-    matrix (its largest magnitude maps to 448), so torch._scaled_mm takes it as it is; converted
-    a block of rows at a time (no fp32 copy of a vocabulary-sized matrix)."""
+    matrix (its largest magnitude maps to 448), so torch._scaled_mm takes it as it is; rows of
+    zeros pad V to a multiple of 16 (cuBLASLt's fp8 products need it); converted a block of rows
+    at a time (no fp32 copy of a vocabulary-sized matrix)."""
+    vocab, hidden = lm_head.shape
     amax = lm_head.detach().abs().amax().float().clamp(min=1e-12)
     scale = (amax / E4M3_MAX).reshape(())
-    out = torch.empty(lm_head.shape, dtype=torch.float8_e4m3fn, device=lm_head.device)
-    for i in range(0, lm_head.shape[0], chunk):
-        out[i:i + chunk] = (lm_head[i:i + chunk].float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    out = torch.zeros((vocab + -vocab % 16, hidden), dtype=torch.float8_e4m3fn, device=lm_head.device)
+    for i in range(0, vocab, chunk):
+        j = min(i + chunk, vocab)
+        out[i:j] = (lm_head[i:j].float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return out, scale
 
 
-def _make_head_fp8(softcap: float | None) -> Callable:
+def head_fp8_unsupported(lm_head: Tensor) -> str | None:
+    """Why a head cannot be read in fp8 on this device (None: it can)."""
+    if lm_head.device.type != "cuda" or torch.cuda.get_device_capability(lm_head.device) < (8, 9):
+        return "fp8 tensor cores need a CUDA GPU of compute capability 8.9+"
+    if lm_head.shape[1] % 16:
+        return f"the hidden size ({lm_head.shape[1]}) is not a multiple of 16"
+    return None
+
+
+def _make_head_fp8(softcap: float | None, vocab: int) -> Callable:
     """The head on an e4m3 copy (quantize_head_fp8): the step's rows quantized with one scale of
     their own (their largest magnitude), padded to 16 rows (cuBLASLt's fp8 products take
-    multiples of 16), one fp8 tensor-core product with fp32 accumulation, logits in x's dtype."""
+    multiples of 16), one fp8 tensor-core product with fp32 accumulation, the first `vocab`
+    logits in x's dtype."""
 
     def head_fp8(x, w8, w_scale):
         lead, hidden = x.shape[:-1], x.shape[-1]
@@ -387,10 +400,10 @@ def _make_head_fp8(softcap: float | None) -> Callable:
         x_scale = (xf.abs().amax().clamp(min=1e-12) / E4M3_MAX).reshape(())
         xq = F.pad(xf / x_scale, (0, 0, 0, -m % 16)).to(torch.float8_e4m3fn)
         logits = torch._scaled_mm(xq, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype,
-                                  use_fast_accum=True)[:m]
+                                  use_fast_accum=True)[:m, :vocab]
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        return logits.reshape(*lead, w8.shape[0])
+        return logits.reshape(*lead, vocab)
 
     return head_fp8
 
@@ -502,7 +515,9 @@ class FusedModel:
         head_fp8: the steps on the kernels read the vocabulary head as an e4m3 copy (half the
         bytes; quantize_head_fp8, _make_head_fp8), for a draft model, whose logits only choose
         proposals the target verifies; prefill and the other steps keep the model's head. Needs
-        the kernels (off without them) and fp8 tensor cores on CUDA (compute capability 8.9+).
+        the kernels (off without them) and fp8 tensor cores on CUDA (head_fp8_unsupported; the
+        caller checks). Off by default: on the real Qwen2.5-Coder pair it made the draft step
+        4.3% cheaper and acceptance 0.8% lower, a wash (2026-12-04-h200-real-pair-stop28.json).
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -600,7 +615,7 @@ class FusedModel:
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
-        head8 = _make_head_fp8(self.softcap)
+        head8 = _make_head_fp8(self.softcap, self.lm_head.shape[0])
         self.head_fp8 = quantize_head_fp8(self.lm_head) if head_fp8 and self.kernels else None
         post = _make_post(self.shape, act)
         self._uncompiled = (layer_fn, first_norm, head)
@@ -770,10 +785,10 @@ class FusedModel:
                        logits_to_keep: Tensor | int, dense: bool = False) -> Tensor:
         """Steps of several rows (the verify) on the kernels' tensor-core products, which fold the
         norms, residual adds and activation in. The down projection's long K leaves the
-        tensor-core form few programs: it runs on the kernel where gemv_config cuts K into
-        slices at this shape (measured faster than cuBLAS there), else on cuBLAS, which splits K
-        itself (its output is the residual delta the next qkv product adds, as in
-        _kernel_forward). dense: see _layers_on_kernels."""
+        tensor-core form few programs, so it runs on cuBLAS, which splits K itself (its output is
+        the residual delta the next qkv product adds, as in _kernel_forward), unless gemv_config
+        cuts K into slices at this shape (no default does: measured slower in the step, stop 28).
+        dense: see _layers_on_kernels."""
         gemv = partial(_kernels.gemv, pdl=self.pdl)
         rows = input_ids.numel()
         inter, hidden = self.weights[0].wd.shape[1], self.weights[0].wd.shape[0]

@@ -669,17 +669,12 @@ def gemv_config(m: int, n: int, k: int, gated: bool, norm: bool = False,
         if norm:
             return ("reduce", 4, 1024, 4, 2) if k <= 1024 else ("reduce", 8, 512, 2, 2)
         return ("reduce", 2, 1024, 2, 2) if 1024 < k <= 2048 and n > 1024 else ("reduce", 2, 1024, 4, 2)
-    # several rows: tensor cores read the weights once for all of them
-    if pdl and m <= 16 and not gated and k <= 1536 < n <= 2048 and norm:
-        # the verify's qkv product at the Qwen2.5 1.5B shape, K in 4 slices (128 programs instead
-        # of 32): 6.72 -> 5.78 us (2026-12-04-h200-kernels-qwen15-6rows-splitk.txt, under PDL)
-        return ("mma", 64, 256, 4, 4, 4)
-    if pdl and m <= 16 and not gated and not norm and 4096 < k <= 10240 and n <= 2048:
-        # a long down projection of a small model in 8 slices (192 programs instead of 24): 16.14
-        # -> 11.35 us, below cuBLAS's split-K product and its reduction kernel (12.01 us); the
-        # verify's down projection then stays on the kernels (FusedModel._mixed_forward)
-        return ("mma", 64, 128, 4, 3, 8)
-    # (the H200 sweep at 6 rows, Qwen2.5 1.5B, the best by kind: 2026-12-02-h200-kernels-qwen.txt)
+    # several rows: tensor cores read the weights once for all of them (the H200 sweep at 6 rows,
+    # Qwen2.5 1.5B, the best by kind: 2026-12-02-h200-kernels-qwen.txt). No default cuts K into
+    # slices: at the Qwen2.5 1.5B verify's shapes the sweep's best sliced forms (qkv in 4 slices
+    # 6.72 -> 5.78 us, the down projection in 8 slices 11.35 us against cuBLAS's 12.01, alone and
+    # under PDL: 2026-12-04-h200-kernels-qwen15-6rows-splitk.txt) made the real pair's verify
+    # step slower in the step itself, 1.52 -> 1.68 ms (2026-12-04-h200-real-pair-stop28.json)
     if gated:
         return ("mma", 64, 64, 4, 4)
     return ("mma", 64, 256, 4, 3 if norm else 4)

@@ -114,8 +114,8 @@ class ModelRunner(ModelStep):
                          "steps and prefill dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
             pdl = ", programmatic dependent launch" if self.fused.pdl else ""
-            larger = ("the products on tensor cores in larger ones, a long down projection on cuBLAS unless "
-                      "its K is split" if self.fused.multi_row == "mixed" else "attention in larger ones")
+            larger = ("all but the down projection in larger ones" if self.fused.multi_row == "mixed"
+                      else "attention in larger ones")
             parts.append(f"Triton decode kernels (whole steps of <= {self.fused.max_kernel_rows} rows, "
                          f"{larger}{pdl})")
             if self.fused.head_fp8 is not None:

@@ -151,7 +151,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("fused", Optional[bool], _opt("--fused/--no-fused", help="fused decode layers for Llama/Mistral/Qwen/Gemma 3 (default: where supported)")),
     ("compile", Optional[bool], _opt("--compile/--no-compile", help="torch.compile decode steps before capture (default: on CUDA, for fused layers)")),
     ("kernels", Optional[bool], _opt("--kernels/--no-kernels", help="Triton decode kernels for captured steps (default: with --compile on CUDA, models up to hidden size 3072)")),
-    ("draft_fp8_head", Optional[bool], _opt("--draft-fp8-head/--no-draft-fp8-head", help="the draft's vocabulary head in fp8 (e4m3) in its decode steps; output unchanged (default: with the Triton kernels on GPUs of compute capability 8.9+)")),
+    ("draft_fp8_head", Optional[bool], _opt("--draft-fp8-head/--no-draft-fp8-head", help="the draft's vocabulary head in fp8 (e4m3) in its kernel steps; output unchanged (default off; needs a GPU of compute capability 8.9+)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),
