@@ -14,8 +14,9 @@ Variants, per head shape and rows (1 and 2: the draft's steps):
     with it), torch._scaled_mm with per-row scales on both sides, bf16 out;
   * fp8 rowwise, the product alone (x already quantized);
   * fp8 tensorwise (one scale each), the product alone, for comparison.
-Timing: each call in a CUDA graph over copies of the weight (> 400 MB, the L2 is 50 MB), median of
-15 timings of 10 replays. Checks: the fp8 logits' argmax against bf16's on random rows
+Timing: nf4_decode_probe.timed, every call in one CUDA graph over copies of the weight (> 400 MB,
+the L2 is 50 MB), median of 10 replays (2026-12-04-h200-head-fp8-probe.json came from commit
+ccf6622's own copy of it: 15 timings of 10 replays each). Checks: the fp8 logits' argmax against bf16's on random rows
 (agreement), and the largest error relative to the largest logit.
 
     python3 benchmarks/head_fp8_probe.py --json out.json
@@ -26,11 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nf4_decode_probe import timed  # noqa: E402  (each call in one CUDA graph over the weight copies)
 
 E4M3 = torch.float8_e4m3fn
 MAX = 448.0
@@ -43,26 +48,6 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = w.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
     scale = amax / MAX
     return (w.float() / scale).to(E4M3), scale
-
-
-def timed(calls) -> float:
-    """Microseconds per call, the calls captured as one graph."""
-    for c in calls[:2]:
-        c()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    out = []
-    for _ in range(15):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(10):
-            g.replay()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - t) / 10 / len(calls))
-    return statistics.median(out) * 1e6
 
 
 @torch.inference_mode()
