@@ -25,12 +25,14 @@ NF4_TYPES = dict(W="*u8", CODE="*fp32", PAIR="*i64", CODE2="*fp32", ABSMAX2="*fp
 def forms() -> dict[str, tuple[str, str, dict, dict]]:
     """name -> (module, kernel, constexprs, argument types) of every kernel form to compile."""
     out = {}
-    for mma, rows, prefetch, pdl in [(True, 16, False, True),  # the verify's tensor-core form
-                                     (False, 1, True, True),  # one row under PDL (the draft's step)
-                                     (False, 1, False, False), (False, 8, False, False)]:
-        out[f"gemv-mma{int(mma)}-rows{rows}-prefetch{int(prefetch)}-pdl{int(pdl)}"] = (
+    for mma, rows, prefetch, pdl, split in [(True, 16, False, True, 1),  # the verify's tensor-core form
+                                            (True, 16, False, True, 4),  # ... with K in 4 slices
+                                            (False, 1, True, True, 1),  # one row under PDL (the draft's step)
+                                            (False, 1, False, False, 1), (False, 8, False, False, 1)]:
+        out[f"gemv-mma{int(mma)}-rows{rows}-prefetch{int(prefetch)}-pdl{int(pdl)}{f'-split{split}' if split > 1 else ''}"] = (
             "kernels", "_gemv_kernel", dict(FOLDED, IEEE=False, MMA=mma, PREFETCH=prefetch, PDL=pdl, BLOCK_M=rows,
-                                            BLOCK_N=64 if mma else 4, BLOCK_K=64 if mma else 256), {})
+                                            BLOCK_N=64 if mma else 4, BLOCK_K=64 if mma else 256, SPLIT_K=split),
+            dict(P="*fp32", CNT="*i32"))
     out["gemv2"] = ("kernels", "_gemv2_kernel", dict(FOLDED, PREFETCH=True, PDL=True, BLOCK_N=2, BLOCK_K=256), {})
     # fold: the last split merges (atomics); apart: the new tokens on a split of their own (the default)
     for splits, fold, apart in ((1, False, False), (8, False, True), (8, True, True), (8, False, False)):
@@ -132,6 +134,28 @@ pytestmark = pytest.mark.slow  # ~1 minute uncached: the slow layer
 @pytest.mark.parametrize("name", list(forms()))
 def test_kernel_compiles_for_hopper(compiled, name):
     assert compiled[name] is None, compiled[name]
+
+
+def test_decode_products_load_16_bytes_a_thread_and_do_not_spill(tmp_path):
+    """benchmarks/kernel_sass.py on the Qwen2.5 0.5B draft's products at one and two rows, as the
+    product launches them under PDL (its own wrappers, Triton's run-time specializations): every
+    global load is 16 bytes wide (a narrower one would mean the weights stream element by
+    element), nothing spills to the stack, and each loop iteration spends a bounded number of
+    instructions per weight element (6-15 on Triton 3.6-3.9)."""
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    out = tmp_path / "sass.json"
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "kernel_sass.py"), "--rows", "1", "2",
+                           "--json", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 8  # qkv, o, gate/up, down at 1 and 2 rows
+    for row in rows:
+        assert set(row["loads"]) == {"LDG.E.128"}, (row["case"], row["loads"])
+        assert row["stack"] == 0, row["case"]
+        assert row["loop_instructions"] and 2 <= row["per_weight"] <= 20, (row["case"], row.get("per_weight"))
 
 
 if __name__ == "__main__":
