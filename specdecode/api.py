@@ -334,6 +334,9 @@ class SpeculativeDecoder:
         elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs or s.kernels):
             notes.append("--compile, --cuda-graphs and --kernels apply to CUDA devices; on "
                          f"{self.target.device.type} the decode steps run eagerly")
+        if s.draft_fp8_head and (s.drafter != "model" or self.draft is None):
+            notes.append("--draft-fp8-head applies to a draft model (--drafter model); "
+                         f"with --drafter {s.drafter} nothing reads it")
         return notes
 
     def with_settings(self, **changes: Any) -> SpeculativeDecoder:

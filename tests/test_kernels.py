@@ -397,6 +397,9 @@ def test_draft_fp8_head_setting(llama_pair):
     with pytest.raises(SettingsError, match="--draft-fp8-head: fp8 tensor cores need a CUDA GPU of compute capability"):
         on.runner(on.draft)
     assert on.runner(on.target) is not None  # the target's runner ignores it
+    assert not any("--draft-fp8-head" in n for n in on.notes)
+    lookup = dec.with_settings(draft_fp8_head=True, drafter="ngram")
+    assert any("--draft-fp8-head applies to a draft model" in n for n in lookup.notes)
 
 
 def test_multi_row_setting_is_checked():
