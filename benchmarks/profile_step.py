@@ -159,6 +159,9 @@ def main():
     print(f"{args.pair}: attention={args.attention} inductor options {options}; floors "
           f"{gpu_bench.weight_bytes(target.model) / bw * 1e3:.3f} / {gpu_bench.weight_bytes(draft.model) / bw * 1e3:.3f} ms")
     summary = []
+    # layers per model, for --by-position (0: not asked for)
+    depth = lambda c: getattr(getattr(c, "text_config", c), "num_hidden_layers") if args.by_position else 0  # noqa: E731
+    tl_, dl_ = depth(tcfg), depth(dcfg)
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
@@ -179,9 +182,6 @@ def main():
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
                 for b in args.batches:
                     pl = args.prompt_len
-                    depth = lambda c: getattr(getattr(c, "text_config", c), "num_hidden_layers")  # noqa: E731
-                    tl_ = depth(tcfg) if args.by_position else 0
-                    dl_ = depth(dcfg) if args.by_position else 0
                     t1 = profile(tr, b, 1, pl, f"target [{b}, 1]", args.top, tl_)
                     t6 = profile(tr, b, 6, pl, f"target [{b}, 6]", args.top, tl_)
                     d1 = profile(dr, b, 1, pl, f"draft [{b}, 1]", args.top, dl_)

@@ -351,12 +351,14 @@ def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
         return norm(h + d, w, eps)
 
     def head(x, lm_head):
-        logits = F.linear(x, lm_head)
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return _softcap(F.linear(x, lm_head), softcap)
 
     return first_norm, head, last_norm
+
+
+def _softcap(logits: Tensor, softcap: float | None) -> Tensor:
+    """Gemma's final logit soft-capping (none: the logits as they are)."""
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 # e4m3's largest finite value: a tensor's largest magnitude maps to it
@@ -401,9 +403,7 @@ def _make_head_fp8(softcap: float | None, vocab: int) -> Callable:
         xq = F.pad(xf / x_scale, (0, 0, 0, -m % 16)).to(torch.float8_e4m3fn)
         logits = torch._scaled_mm(xq, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype,
                                   use_fast_accum=True)[:m, :vocab]
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits.reshape(*lead, vocab)
+        return _softcap(logits, softcap).reshape(*lead, vocab)
 
     return head_fp8
 
@@ -615,11 +615,10 @@ class FusedModel:
         how = attention or DEFAULT_ATTENTION.get(self.device.type, "sdpa")
         layer_fn = _make_layer(self.shape, act, how)
         first_norm, head, last_norm = _make_head(gemma, self.shape.eps, self.softcap)
-        head8 = _make_head_fp8(self.softcap, self.lm_head.shape[0])
         self.head_fp8 = quantize_head_fp8(self.lm_head) if head_fp8 and self.kernels else None
+        head8 = _make_head_fp8(self.softcap, self.lm_head.shape[0]) if self.head_fp8 is not None else None
         post = _make_post(self.shape, act)
-        self._uncompiled = (layer_fn, first_norm, head)
-        self._head8_uncompiled = head8
+        self._uncompiled = (layer_fn, first_norm, head, head8)
         # variable-length forwards (prefill) run uncompiled (one compile per prompt length would cost
         # more than it saves) and through sdpa, whose memory does not grow with prompt x cache
         # length (the explicit scores of "matmul" would be [B, Hkv, G*q, S] floats)
@@ -634,7 +633,7 @@ class FusedModel:
             first_norm = torch.compile(first_norm, **opts)
             head = torch.compile(head, **opts)
             last_norm = torch.compile(last_norm, **opts)
-            head8 = torch.compile(head8, **opts)
+            head8 = torch.compile(head8, **opts) if head8 is not None else None
             post = torch.compile(post, **opts)
             if compile_prefill:
                 # no coordinate-descent tuning: prompt-sized products are cuBLAS's, and the elementwise
@@ -647,8 +646,7 @@ class FusedModel:
 
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
-        self._layer, self._first_norm, self._head = self._uncompiled
-        self._head8 = self._head8_uncompiled
+        self._layer, self._first_norm, self._head, self._head8 = self._uncompiled
         self._prefill = self._prefill_uncompiled
         self.kernels = False
 

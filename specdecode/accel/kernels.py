@@ -749,23 +749,23 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     block_m = max(least, triton.next_power_of_2(m))
     tiles = triton.cdiv(n, block_n)
     grid = (tiles, split_k)
-    args = (x2, x2.stride(0), d2, d2.stride(0),
-            delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
-            weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0),
-            m, n, k, float(eps))
+    operands = (x2, x2.stride(0), d2, d2.stride(0),
+                delta_norm if delta_norm is not None else x2, norm if norm is not None else x2,
+                weight, weight.stride(0), bias if bias is not None else x2, y, y.stride(0), r, r.stride(0))
+    sizes = (m, n, k, float(eps))
     flags = dict(HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None,
                  GEMMA=bool(gemma), GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
                  HAS_BIAS=bias is not None, WRITE_R=delta is not None, PREFETCH=form == "prefetch",
                  BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **_pdl_args(pdl))
     if not mma and m == 2:
-        _gemv2_kernel[grid](*args, **flags)
+        _gemv2_kernel[grid](*operands, *sizes, **flags)
     else:
         partials = counters = x2
         if split_k > 1:  # a slot of partial sums per program; a counter per column tile (left zero)
             partials = scratch(x.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
                                torch.float32)
             counters = scratch(x.device, "gemv split counters", tiles, torch.int32)
-        _gemv_kernel[grid](*args[:13], partials, counters, *args[13:], IEEE=weight.dtype == torch.float32, MMA=mma,
+        _gemv_kernel[grid](*operands, partials, counters, *sizes, IEEE=weight.dtype == torch.float32, MMA=mma,
                            BLOCK_M=block_m, SPLIT_K=split_k, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
 
