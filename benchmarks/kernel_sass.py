@@ -195,7 +195,7 @@ def analyse(name: str, run, weights_per_iteration, gpu_flags: dict | None = None
     return row
 
 
-def cases(models: list[str], rows: list[int], nf4: bool):
+def cases(models: list[str], rows: list[int], nf4: bool, lut: str = "perm"):
     from specdecode.accel import nf4 as nf4mod
 
     for name in models:
@@ -226,8 +226,13 @@ def cases(models: list[str], rows: list[int], nf4: bool):
                         return kwargs["BLOCK_N"] * 2 * kwargs["BLOCK_KH"] * (2 if gated else 1) / threads
 
                     cfg4 = nf4mod.nf4_gemv_config(m, n, k, gated, bool(how.get("norm")))
-                    yield analyse(f"{name} {label} rows {m} nf4", lambda: nf4mod.nf4_gemv_fused(x, q, config=cfg4, **kw),
-                                  per_nf4, gpu_flags=dict(HW=True))
+                    cfg4 = tuple(cfg4[:5]) + (lut,)
+                    nf4mod._COMPILE_ONLY = True  # the wrapper chooses as for CUDA tensors
+                    try:
+                        yield analyse(f"{name} {label} rows {m} nf4 {lut}",
+                                      lambda: nf4mod.nf4_gemv_fused(x, q, config=cfg4, **kw), per_nf4)
+                    finally:
+                        nf4mod._COMPILE_ONLY = False
 
 
 def main() -> None:
@@ -235,11 +240,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["qwen-0.5b"], choices=sorted(MODELS))
     ap.add_argument("--rows", nargs="+", type=int, default=[1])
     ap.add_argument("--nf4", action="store_true", help="also the NF4 kernel (nf4.nf4_gemv_fused)")
+    ap.add_argument("--lut", default="perm", choices=["nibble", "pair", "perm"],
+                    help="the NF4 kernel's code lookup (on CUDA the wrapper picks perm for bf16 weights)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     print(f"triton {triton.__version__}, sm_90, SASS by {BIN / 'nvdisasm'}")
     rows = []
-    for row in cases(args.models, args.rows, args.nf4):
+    for row in cases(args.models, args.rows, args.nf4, args.lut):
         rows.append(row)
         per = row.get("per_weight")
         print(f"{row['case']:32s} {row['kernel']:18s} {row['config']} | regs {row['registers']} stack {row['stack']} | "

@@ -101,12 +101,20 @@ COLD_BYTES = 192 << 20  # weight copies cycled through per timing: several times
 
 
 def sweep_grid(m: int) -> list[tuple]:
-    """Configurations timed per product kind at m rows (<= 12). One or two rows: the reduction
+    """Configurations timed per product kind at m rows (<= 12). One row: the reduction form on
+    the byte-permute lookup (the default on CUDA) over tile shapes, and three on the map loads
+    (stop 28's default lookup) for the comparison in the same run. Two rows: the reduction
     form with 16 packed bytes per thread a weight tile (BLOCK_N x BLOCK_K / 2 = 16 x 32 x warps)
     from 1 to 8 weight rows a program, one 32-byte variant, the pair-table lookup once, and the
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
     the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, one
     reduction-form and one pair-table entry."""
+    if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28
+        return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
+                ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),
+                ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2), ("reduce", 2, 4096, 8, 2),
+                ("reduce", 4, 1024, 4, 2, "nibble"), ("reduce", 2, 2048, 4, 2, "nibble"),
+                ("reduce", 4, 512, 2, 2, "nibble")]
     if m <= 2:
         return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
                 ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),

@@ -329,6 +329,75 @@ def merge_nf4(parts: list[NF4Weight]) -> NF4Weight:
                      dtype=first.dtype, blocksize=first.blocksize)
 
 
+# ------------------------------------------------------------------------------ the permute lookup
+#
+# LUT 2 ("perm"; CUDA, K a multiple of the block, 16-bit weights): per quantization block the 16
+# decoded values round(code[v] * absmax) are computed once (16 products, 8 paired roundings) and
+# held as byte planes in 8 registers: L0-L3 the low bytes of values 0-3, 4-7, 8-11, 12-15, H0-H3
+# the high bytes. A byte permute (PTX prmt) then looks up four nibbles at once in one plane pair
+# (the nibble's low 3 bits pick one of 8 bytes), a bitwise select on the nibble's bit 3 picks
+# the pair, and two more permutes and a shift or mask give each weight's float32 bits. About 4
+# instructions a weight for the lookup, the scaling and the rounding together, against ~12 for a
+# table load per nibble (benchmarks/results/2026-12-04-cpu-kernel-sass.txt).
+
+PLANES_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 17)
+LOOKUP_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 9)
+
+
+def planes_asm(f16: bool = False) -> str:
+    """PTX: a block's absmax ($8) and the 16 code values ($9-$24) -> the byte planes of the 16
+    decoded values code[v] * absmax (each product rounded on its own, mul.rn, then to bf16 or
+    fp16, round to nearest even): $0-$3 the low bytes (L0-L3), $4-$7 the high bytes (H0-H3)."""
+    cvt = "cvt.rn.f16x2.f32" if f16 else "cvt.rn.bf16x2.f32"
+    lines = ["{", ".reg .f32 f<16>;", ".reg .b32 p<8>;"]
+    lines += [f"mul.rn.f32 f{v}, $8, ${9 + v};" for v in range(16)]
+    lines += [f"{cvt} p{j}, f{2 * j + 1}, f{2 * j};" for j in range(8)]  # p_j = value 2j (low half), 2j+1
+    lines += [f"prmt.b32 ${j}, p{2 * j}, p{2 * j + 1}, 0x6420;" for j in range(4)]      # low bytes
+    lines += [f"prmt.b32 ${4 + j}, p{2 * j}, p{2 * j + 1}, 0x7531;" for j in range(4)]  # high bytes
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def lookup_asm(f16: bool = False) -> str:
+    """PTX: a word of packed codes ($8: byte i in bits 8i..8i+7, each the high nibble's code then
+    the low one's) and its block's planes (L0-L3 $9-$12, H0-H3 $13-$16) -> the decoded values in
+    float32 of the bytes' high nibbles ($0-$3) and low nibbles ($4-$7). bf16 values widen by a
+    shift (or a mask); fp16 ones by a conversion."""
+    L = ("$9", "$10", "$11", "$12")
+    H = ("$13", "$14", "$15", "$16")
+    lines = ["{", ".reg .b32 bm, t, ms, m, s, la, lb, ha, hb, l, h, p, q;", ".reg .b16 e, o;",
+             # per nibble: 1000 where its bit 3 is set (prmt's sign mode on a 0x80 byte gives 0xFF),
+             # else 0100 (byte 4, 0x00): the select masks, one byte per nibble
+             "and.b32 bm, $8, 0x88888888;", "shr.b32 t, bm, 1;", "lop3.b32 ms, bm, t, 0x44444444, 0x56;"]
+    for half in range(2):  # bytes 0-1, then 2-3
+        if half == 0:
+            lines += ["and.b32 s, $8, 0x7777;", "prmt.b32 m, 0x80, 0, ms;"]
+        else:
+            lines += ["shr.b32 s, $8, 16;", "and.b32 s, s, 0x7777;", "shr.b32 ms, ms, 16;", "prmt.b32 m, 0x80, 0, ms;"]
+        # the four nibbles (lo, hi, lo, hi of two bytes) -> their values' low bytes, high bytes
+        lines += [f"prmt.b32 la, {L[0]}, {L[1]}, s;", f"prmt.b32 lb, {L[2]}, {L[3]}, s;",
+                  "lop3.b32 l, la, lb, m, 0xD8;",  # (la & ~m) | (lb & m)
+                  f"prmt.b32 ha, {H[0]}, {H[1]}, s;", f"prmt.b32 hb, {H[2]}, {H[3]}, s;",
+                  "lop3.b32 h, ha, hb, m, 0xD8;",
+                  "prmt.b32 p, l, h, 0x5140;",  # byte 2*half: the low nibble's value (low half), the high's
+                  "prmt.b32 q, l, h, 0x7362;"]  # byte 2*half + 1
+        for b, r in ((2 * half, "p"), (2 * half + 1, "q")):
+            if f16:
+                lines += [f"mov.b32 {{o, e}}, {r};", f"cvt.f32.f16 ${b}, e;", f"cvt.f32.f16 ${4 + b}, o;"]
+            else:
+                lines += [f"and.b32 ${b}, {r}, 0xFFFF0000;", f"shl.b32 ${4 + b}, {r}, 16;"]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+PLANES_ASM_BF16, PLANES_ASM_F16 = planes_asm(False), planes_asm(True)
+LOOKUP_ASM_BF16, LOOKUP_ASM_F16 = lookup_asm(False), lookup_asm(True)
+if triton is not None:  # the kernels read them as compile-time constants
+    _PLANES_BF16, _PLANES_F16 = tl.constexpr(PLANES_ASM_BF16), tl.constexpr(PLANES_ASM_F16)
+    _LOOKUP_BF16, _LOOKUP_F16 = tl.constexpr(LOOKUP_ASM_BF16), tl.constexpr(LOOKUP_ASM_F16)
+    _PLANES_CONSTRAINTS, _LOOKUP_CONSTRAINTS = tl.constexpr(PLANES_CONSTRAINTS), tl.constexpr(LOOKUP_CONSTRAINTS)
+
+
 # ------------------------------------------------------------------------------ kernel
 
 if AVAILABLE:
@@ -392,13 +461,34 @@ if AVAILABLE:
         return off, tmask, bmask, blk
 
     @triton.jit
+    def _word_tile(rn, n_ok, j0, KH, K, BS: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """_byte_tile's ALIGNED tile as int32 words of the packed codes (4 bytes, 8 codes):
+        offsets [BLOCK_N, blocks, BS / 8] into the codes viewed as int32, their mask, the mask per
+        block and the absmax index [BLOCK_N, blocks]."""
+        rb = tl.arange(0, BLOCK_KH // (BS // 2))
+        re = tl.arange(0, BS // 8)
+        jb = j0 + rb * (BS // 2)  # first byte of each block
+        bmask = n_ok[:, None] & (jb < KH)[None, :]
+        off = rn[:, None, None] * (KH // 4) + (jb // 4)[None, :, None] + re[None, None, :]
+        # one word a thread (not four, as contiguity would give): the input's pairs, four words
+        # apart, then take the same layout
+        off = tl.max_contiguous(off, [1, 1, 1])
+        blk = rn[:, None] * (K // BS) + (jb // (BS // 2))[None, :]
+        return off, bmask[:, :, None], bmask, blk
+
+    @triton.jit
     def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
-                 BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+                 BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
+                 WORDS: tl.constexpr = False):
         """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
         when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
         zeros where masked, in _byte_tile's shapes. All immutable: loaded one tile ahead, the first
-        before the kernel waits for its predecessor (PDL)."""
-        off, tmask, bmask, blk = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
+        before the kernel waits for its predecessor (PDL). WORDS (ALIGNED; W the codes as int32):
+        _word_tile's words instead of bytes."""
+        if WORDS:
+            off, tmask, bmask, blk = _word_tile(rn, n_ok, j0, KH, K, BS, BLOCK_KH)
+        else:
+            off, tmask, bmask, blk = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
         byte = tl.load(W + off, mask=tmask, other=0)
         a = tl.load(ABSMAX + blk, mask=bmask, other=0)
         if NESTED:
@@ -408,6 +498,74 @@ if AVAILABLE:
         return byte, a, s2
 
     @triton.jit
+    def _nf4_amax(a, s2, CODE2, OFFSET, NESTED: tl.constexpr, HW: tl.constexpr):
+        """The absmax as stored -> float32 (nested: code2[q] * absmax2 + offset, bitsandbytes' order)."""
+        if NESTED:
+            amax = _mul_exact(tl.load(CODE2 + a.to(tl.int32)), s2, HW) + tl.load(OFFSET)
+        else:
+            amax = a
+        return amax
+
+    @triton.jit
+    def _perm_decode(word, amax, CODE, F16: tl.constexpr):
+        """LUT 2 (the permute lookup above): a word tile [BLOCK_N, blocks, BS / 8] (int32, 4
+        bytes of codes each) and its blocks' absmax [BLOCK_N, blocks] -> the decoded values in
+        fp32 as 8 tiles of the word tile's shape: the high then the low nibbles' values of bytes
+        0-3 of each word (h0, h1, h2, h3, l0, l1, l2, l3). CUDA only (inline PTX)."""
+        c0 = tl.load(CODE + 0)
+        c1 = tl.load(CODE + 1)
+        c2 = tl.load(CODE + 2)
+        c3 = tl.load(CODE + 3)
+        c4 = tl.load(CODE + 4)
+        c5 = tl.load(CODE + 5)
+        c6 = tl.load(CODE + 6)
+        c7 = tl.load(CODE + 7)
+        c8 = tl.load(CODE + 8)
+        c9 = tl.load(CODE + 9)
+        c10 = tl.load(CODE + 10)
+        c11 = tl.load(CODE + 11)
+        c12 = tl.load(CODE + 12)
+        c13 = tl.load(CODE + 13)
+        c14 = tl.load(CODE + 14)
+        c15 = tl.load(CODE + 15)
+        codes = [amax, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15]
+        i32 = tl.int32
+        f32 = tl.float32
+        if F16:
+            p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
+                _PLANES_F16, _PLANES_CONSTRAINTS, codes, dtype=(i32, i32, i32, i32, i32, i32, i32, i32),
+                is_pure=True, pack=1)
+        else:
+            p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
+                _PLANES_BF16, _PLANES_CONSTRAINTS, codes, dtype=(i32, i32, i32, i32, i32, i32, i32, i32),
+                is_pure=True, pack=1)
+        args = [word, p0[:, :, None], p1[:, :, None], p2[:, :, None], p3[:, :, None],
+                p4[:, :, None], p5[:, :, None], p6[:, :, None], p7[:, :, None]]
+        if F16:
+            h0, h1, h2, h3, l0, l1, l2, l3 = tl.inline_asm_elementwise(
+                _LOOKUP_F16, _LOOKUP_CONSTRAINTS, args, dtype=(f32, f32, f32, f32, f32, f32, f32, f32),
+                is_pure=True, pack=1)
+        else:
+            h0, h1, h2, h3, l0, l1, l2, l3 = tl.inline_asm_elementwise(
+                _LOOKUP_BF16, _LOOKUP_CONSTRAINTS, args, dtype=(f32, f32, f32, f32, f32, f32, f32, f32),
+                is_pure=True, pack=1)
+        return h0, h1, h2, h3, l0, l1, l2, l3
+
+    @triton.jit
+    def _split4(v, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr):
+        """[S0, S1, S2, 4] -> its four [S0, S1, S2] slices along the last dimension, in order."""
+        a, b = tl.split(tl.reshape(v, [S0, S1, S2, 2, 2]))  # a: elements 0, 2; b: 1, 3
+        v0, v2 = tl.split(a)
+        v1, v3 = tl.split(b)
+        return v0, v1, v2, v3
+
+    @triton.jit
+    def _perm_fma(acc, xe, xo, h, lo):
+        acc += xe * h
+        acc += xo * lo
+        return acc
+
+    @triton.jit
     def _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
                     LUT: tl.constexpr, WROUND: tl.constexpr, HW: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
@@ -415,7 +573,8 @@ if AVAILABLE:
         round(code[q] * absmax) in the weight's dtype (bitsandbytes' order of operations). Masked
         bytes are 0 and decode to finite values (their inputs are zero). LUT 0: two lookups of the
         16-entry map per byte; LUT 1: one of PAIR, int64 [256], the byte's two codes' float32 bits
-        (the high nibble's in the high word)."""
+        (the high nibble's in the high word). (LUT 2 decodes words: _perm_decode.)"""
+        amax = _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW)  # once per block on the ALIGNED path
         b = byte.to(tl.int32)
         if LUT == 1:
             v = tl.load(PAIR + b)
@@ -424,10 +583,6 @@ if AVAILABLE:
         else:
             c_hi = tl.load(CODE + (b >> 4))
             c_lo = tl.load(CODE + (b & 15))
-        if NESTED:  # code2[q] * absmax2 + offset: once per block on the ALIGNED path
-            amax = _mul_exact(tl.load(CODE2 + a.to(tl.int32)), s2, HW) + tl.load(OFFSET)
-        else:
-            amax = a
         if ALIGNED:
             amax = amax[:, :, None]
         return _round_to(c_hi * amax, WROUND, HW), _round_to(c_lo * amax, WROUND, HW)
@@ -461,12 +616,14 @@ if AVAILABLE:
 
     @triton.jit
     def _nf4_acc(MMA: tl.constexpr, ALIGNED: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, PERM: tl.constexpr = False):
         """The fp32 accumulator: [BLOCK_N, BLOCK_M] for tensor cores; for one row the decoded
         tile's own shape ([BLOCK_N, BLOCK_KH], ALIGNED [BLOCK_N, blocks, BS / 2]: each thread sums
         its own columns, one reduction across threads after the loop); [BLOCK_M, BLOCK_N,
         BLOCK_KH] for several rows' elementwise products. Reduced by _nf4_results."""
-        if MMA:
+        if PERM:  # one row, the word tile's shape
+            return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 8], dtype=tl.float32)
+        elif MMA:
             return tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         elif BLOCK_M == 1 and ALIGNED:
             return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 2], dtype=tl.float32)
@@ -497,7 +654,8 @@ if AVAILABLE:
             if ALIGNED:
                 xe = tl.reshape(xe, [1, BLOCK_KH // (BS // 2), BS // 2])
                 xo = tl.reshape(xo, [1, BLOCK_KH // (BS // 2), BS // 2])
-            acc += xe * w_hi + xo * w_lo  # [1, ...] against [BLOCK_N, ...]
+            acc += xe * w_hi  # [1, ...] against [BLOCK_N, ...]: two FMAs a byte
+            acc += xo * w_lo
         else:
             if ALIGNED:
                 w_hi = tl.reshape(w_hi, [BLOCK_N, BLOCK_KH])
@@ -507,9 +665,9 @@ if AVAILABLE:
 
     @triton.jit
     def _nf4_gemv_kernel(
-        X, sxm, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, PAIR, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
+        X, sxm, X32, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, PAIR, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
         M, N, K, KH, eps,
-        NESTED: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr, HW: tl.constexpr,
+        NESTED: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr, HW: tl.constexpr, XPAIRS: tl.constexpr,
         BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr, XR: tl.constexpr,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr,
@@ -535,41 +693,101 @@ if AVAILABLE:
         [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
         pid, rm, rn, rc, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, 2 * BLOCK_KH)
         # the first tiles (immutable weights) before waiting for the previous kernel's results
+        PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (one row, ALIGNED)
+        NB: tl.constexpr = BLOCK_KH // (BS // 2)  # quantization blocks a row of the tile (ALIGNED)
         b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                    BLOCK_N, BLOCK_KH)
+                                    BLOCK_N, BLOCK_KH, PERM)
         ub_nx, ua_nx, us_nx = b_nx, a_nx, s_nx
         if GATED:  # the up rows of the same output columns
             ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                           BLOCK_N, BLOCK_KH)
+                                           BLOCK_N, BLOCK_KH, PERM)
         _pdl_enter(PDL)
         rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, 2 * BLOCK_KH)
         ss2 = tl.zeros([BLOCK_M, 2 * BLOCK_KH], dtype=tl.float32)
-        acc_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
-        acc2_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
+        acc_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
+        acc2_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
         for j0 in range(0, KH, BLOCK_KH):
             byte, a, s2 = b_nx, a_nx, s_nx
             ubyte, ua, us2 = ub_nx, ua_nx, us_nx
             # the next tile's loads first (past the end: all masked, no memory traffic)
             b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0 + BLOCK_KH, KH, K, NESTED, ALIGNED,
-                                        BS, BS2, BLOCK_N, BLOCK_KH)
+                                        BS, BS2, BLOCK_N, BLOCK_KH, PERM)
             if GATED:
                 ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, j0 + BLOCK_KH, KH, K, NESTED,
-                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH)
-            w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND, HW,
-                                     BLOCK_N, BLOCK_KH)
-            cols = 2 * j0 + rc
-            xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
-                                HAS_D, D_NORM, NORM, GEMMA, XR, HW)
-            if NORM:
-                ss2 += xf * xf
-            xe, xo = tl.split(tl.reshape(xn, [BLOCK_M, BLOCK_KH, 2]))
-            acc_t = _nf4_product(acc_t, w_hi, w_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N, BLOCK_KH)
-            if GATED:
-                u_hi, u_lo = _nf4_decode(ubyte, ua, us2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND,
-                                         HW, BLOCK_N, BLOCK_KH)
-                acc2_t = _nf4_product(acc2_t, u_hi, u_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
-                                      BLOCK_KH)
-        if BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
+                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM)
+            if PERM:
+                # the row's input as 8 tiles of the word tile's shape: the even and odd columns of
+                # bytes 0-3 of each word ([1, NB, BS / 8] from the contiguous tile, or bf16 pairs
+                # read in the word tile's own layout)
+                if XPAIRS:
+                    xw, xwm, _, _ = _word_tile(rn * 0, n_ok, j0, KH, K, BS, BLOCK_KH)
+                    xp = X32 + 4 * xw  # one address, the four pairs at immediate offsets
+                    q0 = tl.load(xp, mask=xwm, other=0)
+                    q1 = tl.load(xp + 1, mask=xwm, other=0)
+                    q2 = tl.load(xp + 2, mask=xwm, other=0)
+                    q3 = tl.load(xp + 3, mask=xwm, other=0)
+                    e0 = (q0 << 16).to(tl.float32, bitcast=True)
+                    o0 = (q0 & -65536).to(tl.float32, bitcast=True)
+                    e1 = (q1 << 16).to(tl.float32, bitcast=True)
+                    o1 = (q1 & -65536).to(tl.float32, bitcast=True)
+                    e2 = (q2 << 16).to(tl.float32, bitcast=True)
+                    o2 = (q2 & -65536).to(tl.float32, bitcast=True)
+                    e3 = (q3 << 16).to(tl.float32, bitcast=True)
+                    o3 = (q3 & -65536).to(tl.float32, bitcast=True)
+                else:
+                    cols = 2 * j0 + rc
+                    xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
+                                        HAS_D, D_NORM, NORM, GEMMA, XR, HW)
+                    if NORM:
+                        ss2 += xf * xf
+                    xe4, xo4 = tl.split(tl.reshape(xn, [1, NB, BS // 8, 4, 2]))
+                    e0, e1, e2, e3 = _split4(xe4, 1, NB, BS // 8)
+                    o0, o1, o2, o3 = _split4(xo4, 1, NB, BS // 8)
+                h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(byte, _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW),
+                                                              CODE, WROUND == 2)
+                acc_t = _perm_fma(acc_t, e0, o0, h0, l0)
+                acc_t = _perm_fma(acc_t, e1, o1, h1, l1)
+                acc_t = _perm_fma(acc_t, e2, o2, h2, l2)
+                acc_t = _perm_fma(acc_t, e3, o3, h3, l3)
+                if GATED:
+                    h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(
+                        ubyte, _nf4_amax(ua, us2, CODE2, OFFSET, NESTED, HW), CODE, WROUND == 2)
+                    acc2_t = _perm_fma(acc2_t, e0, o0, h0, l0)
+                    acc2_t = _perm_fma(acc2_t, e1, o1, h1, l1)
+                    acc2_t = _perm_fma(acc2_t, e2, o2, h2, l2)
+                    acc2_t = _perm_fma(acc2_t, e3, o3, h3, l3)
+            else:
+                w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND, HW,
+                                         BLOCK_N, BLOCK_KH)
+                if XPAIRS:  # one bf16 row read as pairs in the byte tile's own layout (no exchange)
+                    xoff, xmask, _, _ = _byte_tile(rn * 0, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
+                    x32 = tl.load(X32 + xoff, mask=xmask, other=0)
+                    xe = (x32 << 16).to(tl.float32, bitcast=True)
+                    xo = (x32 & -65536).to(tl.float32, bitcast=True)
+                    acc_t += xe * w_hi
+                    acc_t += xo * w_lo
+                else:
+                    cols = 2 * j0 + rc
+                    xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
+                                        HAS_D, D_NORM, NORM, GEMMA, XR, HW)
+                    if NORM:
+                        ss2 += xf * xf
+                    xe, xo = tl.split(tl.reshape(xn, [BLOCK_M, BLOCK_KH, 2]))
+                    acc_t = _nf4_product(acc_t, w_hi, w_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
+                                         BLOCK_KH)
+                if GATED:
+                    u_hi, u_lo = _nf4_decode(ubyte, ua, us2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND,
+                                             HW, BLOCK_N, BLOCK_KH)
+                    if XPAIRS:
+                        acc2_t += xe * u_hi
+                        acc2_t += xo * u_lo
+                    else:
+                        acc2_t = _nf4_product(acc2_t, u_hi, u_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
+                                              BLOCK_KH)
+        if PERM:  # one row's [BLOCK_N, blocks, BS / 8] sums, flattened
+            acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH // 4])
+            acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH // 4])
+        elif BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH])
         acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
@@ -614,11 +832,12 @@ if AVAILABLE:
 
 # (form, BLOCK_N, BLOCK_K (columns; BLOCK_K / 2 bytes), num_warps, num_stages[, lut]) by (m, n, k,
 # kind); set by benchmarks/nf4_bench.py's sweep (the best per product), else nf4_gemv_config's
-# defaults. lut: "nibble" (default: two lookups of the 16-entry map per byte) or "pair" (one of a
-# 256-entry table of both codes).
+# defaults. lut: "perm" (the default where it runs: byte permutes of each block's decoded values,
+# CUDA and 16-bit weights), "nibble" (the default elsewhere: two lookups of the 16-entry map per
+# byte) or "pair" (one of a 256-entry table of both codes).
 NF4_GEMV_CONFIG: dict[tuple, tuple] = {}
 FORMS = ("reduce", "mma")
-LUTS = ("nibble", "pair")
+LUTS = ("nibble", "pair", "perm")
 _WROUND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _PAIRS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -724,10 +943,10 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     if len(cfg) not in (5, 6):
         raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut]), got {cfg}")
     form, block_n, block_k, warps, stages = cfg[:5]
-    lut = cfg[5] if len(cfg) == 6 else "nibble"
+    lut = cfg[5] if len(cfg) == 6 else None
     if form not in FORMS:
         raise ValueError(f"unknown nf4_gemv form {form!r} ({', '.join(FORMS)})")
-    if lut not in LUTS:
+    if lut is not None and lut not in LUTS:
         raise ValueError(f"unknown nf4_gemv lut {lut!r} ({', '.join(LUTS)})")
     mma = form == "mma"
     least = 16 if mma else 1  # tensor-core operands are at least 16 wide
@@ -743,17 +962,34 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
     ieee = ieee or (x.device.type == "cpu" and x.dtype == torch.bfloat16)
     # compiled for the GPU (not Triton's interpreter): hardware rounding, uncontracted products
-    hw = x.device.type == "cuda" and not _INTERPRETED
+    hw = (x.device.type == "cuda" or _COMPILE_ONLY) and not _INTERPRETED
+    # the byte permutes: compiled PTX, one row on the reduction form, 16-bit weights, whole blocks,
+    # the codes readable as int32 words
+    perm_ok = (hw and aligned and m == 1 and not mma and nf4.dtype in (torch.bfloat16, torch.float16)
+               and nf4.packed.data_ptr() % 4 == 0)
+    if lut is None:  # the byte permutes where they run, else a map load per nibble
+        lut = "perm" if perm_ok else "nibble"
+    elif lut == "perm" and not perm_ok:
+        raise ValueError("nf4_gemv lut 'perm' needs a CUDA device (not Triton's interpreter), one row on the "
+                         "reduce form, 16-bit weights, K a multiple of the block and tiles of whole blocks "
+                         f"(rows {m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, "
+                         f"{nf4.dtype})")
     nested = nf4.nested
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
+    # one bf16 row of a product with nothing folded in: the input read as bf16 pairs in the weight
+    # tile's layout (an int32 view), not split and exchanged through shared memory
+    xpairs = (hw and m == 1 and aligned and not mma and x2.dtype == torch.bfloat16 and norm is None
+              and delta is None and x2.data_ptr() % 4 == 0)
     _nf4_gemv_kernel[grid](
-        x2, x2.stride(0), d2, d2.stride(0), delta_norm if delta_norm is not None else x2,
+        x2, x2.stride(0), x2.view(torch.int32) if xpairs else x2, d2, d2.stride(0),
+        delta_norm if delta_norm is not None else x2,
         norm if norm is not None else x2, r, r.stride(0),
-        nf4.packed, nf4.absmax, nf4.code, _pair_table(nf4.code) if lut == "pair" else nf4.code,
+        nf4.packed.view(torch.int32) if lut == "perm" else nf4.packed, nf4.absmax, nf4.code,
+        _pair_table(nf4.code) if lut == "pair" else nf4.code,
         nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy, nf4.offset if nested else dummy,
         bias if bias is not None else y, y, y.stride(0), m, n, k, k // 2, float(eps),
-        NESTED=nested, ALIGNED=aligned, LUT=LUTS.index(lut), HW=hw,
+        NESTED=nested, ALIGNED=aligned, LUT=LUTS.index(lut), HW=hw, XPAIRS=xpairs,
         BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype], XR=_WROUND[x.dtype],
         HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None, GEMMA=bool(gemma),
         GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
@@ -791,6 +1027,10 @@ def dequantize_nf4_fast(nf4: NF4Weight, dtype: torch.dtype | None = None, kernel
     )
     return y if dtype is None else y.to(dtype)
 
+
+# benchmarks/kernel_sass.py sets this to make the launch wrappers choose as on CUDA for CPU tensors
+# (the launch is intercepted and compiled for sm_90, never run)
+_COMPILE_ONLY = False
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1 when Triton was imported) runs the kernels as Python
 _INTERPRETED = AVAILABLE and "Interpreted" in type(_nf4_gemv_kernel).__name__
