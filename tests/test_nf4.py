@@ -90,7 +90,9 @@ def test_quantize_nf4_matches_bitsandbytes_bit_for_bit(double_quant, dtype):
         # ours everywhere: benchmarks/results/2026-12-03-h200-bnb-fp16-check.txt), so on the CPU
         # that case is held to one ulp.
         if torch.cuda.is_available():
-            expected = F.dequantize_4bit(packed.cuda(), copy.deepcopy(qs).to("cuda")).cpu()
+            qs_cuda = copy.deepcopy(qs)
+            qs_cuda.to("cuda")  # QuantState.to moves it in place (and returns None)
+            expected = F.dequantize_4bit(packed.cuda(), qs_cuda).cpu()
         else:
             expected = F.dequantize_4bit(packed, qs)
         assert expected.dtype == dtype

@@ -955,14 +955,14 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     block_m = max(least, triton.next_power_of_2(m))
     # the absmax once per quantization block: rows of whole blocks, tiles of whole blocks
     aligned = k % nf4.blocksize == 0 and block_kh % (nf4.blocksize // 2) == 0
+    # compiled for the GPU (not Triton's interpreter): hardware rounding, uncontracted products
+    hw = (x.device.type == "cuda" or _COMPILE_ONLY) and not _INTERPRETED
     # operands of the tensor-core form: the activations' dtype when the weight has it (its
     # rounding then loses nothing), fp32 with exact products otherwise. Triton's CPU interpreter
     # gets tl.dot on bf16 operands wrong (garbage in triton 3.9), so there bf16 goes through fp32:
     # the same products (bf16 x bf16 is exact in fp32), fp32 accumulation either way.
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
-    ieee = ieee or (x.device.type == "cpu" and x.dtype == torch.bfloat16)
-    # compiled for the GPU (not Triton's interpreter): hardware rounding, uncontracted products
-    hw = (x.device.type == "cuda" or _COMPILE_ONLY) and not _INTERPRETED
+    ieee = ieee or (not hw and x.dtype == torch.bfloat16)
     # the byte permutes: compiled PTX, one row on the reduction form, 16-bit weights, whole blocks,
     # the codes readable as int32 words
     perm_ok = (hw and aligned and m == 1 and not mma and nf4.dtype in (torch.bfloat16, torch.float16)
