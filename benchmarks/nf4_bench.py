@@ -266,6 +266,7 @@ def sweep(name: str, tcfg, args, budget: float) -> list[dict]:
             t_def = time_product(run_m, ws_m, default, pdl)
             best = (t_def, default)
             tried = 0
+            timed = [{"config": list(default), "us": t_def * 1e6}]  # every config timed, for comparisons
             for cfg in grids[(p["kind"], m)]:
                 if time.perf_counter() > deadline:
                     break
@@ -277,11 +278,12 @@ def sweep(name: str, tcfg, args, budget: float) -> list[dict]:
                     print(f"  {cfg}: {type(e).__name__}", flush=True)
                     continue
                 tried += 1
+                timed.append({"config": list(cfg), "us": t * 1e6})
                 if t < best[0]:
                     best = (t, cfg)
             nf4.NF4_GEMV_CONFIG[nf4.nf4_config_key(m, p["n"], p["k"], p["act"] is not None, p["norm"])] = tuple(best[1])
             rec.update(default_us=t_def * 1e6, best_config=list(best[1]), best_us=best[0] * 1e6,
-                       gb_s=nbytes / best[0] / 1e9, default_gb_s=nbytes / t_def / 1e9, tried=tried)
+                       gb_s=nbytes / best[0] / 1e9, default_gb_s=nbytes / t_def / 1e9, tried=tried, timed=timed)
             print(f"{name:6s} {p['kind']:8s} M={m} N={p['n']:6d} K={p['k']:5d} {nbytes / 1e6:6.1f} MB | default "
                   f"{t_def * 1e6:7.2f} us | best {best[0] * 1e6:7.2f} us {rec['gb_s']:6.0f} GB/s {best[1]} "
                   f"({tried} tried)", flush=True)
