@@ -109,12 +109,13 @@ def sweep_grid(m: int) -> list[tuple]:
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
     the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, one
     reduction-form and one pair-table entry."""
-    if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28
-        return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
-                ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),
-                ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2), ("reduce", 2, 4096, 8, 2),
-                ("reduce", 4, 1024, 4, 2, "nibble"), ("reduce", 2, 2048, 4, 2, "nibble"),
-                ("reduce", 4, 512, 2, 2, "nibble")]
+    if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, and
+        # the plain products' input read as pairs (default) against split from the contiguous tile
+        return [("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
+                ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2),
+                ("reduce", 4, 2048, 4, 2), ("reduce", 8, 1024, 8, 2, "perm", "tile"),
+                ("reduce", 2, 2048, 4, 2, "perm", "tile"), ("reduce", 2, 2048, 4, 2, "nibble", "tile"),
+                ("reduce", 4, 512, 2, 2, "nibble", "tile"), ("reduce", 2, 2048, 4, 2, "nibble")]
     if m <= 2:
         return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
                 ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),

@@ -379,6 +379,51 @@ def _fused_reference(x, w4, *, norm, gemma, delta, bias, eps=1e-6):
     return ref, xr
 
 
+# the byte-permute lookup (LUT "perm", the CUDA default for one row of 16-bit weights): words of
+# codes, 8 decoded tiles, the input split from the contiguous tile (or, "pairs", read as bf16 pairs
+# in the weight tile's layout for plain products; also with the map lookup). Under Triton's interpreter the permutes (PTX)
+# are stood in for by map loads of the same values (tests/test_nf4_perm.py runs the PTX itself);
+# everything else is the kernel's own path.
+@needs_triton
+@pytest.mark.parametrize("wdtype, xdtype, dq, bs, cfg", [
+    pytest.param(torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm", "pairs"), id="bf16-pairs-dq"),
+    pytest.param(torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm"), id="bf16-tile-dq"),
+    pytest.param(torch.bfloat16, torch.bfloat16, False, 64, ("reduce", 4, 256, 4, 2, "nibble", "pairs"),
+                 id="bf16-nibble-pairs-nodq"),
+    pytest.param(torch.bfloat16, torch.float32, False, 128, ("reduce", 2, 256, 2, 2, "perm"), id="bf16-x32-nodq-bs128"),
+    pytest.param(torch.float16, torch.float16, True, 64, ("reduce", 8, 128, 4, 2, "perm"), id="fp16-dq"),
+])
+def test_nf4_gemv_permute_lookup_matches_dequantized_product(wdtype, xdtype, dq, bs, cfg):
+    _check_gemv(1, 37, 512, wdtype=wdtype, xdtype=xdtype, double_quant=dq, blocksize=bs, bias=True, config=cfg)
+
+
+@needs_triton
+def test_nf4_gemv_permute_lookup_decodes_bit_for_bit():
+    n, k = 40, 256
+    w4 = nf4.quantize_nf4(_w(n, k, dtype=torch.bfloat16, seed=9), double_quant=True)
+    deq = nf4.dequantize_nf4(w4).float()
+    for col in (0, 1, 6, 7, 63, 64, 130, 255):  # each byte of a word, both nibbles
+        x = torch.zeros(1, k, dtype=torch.bfloat16)
+        x[0, col] = 1.0
+        y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm")).cpu()
+        assert torch.equal(y[0].float(), deq[:, col].to(torch.bfloat16).float())
+
+
+@needs_triton
+def test_nf4_gemv_permute_lookup_refuses_what_it_cannot_read():
+    w4 = nf4.quantize_nf4(_w(24, 200, dtype=torch.bfloat16, seed=3))  # K not a multiple of the block
+    with pytest.raises(ValueError, match="lut 'perm' needs one row"):
+        nf4.nf4_gemv(_x(1, 200, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
+    w4 = nf4.quantize_nf4(_w(24, 256, dtype=torch.bfloat16, seed=3))
+    with pytest.raises(ValueError, match="lut 'perm' needs one row"):  # two rows
+        nf4.nf4_gemv(_x(2, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
+    with pytest.raises(ValueError, match="unknown nf4_gemv input read"):
+        nf4.nf4_gemv(_x(1, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm", "rows"))
+    w32 = nf4.quantize_nf4(_w(24, 256, dtype=torch.float32, seed=3))
+    with pytest.raises(ValueError, match="lut 'perm' needs one row"):  # fp32 weights: no 16-bit planes
+        nf4.nf4_gemv(_x(1, 256), w32.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
+
+
 FUSED = [
     pytest.param(1, "norm", "reduce", torch.float32, id="m1-norm-llama-reduce"),
     pytest.param(2, "delta-norm-gemma", "reduce", torch.float32, id="m2-delta-norm-gemma-reduce"),
@@ -387,13 +432,15 @@ FUSED = [
     pytest.param(1, "delta-norm-gemma", "reduce", torch.bfloat16, id="m1-delta-norm-gemma-bf16", marks=SLOW_ON_CPU),
     pytest.param(6, "delta-norm", "mma", torch.bfloat16, id="m6-delta-norm-llama-mma-bf16", marks=SLOW_ON_CPU),
     pytest.param(16, "norm-gemma", "mma", torch.float32, id="m16-norm-gemma-mma", marks=SLOW_ON_CPU),
+    # the permute lookup with the folds (the input split from the contiguous tile)
+    pytest.param(1, "delta-norm", "perm", torch.bfloat16, id="m1-delta-norm-llama-perm-bf16"),
 ]
 
 
 @needs_triton
 @pytest.mark.parametrize("m, case, form, dtype", FUSED)
 def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
-    n, k = 40, 200  # neither a multiple of the tiles; blocks of 64 straddle rows
+    n, k = 40, 200 if form != "perm" else 256  # (200: no multiple of the tiles; blocks of 64 straddle rows)
     w4 = nf4.quantize_nf4(_w(n, k, dtype=dtype, seed=11), double_quant=True)
     g = torch.Generator().manual_seed(12)
     x = _x(m, k, dtype=dtype)
@@ -401,7 +448,7 @@ def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
     norm = (torch.randn(k, generator=g) * 0.3).to(dtype).to(DEV) if "norm" in case else None
     bias = (torch.randn(n, generator=g) * 0.1).to(DEV) if m == 5 else None
     gemma = "gemma" in case
-    cfg = ("mma", 16, 64, 4, 2) if form == "mma" else ("reduce", 8, 64, 4, 2)
+    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm")}[form]
     y, r = nf4.nf4_gemv_fused(x, w4.to(DEV), bias=bias, norm=norm, gemma=gemma, eps=1e-6, delta=delta, config=cfg)
     ref, xr = _fused_reference(x, w4, norm=norm, gemma=gemma, delta=delta, bias=bias)
     if delta is None:
@@ -424,6 +471,7 @@ def _rms(v, w, eps=1e-6):
 @pytest.mark.parametrize("m, form, act, dq", [
     pytest.param(1, "reduce", "silu", True, id="m1-silu-dq-reduce"),
     pytest.param(6, "mma", "gelu_tanh", False, id="m6-gelu-nodq-mma"),
+    pytest.param(1, "perm", "silu", True, id="m1-silu-dq-perm"),
 ])
 def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):
     """Gate and up quantized separately (their own quant states), merged, one product: act(gate) * up,
@@ -440,7 +488,10 @@ def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):
     dn = (torch.randn(k, generator=g) * 0.3).to(DEV)
     norm = (torch.randn(k, generator=g) * 0.3).to(DEV)
     bias = (torch.randn(2 * f, generator=g) * 0.1).to(DEV)
-    cfg = ("mma", 16, 64, 4, 2) if form == "mma" else ("reduce", 8, 64, 4, 2)
+    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm")}[form]
+    if form == "perm":  # 16-bit weights (the permute lookup's planes)
+        gate, up = (nf4.quantize_nf4(_w(f, k, dtype=torch.bfloat16, seed=s), double_quant=dq) for s in (21, 22))
+        merged = nf4.merge_nf4([gate, up])
     y, r = nf4.nf4_gemv_fused(x, merged.to(DEV), bias=bias, norm=norm, gemma=True, delta=delta, delta_norm=dn,
                               act=act, config=cfg)
     xr = x + _rms(delta, dn)
@@ -581,6 +632,8 @@ def test_fused_nf4_steps_match_the_dequantized_model(wide_nf4_config):
 
 @needs_bnb
 @needs_triton
+@pytest.mark.skipif(DEV == "cuda", reason="a CPU model on the kernels through Triton's interpreter; on a GPU "
+                    "machine (no interpreter) CPU tensors fall back to the compiled layers")
 def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeypatch):
     """By default (fused.NF4_KERNEL_ROWS) steps of one and two rows run on the NF4 GEMV and the
     verify's 6 rows on weights dequantized by one kernel (nf4.dequantize_nf4_fast), through the bf16

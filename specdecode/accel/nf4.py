@@ -37,8 +37,10 @@ What is here (checked on the CPU, and for correctness on an H200):
   even; the interpreter's truncates, so there it is done by hand, the same result); the next
   tile's bytes and absmax loaded before the current one is decoded; under programmatic
   dependent launch (``pdl=True``) the first weight tiles load before the kernel waits for its
-  predecessor. Code lookup by config: two gathers of the 16-entry map per byte ("nibble"), or one
-  of a 256-entry table of both codes' float32 bits ("pair", built once per code map tensor).
+  predecessor. Code lookup by config: byte permutes of each block's decoded values ("perm", the
+  default for one row of 16-bit weights on CUDA; see "the permute lookup" below), two gathers of
+  the 16-entry map per byte ("nibble", the default elsewhere), or one of a 256-entry table of both
+  codes' float32 bits ("pair", built once per code map tensor).
 - ``nf4_gemv_fused``: the same product with kernels.gemv's folding: the residual add
   x' = x + delta (written back as the new residual stream), with the residual's own norm first
   (``delta_norm``: Gemma's post-norms), the input RMS norm (Llama's w and Gemma's 1 + w forms),
@@ -57,17 +59,27 @@ kernels.decode_attention; prefill and larger steps (the verify) take each layer'
 dequantized by one kernel (``dequantize_nf4_fast``: the same values), the verify then on the
 bf16 kernels' multi-row step, prefill on the compiled layers and cuBLAS.
 
-Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md):
+Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md,
+2026-12-04-h200-stop29-notes.md):
 
-- The one- and two-row forms read NF4 weights at 290-800 GB/s, far below HBM's ~4.8 TB/s. A
-  target step is 1.2-1.3x the bf16 step on the Qwen2.5 1.5B, Gemma 3 4B and Llama 3.1 8B shapes,
-  not the 0.6-0.75x the bytes allow. The code lookup is part of the cost, not all of it: the same
-  one-row kernel converting each nibble to a float instead (no lookup; itself a quarter-rate
-  instruction) reads only 0.7-1.2 TB/s, and neither a lookup from registers (tl.gather, a
-  per-block decoded table), nor byte permutes (prmt), nor the input read in the weight tile's own
-  layout, nor more tiles in flight moved the lookup forms past ~0.85 TB/s
-  (benchmarks/nf4_decode_probe.py, benchmarks/results/2026-12-03-h200-nf4-decode-probe*.txt).
-  Per weight they issue about eight instructions (nibble, lookup, scale, bf16 rounding, FMA).
+- With the map loads ("nibble", stop 28) the one- and two-row forms read NF4 weights at 290-800
+  GB/s, far below HBM's ~4.8 TB/s: a target step was 1.2-1.3x the bf16 step on the Qwen2.5
+  1.5B, Gemma 3 4B and Llama 3.1 8B shapes, not the 0.6-0.75x the bytes allow. They are bound by
+  instructions, not bytes: compiled for sm_90 they issue 14.5-18 instructions a weight, one of
+  them a map load (benchmarks/kernel_sass.py, benchmarks/results/2026-12-04-cpu-kernel-sass.txt).
+- The byte permutes ("perm", stop 29) issue 9.6-11.8 a weight with 92-128 registers
+  (2026-12-04-cpu-kernel-sass-perm.txt). One-row products, best config each, same run: Qwen2.5
+  1.5B gate/up 26.4 -> 17.3 us, Llama 3.1 8B gate/up 92.4 -> 58.8 us, down 40.6 -> 37.7 us; the
+  one-token step 1.11x bf16 on Qwen2.5 1.5B (1.525 ms -> 1.351 ms), 1.06x on Gemma 3 4B and
+  0.92x on Llama 3.1 8B (2026-12-04-h200-nf4-stop29-models.md): faster than bf16 where the
+  matrices are large, still far from the 0.6x the issue asks. Stop 26's probe of lookups from
+  registers (benchmarks/nf4_decode_probe.py) had not found this: tl.gather of a per-block decoded
+  table, and permutes of the map's float32 bytes (four byte planes, the scaling and rounding
+  still per weight), were no faster than the map loads.
+- A plain product's input read as bf16 pairs in the weight tile's own layout (config input
+  "pairs": no exchange through shared memory, more loads) measured slower than the contiguous
+  tile split and exchanged (the default) on four of the five plain products compared (1-52%),
+  faster on Gemma 3 4B's o projection (5.0 against 6.1 us).
 - The forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows with the rows;
   the tensor-core form's decoded operand goes through shared memory); hence NF4_KERNEL_ROWS.
   Those steps dequantize each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its
@@ -78,8 +90,10 @@ Tensor-core forms that read each NF4 tile once for several rows (the verify) mea
 slower than dequantization + cuBLAS on the H200 in every tile shape tried, with K split or not
 (benchmarks/nf4_mma_probe.py, benchmarks/results/2026-12-03-h200-stop27-notes.md).
 
-Not done: a one-row form bound by memory (fewer instructions per weight: e.g. a per-block table
-of decoded values looked up by byte permutes, or tensor cores for the products), keeping the merged
+Not done: a one-row form bound by memory (the products and the input's widening are now about
+half the instructions: tensor cores for them; Triton stores 16-bit decoded values to shared memory
+one at a time, STS.U16, which made the tried form 16 instructions a weight), the permutes at two
+or more rows (the two-row steps and the verify stay on the map loads and the dequantization), keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
@@ -331,14 +345,20 @@ def merge_nf4(parts: list[NF4Weight]) -> NF4Weight:
 
 # ------------------------------------------------------------------------------ the permute lookup
 #
-# LUT 2 ("perm"; CUDA, K a multiple of the block, 16-bit weights): per quantization block the 16
+# LUT 2 ("perm"; one row on the reduce form, K a multiple of the block, 16-bit weights; compiled:
+# Triton's interpreter runs a stand-in by map loads of the same values): per quantization block the 16
 # decoded values round(code[v] * absmax) are computed once (16 products, 8 paired roundings) and
 # held as byte planes in 8 registers: L0-L3 the low bytes of values 0-3, 4-7, 8-11, 12-15, H0-H3
 # the high bytes. A byte permute (PTX prmt) then looks up four nibbles at once in one plane pair
 # (the nibble's low 3 bits pick one of 8 bytes), a bitwise select on the nibble's bit 3 picks
 # the pair, and two more permutes and a shift or mask give each weight's float32 bits. About 4
-# instructions a weight for the lookup, the scaling and the rounding together, against ~12 for a
-# table load per nibble (benchmarks/results/2026-12-04-cpu-kernel-sass.txt).
+# instructions a weight for the lookup, the scaling, the rounding and the widening together; the
+# kernel's loop 9.6-11.8 a weight against 14.5-18 with a map load per nibble
+# (benchmarks/results/2026-12-04-cpu-kernel-sass-perm.txt, 2026-12-04-cpu-kernel-sass.txt). The
+# codes are read as int32 words (8 codes), one word a thread per tile element (tl.max_contiguous:
+# with four, Triton exchanged the 8 decoded tiles through shared memory to meet the input pairs'
+# layout, where the input is read that way). tests/test_nf4_perm.py runs
+# this PTX through an interpreter of its instructions over every code pattern.
 
 PLANES_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 17)
 LOOKUP_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 9)
@@ -507,11 +527,26 @@ if AVAILABLE:
         return amax
 
     @triton.jit
-    def _perm_decode(word, amax, CODE, F16: tl.constexpr):
+    def _word_value(word, SHIFT: tl.constexpr, a3, CODE, WROUND: tl.constexpr, HW: tl.constexpr):
+        """The value of the code at bits SHIFT.. of each word, by a map load (the interpreter's
+        stand-in for the permutes: the same values)."""
+        return _round_to(tl.load(CODE + ((word >> SHIFT) & 15)) * a3, WROUND, HW)
+
+    @triton.jit
+    def _perm_decode(word, amax, CODE, WROUND: tl.constexpr, HW: tl.constexpr):
         """LUT 2 (the permute lookup above): a word tile [BLOCK_N, blocks, BS / 8] (int32, 4
         bytes of codes each) and its blocks' absmax [BLOCK_N, blocks] -> the decoded values in
         fp32 as 8 tiles of the word tile's shape: the high then the low nibbles' values of bytes
-        0-3 of each word (h0, h1, h2, h3, l0, l1, l2, l3). CUDA only (inline PTX)."""
+        0-3 of each word (h0, h1, h2, h3, l0, l1, l2, l3). On CUDA the byte permutes (inline
+        PTX, 16-bit weights); under Triton's interpreter (no PTX) the same values by map loads,
+        so that the rest of the path runs in the CPU tests."""
+        if not HW:
+            a3 = amax[:, :, None]
+            return (_word_value(word, 4, a3, CODE, WROUND, HW), _word_value(word, 12, a3, CODE, WROUND, HW),
+                    _word_value(word, 20, a3, CODE, WROUND, HW), _word_value(word, 28, a3, CODE, WROUND, HW),
+                    _word_value(word, 0, a3, CODE, WROUND, HW), _word_value(word, 8, a3, CODE, WROUND, HW),
+                    _word_value(word, 16, a3, CODE, WROUND, HW), _word_value(word, 24, a3, CODE, WROUND, HW))
+        F16: tl.constexpr = WROUND == 2
         c0 = tl.load(CODE + 0)
         c1 = tl.load(CODE + 1)
         c2 = tl.load(CODE + 2)
@@ -744,14 +779,14 @@ if AVAILABLE:
                     e0, e1, e2, e3 = _split4(xe4, 1, NB, BS // 8)
                     o0, o1, o2, o3 = _split4(xo4, 1, NB, BS // 8)
                 h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(byte, _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW),
-                                                              CODE, WROUND == 2)
+                                                              CODE, WROUND, HW)
                 acc_t = _perm_fma(acc_t, e0, o0, h0, l0)
                 acc_t = _perm_fma(acc_t, e1, o1, h1, l1)
                 acc_t = _perm_fma(acc_t, e2, o2, h2, l2)
                 acc_t = _perm_fma(acc_t, e3, o3, h3, l3)
                 if GATED:
                     h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(
-                        ubyte, _nf4_amax(ua, us2, CODE2, OFFSET, NESTED, HW), CODE, WROUND == 2)
+                        ubyte, _nf4_amax(ua, us2, CODE2, OFFSET, NESTED, HW), CODE, WROUND, HW)
                     acc2_t = _perm_fma(acc2_t, e0, o0, h0, l0)
                     acc2_t = _perm_fma(acc2_t, e1, o1, h1, l1)
                     acc2_t = _perm_fma(acc2_t, e2, o2, h2, l2)
@@ -834,10 +869,14 @@ if AVAILABLE:
 # kind); set by benchmarks/nf4_bench.py's sweep (the best per product), else nf4_gemv_config's
 # defaults. lut: "perm" (the default where it runs: byte permutes of each block's decoded values,
 # CUDA and 16-bit weights), "nibble" (the default elsewhere: two lookups of the 16-entry map per
-# byte) or "pair" (one of a 256-entry table of both codes).
+# byte) or "pair" (one of a 256-entry table of both codes). input: "tile" (default: the input tile
+# loaded contiguously, split and exchanged; the only way for folded products) or "pairs" (a plain
+# one-row bf16 product reads its input as bf16 pairs in the weight tile's layout: no exchange, but
+# more loads; slower than "tile" on four of the five plain products of stop 29's sweep).
 NF4_GEMV_CONFIG: dict[tuple, tuple] = {}
 FORMS = ("reduce", "mma")
 LUTS = ("nibble", "pair", "perm")
+X_READS = ("pairs", "tile")  # a plain one-row product's input: bf16 pairs in the weight tile's layout, or split
 _WROUND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _PAIRS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -861,14 +900,14 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
         found = NF4_GEMV_CONFIG.get((m, n, k))
     if found is not None:
         return found
-    if m == 1:  # the byte-permute lookup's best on the Qwen2.5 1.5B shapes (stop 29's sweep)
+    if m == 1:  # the byte-permute lookup's best (stop 29's sweep, benchmarks/results/2026-12-04-h200-nf4-stop29-models.md)
         if gated:
             return ("reduce", 8, 512, 4, 2)
         if norm:  # q/k/v
-            return ("reduce", 8, 1024, 8, 2) if k <= 2048 else ("reduce", 4, 512, 2, 2)
+            return ("reduce", 8, 1024, 8, 2) if k <= 2048 else ("reduce", 4, 1024, 4, 2)
         if k >= 8192:  # down
-            return ("reduce", 8, 1024, 8, 2) if k <= 10240 else ("reduce", 4, 2048, 4, 2)
-        return ("reduce", 4, 2048, 4, 2) if k <= 2048 else ("reduce", 2, 1024, 2, 2)  # o
+            return ("reduce", 2, 2048, 4, 2) if k <= 10240 else ("reduce", 8, 1024, 8, 2)
+        return ("reduce", 8, 1024, 8, 2)  # o
     if m == 2:
         if norm:
             return ("reduce", 8, 512, 4, 2)
@@ -940,10 +979,13 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     cfg = tuple(config or nf4_gemv_config(m, n, k, act is not None, norm is not None))
     if config is None and not x.is_cuda:
         cfg = interpreted(cfg)  # Triton's interpreter: few, wide programs
-    if len(cfg) not in (5, 6):
-        raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut]), got {cfg}")
+    if len(cfg) not in (5, 6, 7):
+        raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut[, input]]), got {cfg}")
     form, block_n, block_k, warps, stages = cfg[:5]
-    lut = cfg[5] if len(cfg) == 6 else None
+    lut = cfg[5] if len(cfg) >= 6 else None
+    x_read = cfg[6] if len(cfg) == 7 else "tile"  # the contiguous tile, split (measured ahead of "pairs")
+    if x_read not in X_READS:
+        raise ValueError(f"unknown nf4_gemv input read {x_read!r} ({', '.join(X_READS)})")
     if form not in FORMS:
         raise ValueError(f"unknown nf4_gemv form {form!r} ({', '.join(FORMS)})")
     if lut is not None and lut not in LUTS:
@@ -963,23 +1005,22 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     # the same products (bf16 x bf16 is exact in fp32), fp32 accumulation either way.
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
     ieee = ieee or (not hw and x.dtype == torch.bfloat16)
-    # the byte permutes: compiled PTX, one row on the reduction form, 16-bit weights, whole blocks,
-    # the codes readable as int32 words
-    perm_ok = (hw and aligned and m == 1 and not mma and nf4.dtype in (torch.bfloat16, torch.float16)
+    # the byte permutes: one row on the reduction form, 16-bit weights, whole blocks, the codes
+    # readable as int32 words; the default where compiled (the interpreter runs their stand-in)
+    perm_ok = (aligned and m == 1 and not mma and nf4.dtype in (torch.bfloat16, torch.float16)
                and nf4.packed.data_ptr() % 4 == 0)
     if lut is None:  # the byte permutes where they run, else a map load per nibble
-        lut = "perm" if perm_ok else "nibble"
+        lut = "perm" if perm_ok and hw else "nibble"
     elif lut == "perm" and not perm_ok:
-        raise ValueError("nf4_gemv lut 'perm' needs a CUDA device (not Triton's interpreter), one row on the "
-                         "reduce form, 16-bit weights, K a multiple of the block and tiles of whole blocks "
-                         f"(rows {m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, "
-                         f"{nf4.dtype})")
+        raise ValueError("nf4_gemv lut 'perm' needs one row on the reduce form, 16-bit weights, K a multiple "
+                         f"of the block and tiles of whole blocks (rows {m}, form {form}, K {k}, block "
+                         f"{nf4.blocksize}, tile {2 * block_kh} columns, {nf4.dtype})")
     nested = nf4.nested
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
-    # one bf16 row of a product with nothing folded in: the input read as bf16 pairs in the weight
-    # tile's layout (an int32 view), not split and exchanged through shared memory
-    xpairs = (hw and m == 1 and aligned and not mma and x2.dtype == torch.bfloat16 and norm is None
+    # ("pairs") one bf16 row of a product with nothing folded in: the input read as bf16 pairs in the
+    # weight tile's layout (an int32 view), not split and exchanged through shared memory
+    xpairs = (x_read == "pairs" and m == 1 and aligned and not mma and x2.dtype == torch.bfloat16 and norm is None
               and delta is None and x2.data_ptr() % 4 == 0)
     _nf4_gemv_kernel[grid](
         x2, x2.stride(0), x2.view(torch.int32) if xpairs else x2, d2, d2.stride(0),
