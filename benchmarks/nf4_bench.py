@@ -102,8 +102,9 @@ COLD_BYTES = 192 << 20  # weight copies cycled through per timing: several times
 
 def sweep_grid(m: int) -> list[tuple]:
     """Configurations timed per product kind at m rows (<= 12). One row: the reduction form on
-    the byte-permute lookup (the default on CUDA) over tile shapes, and three on the map loads
-    (stop 28's default lookup) for the comparison in the same run. Two rows: the reduction
+    the byte-permute lookup (the default on CUDA) over tile shapes, one with the input read as
+    pairs, one on the map loads (stop 28's lookup), and the tensor-core form on the permutes. Two
+    rows: the reduction
     form with 16 packed bytes per thread a weight tile (BLOCK_N x BLOCK_K / 2 = 16 x 32 x warps)
     from 1 to 8 weight rows a program, one 32-byte variant, the pair-table lookup once, and the
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
@@ -112,10 +113,9 @@ def sweep_grid(m: int) -> list[tuple]:
     if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, and
         # the plain products' input read as pairs (default) against split from the contiguous tile
         return [("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
-                ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2),
-                ("reduce", 4, 2048, 4, 2), ("reduce", 8, 1024, 8, 2, "perm", "tile"),
-                ("reduce", 2, 2048, 4, 2, "perm", "tile"), ("reduce", 2, 2048, 4, 2, "nibble", "tile"),
-                ("reduce", 4, 512, 2, 2, "nibble", "tile"), ("reduce", 2, 2048, 4, 2, "nibble")]
+                ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),
+                ("reduce", 8, 1024, 8, 2, "perm", "pairs"), ("reduce", 2, 2048, 4, 2, "nibble"),
+                ("mma", 32, 256, 4, 2), ("mma", 64, 256, 8, 2), ("mma", 64, 256, 4, 2), ("mma", 32, 512, 8, 2)]
     if m <= 2:
         return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
                 ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),
@@ -320,7 +320,8 @@ def bench_target(name: str, args, bw: float) -> dict:
     row["nf4_modules_path"] = modules.describe()
     row["nf4_modules_ms"] = measure(modules, args) * 1e3
     del modules
-    fused = ModelRunner(model, graphs=cuda, compile=cuda, fused=True, kernels=True, nf4=True)
+    fused = ModelRunner(model, graphs=cuda, compile=cuda, fused=True, kernels=True, nf4=True,
+                        nf4_kernel_rows=args.nf4_kernel_rows)
     row["nf4_kernels_path"] = fused.describe()
     if "fused NF4 kernels" not in row["nf4_kernels_path"]:  # a fallback would measure something else
         raise SystemExit(f"{name}: the NF4 step is not on the kernels: {row['nf4_kernels_path']}")
@@ -385,6 +386,8 @@ def main() -> None:
                     help="seconds of config timing in all (split over the pairs; compiling not counted)")
     ap.add_argument("--no-pdl", action="store_true", help="sweep without programmatic dependent launch")
     ap.add_argument("--verify-rows", type=int, default=6, help="also time the steps at this many rows (0: not)")
+    ap.add_argument("--nf4-kernel-rows", type=int, default=None,
+                    help="NF4 steps of at most this many rows wholly on the NF4 kernels (default: fused.NF4_KERNEL_ROWS)")
     args = ap.parse_args()
     gpu_bench.DEV = args.device
     if args.device == "cuda":

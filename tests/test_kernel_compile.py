@@ -61,18 +61,21 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
                  XR=1, HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=pdl, BLOCK_M=rows, BLOCK_N=32 if mma else 4,
                  BLOCK_KH=128 if mma else 512),
             dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32"))
-    # LUT 2, the byte permutes (one row, ALIGNED, words of codes): folded (the input tile split) and
-    # plain with the input read as bf16 pairs (XPAIRS); bf16 and fp16 weights; the one-row byte
-    # form with pairs too
+    # LUT 2, the byte permutes (ALIGNED, words of codes): one row on the reduce form and 16 on the
+    # tensor-core form; folded (the input tile split) and plain with the input read as bf16 pairs
+    # (XPAIRS, one row); bf16 and fp16 weights; the one-row byte form with pairs too
     for lut, folded, xpairs, wround in ((2, True, False, 1), (2, False, True, 1), (2, False, False, 2),
                                         (0, False, True, 1)):
-        flags = (dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0) if folded else
-                 dict(HAS_D=False, D_NORM=False, NORM=False, GEMMA=False, GATED=False, ACT=0))
-        out[f"nf4-lut{lut}-{'folded' if folded else 'plain'}-xpairs{int(xpairs)}-wround{wround}"] = (
-            "nf4", "_nf4_gemv_kernel",
-            dict(flags, NESTED=True, ALIGNED=True, LUT=lut, HW=True, XPAIRS=xpairs, BS=64, BS2=256, WROUND=wround,
-                 XR=1, HAS_BIAS=not folded, IEEE=False, MMA=False, PDL=True, BLOCK_M=1, BLOCK_N=4, BLOCK_KH=512),
-            dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32"))
+        for mma in ((False, True) if not xpairs else (False,)):
+            flags = (dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0) if folded else
+                     dict(HAS_D=False, D_NORM=False, NORM=False, GEMMA=False, GATED=False, ACT=0))
+            out[f"nf4-lut{lut}-{'folded' if folded else 'plain'}-xpairs{int(xpairs)}-wround{wround}-mma{int(mma)}"] = (
+                "nf4", "_nf4_gemv_kernel",
+                dict(flags, NESTED=True, ALIGNED=True, LUT=lut, HW=True, XPAIRS=xpairs, BS=64, BS2=256, WROUND=wround,
+                     XR=wround, HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=True, BLOCK_M=16 if mma else 1,
+                     BLOCK_N=32 if mma else 4, BLOCK_KH=128 if mma else 512),
+                dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32",
+                     X="*fp16" if wround == 2 else "*bf16"))  # (the mma form: the input in the weights' dtype)
     # the decoded weight (dequantize_nf4_fast): int32 pair stores for 16-bit weights, joined fp32 otherwise
     for nested, aligned, pairs in ((True, True, True), (False, False, True), (True, True, False)):
         out[f"nf4-dequantize-nested{int(nested)}-aligned{int(aligned)}-pairs{int(pairs)}"] = (

@@ -385,16 +385,20 @@ def _fused_reference(x, w4, *, norm, gemma, delta, bias, eps=1e-6):
 # are stood in for by map loads of the same values (tests/test_nf4_perm.py runs the PTX itself);
 # everything else is the kernel's own path.
 @needs_triton
-@pytest.mark.parametrize("wdtype, xdtype, dq, bs, cfg", [
-    pytest.param(torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm", "pairs"), id="bf16-pairs-dq"),
-    pytest.param(torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm"), id="bf16-tile-dq"),
-    pytest.param(torch.bfloat16, torch.bfloat16, False, 64, ("reduce", 4, 256, 4, 2, "nibble", "pairs"),
+@pytest.mark.parametrize("m, wdtype, xdtype, dq, bs, cfg", [
+    pytest.param(1, torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm", "pairs"), id="bf16-pairs-dq"),
+    pytest.param(1, torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm"), id="bf16-tile-dq"),
+    pytest.param(1, torch.bfloat16, torch.bfloat16, False, 64, ("reduce", 4, 256, 4, 2, "nibble", "pairs"),
                  id="bf16-nibble-pairs-nodq"),
-    pytest.param(torch.bfloat16, torch.float32, False, 128, ("reduce", 2, 256, 2, 2, "perm"), id="bf16-x32-nodq-bs128"),
-    pytest.param(torch.float16, torch.float16, True, 64, ("reduce", 8, 128, 4, 2, "perm"), id="fp16-dq"),
+    pytest.param(1, torch.bfloat16, torch.float32, False, 128, ("reduce", 2, 256, 2, 2, "perm"), id="bf16-x32-nodq-bs128"),
+    pytest.param(1, torch.float16, torch.float16, True, 64, ("reduce", 8, 128, 4, 2, "perm"), id="fp16-dq"),
+    # the tensor-core form: the decoded tile assembled in column order as the left operand
+    pytest.param(1, torch.bfloat16, torch.bfloat16, True, 64, ("mma", 16, 128, 4, 2, "perm"), id="mma-m1-bf16-dq"),
+    pytest.param(6, torch.bfloat16, torch.bfloat16, True, 64, ("mma", 16, 128, 4, 2, "perm"), id="mma-m6-bf16-dq"),
+    pytest.param(6, torch.float16, torch.float16, False, 128, ("mma", 32, 256, 4, 2, "perm"), id="mma-m6-fp16-nodq-bs128"),
 ])
-def test_nf4_gemv_permute_lookup_matches_dequantized_product(wdtype, xdtype, dq, bs, cfg):
-    _check_gemv(1, 37, 512, wdtype=wdtype, xdtype=xdtype, double_quant=dq, blocksize=bs, bias=True, config=cfg)
+def test_nf4_gemv_permute_lookup_matches_dequantized_product(m, wdtype, xdtype, dq, bs, cfg):
+    _check_gemv(m, 37, 512, wdtype=wdtype, xdtype=xdtype, double_quant=dq, blocksize=bs, bias=True, config=cfg)
 
 
 @needs_triton
@@ -407,20 +411,26 @@ def test_nf4_gemv_permute_lookup_decodes_bit_for_bit():
         x[0, col] = 1.0
         y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm")).cpu()
         assert torch.equal(y[0].float(), deq[:, col].to(torch.bfloat16).float())
+    # the tensor-core form: 16 unit rows at once, every column of a word in its place
+    cols = [*range(8), 8, 15, 63, 64, 130, 200, 254, 255]  # every place in a word, and across blocks
+    x = torch.zeros(len(cols), k, dtype=torch.bfloat16)
+    x[torch.arange(len(cols)), torch.tensor(cols)] = 1.0
+    y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=("mma", 16, 128, 4, 2, "perm")).cpu()
+    assert torch.equal(y.float(), deq[:, cols].T.to(torch.bfloat16).float())
 
 
 @needs_triton
 def test_nf4_gemv_permute_lookup_refuses_what_it_cannot_read():
     w4 = nf4.quantize_nf4(_w(24, 200, dtype=torch.bfloat16, seed=3))  # K not a multiple of the block
-    with pytest.raises(ValueError, match="lut 'perm' needs one row"):
+    with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):
         nf4.nf4_gemv(_x(1, 200, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
     w4 = nf4.quantize_nf4(_w(24, 256, dtype=torch.bfloat16, seed=3))
-    with pytest.raises(ValueError, match="lut 'perm' needs one row"):  # two rows
+    with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):  # two rows on the reduce form
         nf4.nf4_gemv(_x(2, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
     with pytest.raises(ValueError, match="unknown nf4_gemv input read"):
         nf4.nf4_gemv(_x(1, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm", "rows"))
     w32 = nf4.quantize_nf4(_w(24, 256, dtype=torch.float32, seed=3))
-    with pytest.raises(ValueError, match="lut 'perm' needs one row"):  # fp32 weights: no 16-bit planes
+    with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):  # fp32 weights: no 16-bit planes
         nf4.nf4_gemv(_x(1, 256), w32.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
 
 
@@ -434,13 +444,14 @@ FUSED = [
     pytest.param(16, "norm-gemma", "mma", torch.float32, id="m16-norm-gemma-mma", marks=SLOW_ON_CPU),
     # the permute lookup with the folds (the input split from the contiguous tile)
     pytest.param(1, "delta-norm", "perm", torch.bfloat16, id="m1-delta-norm-llama-perm-bf16"),
+    pytest.param(6, "delta-norm-gemma", "mma-perm", torch.bfloat16, id="m6-delta-norm-gemma-mma-perm-bf16"),
 ]
 
 
 @needs_triton
 @pytest.mark.parametrize("m, case, form, dtype", FUSED)
 def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
-    n, k = 40, 200 if form != "perm" else 256  # (200: no multiple of the tiles; blocks of 64 straddle rows)
+    n, k = 40, 200 if "perm" not in form else 256  # (200: no multiple of the tiles; blocks of 64 straddle rows)
     w4 = nf4.quantize_nf4(_w(n, k, dtype=dtype, seed=11), double_quant=True)
     g = torch.Generator().manual_seed(12)
     x = _x(m, k, dtype=dtype)
@@ -448,7 +459,8 @@ def test_nf4_gemv_fused_norm_and_residual(m, case, form, dtype):
     norm = (torch.randn(k, generator=g) * 0.3).to(dtype).to(DEV) if "norm" in case else None
     bias = (torch.randn(n, generator=g) * 0.1).to(DEV) if m == 5 else None
     gemma = "gemma" in case
-    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm")}[form]
+    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm"),
+           "mma-perm": ("mma", 16, 128, 4, 2, "perm")}[form]
     y, r = nf4.nf4_gemv_fused(x, w4.to(DEV), bias=bias, norm=norm, gemma=gemma, eps=1e-6, delta=delta, config=cfg)
     ref, xr = _fused_reference(x, w4, norm=norm, gemma=gemma, delta=delta, bias=bias)
     if delta is None:
@@ -472,6 +484,7 @@ def _rms(v, w, eps=1e-6):
     pytest.param(1, "reduce", "silu", True, id="m1-silu-dq-reduce"),
     pytest.param(6, "mma", "gelu_tanh", False, id="m6-gelu-nodq-mma"),
     pytest.param(1, "perm", "silu", True, id="m1-silu-dq-perm"),
+    pytest.param(6, "mma-perm", "gelu_tanh", True, id="m6-gelu-dq-mma-perm"),
 ])
 def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):
     """Gate and up quantized separately (their own quant states), merged, one product: act(gate) * up,
@@ -488,8 +501,9 @@ def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):
     dn = (torch.randn(k, generator=g) * 0.3).to(DEV)
     norm = (torch.randn(k, generator=g) * 0.3).to(DEV)
     bias = (torch.randn(2 * f, generator=g) * 0.1).to(DEV)
-    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm")}[form]
-    if form == "perm":  # 16-bit weights (the permute lookup's planes)
+    cfg = {"mma": ("mma", 16, 64, 4, 2), "reduce": ("reduce", 8, 64, 4, 2), "perm": ("reduce", 4, 128, 4, 2, "perm"),
+           "mma-perm": ("mma", 16, 128, 4, 2, "perm")}[form]
+    if "perm" in form:  # 16-bit weights (the permute lookup's planes)
         gate, up = (nf4.quantize_nf4(_w(f, k, dtype=torch.bfloat16, seed=s), double_quant=dq) for s in (21, 22))
         merged = nf4.merge_nf4([gate, up])
     y, r = nf4.nf4_gemv_fused(x, merged.to(DEV), bias=bias, norm=norm, gemma=True, delta=delta, delta_norm=dn,

@@ -481,7 +481,7 @@ if AVAILABLE:
         return off, tmask, bmask, blk
 
     @triton.jit
-    def _word_tile(rn, n_ok, j0, KH, K, BS: tl.constexpr, BLOCK_KH: tl.constexpr):
+    def _word_tile(rn, n_ok, j0, KH, K, BS: tl.constexpr, BLOCK_KH: tl.constexpr, ONE_WORD: tl.constexpr = True):
         """_byte_tile's ALIGNED tile as int32 words of the packed codes (4 bytes, 8 codes):
         offsets [BLOCK_N, blocks, BS / 8] into the codes viewed as int32, their mask, the mask per
         block and the absmax index [BLOCK_N, blocks]."""
@@ -492,21 +492,22 @@ if AVAILABLE:
         off = rn[:, None, None] * (KH // 4) + (jb // 4)[None, :, None] + re[None, None, :]
         # one word a thread (not four, as contiguity would give): the input's pairs, four words
         # apart, then take the same layout
-        off = tl.max_contiguous(off, [1, 1, 1])
+        if ONE_WORD:
+            off = tl.max_contiguous(off, [1, 1, 1])
         blk = rn[:, None] * (K // BS) + (jb // (BS // 2))[None, :]
         return off, bmask[:, :, None], bmask, blk
 
     @triton.jit
     def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
                  BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
-                 WORDS: tl.constexpr = False):
+                 WORDS: tl.constexpr = False, MMA: tl.constexpr = False):
         """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
         when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
         zeros where masked, in _byte_tile's shapes. All immutable: loaded one tile ahead, the first
         before the kernel waits for its predecessor (PDL). WORDS (ALIGNED; W the codes as int32):
         _word_tile's words instead of bytes."""
         if WORDS:
-            off, tmask, bmask, blk = _word_tile(rn, n_ok, j0, KH, K, BS, BLOCK_KH)
+            off, tmask, bmask, blk = _word_tile(rn, n_ok, j0, KH, K, BS, BLOCK_KH, not MMA)
         else:
             off, tmask, bmask, blk = _byte_tile(rn, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
         byte = tl.load(W + off, mask=tmask, other=0)
@@ -595,6 +596,31 @@ if AVAILABLE:
         return v0, v1, v2, v3
 
     @triton.jit
+    def _perm_full_tile(word, amax, CODE, WROUND: tl.constexpr, HW: tl.constexpr, F32: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+        """The decoded weight tile [BLOCK_N, 2 * BLOCK_KH], columns in order, as the tensor-core
+        form's left operand: in the weight's 16-bit dtype, or in fp32 (F32: the interpreter's
+        exact fp32 products). A word's 8 values stay in one thread, in registers in column order,
+        so the operand needs no exchange."""
+        h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(word, amax, CODE, WROUND, HW)
+        # joins add the fastest register dimension: byte bit 1, then byte bit 0, then the nibble, so
+        # that registers follow columns (column = 8 w + 4 b1 + 2 b0 + nibble)
+        hh = tl.join(tl.join(h0, h2), tl.join(h1, h3))  # [.., b1, b0]
+        ll = tl.join(tl.join(l0, l2), tl.join(l1, l3))
+        tile = tl.reshape(tl.join(hh, ll), [BLOCK_N, 2 * BLOCK_KH])  # [.., b1, b0, nibble] flattened
+        if not F32:
+            tile = tile.to(tl.float16 if WROUND == 2 else tl.bfloat16)
+        return tile
+
+    @triton.jit
+    def _perm_dot(acc, w, xt, IEEE: tl.constexpr):
+        if IEEE:  # fp32 operands, exact products
+            acc += tl.dot(w, xt, input_precision="ieee")
+        else:
+            acc += tl.dot(w, xt)
+        return acc
+
+    @triton.jit
     def _perm_fma(acc, xe, xo, h, lo):
         acc += xe * h
         acc += xo * lo
@@ -656,10 +682,10 @@ if AVAILABLE:
         tile's own shape ([BLOCK_N, BLOCK_KH], ALIGNED [BLOCK_N, blocks, BS / 2]: each thread sums
         its own columns, one reduction across threads after the loop); [BLOCK_M, BLOCK_N,
         BLOCK_KH] for several rows' elementwise products. Reduced by _nf4_results."""
-        if PERM:  # one row, the word tile's shape
-            return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 8], dtype=tl.float32)
-        elif MMA:
+        if MMA:
             return tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        elif PERM:  # one row, the word tile's shape
+            return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 8], dtype=tl.float32)
         elif BLOCK_M == 1 and ALIGNED:
             return tl.zeros([BLOCK_N, BLOCK_KH // (BS // 2), BS // 2], dtype=tl.float32)
         elif BLOCK_M == 1:
@@ -731,11 +757,11 @@ if AVAILABLE:
         PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (one row, ALIGNED)
         NB: tl.constexpr = BLOCK_KH // (BS // 2)  # quantization blocks a row of the tile (ALIGNED)
         b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                    BLOCK_N, BLOCK_KH, PERM)
+                                    BLOCK_N, BLOCK_KH, PERM, MMA)
         ub_nx, ua_nx, us_nx = b_nx, a_nx, s_nx
         if GATED:  # the up rows of the same output columns
             ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                           BLOCK_N, BLOCK_KH, PERM)
+                                           BLOCK_N, BLOCK_KH, PERM, MMA)
         _pdl_enter(PDL)
         rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, 2 * BLOCK_KH)
         ss2 = tl.zeros([BLOCK_M, 2 * BLOCK_KH], dtype=tl.float32)
@@ -746,11 +772,25 @@ if AVAILABLE:
             ubyte, ua, us2 = ub_nx, ua_nx, us_nx
             # the next tile's loads first (past the end: all masked, no memory traffic)
             b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0 + BLOCK_KH, KH, K, NESTED, ALIGNED,
-                                        BS, BS2, BLOCK_N, BLOCK_KH, PERM)
+                                        BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA)
             if GATED:
                 ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, j0 + BLOCK_KH, KH, K, NESTED,
-                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM)
-            if PERM:
+                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA)
+            if PERM and MMA:  # the decoded tile, columns in order, the left operand of tensor-core products
+                cols = 2 * j0 + rc
+                xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
+                                    HAS_D, D_NORM, NORM, GEMMA, XR, HW)
+                if NORM:
+                    ss2 += xf * xf
+                xt = tl.trans(xn) if IEEE else tl.trans(xn.to(X.dtype.element_ty))
+                wt = _perm_full_tile(byte, _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW), CODE, WROUND, HW, IEEE,
+                                     BLOCK_N, BLOCK_KH)
+                acc_t = _perm_dot(acc_t, wt, xt, IEEE)
+                if GATED:
+                    ut = _perm_full_tile(ubyte, _nf4_amax(ua, us2, CODE2, OFFSET, NESTED, HW), CODE, WROUND, HW,
+                                         IEEE, BLOCK_N, BLOCK_KH)
+                    acc2_t = _perm_dot(acc2_t, ut, xt, IEEE)
+            elif PERM:
                 # the row's input as 8 tiles of the word tile's shape: the even and odd columns of
                 # bytes 0-3 of each word ([1, NB, BS / 8] from the contiguous tile, or bf16 pairs
                 # read in the word tile's own layout)
@@ -819,7 +859,7 @@ if AVAILABLE:
                     else:
                         acc2_t = _nf4_product(acc2_t, u_hi, u_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
                                               BLOCK_KH)
-        if PERM:  # one row's [BLOCK_N, blocks, BS / 8] sums, flattened
+        if PERM and not MMA:  # one row's [BLOCK_N, blocks, BS / 8] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH // 4])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH // 4])
         elif BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
@@ -1007,14 +1047,15 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     ieee = ieee or (not hw and x.dtype == torch.bfloat16)
     # the byte permutes: one row on the reduction form, 16-bit weights, whole blocks, the codes
     # readable as int32 words; the default where compiled (the interpreter runs their stand-in)
-    perm_ok = (aligned and m == 1 and not mma and nf4.dtype in (torch.bfloat16, torch.float16)
-               and nf4.packed.data_ptr() % 4 == 0)
+    perm_ok = (aligned and nf4.dtype in (torch.bfloat16, torch.float16) and nf4.packed.data_ptr() % 4 == 0
+               and (not (hw and ieee) if mma else m == 1))
     if lut is None:  # the byte permutes where they run, else a map load per nibble
         lut = "perm" if perm_ok and hw else "nibble"
     elif lut == "perm" and not perm_ok:
-        raise ValueError("nf4_gemv lut 'perm' needs one row on the reduce form, 16-bit weights, K a multiple "
-                         f"of the block and tiles of whole blocks (rows {m}, form {form}, K {k}, block "
-                         f"{nf4.blocksize}, tile {2 * block_kh} columns, {nf4.dtype})")
+        raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one row on the reduce form or the input in "
+                         "the weights' dtype on the mma form, K a multiple of the block and tiles of whole blocks "
+                         f"(rows {m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, "
+                         f"{nf4.dtype}, input {x.dtype})")
     nested = nf4.nested
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
