@@ -90,10 +90,20 @@ Tensor-core forms that read each NF4 tile once for several rows (the verify) mea
 slower than dequantization + cuBLAS on the H200 in every tile shape tried, with K split or not
 (benchmarks/nf4_mma_probe.py, benchmarks/results/2026-12-03-h200-stop27-notes.md).
 
-Not done: a one-row form bound by memory (the products and the input's widening are now about
-half the instructions: tensor cores for them; Triton stores 16-bit decoded values to shared memory
-one at a time, STS.U16, which made the tried form 16 instructions a weight), the permutes at two
-or more rows (the two-row steps and the verify stay on the map loads and the dequantization), keeping the merged
+The tensor-core form on the permutes (stop 29): each word's 8 decoded values joined in column
+order in registers (so that Triton passes the tile to the products without an exchange; built in
+another order, or as 16-bit outputs, it was stored to shared memory one value at a time) issues
+4.4-5.5 instructions a weight in SASS, half the reduction form's, for up to 16 rows. Measured at
+Qwen2.5 1.5B's shapes (2026-12-04-h200-nf4-stop29-mma.md): at one row it is 2.5-4x slower than the
+reduction form (its 32-64-row tiles leave few programs: latency, not instructions, bounds it); at
+6 rows it makes qkv 36.8 -> 14.2 us, o 10.0 -> 8.5 us and gate/up 288 -> 36.1 us, but the down
+projection (K 8960, N 1536: 24-96 programs) stays on the reduction form at 33.7 us, and the whole
+6-row step on the kernels took 3.12 ms against 2.79 ms for the dequantization + bf16 kernels, so
+NF4_KERNEL_ROWS stays 2.
+
+Not done: a one-row form bound by memory (at one row the products and the input's widening are
+about half the reduction form's instructions), the permutes at two rows, K split into slices for
+the tensor-core form (the 6-row down projection), keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
@@ -930,11 +940,12 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
     """(form, BLOCK_N, BLOCK_K, num_warps, num_stages[, lut]) for an [m, k] x NF4 [n, k]^T product
     (n: the output columns, per half of a gated weight).
 
-    Defaults: the best of the H200 sweep (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
-    Llama 3.1 8B shapes, benchmarks/results/2026-12-03-h200-nf4.md) by kind and size. The
-    reduction form wins at every row count measured, except a wide gated product at several rows
-    (neither form is fast there: FusedModel runs steps of more than NF4_KERNEL_ROWS rows on
-    dequantized weights)."""
+    Defaults: the best of the H200 sweeps (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
+    Llama 3.1 8B shapes; benchmarks/results/2026-12-04-h200-nf4-stop29-models.md for one row,
+    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop29-mma.md for six) by kind and size:
+    the reduction form on the byte permutes at one row, on the map loads at two, the tensor-core
+    form on the permutes at more (but the long-K down projection). FusedModel runs steps of more
+    than NF4_KERNEL_ROWS rows on dequantized weights, which measured faster at 6 rows."""
     found = NF4_GEMV_CONFIG.get(nf4_config_key(m, n, k, gated, norm))
     if found is None:
         found = NF4_GEMV_CONFIG.get((m, n, k))
@@ -954,9 +965,17 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
         if gated:
             return ("reduce", 4, 512, 2, 2) if k <= 1536 else ("reduce", 8, 512, 4, 2)
         return ("reduce", 4, 2048, 4, 2) if n <= 1536 else ("reduce", 4, 1024, 4, 2)
+    # more rows (the verify; steps past NF4_KERNEL_ROWS only where FusedModel is given more): the
+    # tensor-core form on the permutes, the best of stop 29's Qwen2.5 1.5B sweep at 6 rows
+    # (benchmarks/results/2026-12-04-h200-nf4-stop29-mma.md), except the long-K down projection,
+    # whose few column tiles leave the tensor-core form short of programs
     if gated:
-        return ("mma", 16, 256, 4, 2, "pair") if k <= 2560 else ("mma", 64, 256, 8, 2)
-    return ("reduce", 4, 1024, 4, 2)
+        return ("mma", 64, 128, 4, 3)
+    if norm:
+        return ("mma", 64, 256, 8, 2)
+    if k >= 8192:
+        return ("reduce", 4, 1024, 4, 2)
+    return ("mma", 16, 512, 4, 2)
 
 
 def _pair_table(code: Tensor) -> Tensor:
@@ -1045,17 +1064,17 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     # the same products (bf16 x bf16 is exact in fp32), fp32 accumulation either way.
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
     ieee = ieee or (not hw and x.dtype == torch.bfloat16)
-    # the byte permutes: one row on the reduction form, 16-bit weights, whole blocks, the codes
-    # readable as int32 words; the default where compiled (the interpreter runs their stand-in)
+    # the byte permutes: 16-bit weights, whole blocks, the codes readable as int32 words, one row on
+    # the reduction form or any on tensor cores (fp32 operands where the input is not the weights'
+    # dtype); the default where compiled (the interpreter runs their stand-in)
     perm_ok = (aligned and nf4.dtype in (torch.bfloat16, torch.float16) and nf4.packed.data_ptr() % 4 == 0
-               and (not (hw and ieee) if mma else m == 1))
+               and (mma or m == 1))
     if lut is None:  # the byte permutes where they run, else a map load per nibble
         lut = "perm" if perm_ok and hw else "nibble"
     elif lut == "perm" and not perm_ok:
-        raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one row on the reduce form or the input in "
-                         "the weights' dtype on the mma form, K a multiple of the block and tiles of whole blocks "
-                         f"(rows {m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, "
-                         f"{nf4.dtype}, input {x.dtype})")
+        raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one row on the reduce form (any on mma), "
+                         "K a multiple of the block and tiles of whole blocks (rows "
+                         f"{m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, {nf4.dtype})")
     nested = nf4.nested
     dummy = nf4.absmax
     grid = (triton.cdiv(n, block_n),)
