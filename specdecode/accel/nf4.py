@@ -577,25 +577,13 @@ if AVAILABLE:
         codes = [amax, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15]
         i32 = tl.int32
         f32 = tl.float32
-        if F16:
-            p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
-                _PLANES_F16, _PLANES_CONSTRAINTS, codes, dtype=(i32, i32, i32, i32, i32, i32, i32, i32),
-                is_pure=True, pack=1)
-        else:
-            p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
-                _PLANES_BF16, _PLANES_CONSTRAINTS, codes, dtype=(i32, i32, i32, i32, i32, i32, i32, i32),
-                is_pure=True, pack=1)
+        p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
+            _PLANES_F16 if F16 else _PLANES_BF16, _PLANES_CONSTRAINTS, codes,
+            dtype=(i32, i32, i32, i32, i32, i32, i32, i32), is_pure=True, pack=1)
         args = [word, p0[:, :, None], p1[:, :, None], p2[:, :, None], p3[:, :, None],
                 p4[:, :, None], p5[:, :, None], p6[:, :, None], p7[:, :, None]]
-        if F16:
-            h0, h1, h2, h3, l0, l1, l2, l3 = tl.inline_asm_elementwise(
-                _LOOKUP_F16, _LOOKUP_CONSTRAINTS, args, dtype=(f32, f32, f32, f32, f32, f32, f32, f32),
-                is_pure=True, pack=1)
-        else:
-            h0, h1, h2, h3, l0, l1, l2, l3 = tl.inline_asm_elementwise(
-                _LOOKUP_BF16, _LOOKUP_CONSTRAINTS, args, dtype=(f32, f32, f32, f32, f32, f32, f32, f32),
-                is_pure=True, pack=1)
-        return h0, h1, h2, h3, l0, l1, l2, l3
+        return tl.inline_asm_elementwise(_LOOKUP_F16 if F16 else _LOOKUP_BF16, _LOOKUP_CONSTRAINTS, args,
+                                         dtype=(f32, f32, f32, f32, f32, f32, f32, f32), is_pure=True, pack=1)
 
     @triton.jit
     def _split4(v, S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr):
