@@ -56,10 +56,10 @@ GEMV_GRID += [pytest.param(24, case, "mma", id=f"{case}-24-mma", marks=() if cas
               for case in ("plain", "delta-norm", "gated-silu")]
 
 
-@pytest.mark.parametrize("m, case, form", GEMV_GRID)
-def test_gemv_matches_torch(m, case, form):
-    g = _gen(1)
-    k, n = 200, 72  # neither a multiple of the blocks
+def _gemv_problem(case: str, m: int, seed: int, k: int = 200, n: int = 72):
+    """A kernels.gemv case (GEMV_CASES; K and N multiples of no block) and its torch reference:
+    (x, w, the keyword arguments, the residual stream after the add, the expected output)."""
+    g = _gen(seed)
     x = _t(m, k, g=g)
     w = _t(2 * n if case.startswith("gated") else n, k, g=g, scale=0.1)
     nw = _t(k, g=g, scale=0.3)
@@ -69,10 +69,9 @@ def test_gemv_matches_torch(m, case, form):
     xr = x
     if case == "bias":
         kw["bias"] = _t(n, g=g)
-    if case.startswith("norm") or case.startswith("delta") or case.startswith("gated"):
-        gemma = case != "norm-llama"
-        kw.update(norm=nw, gemma=gemma, eps=1e-6)
-    if case.startswith("delta") or case.startswith("gated"):
+    if case.startswith(("norm", "delta", "gated")):
+        kw.update(norm=nw, gemma=case != "norm-llama", eps=1e-6)
+    if case.startswith(("delta", "gated")):
         kw["delta"] = delta
         if case in ("delta-norm", "gated-gelu"):
             kw["delta_norm"] = dn
@@ -81,21 +80,30 @@ def test_gemv_matches_torch(m, case, form):
             xr = x + delta
     if case.startswith("gated"):
         kw["act"] = "silu" if case == "gated-silu" else "gelu_tanh"
-    config = (form, 8, 64, 4, 2) if form != "mma" else ("mma", 32, 64, 4, 2)
-    y, r = kernels.gemv(x, w, config=config, **kw)
     xin = _rms(xr, nw, 1e-6, kw["gemma"]) if "norm" in kw else xr
     ref = xin @ w.T
     if "bias" in kw:
         ref = ref + kw["bias"]
     if case.startswith("gated"):
         gate, up = ref[:, :n], ref[:, n:]
-        act = F.silu(gate) if case == "gated-silu" else F.gelu(gate, approximate="tanh")
-        ref = act * up
+        ref = (F.silu(gate) if case == "gated-silu" else F.gelu(gate, approximate="tanh")) * up
+    return x, w, kw, xr, ref
+
+
+def _check_gemv_result(y, r, kw, xr, ref):
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
     if "delta" in kw:
         torch.testing.assert_close(r, xr, rtol=1e-5, atol=1e-5)
     else:
         assert r is None
+
+
+@pytest.mark.parametrize("m, case, form", GEMV_GRID)
+def test_gemv_matches_torch(m, case, form):
+    x, w, kw, xr, ref = _gemv_problem(case, m, seed=1)
+    config = (form, 8, 64, 4, 2) if form != "mma" else ("mma", 32, 64, 4, 2)
+    y, r = kernels.gemv(x, w, config=config, **kw)
+    _check_gemv_result(y, r, kw, xr, ref)
 
 
 @pytest.mark.parametrize("case, split_k", [("gated-gelu", 3), pytest.param("delta-norm", 2, marks=SLOW_ON_CPU),
@@ -106,28 +114,10 @@ def test_gemv_split_k_matches_torch(case, split_k):
     are split too), residual write and activation; slices past K (3 slices of 200 columns in
     tiles of 64: [0, 128), [128, 200), none) count as zeros; the counters are left zero, and a
     second call gives the same bits whichever program finished last."""
-    g = _gen(7)
-    m, k, n = 5, 200, 72
-    x = _t(m, k, g=g)
-    w = _t(2 * n if case.startswith("gated") else n, k, g=g, scale=0.1)
-    nw, dn = _t(k, g=g, scale=0.3), _t(k, g=g, scale=0.3)
-    delta = _t(m, k, g=g, scale=2.0)
-    kw: dict = {}
-    xr = x
-    if case != "plain":
-        kw.update(norm=nw, gemma=True, eps=1e-6, delta=delta, delta_norm=dn)
-        xr = x + _rms(delta, dn, 1e-6, True)
-    if case.startswith("gated"):
-        kw["act"] = "gelu_tanh"
+    x, w, kw, xr, ref = _gemv_problem(case, 5, seed=7)
     config = ("mma", 32, 64, 4, 2, split_k)
     y, r = kernels.gemv(x, w, config=config, **kw)
-    xin = _rms(xr, nw, 1e-6, True) if "norm" in kw else xr
-    ref = xin @ w.T
-    if case.startswith("gated"):
-        ref = F.gelu(ref[:, :n], approximate="tanh") * ref[:, n:]
-    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
-    if "delta" in kw:
-        torch.testing.assert_close(r, xr, rtol=1e-5, atol=1e-5)
+    _check_gemv_result(y, r, kw, xr, ref)
     counters = kernels.scratch(x.device, "gemv split counters", 1, torch.int32)
     assert int(counters.abs().sum()) == 0
     again, _ = kernels.gemv(x, w, config=config, **kw)
