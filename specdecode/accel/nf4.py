@@ -355,8 +355,9 @@ def merge_nf4(parts: list[NF4Weight]) -> NF4Weight:
 
 # ------------------------------------------------------------------------------ the permute lookup
 #
-# LUT 2 ("perm"; one row on the reduce form, K a multiple of the block, 16-bit weights; compiled:
-# Triton's interpreter runs a stand-in by map loads of the same values): per quantization block the 16
+# LUT 2 ("perm"; 16-bit weights, K a multiple of the block; one row on the reduce form, any on the
+# tensor-core form; compiled: Triton's interpreter runs a stand-in by map loads of the same
+# values): per quantization block the 16
 # decoded values round(code[v] * absmax) are computed once (16 products, 8 paired roundings) and
 # held as byte planes in 8 registers: L0-L3 the low bytes of values 0-3, 4-7, 8-11, 12-15, H0-H3
 # the high bytes. A byte permute (PTX prmt) then looks up four nibbles at once in one plane pair
@@ -365,10 +366,12 @@ def merge_nf4(parts: list[NF4Weight]) -> NF4Weight:
 # instructions a weight for the lookup, the scaling, the rounding and the widening together; the
 # kernel's loop 9.6-11.8 a weight against 14.5-18 with a map load per nibble
 # (benchmarks/results/2026-12-04-cpu-kernel-sass-perm.txt, 2026-12-04-cpu-kernel-sass.txt). The
-# codes are read as int32 words (8 codes), one word a thread per tile element (tl.max_contiguous:
-# with four, Triton exchanged the 8 decoded tiles through shared memory to meet the input pairs'
-# layout, where the input is read that way). tests/test_nf4_perm.py runs
-# this PTX through an interpreter of its instructions over every code pattern.
+# codes are read as int32 words (8 codes): on the reduce form one word a thread per tile element
+# (tl.max_contiguous: with four, Triton exchanged the 8 decoded tiles through shared memory to
+# meet the input pairs' layout, where the input is read that way), on the tensor-core form four
+# (the tile's columns then run along a thread's registers, so it needs no exchange either).
+# tests/test_nf4_perm.py runs this PTX through an interpreter of its instructions over every
+# code pattern.
 
 PLANES_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 17)
 LOOKUP_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 9)
@@ -500,8 +503,8 @@ if AVAILABLE:
         jb = j0 + rb * (BS // 2)  # first byte of each block
         bmask = n_ok[:, None] & (jb < KH)[None, :]
         off = rn[:, None, None] * (KH // 4) + (jb // 4)[None, :, None] + re[None, None, :]
-        # one word a thread (not four, as contiguity would give): the input's pairs, four words
-        # apart, then take the same layout
+        # ONE_WORD (the reduce form): one word a thread, not the four contiguity would give, so
+        # that the 8 decoded tiles and the input share a layout (see the permute lookup above)
         if ONE_WORD:
             off = tl.max_contiguous(off, [1, 1, 1])
         blk = rn[:, None] * (K // BS) + (jb // (BS // 2))[None, :]
