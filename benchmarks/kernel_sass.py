@@ -18,7 +18,10 @@ gate/up gated, down) at the rows and launch configurations the product uses unde
 beside the local one (`pip install --target /tmp/tri36 --no-deps triton==3.6.0`) and run with
 PYTHONPATH=/tmp/tri36.
 
-    PYTHONPATH=/tmp/tri36 python3 benchmarks/kernel_sass.py [--models qwen-0.5b] [--rows 1 2] [--nf4] [--json out.json]
+    PYTHONPATH=/tmp/tri36 python3 benchmarks/kernel_sass.py [--models qwen-0.5b] [--rows 1 2] [--nf4] [--lut perm|nibble|pair] [--json out.json]
+
+--lut picks the NF4 kernel's code lookup (default perm, the byte permutes, as the wrapper picks on
+CUDA for 16-bit weights); the NF4 launches are built as for CUDA tensors (nf4._COMPILE_ONLY).
 
 A measurement of what is compiled, not of time: a loop of 6 instructions per weight is far from
 instruction-bound on an H200 (about 33 T thread-instructions a second against ~2 G weights a

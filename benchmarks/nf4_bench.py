@@ -110,8 +110,9 @@ def sweep_grid(m: int) -> list[tuple]:
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
     the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, one
     reduction-form and one pair-table entry."""
-    if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, and
-        # the plain products' input read as pairs (default) against split from the contiguous tile
+    if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, the
+        # plain products' input read as pairs against split from the contiguous tile (the default),
+        # and the tensor-core form on the permutes
         return [("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
                 ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),
                 ("reduce", 8, 1024, 8, 2, "perm", "pairs"), ("reduce", 2, 2048, 4, 2, "nibble"),
