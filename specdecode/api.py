@@ -131,6 +131,8 @@ def load_pair(settings: Settings) -> tuple[LoadedModel, LoadedModel | None, Pair
     if settings.tp > 1 and not settings.greedy and settings.seed is None:
         settings.seed = shared_seed(device)  # every rank must draw the same numbers
     if settings.drafter == "model":
+        # --no-quantize-draft: a 4-bit target with the (small) draft in the compute dtype
+        kw["quantized"] = settings.quantized and settings.quantize_draft
         draft = load_model(settings.draft, tokenizer=d_tok, gguf_file=gguf, **kw)
         report = check_pair(t_tok, d_tok, target.vocab_rows, draft.vocab_rows)
     if settings.drafter == "early-exit" and settings.exit_layer is not None and settings.exit_layer >= target.num_layers:
@@ -337,6 +339,11 @@ class SpeculativeDecoder:
         if s.draft_fp8_head and (s.drafter != "model" or self.draft is None):
             notes.append("--draft-fp8-head applies to a draft model (--drafter model); "
                          f"with --drafter {s.drafter} nothing reads it")
+        if not s.quantize_draft and s.drafter != "model":
+            notes.append(f"--no-quantize-draft applies to a draft model (--drafter model); with --drafter {s.drafter} "
+                         "there is none")
+        elif not s.quantize_draft and not s.quantized:
+            notes.append("--no-quantize-draft applies with --quantized; without it no model is quantized")
         return notes
 
     def with_settings(self, **changes: Any) -> SpeculativeDecoder:

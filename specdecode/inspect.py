@@ -218,8 +218,8 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     c_params = c_bytes = c_layers = None
     if settings.drafter == "model":
         d_tok = load_tokenizer(settings.draft, settings.trust_remote_code, gguf)
-        draft = describe_model(settings.draft, d_tok, dtype, settings.quantized, settings.trust_remote_code,
-                               gguf_file=gguf)
+        draft = describe_model(settings.draft, d_tok, dtype, settings.quantized and settings.quantize_draft,
+                               settings.trust_remote_code, gguf_file=gguf)
         pair = check_pair(t_tok, d_tok, target["vocab_size"], draft["vocab_size"])
         tokenizer = pair.to_dict()
         compatible, reasons, warnings = pair.compatible, list(pair.reasons), list(pair.warnings)

@@ -154,6 +154,8 @@ class Settings(BaseModel):
     offload_folder: str | None = Field(None, description="with device_map: where layers offloaded to disk go")
     dtype: DType = "auto"
     quantized: bool = False
+    quantize_draft: bool = Field(True, description="with quantized: the draft model in 4-bit too; False keeps it in "
+                                                   "dtype (NF4 decode steps of a small model cost more than bf16 ones)")
     attention: Attention = "auto"
     chat: bool | None = Field(None, description="apply the tokenizer's chat template; None = when it has one")
     cuda_graphs: bool | None = Field(None, description="replay decode steps as CUDA graphs; None = on CUDA devices")

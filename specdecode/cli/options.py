@@ -72,6 +72,7 @@ class SharedOptions:
     offload_folder: str | None
     dtype: str | None
     quantized: bool | None
+    quantize_draft: bool | None
     attention: str | None
     chat: bool | None
     cuda_graphs: bool | None
@@ -145,6 +146,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("offload_folder", Optional[str], _opt("--offload-folder", metavar="PATH", help="with --device-map: folder for layers offloaded to disk")),
     ("dtype", Optional[str], _opt("--dtype", metavar="NAME", key="dtype", help="auto | float32 | bfloat16 | float16")),
     ("quantized", Optional[bool], _opt("--quantized/--no-quantized", help="load 4-bit weights (bitsandbytes; default off)")),
+    ("quantize_draft", Optional[bool], _opt("--quantize-draft/--no-quantize-draft", help="with --quantized: the draft in 4-bit too (default); --no-quantize-draft keeps it in --dtype")),
     ("attention", Optional[str], _opt("--attention", metavar="NAME", key="attention", help="auto | sdpa | eager")),
     ("chat", Optional[bool], _opt("--chat/--no-chat", help="apply the chat template (default: when the tokenizer has one)")),
     ("cuda_graphs", Optional[bool], _opt("--cuda-graphs/--no-cuda-graphs", help="replay decode steps as CUDA graphs (default on CUDA)")),
@@ -174,6 +176,7 @@ FLAG_NAMES = {
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
     "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "tp": "--tp", "device_map": "--device-map", "max_memory": "--max-memory",
     "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",
+    "quantize_draft": "--quantize-draft",
     "attention": "--attention", "chat": "--chat", "num_samples": "--num-samples", "format": "--format",
     "output": "--output", "summary_file_name": "--name", "dataset.path": "--dataset", "dataset.name": "--dataset-name", "dataset.split": "--split",
     "dataset.prompt_field": "--prompt-field",
