@@ -677,6 +677,23 @@ if AVAILABLE:
         return x, xn
 
     @triton.jit
+    def _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, K, rsd, pid, ss2,
+                        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+                        XR: tl.constexpr, HW: tl.constexpr):
+        """_nf4_input's normed input tile of the columns `cols` (contiguous), and the rows' sums of
+        squares ss2 plus this tile's (for the norm's row scale in the epilogue)."""
+        xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
+                            HAS_D, D_NORM, NORM, GEMMA, XR, HW)
+        if NORM:
+            ss2 += xf * xf
+        return xn, ss2
+
+    @triton.jit
+    def _bf16_pair(q):
+        """An int32 holding two bf16 values (memory order) -> (the first, the second) in fp32."""
+        return (q << 16).to(tl.float32, bitcast=True), (q & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _nf4_acc(MMA: tl.constexpr, ALIGNED: tl.constexpr, BS: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, PERM: tl.constexpr = False):
         """The fp32 accumulator: [BLOCK_N, BLOCK_M] for tensor cores; for one row the decoded
@@ -778,11 +795,8 @@ if AVAILABLE:
                 ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, j0 + BLOCK_KH, KH, K, NESTED,
                                                ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA)
             if PERM and MMA:  # the decoded tile, columns in order, the left operand of tensor-core products
-                cols = 2 * j0 + rc
-                xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
-                                    HAS_D, D_NORM, NORM, GEMMA, XR, HW)
-                if NORM:
-                    ss2 += xf * xf
+                xn, ss2 = _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, 2 * j0 + rc, K, rsd, pid, ss2,
+                                          HAS_D, D_NORM, NORM, GEMMA, XR, HW)
                 xt = tl.trans(xn) if IEEE else tl.trans(xn.to(X.dtype.element_ty))
                 wt = _perm_full_tile(byte, _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW), CODE, WROUND, HW, IEEE,
                                      BLOCK_N, BLOCK_KH)
@@ -802,20 +816,13 @@ if AVAILABLE:
                     q1 = tl.load(xp + 1, mask=xwm, other=0)
                     q2 = tl.load(xp + 2, mask=xwm, other=0)
                     q3 = tl.load(xp + 3, mask=xwm, other=0)
-                    e0 = (q0 << 16).to(tl.float32, bitcast=True)
-                    o0 = (q0 & -65536).to(tl.float32, bitcast=True)
-                    e1 = (q1 << 16).to(tl.float32, bitcast=True)
-                    o1 = (q1 & -65536).to(tl.float32, bitcast=True)
-                    e2 = (q2 << 16).to(tl.float32, bitcast=True)
-                    o2 = (q2 & -65536).to(tl.float32, bitcast=True)
-                    e3 = (q3 << 16).to(tl.float32, bitcast=True)
-                    o3 = (q3 & -65536).to(tl.float32, bitcast=True)
+                    e0, o0 = _bf16_pair(q0)
+                    e1, o1 = _bf16_pair(q1)
+                    e2, o2 = _bf16_pair(q2)
+                    e3, o3 = _bf16_pair(q3)
                 else:
-                    cols = 2 * j0 + rc
-                    xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
-                                        HAS_D, D_NORM, NORM, GEMMA, XR, HW)
-                    if NORM:
-                        ss2 += xf * xf
+                    xn, ss2 = _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, 2 * j0 + rc, K, rsd, pid,
+                                              ss2, HAS_D, D_NORM, NORM, GEMMA, XR, HW)
                     xe4, xo4 = tl.split(tl.reshape(xn, [1, NB, BS // 8, 4, 2]))
                     e0, e1, e2, e3 = _split4(xe4, 1, NB, BS // 8)
                     o0, o1, o2, o3 = _split4(xo4, 1, NB, BS // 8)
@@ -837,17 +844,12 @@ if AVAILABLE:
                                          BLOCK_N, BLOCK_KH)
                 if XPAIRS:  # one bf16 row read as pairs in the byte tile's own layout (no exchange)
                     xoff, xmask, _, _ = _byte_tile(rn * 0, n_ok, j0, KH, K, ALIGNED, BS, BLOCK_KH)
-                    x32 = tl.load(X32 + xoff, mask=xmask, other=0)
-                    xe = (x32 << 16).to(tl.float32, bitcast=True)
-                    xo = (x32 & -65536).to(tl.float32, bitcast=True)
+                    xe, xo = _bf16_pair(tl.load(X32 + xoff, mask=xmask, other=0))
                     acc_t += xe * w_hi
                     acc_t += xo * w_lo
                 else:
-                    cols = 2 * j0 + rc
-                    xf, xn = _nf4_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, cols, cols < K, rsd, pid,
-                                        HAS_D, D_NORM, NORM, GEMMA, XR, HW)
-                    if NORM:
-                        ss2 += xf * xf
+                    xn, ss2 = _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, 2 * j0 + rc, K, rsd, pid,
+                                              ss2, HAS_D, D_NORM, NORM, GEMMA, XR, HW)
                     xe, xo = tl.split(tl.reshape(xn, [BLOCK_M, BLOCK_KH, 2]))
                     acc_t = _nf4_product(acc_t, w_hi, w_lo, xe, xo, X, ALIGNED, MMA, IEEE, BS, BLOCK_M, BLOCK_N,
                                          BLOCK_KH)
