@@ -103,20 +103,21 @@ COLD_BYTES = 192 << 20  # weight copies cycled through per timing: several times
 def sweep_grid(m: int) -> list[tuple]:
     """Configurations timed per product kind at m rows (<= 12). One row: the reduction form on
     the byte-permute lookup (the default on CUDA) over tile shapes, one with the input read as
-    pairs, one on the map loads (stop 28's lookup), and the tensor-core form on the permutes. Two
-    rows: the reduction
+    pairs, one on the map loads (stop 28's lookup), and the tensor-core form on the permutes, with
+    and without K in slices. Two rows: the reduction
     form with 16 packed bytes per thread a weight tile (BLOCK_N x BLOCK_K / 2 = 16 x 32 x warps)
     from 1 to 8 weight rows a program, one 32-byte variant, the pair-table lookup once, and the
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
-    the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, one
-    reduction-form and one pair-table entry."""
+    the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, two with K in
+    slices, one reduction-form and one pair-table entry."""
     if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, the
         # plain products' input read as pairs against split from the contiguous tile (the default),
         # and the tensor-core form on the permutes
         return [("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
                 ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),
                 ("reduce", 8, 1024, 8, 2, "perm", "pairs"), ("reduce", 2, 2048, 4, 2, "nibble"),
-                ("mma", 32, 256, 4, 2), ("mma", 64, 256, 8, 2), ("mma", 64, 256, 4, 2), ("mma", 32, 512, 8, 2)]
+                ("mma", 32, 256, 4, 2), ("mma", 64, 256, 8, 2),  # K in slices: more programs than columns give
+                ("mma", 64, 128, 4, 3, None, None, 4), ("mma", 32, 256, 4, 2, None, None, 4)]
     if m <= 2:
         return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
                 ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),
@@ -125,7 +126,8 @@ def sweep_grid(m: int) -> list[tuple]:
                 ("mma", 16, 256, 4, 2), ("mma", 32, 256, 4, 3), ("mma", 16, 512, 8, 2)]
     return [("mma", 16, 256, 4, 2), ("mma", 16, 512, 4, 2), ("mma", 32, 256, 4, 2), ("mma", 32, 128, 4, 3),
             ("mma", 64, 128, 4, 3), ("mma", 16, 256, 2, 2), ("mma", 32, 512, 8, 2), ("mma", 64, 256, 8, 2),
-            ("mma", 16, 256, 4, 2, "pair"), ("reduce", 4, 1024, 4, 2)]
+            ("mma", 16, 256, 4, 2, "pair"), ("reduce", 4, 1024, 4, 2),
+            ("mma", 16, 512, 4, 2, None, None, 4), ("mma", 64, 128, 4, 3, None, None, 4)]  # K in 4 slices
 
 
 def model_products(tcfg) -> list[dict]:

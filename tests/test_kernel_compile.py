@@ -60,7 +60,15 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             dict(flags, NESTED=nested, ALIGNED=aligned, LUT=lut, HW=True, XPAIRS=False, BS=64, BS2=256, WROUND=1,
                  XR=1, HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=pdl, BLOCK_M=rows, BLOCK_N=32 if mma else 4,
                  BLOCK_KH=128 if mma else 512),
-            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32"))
+            dict(NF4_TYPES, ABSMAX="*u8" if nested else "*fp32", P="*fp32", CNT="*i32"))
+    # K in slices (tensor cores), on the map loads and on the permutes, gated with every fold
+    for lut in (0, 2):
+        out[f"nf4-mma1-lut{lut}-split3-folded"] = (
+            "nf4", "_nf4_gemv_kernel",
+            dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0, NESTED=True, ALIGNED=True,
+                 LUT=lut, HW=True, XPAIRS=False, BS=64, BS2=256, WROUND=1, XR=1, HAS_BIAS=False, IEEE=False, MMA=True,
+                 PDL=True, BLOCK_M=16, BLOCK_N=32, BLOCK_KH=128, SPLIT_K=3),
+            dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32", P="*fp32", CNT="*i32"))
     # LUT 2, the byte permutes (ALIGNED, words of codes): one row on the reduce form and 16 on the
     # tensor-core form; folded (the input tile split) and plain with the input read as bf16 pairs
     # (XPAIRS, one row); bf16 and fp16 weights; the one-row byte form with pairs too
@@ -74,7 +82,7 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
                 dict(flags, NESTED=True, ALIGNED=True, LUT=lut, HW=True, XPAIRS=xpairs, BS=64, BS2=256, WROUND=wround,
                      XR=wround, HAS_BIAS=not folded, IEEE=False, MMA=mma, PDL=True, BLOCK_M=16 if mma else 1,
                      BLOCK_N=32 if mma else 4, BLOCK_KH=128 if mma else 512),
-                dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32",
+                dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32", P="*fp32", CNT="*i32",
                      X="*fp16" if wround == 2 else "*bf16"))  # (the mma form: the input in the weights' dtype)
     # the decoded weight (dequantize_nf4_fast): int32 pair stores for 16-bit weights, joined fp32 otherwise
     for nested, aligned, pairs in ((True, True, True), (False, False, True), (True, True, False)):
@@ -106,12 +114,13 @@ def _compile_all() -> dict[str, str | None]:
     results = {}
     for name, (module, kernel, consts, types) in forms().items():
         fn = getattr(modules[module], kernel)
-        params = list(inspect.signature(fn.fn).parameters)
+        sig = inspect.signature(fn.fn).parameters
+        params = list(sig)
         signature, constexprs = {}, {}
         for i, p in enumerate(params):
-            if p in consts:
+            if p in consts or sig[p].default is not inspect.Parameter.empty:  # given, or its default
                 signature[p] = "constexpr"
-                constexprs[(i,)] = consts[p]
+                constexprs[(i,)] = consts.get(p, sig[p].default)
             elif p in types:
                 signature[p] = types[p]
             elif p[0].isupper() and p not in INTS:  # (a pointer's element type defaults to bf16)

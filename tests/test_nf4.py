@@ -402,6 +402,43 @@ def test_nf4_gemv_permute_lookup_matches_dequantized_product(m, wdtype, xdtype, 
 
 
 @needs_triton
+@pytest.mark.parametrize("m, lut, split_k, dq", [
+    pytest.param(6, "perm", 3, True, id="m6-perm-3-slices-dq"),   # 512 columns: 2 tiles of 128 bytes, slices of 1, 1, 0
+    pytest.param(1, "perm", 2, False, id="m1-perm-2-slices-nodq"),
+    pytest.param(6, "nibble", 4, True, id="m6-nibble-4-slices-dq", marks=SLOW_ON_CPU),
+])
+def test_nf4_gemv_split_k_matches_dequantized_product(m, lut, split_k, dq):
+    """The tensor-core form with K in slices (kernels.gemv's scheme: the last program of a column
+    tile sums the partials in slice order): the plain product with a bias, and the gated one with
+    the residual add and both norms folded (whose sums of squares are split too); the counters
+    are left zero and a second call gives the same bits."""
+    from specdecode.accel import kernels
+
+    cfg = ("mma", 16, 256, 4, 2, lut, None, split_k)
+    _check_gemv(m, 37, 512, wdtype=torch.bfloat16, xdtype=torch.bfloat16, double_quant=dq, bias=True, config=cfg)
+    f, k = 40, 512
+    gate = nf4.quantize_nf4(_w(f, k, dtype=torch.bfloat16, seed=31), double_quant=dq)
+    up = nf4.quantize_nf4(_w(f, k, dtype=torch.bfloat16, seed=32), double_quant=dq)
+    merged = nf4.merge_nf4([gate, up]).to(DEV)
+    g = torch.Generator().manual_seed(33)
+    x = _x(m, k)
+    delta = (torch.randn(m, k, generator=g) * 2).to(DEV)
+    dn = (torch.randn(k, generator=g) * 0.3).to(DEV)
+    norm = (torch.randn(k, generator=g) * 0.3).to(DEV)
+    y, r = nf4.nf4_gemv_fused(x, merged, norm=norm, gemma=True, delta=delta, delta_norm=dn, act="silu", config=cfg)
+    xr = x + _rms(delta, dn)
+    torch.testing.assert_close(r, xr, rtol=1e-6, atol=1e-6)
+    both = _rms(xr, norm) @ nf4.dequantize_nf4(merged).float().T
+    torch.testing.assert_close(y, torch.nn.functional.silu(both[:, :f]) * both[:, f:], rtol=2e-5, atol=2e-5)
+    counters = kernels.scratch(x.device, "gemv split counters", 1, torch.int32)
+    assert int(counters.abs().sum()) == 0
+    again, _ = nf4.nf4_gemv_fused(x, merged, norm=norm, gemma=True, delta=delta, delta_norm=dn, act="silu", config=cfg)
+    assert torch.equal(again, y)
+    with pytest.raises(ValueError, match="splits K"):
+        nf4.nf4_gemv(x, merged, config=("reduce", 4, 256, 4, 2, None, None, 2))
+
+
+@needs_triton
 def test_nf4_gemv_permute_lookup_decodes_bit_for_bit():
     n, k = 40, 256
     w4 = nf4.quantize_nf4(_w(n, k, dtype=torch.bfloat16, seed=9), double_quant=True)

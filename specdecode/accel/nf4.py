@@ -101,9 +101,13 @@ projection (K 8960, N 1536: 24-96 programs) stays on the reduction form at 33.7 
 6-row step on the kernels took 3.12 ms against 2.79 ms for the dequantization + bf16 kernels, so
 NF4_KERNEL_ROWS stays 2.
 
+K in slices (config entry 8, the tensor-core form: kernels.gemv's scheme and scratch) gives the
+narrow and the long-K products more programs: tested on the CPU and compiled for sm_90 (4.4
+instructions a weight at one row of gate/up, 157 registers), not yet timed on the GPU
+(benchmarks/nf4_bench.py's sweep has it at one and six rows).
+
 Not done: a one-row form bound by memory (at one row the products and the input's widening are
-about half the reduction form's instructions), the permutes at two rows, K split into slices for
-the tensor-core form (the 6-row down projection), keeping the merged
+about half the reduction form's instructions), the permutes at two rows, keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
@@ -120,13 +124,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .kernels import ACTIVATIONS, gemv_operands, interpreted, tl, triton  # triton/tl: None without Triton
+from .kernels import ACTIVATIONS, gemv_operands, interpreted, scratch, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
     from triton.language.extra import libdevice as _libdevice  # mul_rn: a product never contracted
 
     from .kernels import _pdl_args  # the PDL flag and launch option, as kernels.gemv passes them
-    from .kernels import _acc_results, _delta_scale, _gemv_epilogue, _pdl_enter, _program_tiles  # Triton functions shared with kernels.gemv
+    from .kernels import _acc_results, _delta_scale, _gemv_epilogue, _pdl_enter, _program_tiles, _split_sums  # Triton functions shared with kernels.gemv
 
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dequantize_nf4_fast", "dynamic_map", "merge_nf4", "nf4_absmax",
            "nf4_nbytes", "nf4_config_key", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
@@ -513,12 +517,15 @@ if AVAILABLE:
     @triton.jit
     def _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0, KH, K, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
                  BS: tl.constexpr, BS2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
-                 WORDS: tl.constexpr = False, MMA: tl.constexpr = False):
+                 WORDS: tl.constexpr = False, MMA: tl.constexpr = False, KEND=None):
         """The packed bytes at byte columns j0.. of rows rn and their absmax as stored (uint8 codes
         when NESTED, with their absmax2 scales; float32 otherwise, the scale then a placeholder),
         zeros where masked, in _byte_tile's shapes. All immutable: loaded one tile ahead, the first
         before the kernel waits for its predecessor (PDL). WORDS (ALIGNED; W the codes as int32):
-        _word_tile's words instead of bytes."""
+        _word_tile's words instead of bytes. KEND (a slice of K: whole tiles): nothing at or past
+        this byte column is loaded."""
+        if KEND is not None:  # (a tensor comparison: the interpreter masks with tensors only)
+            n_ok = n_ok & ((rn * 0 + j0) < KEND)
         if WORDS:
             off, tmask, bmask, blk = _word_tile(rn, n_ok, j0, KH, K, BS, BLOCK_KH, not MMA)
         else:
@@ -744,14 +751,14 @@ if AVAILABLE:
 
     @triton.jit
     def _nf4_gemv_kernel(
-        X, sxm, X32, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, PAIR, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym,
+        X, sxm, X32, D, sdm, WD, WN, R, srm, W, ABSMAX, CODE, PAIR, CODE2, ABSMAX2, OFFSET, BIAS, Y, sym, P, CNT,
         M, N, K, KH, eps,
         NESTED: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr, HW: tl.constexpr, XPAIRS: tl.constexpr,
         BS: tl.constexpr, BS2: tl.constexpr, WROUND: tl.constexpr, XR: tl.constexpr,
         HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
         GATED: tl.constexpr, ACT: tl.constexpr,
         HAS_BIAS: tl.constexpr, MMA: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, SPLIT_K: tl.constexpr = 1,
     ):
         """Y[M, N] = f(X)[M, K] @ W[N, K]^T (+ bias), W in NF4 (see the module doc); f: x (+ norm_d(D))
         then an RMS norm, folded in as kernels.gemv does (the norm weight on the input tiles, the
@@ -769,31 +776,41 @@ if AVAILABLE:
         MMA=False: elementwise fp32 products (one row: a [BLOCK_N, BLOCK_KH] accumulator, each
         thread its own columns; several: [BLOCK_M, BLOCK_N, BLOCK_KH]), reduced once after the
         loop. MMA=True: the decoded tiles are the left operands of tensor-core products,
-        [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation."""
+        [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation. SPLIT_K > 1 (tensor cores):
+        program (pid, s) takes the s-th of SPLIT_K slices of the row's bytes (whole tiles) and the
+        last of them to finish sums the partials in slice order and runs the epilogue, as
+        kernels.gemv does (kernels._split_sums: P the partials, CNT a counter per column tile)."""
         pid, rm, rn, rc, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, 2 * BLOCK_KH)
+        split = tl.program_id(1)
+        kh_lo = split * 0
+        kh_end = KH
+        if SPLIT_K > 1:  # slices of whole tiles, so no tile straddles two programs
+            per = tl.cdiv(tl.cdiv(KH, SPLIT_K), BLOCK_KH) * BLOCK_KH
+            kh_lo = split * per
+            kh_end = tl.minimum(kh_lo + per, KH)
         # the first tiles (immutable weights) before waiting for the previous kernel's results
         PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (one row, ALIGNED)
         NB: tl.constexpr = BLOCK_KH // (BS // 2)  # quantization blocks a row of the tile (ALIGNED)
-        b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                    BLOCK_N, BLOCK_KH, PERM, MMA)
+        b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, kh_lo, KH, K, NESTED, ALIGNED, BS, BS2,
+                                    BLOCK_N, BLOCK_KH, PERM, MMA, kh_end)
         ub_nx, ua_nx, us_nx = b_nx, a_nx, s_nx
         if GATED:  # the up rows of the same output columns
-            ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, 0, KH, K, NESTED, ALIGNED, BS, BS2,
-                                           BLOCK_N, BLOCK_KH, PERM, MMA)
+            ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, kh_lo, KH, K, NESTED, ALIGNED, BS,
+                                           BS2, BLOCK_N, BLOCK_KH, PERM, MMA, kh_end)
         _pdl_enter(PDL)
         rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, 2 * BLOCK_KH)
         ss2 = tl.zeros([BLOCK_M, 2 * BLOCK_KH], dtype=tl.float32)
         acc_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
         acc2_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
-        for j0 in range(0, KH, BLOCK_KH):
+        for j0 in range(kh_lo, kh_end, BLOCK_KH):
             byte, a, s2 = b_nx, a_nx, s_nx
             ubyte, ua, us2 = ub_nx, ua_nx, us_nx
-            # the next tile's loads first (past the end: all masked, no memory traffic)
+            # the next tile's loads first (past the slice's end: all masked, no memory traffic)
             b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, j0 + BLOCK_KH, KH, K, NESTED, ALIGNED,
-                                        BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA)
+                                        BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA, kh_end)
             if GATED:
                 ub_nx, ua_nx, us_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn + N, n_ok, j0 + BLOCK_KH, KH, K, NESTED,
-                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA)
+                                               ALIGNED, BS, BS2, BLOCK_N, BLOCK_KH, PERM, MMA, kh_end)
             if PERM and MMA:  # the decoded tile, columns in order, the left operand of tensor-core products
                 xn, ss2 = _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, 2 * j0 + rc, K, rsd, pid, ss2,
                                           HAS_D, D_NORM, NORM, GEMMA, XR, HW)
@@ -868,10 +885,19 @@ if AVAILABLE:
         elif BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH])
-        acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
-        # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
-        _gemv_epilogue(acc, acc2, tl.sum(ss2, axis=1), K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                       NORM, HAS_BIAS, GATED, ACT)
+        ss = tl.sum(ss2, axis=1)
+        if SPLIT_K > 1:
+            acc_t, acc2_t, ss, last = _split_sums(P, CNT, pid, split, acc_t, acc2_t, ss, rm, GATED, SPLIT_K,
+                                                  BLOCK_M, BLOCK_N)
+            if last:
+                acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
+                _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                               NORM, HAS_BIAS, GATED, ACT)
+        else:
+            acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
+            # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
+            _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                           NORM, HAS_BIAS, GATED, ACT)
 
 
     @triton.jit
@@ -1031,11 +1057,15 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     cfg = tuple(config or nf4_gemv_config(m, n, k, act is not None, norm is not None))
     if config is None and not x.is_cuda:
         cfg = interpreted(cfg)  # Triton's interpreter: few, wide programs
-    if len(cfg) not in (5, 6, 7):
-        raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut[, input]]), got {cfg}")
+    if len(cfg) not in (5, 6, 7, 8):
+        raise ValueError(f"an nf4_gemv config is (form, BLOCK_N, BLOCK_K, warps, stages[, lut[, input[, K slices]]]), "
+                         f"got {cfg}")
     form, block_n, block_k, warps, stages = cfg[:5]
-    lut = cfg[5] if len(cfg) >= 6 else None
-    x_read = cfg[6] if len(cfg) == 7 else "tile"  # the contiguous tile, split (measured ahead of "pairs")
+    lut = cfg[5] if len(cfg) >= 6 else None  # None: the default lookup
+    x_read = cfg[6] if len(cfg) >= 7 and cfg[6] is not None else "tile"  # contiguous, split (ahead of "pairs")
+    split_k = int(cfg[7]) if len(cfg) == 8 else 1
+    if split_k < 1 or (split_k > 1 and form != "mma"):
+        raise ValueError(f"nf4_gemv splits K (into {split_k}) only in the tensor-core form, into 1 or more slices")
     if x_read not in X_READS:
         raise ValueError(f"unknown nf4_gemv input read {x_read!r} ({', '.join(X_READS)})")
     if form not in FORMS:
@@ -1070,7 +1100,13 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
                          f"{m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, {nf4.dtype})")
     nested = nf4.nested
     dummy = nf4.absmax
-    grid = (triton.cdiv(n, block_n),)
+    tiles = triton.cdiv(n, block_n)
+    grid = (tiles, split_k)
+    partials = counters = y
+    if split_k > 1:  # kernels.gemv's scratch: a slot of partial sums per program, a counter per tile (left zero)
+        partials = scratch(x.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
+                           torch.float32)
+        counters = scratch(x.device, "gemv split counters", tiles, torch.int32)
     # ("pairs") one bf16 row of a product with nothing folded in: the input read as bf16 pairs in the
     # weight tile's layout (an int32 view), not split and exchanged through shared memory
     xpairs = (x_read == "pairs" and m == 1 and aligned and not mma and x2.dtype == torch.bfloat16 and norm is None
@@ -1082,13 +1118,14 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
         nf4.packed.view(torch.int32) if lut == "perm" else nf4.packed, nf4.absmax, nf4.code,
         _pair_table(nf4.code) if lut == "pair" else nf4.code,
         nf4.code2 if nested else dummy, nf4.absmax2 if nested else dummy, nf4.offset if nested else dummy,
-        bias if bias is not None else y, y, y.stride(0), m, n, k, k // 2, float(eps),
+        bias if bias is not None else y, y, y.stride(0), partials, counters, m, n, k, k // 2, float(eps),
         NESTED=nested, ALIGNED=aligned, LUT=LUTS.index(lut), HW=hw, XPAIRS=xpairs,
         BS=nf4.blocksize, BS2=nf4.blocksize2, WROUND=_WROUND[nf4.dtype], XR=_WROUND[x.dtype],
         HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None, GEMMA=bool(gemma),
         GATED=act is not None, ACT=ACTIVATIONS[act] if act is not None else 0,
         HAS_BIAS=bias is not None, MMA=mma, IEEE=ieee,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=warps, num_stages=stages, **_pdl_args(pdl),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KH=block_kh, SPLIT_K=split_k, num_warps=warps, num_stages=stages,
+        **_pdl_args(pdl),
     )
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
 
