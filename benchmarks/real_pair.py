@@ -263,7 +263,8 @@ def run(args) -> None:
     plan = {
         "k5_cold": ["--k", "5", *n],
         "k5_warm": ["--k", "5", *n],
-        # the draft's head in bf16 (the default reads an e4m3 copy on fp8 GPUs): the same run's A/B
+        # the draft's head in bf16, named: the default since stop 28 (k5_warm runs the same; stop 28's A/B
+        # against the e4m3 head, then the default, kept under this name)
         "k5_bf16_draft_head": ["--k", "5", "--no-draft-fp8-head", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],

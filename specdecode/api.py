@@ -268,10 +268,7 @@ class SpeculativeDecoder:
         from .accel.fused import head_fp8_unsupported
 
         head = getattr(loaded.model, "lm_head", None)
-        if loaded.device.type != "cuda":
-            why = "fp8 tensor cores need a CUDA GPU of compute capability 8.9+"
-        else:
-            why = head_fp8_unsupported(head.weight) if head is not None else "the draft has no lm_head"
+        why = head_fp8_unsupported(head.weight) if head is not None else "the draft has no lm_head"
         if why:
             raise SettingsError(f"--draft-fp8-head: {why}")
         return True

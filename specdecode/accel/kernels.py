@@ -45,7 +45,7 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     tl = None
 
 __all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
-           "gemv_config", "gemv_operands", "splits_k", "pdl_usable", "scratch", "usable_on"]
+           "gemv_config", "gemv_operands", "splits_k", "split_buffers", "pdl_usable", "scratch", "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -297,13 +297,8 @@ if AVAILABLE:
         the epilogue and resets the counter."""
         pid, rm, rn, rk, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
         split = tl.program_id(1)
-        k_lo = split * 0
-        k_hi = K
-        if SPLIT_K > 1:  # slices of whole tiles, so no tile straddles two programs
-            per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-            k_lo = split * per
-            k_hi = tl.minimum(k_lo + per, K)
-            rk = rk + k_lo
+        k_lo, k_hi = _split_range(split, K, SPLIT_K, BLOCK_K)
+        rk = rk + k_lo
         wdt = W.dtype.element_ty
         # PREFETCH: the first weight tile now; each iteration then loads the next before its arithmetic
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
@@ -336,7 +331,28 @@ if AVAILABLE:
                 acc_t += xw3 * w.to(tl.float32)[None, :, :]
                 if GATED:
                     acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
-        ss = tl.sum(ss2, axis=1)
+        _finish(acc_t, acc2_t, tl.sum(ss2, axis=1), P, CNT, pid, split, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                NORM, HAS_BIAS, GATED, ACT, MMA, SPLIT_K, BLOCK_M, BLOCK_N)
+
+    @triton.jit
+    def _split_range(split, total, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+        """[lo, hi) of `total` (K, or a row's bytes) that slice `split` of SPLIT_K takes: whole tiles
+        of BLOCK, so no tile straddles two programs (all of it when SPLIT_K is 1)."""
+        lo = split * 0
+        hi = total
+        if SPLIT_K > 1:
+            per = tl.cdiv(tl.cdiv(total, SPLIT_K), BLOCK) * BLOCK
+            lo = split * per
+            hi = tl.minimum(lo + per, total)
+        return lo, hi
+
+    @triton.jit
+    def _finish(acc_t, acc2_t, ss, P, CNT, pid, split, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+                MMA: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """A GEMV program's end: its accumulators reduced to [BLOCK_M, BLOCK_N] and _gemv_epilogue
+        (row scale of the norm, bias, gated activation, store); with K in slices only in the last
+        program of the column tile, on the partials of all of them in slice order (_split_sums)."""
         if SPLIT_K > 1:
             acc_t, acc2_t, ss, last = _split_sums(P, CNT, pid, split, acc_t, acc2_t, ss, rm, GATED, SPLIT_K,
                                                   BLOCK_M, BLOCK_N)
@@ -760,14 +776,21 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
     if not mma and m == 2:
         _gemv2_kernel[grid](*operands, *sizes, **flags)
     else:
-        partials = counters = x2
-        if split_k > 1:  # a slot of partial sums per program; a counter per column tile (left zero)
-            partials = scratch(x.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
-                               torch.float32)
-            counters = scratch(x.device, "gemv split counters", tiles, torch.int32)
+        partials, counters = split_buffers(x2, tiles, split_k, block_n, block_m)
         _gemv_kernel[grid](*operands, partials, counters, *sizes, IEEE=weight.dtype == torch.float32, MMA=mma,
                            BLOCK_M=block_m, SPLIT_K=split_k, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+def split_buffers(dummy: Tensor, tiles: int, split_k: int, block_n: int, block_m: int) -> tuple[Tensor, Tensor]:
+    """(partials, counters) of a launch with K in split_k slices (_split_sums): a slot of partial
+    sums per program and a counter per column tile (left zero), shared scratch; `dummy` for both
+    when K is not sliced (the kernel then never reads them)."""
+    if split_k == 1:
+        return dummy, dummy
+    partials = scratch(dummy.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
+                       torch.float32)
+    return partials, scratch(dummy.device, "gemv split counters", tiles, torch.int32)
 
 
 def _pdl_args(pdl: bool) -> dict:

@@ -124,13 +124,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .kernels import ACTIVATIONS, gemv_operands, interpreted, scratch, tl, triton  # triton/tl: None without Triton
+from .kernels import ACTIVATIONS, gemv_operands, interpreted, split_buffers, tl, triton  # triton/tl: None without Triton
 
 if triton is not None:
     from triton.language.extra import libdevice as _libdevice  # mul_rn: a product never contracted
 
     from .kernels import _pdl_args  # the PDL flag and launch option, as kernels.gemv passes them
-    from .kernels import _acc_results, _delta_scale, _gemv_epilogue, _pdl_enter, _program_tiles, _split_sums  # Triton functions shared with kernels.gemv
+    from .kernels import _delta_scale, _finish, _pdl_enter, _program_tiles, _split_range  # Triton functions shared with kernels.gemv
 
 __all__ = ["AVAILABLE", "MAX_ROWS", "NF4_CODE", "NF4Weight", "dequantize_nf4", "dequantize_nf4_fast", "dynamic_map", "merge_nf4", "nf4_absmax",
            "nf4_nbytes", "nf4_config_key", "nf4_gemv", "nf4_gemv_config", "nf4_gemv_fused", "quantize_nf4"]
@@ -779,15 +779,10 @@ if AVAILABLE:
         [BLOCK_N, BLOCK_KH] x [BLOCK_KH, BLOCK_M], fp32 accumulation. SPLIT_K > 1 (tensor cores):
         program (pid, s) takes the s-th of SPLIT_K slices of the row's bytes (whole tiles) and the
         last of them to finish sums the partials in slice order and runs the epilogue, as
-        kernels.gemv does (kernels._split_sums: P the partials, CNT a counter per column tile)."""
+        kernels.gemv does (kernels._finish: P the partials, CNT a counter per column tile)."""
         pid, rm, rn, rc, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, 2 * BLOCK_KH)
         split = tl.program_id(1)
-        kh_lo = split * 0
-        kh_end = KH
-        if SPLIT_K > 1:  # slices of whole tiles, so no tile straddles two programs
-            per = tl.cdiv(tl.cdiv(KH, SPLIT_K), BLOCK_KH) * BLOCK_KH
-            kh_lo = split * per
-            kh_end = tl.minimum(kh_lo + per, KH)
+        kh_lo, kh_end = _split_range(split, KH, SPLIT_K, BLOCK_KH)
         # the first tiles (immutable weights) before waiting for the previous kernel's results
         PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (one row, ALIGNED)
         NB: tl.constexpr = BLOCK_KH // (BS // 2)  # quantization blocks a row of the tile (ALIGNED)
@@ -885,19 +880,9 @@ if AVAILABLE:
         elif BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH])
-        ss = tl.sum(ss2, axis=1)
-        if SPLIT_K > 1:
-            acc_t, acc2_t, ss, last = _split_sums(P, CNT, pid, split, acc_t, acc2_t, ss, rm, GATED, SPLIT_K,
-                                                  BLOCK_M, BLOCK_N)
-            if last:
-                acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
-                _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                               NORM, HAS_BIAS, GATED, ACT)
-        else:
-            acc, acc2 = _acc_results(acc_t, acc2_t, GATED, MMA, BLOCK_M == 1)
-            # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
-            _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
-                           NORM, HAS_BIAS, GATED, ACT)
+        # row scale of the norm, bias (gate's then up's), gated activation, store: kernels.gemv's
+        _finish(acc_t, acc2_t, tl.sum(ss2, axis=1), P, CNT, pid, split, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+                NORM, HAS_BIAS, GATED, ACT, MMA, SPLIT_K, BLOCK_M, BLOCK_N)
 
 
     @triton.jit
@@ -1102,11 +1087,7 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     dummy = nf4.absmax
     tiles = triton.cdiv(n, block_n)
     grid = (tiles, split_k)
-    partials = counters = y
-    if split_k > 1:  # kernels.gemv's scratch: a slot of partial sums per program, a counter per tile (left zero)
-        partials = scratch(x.device, "gemv split partials", tiles * split_k * (2 * block_n * block_m + block_m),
-                           torch.float32)
-        counters = scratch(x.device, "gemv split counters", tiles, torch.int32)
+    partials, counters = split_buffers(y, tiles, split_k, block_n, block_m)
     # ("pairs") one bf16 row of a product with nothing folded in: the input read as bf16 pairs in the
     # weight tile's layout (an int32 view), not split and exchanged through shared memory
     xpairs = (x_read == "pairs" and m == 1 and aligned and not mma and x2.dtype == torch.bfloat16 and norm is None
