@@ -186,6 +186,104 @@ def gemv_rows(model, rows, sweep, results):
         del ws
 
 
+def mlp_grid() -> list[tuple]:
+    """kernels.mlp configurations to time: (BLOCK_N, BLOCK_K, warps, stages, BLOCK_H, O_EARLY) with
+    BLOCK_K a multiple of 256 x warps (the input tile's layout, as sweep_grid) and at most 256
+    gate/up weights per thread and tile; the down projection's tiles of 512 or 1024 columns,
+    its first tile before the PDL wait or not."""
+    out = []
+    for w, r, bn in itertools.product([1, 2, 4, 8], [1, 2], [4, 8, 16, 32]):
+        bk = min(256 * w * r, 1024)
+        if bn * bk * 2 <= 256 * 32 * w and (bk, w, bn) not in {(c[1], c[2], c[0]) for c in out}:
+            for bh, early in itertools.product([512, 1024], [False, True]):
+                out.append((bn, bk, w, 2, bh, early))
+    return out
+
+
+def _compile_mlp(job) -> bool:
+    """In a worker process: run kernels.mlp once at this shape and config (Triton's disk cache)."""
+    n, k, m, transposed, gemma, cfg = job
+    try:
+        w = torch.zeros(2 * n, k, device=DEV, dtype=DT)
+        wd = torch.zeros(n, k, device=DEV, dtype=DT).t() if transposed else torch.zeros(k, n, device=DEV, dtype=DT)
+        x = torch.zeros(m, k, device=DEV, dtype=DT)
+        out = torch.zeros(m, k, device=DEV)
+        kernels.mlp(x, w, wd, out, norm=x[0], gemma=gemma, delta=x, delta_norm=x[0] if gemma else None,
+                    act="gelu_tanh" if gemma else "silu", config=cfg, pdl=PDL)
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # out of resources for this config
+        return False
+
+
+def mlp_rows(model, rows, sweep, results):
+    """A layer's gated MLP as the step runs it (gemv gate/up with the residual add, norm and
+    activation folded in, then gemv down) against kernels.mlp (one kernel, atomic adds into fp32
+    sums), cold weights, PDL as --pdl; with `sweep`, mlp over mlp_grid() with the down weight as
+    stored and as a transposed copy, the best installed in kernels.MLP_TUNED."""
+    name, E, I, gemma = model[0], model[1], model[2], model[-1]
+    nbytes = 3 * I * E * 2
+    copies = max(1, math.ceil(COLD_BYTES / nbytes))
+    wgus = [torch.randn(2 * I, E, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
+    wds = [torch.randn(E, I, device=DEV, dtype=DT) * 0.02 for _ in range(copies)]
+    wdts = [w.t().contiguous().t() for w in wds]
+    nw = torch.randn(E, device=DEV, dtype=DT) * 0.1
+    act = "gelu_tanh" if gemma else "silu"
+    for m in rows:
+        if m > kernels.MAX_MLP_ROWS:
+            continue
+        x = torch.randn(m, E, device=DEV, dtype=DT)
+        dx = torch.randn(m, E, device=DEV, dtype=DT)
+        out = torch.zeros(m, E, device=DEV)
+        kw = dict(norm=nw, gemma=gemma, delta=dx, delta_norm=nw if gemma else None, act=act)
+
+        def separate():
+            for wgu, wd in zip(wgus, wds):
+                a, _ = kernels.gemv(x, wgu, pdl=PDL, **kw)
+                kernels.gemv(a, wd, pdl=PDL)
+
+        def fused(cfg=None, downs=wds):
+            def run():
+                for wgu, wd in zip(wgus, downs):
+                    kernels.mlp(x, wgu, wd, out, config=cfg, pdl=PDL, **kw)
+            return run
+
+        a, _ = kernels.gemv(x, wgus[0], **kw)
+        ref, _ = kernels.gemv(a, wds[0])
+        out.zero_()
+        kernels.mlp(x, wgus[0], wds[0], out, **kw)
+        err = ((out - ref.float()).abs().max() / ref.float().abs().max()).item()
+        t_sep = bench(separate, copies)
+        t_def = bench(fused(), copies)
+        best = stored = (t_def, kernels.mlp_config(m, I, E, PDL), "stored")
+        timed = []
+        if sweep:
+            grid = mlp_grid()
+            for layout, downs in (("stored", wds), ("transposed", wdts)):
+                ok = precompile([(I, E, m, layout == "transposed", gemma, cfg) for cfg in grid], _compile_mlp)
+                for cfg in [c for c, good in zip(grid, ok) if good]:
+                    try:
+                        t = bench(fused(cfg, downs), copies)
+                    except Exception:  # out of resources for this config
+                        continue
+                    timed.append(dict(config=list(cfg), layout=layout, us=t * 1e3))
+                    if t < best[0]:
+                        best = (t, cfg, layout)
+                    if layout == "stored" and t < stored[0]:
+                        stored = (t, cfg, layout)
+            kernels.MLP_TUNED[(m, I, E, PDL)] = tuple(stored[1])
+        gbs = lambda t: nbytes / (t * 1e-3) / 1e12  # noqa: E731
+        print(f"{name:11s} mlp      M={m:<2d} I={I:6d} E={E:5d} {nbytes / 1e6:7.1f} MB | gate/up + down "
+              f"{t_sep * 1e3:7.2f} us {gbs(t_sep):4.2f} TB/s | mlp {t_def * 1e3:7.2f} us {gbs(t_def):4.2f} TB/s | "
+              f"best {best[0] * 1e3:7.2f} us {gbs(best[0]):4.2f} TB/s {best[1]} {best[2]} | best stored "
+              f"{stored[0] * 1e3:7.2f} us {stored[1]} | err {err:.1e}", flush=True)
+        results.append(dict(model=name, product="mlp", rows=m, n=I, k=E, mb=nbytes / 1e6, separate_us=t_sep * 1e3,
+                            ours_us=t_def * 1e3, best_us=best[0] * 1e3, best_config=list(best[1]),
+                            best_layout=best[2], stored_us=stored[0] * 1e3, stored_config=list(stored[1]),
+                            rel_err=err, timed=timed))
+    del wgus, wds, wdts
+
+
 def attention_rows(model, rows, results, slots=512, visible=384, sweep=True, n_layers=34):
     name, E, I, H, Hkv, D, V, gemma = model
     G = H // Hkv
@@ -258,6 +356,7 @@ def _smoke(args) -> None:
     results: list[dict] = []
     attention_rows(tiny, args.rows, results, slots=64, visible=40, n_layers=2)
     gemv_rows(tiny, args.rows, True, results)
+    mlp_rows(tiny, args.rows, True, results)
     bad = [r for r in results if r.get("rel_err", 0.0) > 1e-4]
     print(f"smoke: {len(results)} measurements, {len(bad)} with a wrong result")
     if bad:
@@ -274,6 +373,8 @@ def main():
     ap.add_argument("--attention-sweep", action="store_true", help="sweep the attention's splits and slot blocks")
     ap.add_argument("--pdl", action="store_true", help="our kernels with programmatic dependent launch")
     ap.add_argument("--no-attention", action="store_true", help="the products only")
+    ap.add_argument("--mlp", action="store_true",
+                    help="only the gated MLP: gemv gate/up + down against kernels.mlp (swept with --sweep)")
     ap.add_argument("--models", nargs="+", default=None, help="only these models of the pairs (e.g. qwen-0.5b)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true",
@@ -292,6 +393,9 @@ def main():
                 if args.models and model[0] not in args.models:
                     continue
                 rows = args.rows if i == 0 or args.draft_rows is None else args.draft_rows
+                if args.mlp:
+                    mlp_rows(model, rows, args.sweep, results)
+                    continue
                 if not args.no_attention:
                     attention_rows(model, rows, results, sweep=args.attention_sweep)
                 gemv_rows(model, rows, args.sweep, results)

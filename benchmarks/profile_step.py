@@ -140,6 +140,12 @@ def main():
                          "product's kernels.attention_splits)")
     ap.add_argument("--apart", nargs="+", default=["default"], choices=["default", "off", "on"],
                     help="the attention's new tokens on a split of their own (kernels.NEW_TOKENS_APART)")
+    ap.add_argument("--mlp-rows", nargs="+", type=int, default=[0],
+                    help="steps of at most this many rows run each gated MLP as one kernel (FusedModel's "
+                         "mlp_rows, both models here; the product: the draft's, api.DRAFT_MLP_ROWS)")
+    ap.add_argument("--mlp-tuned", default=None, metavar="JSON",
+                    help="kernel_bench.py --mlp --sweep --pdl results: their best stored-layout configurations "
+                         "installed in kernels.MLP_TUNED")
     ap.add_argument("--prompt-len", type=int, default=128, help="cached tokens before the profiled step")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--by-position", action="store_true",
@@ -150,6 +156,13 @@ def main():
     for item in args.inductor:
         key, _, value = item.partition("=")
         options[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
+    if args.mlp_tuned:
+        import json
+
+        for r in json.loads(Path(args.mlp_tuned).read_text()):
+            if r.get("product") == "mlp":
+                kernels.MLP_TUNED[(r["rows"], r["n"], r["k"], True)] = tuple(r["stored_config"])
+        print(f"mlp configurations installed: {kernels.MLP_TUNED}")
     product_splits = kernels.attention_splits
     product_apart = kernels.NEW_TOKENS_APART
     tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
@@ -165,18 +178,19 @@ def main():
     pdls = {"on": [True], "off": [False], "both": [False, True]}[args.pdl]
     for kern in ([True, False] if args.kernels == "both" else [args.kernels == "on"]):
         for pdl in pdls if kern else [False]:
-            for rows, multi, fold, mixed, splits, apart in itertools.product(
+            for rows, multi, fold, mixed, splits, apart, mlp in itertools.product(
                     args.max_kernel_rows, args.multi_row, args.fold_combine, args.max_mixed_rows, args.splits,
-                    args.apart):
+                    args.apart, args.mlp_rows):
                 label = f"kernels {'on' if kern else 'off'}, pdl {'on' if pdl else 'off'}, max rows {rows}"
                 label += f", multi-row {multi or 'default'}, fold combine {fold}, max mixed rows {mixed}"
-                label += f", splits {splits or 'default'}, new tokens apart {apart}"
+                label += f", splits {splits or 'default'}, new tokens apart {apart}, mlp rows {mlp}"
                 kernels.NEW_TOKENS_APART = product_apart if apart == "default" else apart == "on"
                 kernels.attention_splits = (product_splits if not splits else
                                             (lambda b, h, n, bs=64, s=splits: 1 << (max(1, min(s, n // bs)).bit_length() - 1)))
                 print(f"\n==== {label}")
                 opts = dict(attention=args.attention, inductor_options=options, pdl=pdl, max_kernel_rows=rows,
-                            multi_row=multi, fold_combine=fold == "on", max_mixed_rows=mixed)
+                            multi_row=multi, fold_combine=fold == "on", max_mixed_rows=mixed,
+                            mlp_rows=mlp if kern else 0)
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")

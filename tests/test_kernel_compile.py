@@ -33,6 +33,14 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             "kernels", "_gemv_kernel", dict(FOLDED, IEEE=False, MMA=mma, PREFETCH=prefetch, PDL=pdl, BLOCK_M=rows,
                                             BLOCK_N=64 if mma else 4, BLOCK_K=64 if mma else 256, SPLIT_K=split),
             dict(P="*fp32", CNT="*i32"))
+    # the gated MLP as one kernel (mlp: gate/up, then its share of the down projection by atomic
+    # adds): one and two rows, the first down tile before the wait or not, biases and folds
+    for rows, early, bias in ((1, True, False), (1, False, True), (2, True, True)):
+        out[f"mlp-rows{rows}-early{int(early)}-bias{int(bias)}"] = (
+            "kernels", "_mlp_kernel", dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, ACT=0, HAS_BIAS=bias,
+                                           HAS_BIAS_O=bias, WRITE_R=True, IEEE=False, PREFETCH=True, O_EARLY=early,
+                                           PDL=True, BLOCK_M=rows, BLOCK_N=16, BLOCK_K=512, BLOCK_H=512),
+            dict(OUT="*fp32"))
     out["gemv2"] = ("kernels", "_gemv2_kernel", dict(FOLDED, PREFETCH=True, PDL=True, BLOCK_N=2, BLOCK_K=256), {})
     # fold: the last split merges (atomics); apart: the new tokens on a split of their own (the default)
     for splits, fold, apart in ((1, False, False), (8, False, True), (8, True, True), (8, False, False)):

@@ -126,6 +126,52 @@ def test_gemv_split_k_matches_torch(case, split_k):
         kernels.gemv(x, w, config=("reduce", 8, 64, 4, 2, 2))
 
 
+MLP_CASES = [  # (rows, activation, Gemma's norms (delta norm, (1 + w)), biases, down stored transposed, O_EARLY)
+    pytest.param(1, "silu", False, False, False, True, id="1-silu"),
+    pytest.param(2, "gelu_tanh", True, True, True, False, id="2-gelu-gemma-bias-transposed"),
+    pytest.param(1, "gelu_tanh", True, False, True, True, id="1-gelu-gemma-transposed", marks=SLOW_ON_CPU),
+    pytest.param(2, "silu", False, True, False, True, id="2-silu-bias", marks=SLOW_ON_CPU),
+]
+
+
+@pytest.mark.parametrize("m, act, gemma, bias, transposed, early", MLP_CASES)
+def test_mlp_is_gate_up_then_down(m, act, gemma, bias, transposed, early):
+    """kernels.mlp (gate/up and the down projection in one kernel, meeting by atomic adds): the
+    gated MLP of the residual stream after the add, with every fold gemv has, added to what the
+    output held; the new residual returned; the down weight as stored or as a transposed copy's
+    view; sizes no block divides (N 72 in programs of 16, K 200 in tiles of 64)."""
+    g = _gen(11)
+    k, n = 200, 72
+    x, delta = _t(m, k, g=g), _t(m, k, g=g, scale=2.0)
+    w, wd = _t(2 * n, k, g=g, scale=0.1), _t(k, n, g=g, scale=0.1)
+    nw, dn = _t(k, g=g, scale=0.3), _t(k, g=g, scale=0.3)
+    b, bd = _t(2 * n, g=g), _t(k, g=g)
+    kw = dict(norm=nw, gemma=gemma, eps=1e-6, delta=delta, delta_norm=dn if gemma else None, act=act)
+    xr = x + (_rms(delta, dn, 1e-6, True) if gemma else delta)
+    h = _rms(xr, nw, 1e-6, gemma) @ w.T + (b if bias else 0)
+    gate, up = h[:, :n], h[:, n:]
+    a = (F.silu(gate) if act == "silu" else F.gelu(gate, approximate="tanh")) * up
+    start = _t(m, k, g=g)
+    ref = start + a @ wd.T + (bd if bias else 0)
+    out = start.clone()
+    down = wd.t().contiguous().t() if transposed else wd
+    r = kernels.mlp(x, w, down, out, bias=b if bias else None, down_bias=bd if bias else None,
+                    config=(16, 64, 4, 2, 64, early), **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(r, xr, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_refuses_what_it_cannot_sum():
+    g = _gen(12)
+    x, w, wd = _t(1, 64, g=g), _t(32, 64, g=g), _t(64, 16, g=g)
+    with pytest.raises(ValueError, match="down projection must be"):
+        kernels.mlp(x, w, wd.t(), torch.zeros(1, 64, device=DEV))
+    with pytest.raises(ValueError, match="fp32 output"):
+        kernels.mlp(x, w, wd, torch.zeros(1, 64, device=DEV, dtype=torch.float16))
+    with pytest.raises(ValueError, match="at most 2 rows"):
+        kernels.mlp(_t(3, 64, g=g), w, wd, torch.zeros(3, 64, device=DEV))
+
+
 def test_gemv_half_precision_rounds_like_torch():
     g = _gen(2)
     x = _t(3, 256, g=g, dtype=torch.float16)
@@ -289,6 +335,57 @@ def test_kernel_step_matches_transformers_fp32(arch, multi_row):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
 
 
+def _one_row_steps(runner):
+    """Batch 1: a prefill, then steps of 1, 2 and 1 tokens (the draft's step shapes)."""
+    from test_fused import V
+
+    gen = torch.Generator().manual_seed(1)
+    dev = runner.device
+    x = torch.randint(4, V, (1, 12), generator=gen).to(dev)
+    cache = runner.new_cache(1, 32)
+    out = [runner.prefill(x, cache, attend_len=12, logits_to_keep=0)]
+    for q in (1, 2, 1):
+        ids = torch.randint(4, V, (1, q), generator=gen).to(dev)
+        out.append(runner.forward(ids, cache, attend_len=24, logits_to_keep=0))
+        cache.advance(torch.tensor([q], device=dev))
+    return [o.float() for o in out]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", pytest.param("llama", marks=SLOW_ON_CPU)])
+def test_kernel_steps_with_the_mlp_as_one_kernel_match_transformers_fp32(arch):
+    """mlp_rows (a draft's steps): every layer's gated MLP as kernels.mlp in steps of 1 and 2 rows,
+    its fp32 sums the next qkv product's residual delta (Gemma 3: with its post-norm) and the
+    last layer's into the final norm; the same logits as the transformers model."""
+    model = _model(arch).to(DEV)
+    reference = _one_row_steps(ModelRunner(model, fused=False))
+    runner = ModelRunner(model, fused=True, kernels=True, mlp_rows=2)
+    assert "the gated MLP as one kernel in steps of <= 2 rows" in runner.describe()
+    got = _one_row_steps(runner)
+    assert sorted(runner.fused._mlp_sums) == [1, 2]  # both step shapes ran it
+    for a, b in zip(reference, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="mlp_rows must be in"):
+        ModelRunner(model, fused=True, kernels=True, mlp_rows=kernels.MAX_MLP_ROWS + 1)
+
+
+def test_draft_fused_mlp_setting(llama_pair):
+    """--draft-fused-mlp (on by default): the draft's runner takes DRAFT_MLP_ROWS, the target's
+    none (its logits are the output); --no-draft-fused-mlp: neither."""
+    from specdecode.api import DRAFT_MLP_ROWS, SpeculativeDecoder
+    from specdecode.settings import Settings
+
+    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.draft), device="cpu", dtype="float32",
+                 chat=False)
+    dec = SpeculativeDecoder.from_settings(s)
+    assert DRAFT_MLP_ROWS == kernels.MAX_MLP_ROWS
+    assert dec._runner_key(dec.draft)[-1] == DRAFT_MLP_ROWS
+    assert dec._runner_key(dec.target)[-1] == 0
+    off = dec.with_settings(draft_fused_mlp=False)
+    assert off._runner_key(off.draft)[-1] == 0
+    runner = dec.runner(dec.draft)
+    assert runner.fused is None or runner.fused.mlp_rows == DRAFT_MLP_ROWS
+
+
 @pytest.mark.parametrize("multi_row, arch", [("mixed", "gemma3"), pytest.param("hybrid", "gemma3", marks=SLOW_ON_CPU),
                                              pytest.param("mixed", "llama", marks=SLOW_ON_CPU),
                                              pytest.param("hybrid", "llama", marks=SLOW_ON_CPU)])
@@ -433,12 +530,15 @@ def test_kernel_failure_falls_back_with_one_warning(monkeypatch, caplog, multi_r
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch, head8", [pytest.param(1, False, marks=SLOW_ON_CPU), pytest.param(2, False, marks=SLOW_ON_CPU),
-                                         pytest.param(1, True, marks=SLOW_ON_CPU, id="1-fp8-draft-head")])
-def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch, head8):
+@pytest.mark.parametrize("batch, head8, mlp_rows", [
+    pytest.param(1, False, 0, marks=SLOW_ON_CPU), pytest.param(2, False, 0, marks=SLOW_ON_CPU),
+    pytest.param(1, True, 0, marks=SLOW_ON_CPU, id="1-fp8-draft-head"),
+    pytest.param(1, False, 2, marks=SLOW_ON_CPU, id="1-draft-mlp-kernel")])
+def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch, head8, mlp_rows):
     """Batch 1: the product's routing (one- and two-row draft steps on the kernels, verify on
     the layers); batch 2: every step on the kernels; fp8-draft-head: the draft's head read in
-    e4m3 (its proposals change, the output must not). About a minute each under the
+    e4m3 (its proposals change, the output must not); draft-mlp-kernel: the draft's MLPs as one
+    kernel each (kernels.mlp). About a minute each under the
     interpreter: slow there; the fast layer keeps the kernel steps against transformers (above)."""
     from fixtures import PROMPTS, oracle_greedy
     from specdecode.api import SpeculativeDecoder
@@ -451,11 +551,12 @@ def test_engine_is_greedy_exact_on_the_kernels(gemma3_pair, multi_row, batch, he
     dec = SpeculativeDecoder.from_settings(s)
     for loaded in (dec.target, dec.draft):
         runner = ModelRunner(loaded.model, graphs=DEV == "cuda", fused=True, kernels=True, max_kernel_rows=rows,
-                             head_fp8=head8 and loaded is dec.draft)
+                             head_fp8=head8 and loaded is dec.draft, mlp_rows=mlp_rows if loaded is dec.draft else 0)
         dec.set_runner(loaded, runner)
     got = [r.token_ids for r in dec.generate(prompts)]
     assert dec.runner(dec.draft).fused._kernel_shapes
     assert (dec.runner(dec.draft).fused.head_fp8 is not None) == head8
+    assert sorted(dec.runner(dec.draft).fused._mlp_sums) == ([1, 2] if mlp_rows else [])
     assert got == oracle_greedy(gemma3_pair.target, prompts, 12)
 
 
@@ -498,7 +599,7 @@ def test_kernel_bench_smoke_runs_every_path():
     import re
 
     found = re.search(r"smoke: (\d+) measurements, 0 with a wrong result", done.stdout)
-    assert found and int(found.group(1)) == 6 * 3  # attention + 5 products, at 1, 2 and 6 rows
+    assert found and int(found.group(1)) == 6 * 3 + 2  # attention + 5 products at 1, 2, 6 rows; the MLP at 1, 2
 
 
 def test_kernels_default_to_captured_steps_only(monkeypatch):

@@ -346,6 +346,7 @@ def _make_head(gemma: bool, eps: float, softcap: float | None) -> Callable:
 
     def last_norm(h, d, d_norm, w):
         """The last layer's residual add (with its post-norm, Gemma) and the final norm."""
+        d = d.to(h.dtype)  # (kernels.mlp's fp32 sums: rounded as a separate product's output)
         if d_norm is not None:
             d = norm(d, d_norm, eps)
         return norm(h + d, w, eps)
@@ -490,7 +491,7 @@ class FusedModel:
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
                  max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None,
-                 compile_prefill: bool = False, head_fp8: bool = False) -> None:
+                 compile_prefill: bool = False, head_fp8: bool = False, mlp_rows: int = 0) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -518,6 +519,13 @@ class FusedModel:
         the kernels (off without them) and fp8 tensor cores on CUDA (head_fp8_unsupported; the
         caller checks). Off by default: on the real Qwen2.5-Coder pair it made the draft step
         4.3% cheaper and acceptance 0.8% lower, a wash (2026-12-04-h200-real-pair-stop28.json).
+        mlp_rows: kernel steps of at most this many rows (at most kernels.MAX_MLP_ROWS) run each
+        layer's gated MLP as one kernel (kernels.mlp: gate/up and the down projection, whose sums
+        meet by atomic adds in an fp32 buffer the next layer's qkv product reads as its residual
+        delta) instead of two; bf16 weights only. Its sums' order varies from run to run, so the
+        logits may differ in their last bits between identical steps: for a draft model, whose
+        logits only choose proposals the target verifies (the settings' default, DRAFT_MLP_ROWS);
+        0 (the default here) keeps every step deterministic.
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -608,6 +616,10 @@ class FusedModel:
         if not 0 <= self.nf4_kernel_rows <= _nf4.MAX_ROWS:
             raise ValueError(f"nf4_kernel_rows must be in [0, {_nf4.MAX_ROWS}], got {self.nf4_kernel_rows}")
         self.max_mixed_rows = MAX_MIXED_ROWS if max_mixed_rows is None else int(max_mixed_rows)
+        self.mlp_rows = 0 if self.nf4 or self.act_name is None else int(mlp_rows)
+        if not 0 <= self.mlp_rows <= _kernels.MAX_MLP_ROWS:
+            raise ValueError(f"mlp_rows must be in [0, {_kernels.MAX_MLP_ROWS}], got {mlp_rows}")
+        self._mlp_sums: dict[int, Tensor] = {}  # rows -> [layers, rows, hidden] fp32 (kernels.mlp's sums)
         if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
             raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")
         if self.multi_row not in MULTI_ROW:
@@ -776,8 +788,10 @@ class FusedModel:
                         logits_to_keep: Tensor | int) -> Tensor:
         """The step as five Triton kernels per layer (kernels.py): the residual adds and every
         norm ride inside the matrix-vector products, attention writes the cache itself."""
+        rows = input_ids.numel()
+        mlp = partial(_kernels.mlp, pdl=self.pdl) if rows <= self.mlp_rows else None
         return self._layers_on_kernels(partial(_kernels.gemv, pdl=self.pdl), input_ids, cache, position_ids,
-                                       logits_to_keep)
+                                       logits_to_keep, mlp=mlp)
 
     def _mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                        logits_to_keep: Tensor | int, dense: bool = False) -> Tensor:
@@ -812,12 +826,18 @@ class FusedModel:
         return self._mixed_forward(input_ids, cache, position_ids, logits_to_keep, dense=True)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,
-                           logits_to_keep: Tensor | int, down: Callable | None = None, dense: bool = False) -> Tensor:
+                           logits_to_keep: Tensor | int, down: Callable | None = None, dense: bool = False,
+                           mlp: Callable | None = None) -> Tensor:
         """Every layer as gemv (qkv, with the previous residual add and the input norm) ->
         attention kernel -> gemv (o) -> gemv (gate/up, with the residual add, the norm and the
         activation) -> down (default gemv); `gemv` is kernels.gemv or nf4.nf4_gemv_fused.
-        dense: NF4 layers' weights dequantized (_dense) as each layer starts."""
+        dense: NF4 layers' weights dequantized (_dense) as each layer starts. mlp (kernels.mlp):
+        gate/up and down as one kernel per layer, into this step's zeroed fp32 sums."""
         down = down or gemv
+        sums = None
+        if mlp is not None:
+            sums = self._mlp_buffer(input_ids.shape, self.weights[0].wd.shape[0], input_ids.device)
+            sums.zero_()  # one memset a step: every layer's sums start from zero
         sh = self.shape
         gemma = sh.gemma
         eps = sh.eps
@@ -834,9 +854,14 @@ class FusedModel:
                 h = h_new
             o = self._attention(i, qkv, cache, position_ids, tables)
             o, _ = gemv(o, w.wo, bias=w.bo)
-            a, h = gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
-                        delta_norm=w.post_attn, act=self.act_name)
-            d, _ = down(a, w.wd, bias=w.bd)
+            if sums is not None:
+                d = sums[i]
+                h = mlp(h, w.wgu, w.wd, d, bias=w.bgu, down_bias=w.bd, norm=w.pre_ff, gemma=gemma, eps=eps,
+                        delta=o, delta_norm=w.post_attn, act=self.act_name)
+            else:
+                a, h = gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
+                            delta_norm=w.post_attn, act=self.act_name)
+                d, _ = down(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
@@ -846,6 +871,16 @@ class FusedModel:
         if self.head_fp8 is not None:
             return self._head8(x, *self.head_fp8)
         return self._head(x, self.lm_head)
+
+    def _mlp_buffer(self, shape: torch.Size, hidden: int, device: torch.device) -> Tensor:
+        """The fp32 sums kernels.mlp adds into for steps of this [B, q] shape: [layers, B, q, hidden],
+        allocated at the shape's first (uncaptured) run and kept, as captured graphs point to it."""
+        rows = shape[0] * shape[1]
+        found = self._mlp_sums.get(rows)
+        if found is None:
+            found = self._mlp_sums[rows] = torch.zeros(len(self.weights), rows, hidden, dtype=torch.float32,
+                                                       device=device)
+        return found.view(len(self.weights), *shape, hidden)
 
     def _dense(self, w: LayerWeights) -> LayerWeights:
         """An NF4 layer's weights dequantized to the model's dtype (prefill and the other steps

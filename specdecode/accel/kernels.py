@@ -44,8 +44,8 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     triton = None
     tl = None
 
-__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention", "gemv",
-           "gemv_config", "gemv_operands", "splits_k", "split_buffers", "pdl_usable", "scratch", "usable_on"]
+__all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_MLP_ROWS", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention",
+           "gemv", "gemv_config", "gemv_operands", "mlp", "mlp_config", "splits_k", "split_buffers", "pdl_usable", "scratch", "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -198,7 +198,8 @@ if AVAILABLE:
         # broadcast from a vector: the same register layout as x's tile, so no shuffle per tile
         zero_m = rm * 0
         if HAS_D:
-            dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0)
+            # (an fp32 delta, mlp's sum, rounded to the stream's dtype as a separate product's output)
+            dv = tl.load(D + rm[:, None] * sdm + kk[None, :], mask=xm, other=0.0).to(x.dtype)
             if D_NORM:
                 wd = tl.load(WD + zero_m[:, None] + kk[None, :], mask=xm, other=0.0).to(tl.float32)
                 dv = (dv.to(tl.float32) * rsd[:, None] * (1.0 + wd)).to(x.dtype)
@@ -249,7 +250,16 @@ if AVAILABLE:
     @triton.jit
     def _gemv_epilogue(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                        NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr):
-        """acc (acc2: the up rows) [M, BLOCK_N]: row scale of the norm, bias, gated activation, store."""
+        """acc (acc2: the up rows) [M, BLOCK_N]: _gemv_values, stored."""
+        acc = _gemv_values(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, NORM, HAS_BIAS, GATED, ACT)
+        ym = m_ok[:, None] & n_ok[None, :]
+        tl.store(Y + rm[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=ym)
+
+    @triton.jit
+    def _gemv_values(acc, acc2, ss, K, eps, BIAS, rn, n_ok, N, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     GATED: tl.constexpr, ACT: tl.constexpr):
+        """acc (acc2: the up rows) [M, BLOCK_N] in fp32 after the row scale of the norm, the bias and
+        the gated activation."""
         if NORM:
             rs = tl.rsqrt(ss / K + eps)
             acc = acc * rs[:, None]
@@ -265,8 +275,47 @@ if AVAILABLE:
             else:  # gelu, tanh approximation: 0.5 x (1 + tanh(u)) = x * sigmoid(2u)
                 u = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
                 acc = acc * tl.sigmoid(2.0 * u) * acc2
-        ym = m_ok[:, None] & n_ok[None, :]
-        tl.store(Y + rm[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=ym)
+        return acc
+
+    @triton.jit
+    def _gemv_sums(X, sxm, D, sdm, WD, WN, R, srm, w_rows, w2_rows, w_nx, w2_nx, pid, rm, rk, m_ok, n_ok,
+                   span, K, eps, HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr,
+                   GEMMA: tl.constexpr, GATED: tl.constexpr, WRITE_R: tl.constexpr, IEEE: tl.constexpr,
+                   MMA: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+        """A GEMV program's loop over `span` columns of K from rk (its slice): the accumulators
+        (_acc_zeros's form; the up rows' in the second when GATED) and the rows' sums of squares
+        of x' (for the norm), after the program has waited for its inputs."""
+        wdt = w_rows.dtype.element_ty
+        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_K)
+        ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        acc_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc2_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
+        for k0 in range(0, span, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < K
+            w, w2, w_nx, w2_nx = _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED, PREFETCH, BLOCK_K)
+            xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
+                                 HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
+            if NORM:
+                ss2 += xf * xf
+            xw = xn.to(wdt)
+            if MMA:
+                xt = tl.trans(xw)
+                acc_t += _dot(w, xt, IEEE)
+                if GATED:
+                    acc2_t += _dot(w2, xt, IEEE)
+            elif BLOCK_M == 1:
+                xw1 = tl.sum(xw.to(tl.float32), axis=0)[None, :]  # [BLOCK_K]: w's layout decides
+                acc_t += _row_partial(xw1, w, BLOCK_N, BLOCK_K)
+                if GATED:
+                    acc2_t += _row_partial(xw1, w2, BLOCK_N, BLOCK_K)
+            else:
+                xw3 = xw.to(tl.float32)[:, None, :]
+                acc_t += xw3 * w.to(tl.float32)[None, :, :]
+                if GATED:
+                    acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
+        return acc_t, acc2_t, tl.sum(ss2, axis=1)
 
     @triton.jit
     def _gemv_kernel(
@@ -299,40 +348,67 @@ if AVAILABLE:
         split = tl.program_id(1)
         k_lo, k_hi = _split_range(split, K, SPLIT_K, BLOCK_K)
         rk = rk + k_lo
-        wdt = W.dtype.element_ty
         # PREFETCH: the first weight tile now; each iteration then loads the next before its arithmetic
         w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, GATED, PREFETCH)
         _pdl_enter(PDL)
-        rsd = _delta_scale(D, sdm, rm, m_ok, K, eps, HAS_D, D_NORM, BLOCK_M, BLOCK_K)
-        ss2 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        acc_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
-        acc2_t = _acc_zeros(MMA, BLOCK_M == 1, BLOCK_M, BLOCK_N, BLOCK_K)
-        for k0 in range(0, k_hi - k_lo, BLOCK_K):
-            kk = k0 + rk
-            k_ok = kk < K
-            w, w2, w_nx, w2_nx = _loop_tiles(w_rows, w2_rows, n_ok, kk, K, w_nx, w2_nx, GATED, PREFETCH, BLOCK_K)
-            xf, xn = _input_tile(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, kk, k_ok, rsd, pid,
-                                 HAS_D, D_NORM, NORM, GEMMA, WRITE_R)
-            if NORM:
-                ss2 += xf * xf
-            xw = xn.to(wdt)
-            if MMA:
-                xt = tl.trans(xw)
-                acc_t += _dot(w, xt, IEEE)
-                if GATED:
-                    acc2_t += _dot(w2, xt, IEEE)
-            elif BLOCK_M == 1:
-                xw1 = tl.sum(xw.to(tl.float32), axis=0)[None, :]  # [BLOCK_K]: w's layout decides
-                acc_t += _row_partial(xw1, w, BLOCK_N, BLOCK_K)
-                if GATED:
-                    acc2_t += _row_partial(xw1, w2, BLOCK_N, BLOCK_K)
-            else:
-                xw3 = xw.to(tl.float32)[:, None, :]
-                acc_t += xw3 * w.to(tl.float32)[None, :, :]
-                if GATED:
-                    acc2_t += xw3 * w2.to(tl.float32)[None, :, :]
-        _finish(acc_t, acc2_t, tl.sum(ss2, axis=1), P, CNT, pid, split, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
+        acc_t, acc2_t, ss = _gemv_sums(X, sxm, D, sdm, WD, WN, R, srm, w_rows, w2_rows, w_nx, w2_nx,
+                                       pid, rm, rk, m_ok, n_ok, k_hi - k_lo, K, eps,
+                                       HAS_D, D_NORM, NORM, GEMMA, GATED, WRITE_R, IEEE, MMA, PREFETCH,
+                                       BLOCK_M, BLOCK_N, BLOCK_K)
+        _finish(acc_t, acc2_t, ss, P, CNT, pid, split, K, eps, BIAS, rn, n_ok, N, Y, sym, rm, m_ok,
                 NORM, HAS_BIAS, GATED, ACT, MMA, SPLIT_K, BLOCK_M, BLOCK_N)
+
+    @triton.jit
+    def _mlp_kernel(
+        X, sxm, D, sdm, WD, WN, W, swn, BIAS, WO, soh, soj, BIAS_O, OUT, som, R, srm,
+        M, N, K, eps,
+        HAS_D: tl.constexpr, D_NORM: tl.constexpr, NORM: tl.constexpr, GEMMA: tl.constexpr,
+        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BIAS_O: tl.constexpr, WRITE_R: tl.constexpr,
+        IEEE: tl.constexpr, PREFETCH: tl.constexpr, O_EARLY: tl.constexpr, PDL: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):
+        """A gated MLP of a few rows as one kernel: OUT[M, K] += a @ Wo^T with a = act(f(X) @ Wg^T)
+        * (f(X) @ Wu^T), f as in _gemv_kernel (the residual add, written to R, and the norm), W
+        [2N, K] (gate rows, then up rows), Wo [K, N] at strides (soh, soj) (the down projection,
+        as stored or transposed). Program pid computes a's columns pid*BLOCK_N.. exactly as the
+        gated _gemv_kernel does (reduction form), rounds them to X's dtype as the separate down
+        projection's input would be, and adds its share of the down projection, those columns of
+        Wo times them, to OUT with atomic adds: one kernel and no round trip of `a` through
+        memory instead of two kernels. OUT (fp32) must hold zeros (or what the sum adds to);
+        the order of the adds varies, so the result varies within fp32 rounding from run to run.
+        O_EARLY: the program's first tile of Wo is loaded before it waits for its inputs."""
+        pid, rm, rn, rk, m_ok, n_ok = _program_tiles(M, N, BLOCK_M, BLOCK_N, BLOCK_K)
+        w_rows, w2_rows, w_nx, w2_nx = _weight_start(W, swn, rn, n_ok, rk, N, K, True, PREFETCH)
+        rh = tl.arange(0, BLOCK_H)
+        o_rows = WO + rn[:, None] * soj
+        o_nx = tl.zeros([BLOCK_N, BLOCK_H], dtype=WO.dtype.element_ty)
+        if O_EARLY:
+            o_nx = tl.load(o_rows + rh[None, :] * soh, mask=n_ok[:, None] & (rh < K)[None, :], other=0.0)
+        _pdl_enter(PDL)
+        acc_t, acc2_t, ss = _gemv_sums(X, sxm, D, sdm, WD, WN, R, srm, w_rows, w2_rows, w_nx, w2_nx,
+                                       pid, rm, rk, m_ok, n_ok, K, K, eps,
+                                       HAS_D, D_NORM, NORM, GEMMA, True, WRITE_R, IEEE, False, PREFETCH,
+                                       BLOCK_M, BLOCK_N, BLOCK_K)
+        acc, up = _acc_results(acc_t, acc2_t, True, False, BLOCK_M == 1)
+        a = _gemv_values(acc, up, ss, K, eps, BIAS, rn, n_ok, N, NORM, HAS_BIAS, True, ACT)
+        a = tl.where(m_ok[:, None] & n_ok[None, :], a.to(X.dtype.element_ty).to(tl.float32), 0.0)
+        a3 = tl.trans(a)[:, :, None]  # [BLOCK_N, BLOCK_M, 1]
+        for h0 in range(0, K, BLOCK_H):
+            hh = h0 + rh
+            h_ok = hh < K
+            if O_EARLY:
+                if h0 == 0:
+                    wo = o_nx
+                else:
+                    wo = tl.load(o_rows + hh[None, :] * soh, mask=n_ok[:, None] & h_ok[None, :], other=0.0)
+            else:
+                wo = tl.load(o_rows + hh[None, :] * soh, mask=n_ok[:, None] & h_ok[None, :], other=0.0)
+            part = tl.sum(a3 * wo.to(tl.float32)[:, None, :], axis=0)  # [BLOCK_M, BLOCK_H]
+            if HAS_BIAS_O:
+                first = (pid == 0).to(tl.float32)  # the bias once, from program 0
+                part += first * tl.load(BIAS_O + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+            tl.atomic_add(OUT + rm[:, None] * som + hh[None, :], part, mask=m_ok[:, None] & h_ok[None, :],
+                          sem="relaxed")
 
     @triton.jit
     def _split_range(split, total, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
@@ -780,6 +856,70 @@ def gemv(x: Tensor, weight: Tensor, *, bias: Tensor | None = None, norm: Tensor 
         _gemv_kernel[grid](*operands, partials, counters, *sizes, IEEE=weight.dtype == torch.float32, MMA=mma,
                            BLOCK_M=block_m, SPLIT_K=split_k, **flags)
     return y.view(*lead, n), (r.view(*lead, k) if delta is not None else None)
+
+
+# mlp's rows and its configurations: (BLOCK_N, BLOCK_K, num_warps, num_stages, BLOCK_H, O_EARLY)
+MAX_MLP_ROWS = 2
+# (m, N, K, pdl) -> a configuration that replaces mlp_config's default (kernel_bench.py --mlp's
+# sweep installs its best here for the step timings that follow it in the same process)
+MLP_TUNED: dict[tuple[int, int, int, bool], tuple] = {}
+
+
+def mlp_config(m: int, n: int, k: int, pdl: bool = False) -> tuple:
+    """mlp's launch configuration for m rows, N intermediate columns and hidden size K: programs
+    of 16 intermediate columns, so the atomic adds (K per program) stay a few percent of the
+    weights' traffic. First guess, to be replaced by the H200 sweep (kernel_bench.py --mlp)."""
+    tuned = MLP_TUNED.get((m, n, k, bool(pdl)))
+    if tuned is not None:
+        return tuned
+    block_k = 512 if k > 512 else 256
+    return (16, block_k, 4, 2, 512, pdl)
+
+
+def mlp(x: Tensor, weight: Tensor, down: Tensor, out: Tensor, *, bias: Tensor | None = None,
+        down_bias: Tensor | None = None, norm: Tensor | None = None, gemma: bool = False, eps: float = 1e-6,
+        delta: Tensor | None = None, delta_norm: Tensor | None = None, act: str = "silu",
+        config: tuple | None = None, pdl: bool = False) -> Tensor | None:
+    """out += (act(f(x) @ Wg.T) * (f(x) @ Wu.T)) @ down.T for x [..., K] of at most MAX_MLP_ROWS rows,
+    as one kernel (_mlp_kernel): weight [2N, K] (gate rows, then up rows, as gemv's `act` form),
+    down [K, N] (the down projection's weight; any strides, e.g. a transposed copy's .t()), out
+    fp32 [..., K] holding zeros. f, bias, norm, gemma, eps, delta, delta_norm as gemv's; returns
+    the residual stream after the add when `delta` is given (gemv's second result), else None.
+    The atomic adds make out's last bits vary from run to run: for steps whose rounding does not
+    decide the output (a draft model's), see FusedModel's mlp_rows."""
+    k = x.shape[-1]
+    n = weight.shape[0] // 2
+    if weight.stride(-1) != 1:
+        raise ValueError("mlp needs a row-major gate/up weight")
+    if down.shape != (k, n):
+        raise ValueError(f"mlp: the down projection must be [{k}, {n}], got {list(down.shape)}")
+    if out.dtype != torch.float32 or out.shape[-1] != k or not out.is_contiguous():
+        raise ValueError("mlp accumulates into a contiguous fp32 output of the hidden size")
+    x2, _, d2, r = gemv_operands(x, 0, delta, MAX_MLP_ROWS, "mlp")
+    m = x2.shape[0]
+    out2 = out.view(-1, k)
+    if out2.shape[0] != m:
+        raise ValueError(f"mlp: {m} rows in, {out2.shape[0]} rows of output")
+    if config is None:
+        config = mlp_config(m, n, k, pdl)
+        if not x.is_cuda:
+            config = (max(config[0], 64), *config[1:])  # as interpreted(): fewer programs
+    block_n, block_k, warps, stages, block_h, early = config
+    block_k = min(block_k, max(16, triton.next_power_of_2(k)))
+    block_h = min(block_h, max(16, triton.next_power_of_2(k)))
+    block_n = min(block_n, triton.next_power_of_2(n))
+    grid = (triton.cdiv(n, block_n),)
+    _mlp_kernel[grid](
+        x2, x2.stride(0), d2, d2.stride(0), delta_norm if delta_norm is not None else x2,
+        norm if norm is not None else x2, weight, weight.stride(0), bias if bias is not None else x2,
+        down, down.stride(0), down.stride(1), down_bias if down_bias is not None else x2, out2, out2.stride(0),
+        r, r.stride(0), m, n, k, float(eps),
+        HAS_D=delta is not None, D_NORM=delta_norm is not None, NORM=norm is not None, GEMMA=bool(gemma),
+        ACT=ACTIVATIONS[act], HAS_BIAS=bias is not None, HAS_BIAS_O=down_bias is not None,
+        WRITE_R=delta is not None, IEEE=weight.dtype == torch.float32, PREFETCH=bool(pdl), O_EARLY=bool(early),
+        BLOCK_M=max(1, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_H=block_h,
+        num_warps=warps, num_stages=stages, **_pdl_args(pdl))
+    return r.view(*x.shape) if delta is not None else None
 
 
 def split_buffers(dummy: Tensor, tiles: int, split_k: int, block_n: int, block_m: int) -> tuple[Tensor, Tensor]:

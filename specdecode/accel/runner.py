@@ -59,14 +59,16 @@ class ModelRunner(ModelStep):
     `pdl`, `multi_row`, `fold_combine`, `max_mixed_rows`, `nf4_kernel_rows`: see FusedModel (profiling and tests; the defaults are the measured choices). `nf4`: let
     the fused layers run bitsandbytes NF4 Linear4bit weights (FusedModel's nf4; Execution.nf4 turns
     it on for models that hold them, e.g. `--quantized`). `head_fp8`: the kernel steps read an e4m3
-    copy of the vocabulary head (FusedModel's head_fp8: a draft model's, `--draft-fp8-head`)."""
+    copy of the vocabulary head (FusedModel's head_fp8: a draft model's, `--draft-fp8-head`).
+    `mlp_rows`: kernel steps of at most this many rows run each gated MLP as one kernel
+    (FusedModel's mlp_rows: a draft model's, `--draft-fused-mlp`)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
                  fold_combine: bool = False, max_mixed_rows: int | None = None,
-                 nf4_kernel_rows: int | None = None, head_fp8: bool = False) -> None:
+                 nf4_kernel_rows: int | None = None, head_fp8: bool = False, mlp_rows: int = 0) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -82,7 +84,8 @@ class ModelRunner(ModelStep):
                                         inductor_options=inductor_options, pdl=pdl, nf4=nf4,
                                         multi_row=multi_row, fold_combine=fold_combine,
                                         max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows,
-                                        compile_prefill=compile and self.graphs, head_fp8=head_fp8)
+                                        compile_prefill=compile and self.graphs, head_fp8=head_fp8,
+                                        mlp_rows=mlp_rows)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:
@@ -120,6 +123,8 @@ class ModelRunner(ModelStep):
                          f"{larger}{pdl})")
             if self.fused.head_fp8 is not None:
                 parts.append("e4m3 (fp8) vocabulary head")
+            if self.fused.mlp_rows:
+                parts.append(f"the gated MLP as one kernel in steps of <= {self.fused.mlp_rows} rows")
         elif self.fused is not None and self.fused.kernel_error:
             parts.append(f"no Triton kernels ({self.fused.kernel_error})")
         if self.fused is not None and self.fused.nf4 and not self.fused.kernels:
