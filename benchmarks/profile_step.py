@@ -142,7 +142,7 @@ def main():
                     help="the attention's new tokens on a split of their own (kernels.NEW_TOKENS_APART)")
     ap.add_argument("--mlp-rows", nargs="+", type=int, default=[0],
                     help="steps of at most this many rows run each gated MLP as one kernel (FusedModel's "
-                         "mlp_rows, both models here; the product: the draft's, api.DRAFT_MLP_ROWS)")
+                         "mlp_rows, both models here; off in the product)")
     ap.add_argument("--mlp-tuned", default=None, metavar="JSON",
                     help="kernel_bench.py --mlp --sweep --pdl results: their best stored-layout configurations "
                          "installed in kernels.MLP_TUNED")

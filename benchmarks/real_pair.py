@@ -266,8 +266,6 @@ def run(args) -> None:
         # the draft's head in bf16, named: the default since stop 28 (k5_warm runs the same; stop 28's A/B
         # against the e4m3 head, then the default, kept under this name)
         "k5_bf16_draft_head": ["--k", "5", "--no-draft-fp8-head", *n],
-        # the draft's MLPs as two kernels a layer, as before --draft-fused-mlp (stop 30's A/B)
-        "k5_draft_mlp_apart": ["--k", "5", "--no-draft-fused-mlp", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],
         "k5_batch4": ["--k", "5", "--batch-size", "4", *n],

@@ -168,11 +168,6 @@ _TRUNCATION_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # (Hugging Face's assistant_confidence_threshold default is the same 0.4)
 DRAFT_CONFIDENCE = 0.4
 
-# --draft-fused-mlp (on by default): the draft model's kernel steps of at most this many rows (its
-# one-token steps and a round's first, two-token step) run each layer's gated MLP as one kernel
-# (kernels.mlp). Not the target's: its sums' order varies, and the target's logits are the output.
-DRAFT_MLP_ROWS = 2
-
 
 def _stop_below(settings: Settings, runner=None) -> float | None:
     """The confidence stop of --k auto. Not on fixed-shape steps (compiled, captured): there every
@@ -247,9 +242,9 @@ class SpeculativeDecoder:
         ex = self.execution(loaded)
         key = self._runner_key(loaded)
         if key not in self._runners:
-            head8, mlp_rows = key[-2:]
+            head8 = key[-1]
             runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
-                                 kernels=ex.kernels, nf4=ex.nf4, head_fp8=head8, mlp_rows=mlp_rows)
+                                 kernels=ex.kernels, nf4=ex.nf4, head_fp8=head8)
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
@@ -262,12 +257,8 @@ class SpeculativeDecoder:
 
     def _runner_key(self, loaded: LoadedModel) -> tuple:
         """(model, its execution, whether its head is read in fp8: the draft model's, see
-        draft_fp8_head; the rows of its steps whose MLP runs as one kernel: the draft model's
-        unless it is the target too, see DRAFT_MLP_ROWS)."""
-        draft = loaded is self.draft and loaded is not self.target
-        mlp_rows = DRAFT_MLP_ROWS if draft and self.settings.draft_fused_mlp else 0
-        return (id(loaded.model), self.execution(loaded).key(), loaded is self.draft and self.draft_fp8_head(loaded),
-                mlp_rows)
+        draft_fp8_head)."""
+        return (id(loaded.model), self.execution(loaded).key(), loaded is self.draft and self.draft_fp8_head(loaded))
 
     def draft_fp8_head(self, loaded: LoadedModel) -> bool:
         """Whether the draft model's kernel steps read an e4m3 copy of its head (--draft-fp8-head,

@@ -174,11 +174,6 @@ class Settings(BaseModel):
                            "half its bytes, proposals chosen from slightly rounded logits; the output is unchanged. "
                            "Needs the Triton kernels and a GPU of compute capability 8.9+"
     )
-    draft_fused_mlp: bool = Field(
-        True, description="the draft model's one- and two-row kernel steps run each layer's gated MLP as one "
-                          "kernel (gate/up and down meeting by atomic adds: one kernel fewer a layer, last bits "
-                          "of the draft's logits vary from run to run); the output is unchanged"
-    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

@@ -368,24 +368,6 @@ def test_kernel_steps_with_the_mlp_as_one_kernel_match_transformers_fp32(arch):
         ModelRunner(model, fused=True, kernels=True, mlp_rows=kernels.MAX_MLP_ROWS + 1)
 
 
-def test_draft_fused_mlp_setting(llama_pair):
-    """--draft-fused-mlp (on by default): the draft's runner takes DRAFT_MLP_ROWS, the target's
-    none (its logits are the output); --no-draft-fused-mlp: neither."""
-    from specdecode.api import DRAFT_MLP_ROWS, SpeculativeDecoder
-    from specdecode.settings import Settings
-
-    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.draft), device="cpu", dtype="float32",
-                 chat=False)
-    dec = SpeculativeDecoder.from_settings(s)
-    assert DRAFT_MLP_ROWS == kernels.MAX_MLP_ROWS
-    assert dec._runner_key(dec.draft)[-1] == DRAFT_MLP_ROWS
-    assert dec._runner_key(dec.target)[-1] == 0
-    off = dec.with_settings(draft_fused_mlp=False)
-    assert off._runner_key(off.draft)[-1] == 0
-    runner = dec.runner(dec.draft)
-    assert runner.fused is None or runner.fused.mlp_rows == DRAFT_MLP_ROWS
-
-
 @pytest.mark.parametrize("multi_row, arch", [("mixed", "gemma3"), pytest.param("hybrid", "gemma3", marks=SLOW_ON_CPU),
                                              pytest.param("mixed", "llama", marks=SLOW_ON_CPU),
                                              pytest.param("hybrid", "llama", marks=SLOW_ON_CPU)])

@@ -523,9 +523,10 @@ class FusedModel:
         layer's gated MLP as one kernel (kernels.mlp: gate/up and the down projection, whose sums
         meet by atomic adds in an fp32 buffer the next layer's qkv product reads as its residual
         delta) instead of two; bf16 weights only. Its sums' order varies from run to run, so the
-        logits may differ in their last bits between identical steps: for a draft model, whose
-        logits only choose proposals the target verifies (the settings' default, DRAFT_MLP_ROWS);
-        0 (the default here) keeps every step deterministic.
+        logits may differ in their last bits between identical steps (fit for a draft model, whose
+        logits only choose proposals the target verifies). Off (0): on the H200 at the Qwen2.5
+        0.5B draft's shapes under PDL the one kernel took 13.6 us against 11.5 us for the two
+        (benchmarks/results/2026-12-04-h200-kernels-mlp-stop30.txt).
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run

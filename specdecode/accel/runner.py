@@ -61,7 +61,7 @@ class ModelRunner(ModelStep):
     it on for models that hold them, e.g. `--quantized`). `head_fp8`: the kernel steps read an e4m3
     copy of the vocabulary head (FusedModel's head_fp8: a draft model's, `--draft-fp8-head`).
     `mlp_rows`: kernel steps of at most this many rows run each gated MLP as one kernel
-    (FusedModel's mlp_rows: a draft model's, `--draft-fused-mlp`)."""
+    (FusedModel's mlp_rows; measured slower on the H200, off: profiling and tests)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
