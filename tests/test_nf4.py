@@ -653,6 +653,8 @@ def _steps(runner, widths):
 
 
 def _check_steps(arch, double_quant, widths=(1, 2, 6, 17), kernel_rows=16):
+    """The NF4 model's fused steps (prefill, then steps of `widths` rows) against the dense fp32
+    fused path; returns the NF4 runner."""
     from specdecode.accel.runner import ModelRunner
 
     model = _quantize(_tiny(arch), double_quant=double_quant)
@@ -671,6 +673,7 @@ def _check_steps(arch, double_quant, widths=(1, 2, 6, 17), kernel_rows=16):
     for q, a, b in zip((10, *widths), expected, got):  # prefill, kernel steps, and 17 rows (dequantized)
         assert b.shape == a.shape
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"step of {q} rows: {m}")
+    return runner
 
 
 @needs_bnb
@@ -686,21 +689,25 @@ def test_fused_nf4_steps_match_the_dequantized_model(wide_nf4_config):
 @pytest.mark.skipif(DEV == "cuda", reason="a CPU model on the kernels through Triton's interpreter; on a GPU "
                     "machine (no interpreter) CPU tensors fall back to the compiled layers")
 def test_nf4_steps_past_the_kernel_rows_run_dequantized(wide_nf4_config, monkeypatch):
-    """By default (fused.NF4_KERNEL_ROWS) steps of one and two rows run on the NF4 GEMV and the
-    verify's 6 rows on weights dequantized by one kernel (nf4.dequantize_nf4_fast), through the bf16
-    kernels' mixed step (_nf4_mixed_forward): the same values."""
+    """By default (fused.NF4_KERNEL_ROWS, 16) steps of 1, 2 and 6 rows (the verify of k 5) run on
+    the NF4 GEMV and 17 rows on the compiled layers over weights dequantized one layer at a time
+    (nf4.dequantize_nf4_fast); with fewer kernel rows, the steps past them up to max_mixed_rows run
+    the bf16 kernels' mixed step over dequantized layers (_nf4_mixed_forward): the same values."""
     from specdecode.accel import fused as fused_mod
 
     calls = []
     fast = nf4.dequantize_nf4_fast
     monkeypatch.setattr(nf4, "dequantize_nf4_fast", lambda *a, **k: calls.append(1) or fast(*a, **k))
-    assert fused_mod.NF4_KERNEL_ROWS == 2
+    assert fused_mod.NF4_KERNEL_ROWS == 16
     mixed = []
     step = fused_mod.FusedModel._nf4_mixed_forward
     monkeypatch.setattr(fused_mod.FusedModel, "_nf4_mixed_forward", lambda self, *a: mixed.append(a[0].shape) or step(self, *a))
-    _check_steps("llama", True, widths=(1, 2, 6, 17), kernel_rows=None)
-    assert calls  # prefill and the 6-row step dequantized through dequantize_nf4_fast (the kernel on CUDA)
-    assert mixed == [torch.Size([1, 6])]  # 17 rows: past max_mixed_rows, the compiled layers' path
+    runner = _check_steps("llama", True, widths=(1, 2, 6, 17), kernel_rows=None)
+    assert calls  # prefill and the 17-row step dequantized through dequantize_nf4_fast (the kernel on CUDA)
+    assert mixed == []
+    assert {(b, q) for b, q, _ in runner.fused._kernel_shapes} == {(1, 1), (1, 2), (1, 6)}
+    _check_steps("llama", True, widths=(1, 6), kernel_rows=2)
+    assert mixed == [torch.Size([1, 6])]
 
 
 @needs_bnb

@@ -930,13 +930,13 @@ DEFAULT_MULTI_ROW = "mixed"
 # benchmarks/results/2026-12-03-h200-real-pair-mixed{16,32}.md)
 MAX_MIXED_ROWS = 16
 # NF4 layers run steps of at most this many rows on the NF4 GEMV (the draft's and the target's
-# own steps); larger ones (the verify) take the layer's weights dequantized by one kernel
-# (nf4.dequantize_nf4_fast, ~3.2 TB/s) and, up to max_mixed_rows, the bf16 kernels' mixed step
-# (_nf4_mixed_forward), else the compiled layers on cuBLAS. On the H200 the NF4 forms at 6 rows
-# read their weights at 48-280 GB/s (a verify step 6-8x bf16's), the dequantized path (compiled
-# layers) is 2.17x bf16's (benchmarks/results/2026-12-03-h200-nf4.md, -nf4-stop26.md), and NF4
-# tensor-core forms that decode each tile once measured slower still (nf4_mma_probe.py, probe 5)
-NF4_KERNEL_ROWS = 2
+# own steps and the verify of k up to 15 at batch 1); larger ones take the layer's weights
+# dequantized by one kernel (nf4.dequantize_nf4_fast, ~3.2 TB/s) and, up to max_mixed_rows, the
+# bf16 kernels' mixed step (_nf4_mixed_forward), else the compiled layers on cuBLAS. On the H200
+# at Qwen2.5 1.5B's shapes the 6-row step on the NF4 tensor-core form with K in slices took 2.45
+# ms (benchmarks/results/2026-12-04-h200-nf4-stop30.md) against 2.79 ms dequantized (stop 29;
+# 3.12 ms on the NF4 kernels before K was sliced), bf16 1.53 ms
+NF4_KERNEL_ROWS = 16
 
 def _raise_recompile_limit(limit: int = 64) -> None:
     """Each (batch, q) step shape compiles once per model; the default limit (8) is too low for a

@@ -946,10 +946,10 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
 
     Defaults: the best of the H200 sweeps (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
     Llama 3.1 8B shapes; benchmarks/results/2026-12-04-h200-nf4-stop29-models.md for one row,
-    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop29-mma.md for six) by kind and size:
-    the reduction form on the byte permutes at one row, on the map loads at two, the tensor-core
-    form on the permutes at more (but the long-K down projection). FusedModel runs steps of more
-    than NF4_KERNEL_ROWS rows on dequantized weights, which measured faster at 6 rows."""
+    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop30.md for six) by kind and size: the
+    reduction form on the byte permutes at one row, on the map loads at two, the tensor-core form
+    on the permutes with K in four slices at more (the plain o projection in one). FusedModel runs
+    steps of more than NF4_KERNEL_ROWS rows on dequantized weights."""
     found = NF4_GEMV_CONFIG.get(nf4_config_key(m, n, k, gated, norm))
     if found is None:
         found = NF4_GEMV_CONFIG.get((m, n, k))
@@ -964,22 +964,20 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
             return ("reduce", 2, 2048, 4, 2) if k <= 10240 else ("reduce", 8, 1024, 8, 2)
         return ("reduce", 8, 1024, 8, 2)  # o
     if m == 2:
+        if gated:  # (gate/up is normed too: its branch first)
+            return ("reduce", 4, 512, 2, 2) if k <= 1536 else ("reduce", 8, 512, 4, 2)
         if norm:
             return ("reduce", 8, 512, 4, 2)
-        if gated:
-            return ("reduce", 4, 512, 2, 2) if k <= 1536 else ("reduce", 8, 512, 4, 2)
         return ("reduce", 4, 2048, 4, 2) if n <= 1536 else ("reduce", 4, 1024, 4, 2)
-    # more rows (the verify; steps past NF4_KERNEL_ROWS only where FusedModel is given more): the
-    # tensor-core form on the permutes, the best of stop 29's Qwen2.5 1.5B sweep at 6 rows
-    # (benchmarks/results/2026-12-04-h200-nf4-stop29-mma.md), except the long-K down projection,
-    # whose few column tiles leave the tensor-core form short of programs
-    if gated:
-        return ("mma", 64, 128, 4, 3)
-    if norm:
-        return ("mma", 64, 256, 8, 2)
+    # more rows (the verify): the tensor-core form on the permutes with K in 4 slices, the best of
+    # stop 30's Qwen2.5 1.5B sweep at 6 rows (benchmarks/results/2026-12-04-h200-nf4-stop30.md: qkv
+    # 14.7 -> 8.5 us, gate/up 37.4 -> 28.5, down 36.7 -> 27.2 against stop 29's unsliced defaults);
+    # the o projection unsliced (8.2 us, 9.3 in slices)
+    if gated or norm:
+        return ("mma", 64, 128, 4, 3, None, None, 4)
     if k >= 8192:
-        return ("reduce", 4, 1024, 4, 2)
-    return ("mma", 16, 512, 4, 2)
+        return ("mma", 16, 512, 4, 2, None, None, 4)
+    return ("mma", 32, 512, 8, 2)
 
 
 def _pair_table(code: Tensor) -> Tensor:
