@@ -108,8 +108,8 @@ def sweep_grid(m: int) -> list[tuple]:
     form with 16 packed bytes per thread a weight tile (BLOCK_N x BLOCK_K / 2 = 16 x 32 x warps)
     from 1 to 8 weight rows a program, one 32-byte variant, the pair-table lookup once, and the
     tensor-core form (its products cost no ALU; the decoded tile is its left operand). More rows:
-    the tensor-core form over BLOCK_N 16..64, BLOCK_K 128..512, warps and stages, two with K in
-    slices, one reduction-form and one pair-table entry."""
+    the tensor-core form around stop 30's bests (K in 4 slices for q/k/v, gate/up and down; o
+    whole): the same tiles in 2 and 8 slices, neighbouring tiles in 4, and unsliced forms."""
     if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, the
         # plain products' input read as pairs against split from the contiguous tile (the default),
         # and the tensor-core form on the permutes
@@ -124,10 +124,11 @@ def sweep_grid(m: int) -> list[tuple]:
                 ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),  # 32 bytes a thread
                 ("reduce", 4, 1024, 4, 2, "pair"),
                 ("mma", 16, 256, 4, 2), ("mma", 32, 256, 4, 3), ("mma", 16, 512, 8, 2)]
-    return [("mma", 16, 256, 4, 2), ("mma", 16, 512, 4, 2), ("mma", 32, 256, 4, 2), ("mma", 32, 128, 4, 3),
-            ("mma", 64, 128, 4, 3), ("mma", 16, 256, 2, 2), ("mma", 32, 512, 8, 2), ("mma", 64, 256, 8, 2),
-            ("mma", 16, 256, 4, 2, "pair"), ("reduce", 4, 1024, 4, 2),
-            ("mma", 16, 512, 4, 2, None, None, 4), ("mma", 64, 128, 4, 3, None, None, 4)]  # K in 4 slices
+    s = lambda *cfg, k: (*cfg, None, None, k)  # noqa: E731  (K in k slices)
+    return [s("mma", 64, 128, 4, 3, k=4), s("mma", 64, 128, 4, 3, k=2), s("mma", 64, 128, 4, 3, k=8),
+            s("mma", 32, 128, 4, 3, k=4), s("mma", 32, 256, 4, 2, k=4), s("mma", 64, 256, 8, 2, k=4),
+            s("mma", 16, 512, 4, 2, k=4), s("mma", 16, 512, 4, 2, k=8), s("mma", 16, 256, 4, 2, k=8),
+            s("mma", 32, 512, 8, 2, k=2), ("mma", 32, 512, 8, 2), ("mma", 16, 512, 4, 2), ("mma", 64, 128, 4, 3)]
 
 
 def model_products(tcfg) -> list[dict]:
@@ -245,9 +246,10 @@ def sweep(name: str, tcfg, args, budget: float) -> list[dict]:
     pdl = cuda and kernels.pdl_usable(torch.device("cuda")) and not args.no_pdl
     prods = model_products(tcfg)
     t0 = time.perf_counter()
-    grids = {(p["kind"], m): (sweep_grid(m) if cuda else sweep_grid(m)[:1]) for p in prods for m in SWEEP_ROWS}
+    rows_swept = tuple(args.sweep_rows) if getattr(args, "sweep_rows", None) else SWEEP_ROWS
+    grids = {(p["kind"], m): (sweep_grid(m) if cuda else sweep_grid(m)[:1]) for p in prods for m in rows_swept}
     if cuda:
-        jobs = [(p, m, cfg, pdl) for p in prods for m in SWEEP_ROWS for cfg in grids[(p["kind"], m)]]
+        jobs = [(p, m, cfg, pdl) for p in prods for m in rows_swept for cfg in grids[(p["kind"], m)]]
         ok = precompile(jobs)
         good = {(j[0]["kind"], j[1], j[2]) for j, o in zip(jobs, ok) if o}
         print(f"{name}: compiled {sum(ok)}/{len(jobs)} configs in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -258,7 +260,7 @@ def sweep(name: str, tcfg, args, budget: float) -> list[dict]:
         nbytes = nf4.nf4_nbytes(rows * p["k"]) if not p["merged"] else rows * p["k"] // 2 + 4 * rows * p["k"] // 64
         copies = max(1, min(256, math.ceil(COLD_BYTES / nbytes))) if cuda else 1
         ws, run = product_call(p, 1, gpu_bench.DEV, copies)
-        for m in SWEEP_ROWS:
+        for m in rows_swept:
             ws_m, run_m = ws, product_call(p, m, gpu_bench.DEV, 0)[1]
             default = nf4.nf4_gemv_config(m, p["n"], p["k"], p["act"] is not None, p["norm"])
             rec = dict(kind=p["kind"], rows=m, n=p["n"], k=p["k"], mb=nbytes / 1e6, default_config=list(default))
@@ -388,6 +390,8 @@ def main() -> None:
     ap.add_argument("--sweep-budget", type=float, default=90.0,
                     help="seconds of config timing in all (split over the pairs; compiling not counted)")
     ap.add_argument("--no-pdl", action="store_true", help="sweep without programmatic dependent launch")
+    ap.add_argument("--sweep-rows", nargs="+", type=int, default=None,
+                    help=f"the rows the sweep times (default {' '.join(map(str, SWEEP_ROWS))})")
     ap.add_argument("--verify-rows", type=int, default=6, help="also time the steps at this many rows (0: not)")
     ap.add_argument("--nf4-kernel-rows", type=int, default=None,
                     help="NF4 steps of at most this many rows wholly on the NF4 kernels (default: fused.NF4_KERNEL_ROWS)")

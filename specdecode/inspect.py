@@ -255,15 +255,11 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     if c is not None and c >= 0.5:
         warnings.append(f"c = {c:.2f}: a draft step costs at least half a target step; speculation can hardly pay off")
     if quantized and target["decode_step"] == "fused NF4":
-        from .accel.fused import NF4_KERNEL_ROWS
-
         warnings.append(
-            f"--quantized: steps of more than {NF4_KERNEL_ROWS} rows (the verify of k >= {NF4_KERNEL_ROWS}) run on "
-            "each layer's weights dequantized to the compute dtype, then the bf16 kernels; on an H200 a 6-row Qwen2.5 "
-            "1.5B NF4 step cost 2.2x a one-token NF4 step (on cuBLAS), where the prediction below prices the verify as "
-            "one step (the real Qwen2.5-Coder 0.5B -> 1.5B pair in NF4, k 5: 0.90x the NF4 target alone; in bf16 "
-            "1.31x); "
-            "--measure N times it"
+            "--quantized: the verify's k + 1 rows cost the NF4 kernels more than one token does (on an H200 a 6-row "
+            "Qwen2.5 1.5B NF4 step is 1.8x a one-token NF4 step, in bf16 1.26x), where the prediction below prices "
+            "the verify as one step (the real Qwen2.5-Coder 0.5B -> 1.5B pair, k 5: 0.93x the NF4 target alone with "
+            "both models in NF4, 1.15x with --no-quantize-draft, 1.26x in bf16); --measure N times it"
         )
     prediction = None
     if c is not None:

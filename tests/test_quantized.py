@@ -92,7 +92,7 @@ def test_nf4_weights_run_on_the_fused_layers_by_default():
     # CUDA: the bf16 defaults (compiled, captured, the runner's kernels default), on NF4 weights
     ex = resolve_execution(_settings(), model, CUDA)
     assert (ex.fused, ex.nf4, ex.compile, ex.graphs, ex.kernels) == (True, True, True, True, None)
-    assert any(r.startswith("fused NF4 layers: ") and "on the NF4 kernels in steps of <= 2 rows" in r
+    assert any(r.startswith("fused NF4 layers: ") and "on the NF4 kernels in steps of <= 16 rows" in r
                for r in ex.reasons)
     ex = resolve_execution(_settings(kernels=False), model, CUDA)
     assert ex.nf4 and any("dequantized one layer at a time (--no-kernels)" in r for r in ex.reasons)
@@ -290,7 +290,7 @@ def test_inspect_quantized_json_and_table(llama_pair):
     assert cr["c_params"] == pytest.approx(d["step_params"] / t["step_params"]) != cr["c"]
     assert report["predicted_speedup"]["c"] == cr["c"] and report["predicted_speedup"]["c_source"] == "weight bytes"
     # the NF4 verify's own cost, which the prediction leaves out, is said
-    assert any(w.startswith("--quantized: steps of more than 2 rows") for w in report["warnings"]), report["warnings"]
+    assert any(w.startswith("--quantized: the verify's k + 1 rows cost") for w in report["warnings"]), report["warnings"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     text = " ".join(res.stdout.split())  # the table's title wraps at the runner's width
@@ -328,4 +328,4 @@ def test_quantized_pair_on_the_nf4_kernels_matches_transformers(llama_pair):
         dec.set_runner(loaded, ModelRunner(loaded.model, fused=ex.fused, kernels=True, nf4=ex.nf4))
     assert [r.token_ids for r in dec.generate(prompts)] == _nf4_greedy(llama_pair.target, prompts, 6)
     steps = decode_steps(dec)
-    assert all(v.startswith("fused layers, fused NF4 kernels (whole steps of <= 2 rows") for v in steps.values())
+    assert all(v.startswith("fused layers, fused NF4 kernels (whole steps of <= 16 rows") for v in steps.values())

@@ -108,8 +108,7 @@ def resolve_execution(settings, model, device: torch.device) -> Execution:
         # the runner's kernels default: on for captured steps (ModelRunner)
         if kernels or (kernels is None and graphs):
             reasons.append(f"fused NF4 layers: bitsandbytes NF4 weights, on the NF4 kernels in steps of <= {NF4_KERNEL_ROWS} "
-                           "rows, dequantized one layer at a time in larger steps (the verify: then on the bf16 "
-                           "kernels) and prefill")
+                           "rows, dequantized one layer at a time in larger steps and prefill")
         else:
             why = "--no-kernels" if cuda and settings.kernels is False else (
                 "uncaptured steps" if cuda else "the NF4 kernels run in captured steps on CUDA")

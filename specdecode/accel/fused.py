@@ -819,11 +819,11 @@ class FusedModel:
 
     def _nf4_mixed_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                            logits_to_keep: Tensor | int) -> Tensor:
-        """NF4 steps past nf4_kernel_rows (the verify) as _mixed_forward on each layer's weights
-        dequantized by one kernel (nf4.dequantize_nf4_fast) just before the layer runs: the norms,
-        residual adds and activation stay folded into the products and attention stays the
-        Triton kernel, where the compiled layers' path (prefill, steps past max_mixed_rows) runs
-        them apart. The NF4 forms themselves are slower at these rows (NF4_KERNEL_ROWS)."""
+        """NF4 steps past nf4_kernel_rows and up to max_mixed_rows (none by default, where both are
+        16) as _mixed_forward on each layer's weights dequantized by one kernel
+        (nf4.dequantize_nf4_fast) just before the layer runs: the norms, residual adds and
+        activation stay folded into the products and attention stays the Triton kernel, where the
+        compiled layers' path (prefill, steps past max_mixed_rows) runs them apart."""
         return self._mixed_forward(input_ids, cache, position_ids, logits_to_keep, dense=True)
 
     def _layers_on_kernels(self, gemv: Callable, input_ids: Tensor, cache, position_ids: Tensor,

@@ -54,10 +54,10 @@ What is here (checked on the CPU, and for correctness on an H200):
 
 Wired into the fused decode layers (accel/fused.py, ``FusedModel(nf4=True)`` /
 ``ModelRunner(nf4=True)``), which the settings turn on for NF4 models (accel/execution.py:
-``--quantized``): steps of at most fused.NF4_KERNEL_ROWS rows (2) run on these kernels around
-kernels.decode_attention; prefill and larger steps (the verify) take each layer's weights
-dequantized by one kernel (``dequantize_nf4_fast``: the same values), the verify then on the
-bf16 kernels' multi-row step, prefill on the compiled layers and cuBLAS.
+``--quantized``): steps of at most fused.NF4_KERNEL_ROWS rows (16: the draft's and target's own
+steps and the verify) run on these kernels around kernels.decode_attention; prefill and larger
+steps take each layer's weights dequantized by one kernel (``dequantize_nf4_fast``: the same
+values), then the compiled layers and cuBLAS.
 
 Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200-nf4-notes.md,
 2026-12-04-h200-stop29-notes.md):
@@ -80,10 +80,10 @@ Measured on the H200 (benchmarks/results/2026-12-03-h200-nf4.md, 2026-12-03-h200
   "pairs": no exchange through shared memory, more loads) measured slower than the contiguous
   tile split and exchanged (the default) on four of the five plain products compared (1-52%),
   faster on Gemma 3 4B's o projection (5.0 against 6.1 us).
-- The forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows with the rows;
-  the tensor-core form's decoded operand goes through shared memory); hence NF4_KERNEL_ROWS.
-  Those steps dequantize each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its
-  stores take the loads' layout: the 6-row Qwen2.5 1.5B step 11.6 -> 3.27 ms, 2.17x bf16's).
+- Until stop 30 the forms at 6 rows read at 48-280 GB/s (the reduction form's accumulator grows
+  with the rows; the tensor-core form's decoded operand went through shared memory), so those
+  steps dequantized each layer's weights with ``dequantize_nf4_fast`` at ~3.2 TB/s (its stores
+  take the loads' layout: the 6-row Qwen2.5 1.5B step 11.6 -> 3.27 ms, 2.17x bf16's).
 - nf4_gemv_config's defaults are the sweep's best by kind and size.
 
 Tensor-core forms that read each NF4 tile once for several rows (the verify) measured 2.5-7x
@@ -98,16 +98,19 @@ Qwen2.5 1.5B's shapes (2026-12-04-h200-nf4-stop29-mma.md): at one row it is 2.5-
 reduction form (its 32-64-row tiles leave few programs: latency, not instructions, bounds it); at
 6 rows it makes qkv 36.8 -> 14.2 us, o 10.0 -> 8.5 us and gate/up 288 -> 36.1 us, but the down
 projection (K 8960, N 1536: 24-96 programs) stays on the reduction form at 33.7 us, and the whole
-6-row step on the kernels took 3.12 ms against 2.79 ms for the dequantization + bf16 kernels, so
-NF4_KERNEL_ROWS stays 2.
+6-row step on the kernels took 3.12 ms against 2.79 ms for the dequantization + bf16 kernels.
 
 K in slices (config entry 8, the tensor-core form: kernels.gemv's scheme and scratch) gives the
-narrow and the long-K products more programs: tested on the CPU and compiled for sm_90 (4.4
-instructions a weight at one row of gate/up, 157 registers), not yet timed on the GPU
-(benchmarks/nf4_bench.py's sweep has it at one and six rows).
+narrow and the long-K products more programs (4.4 instructions a weight at one row of gate/up,
+157 registers). Measured in stop 30 (2026-12-04-h200-nf4-stop30.md, Qwen2.5 1.5B, 6 rows, four
+slices): qkv 14.7 -> 8.5 us, gate/up 37.4 -> 28.5 us, down 36.7 -> 27.2 us (the o projection
+stays whole, 8.2 us), and the 6-row step on the NF4 kernels 2.45 ms against the 2.79 ms of the
+dequantization: NF4_KERNEL_ROWS is 16 since. At one row the sliced form still loses to the
+reduction form (gate/up 29.5 against 17.5 us).
 
 Not done: a one-row form bound by memory (at one row the products and the input's widening are
-about half the reduction form's instructions), the permutes at two rows, keeping the merged
+about half the reduction form's instructions), the permutes at two rows (the two-row gate/up,
+32 us, costs twice the one-row 17.5 us), keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an

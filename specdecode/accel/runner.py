@@ -111,8 +111,9 @@ class ModelRunner(ModelStep):
         if self.fused is not None and self.fused.kernels and self.fused.nf4:
             pdl = ", attention with programmatic dependent launch" if self.fused.pdl else ""
             mixed = ""
-            if self.fused.multi_row == "mixed":
-                mixed = f"steps of <= {self.fused.max_mixed_rows} rows on the Triton kernels over each layer dequantized, "
+            if self.fused.multi_row == "mixed" and self.fused.max_mixed_rows > self.fused.nf4_kernel_rows:
+                mixed = (f"steps of {self.fused.nf4_kernel_rows + 1}-{self.fused.max_mixed_rows} rows on the Triton "
+                         "kernels over each layer dequantized, ")
             parts.append(f"fused NF4 kernels (whole steps of <= {self.fused.nf4_kernel_rows} rows{pdl}; {mixed}larger "
                          "steps and prefill dequantize one layer at a time)")
         elif self.fused is not None and self.fused.kernels:
