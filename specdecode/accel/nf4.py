@@ -102,11 +102,12 @@ projection (K 8960, N 1536: 24-96 programs) stays on the reduction form at 33.7 
 
 K in slices (config entry 8, the tensor-core form: kernels.gemv's scheme and scratch) gives the
 narrow and the long-K products more programs (4.4 instructions a weight at one row of gate/up,
-157 registers). Measured in stop 30 (2026-12-04-h200-nf4-stop30.md, Qwen2.5 1.5B, 6 rows, four
-slices): qkv 14.7 -> 8.5 us, gate/up 37.4 -> 28.5 us, down 36.7 -> 27.2 us (the o projection
-stays whole, 8.2 us), and the 6-row step on the NF4 kernels 2.45 ms against the 2.79 ms of the
-dequantization: NF4_KERNEL_ROWS is 16 since. At one row the sliced form still loses to the
-reduction form (gate/up 29.5 against 17.5 us).
+157 registers). Measured in stop 30 (2026-12-04-h200-nf4-stop30.md, then -stop30-6rows.md around
+the first sweep's bests; Qwen2.5 1.5B, 6 rows): qkv 14.7 -> 6.9 us (8 slices), o 8.6 -> 6.2 us
+(8), gate/up 37.4 -> 28.5 us (4), down 36.7 -> 19.4 us (8); the 6-row step on the NF4 kernels
+2.45 ms with four slices everywhere (o whole), 2.12 ms with these (bf16 1.50 ms), against the
+2.79 ms of the dequantization: NF4_KERNEL_ROWS is 16 since. At one row the sliced form still
+loses to the reduction form (gate/up 29.5 against 17.5 us).
 
 Not done: a one-row form bound by memory (at one row the products and the input's widening are
 about half the reduction form's instructions), the permutes at two rows (the two-row gate/up,
@@ -949,10 +950,10 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
 
     Defaults: the best of the H200 sweeps (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
     Llama 3.1 8B shapes; benchmarks/results/2026-12-04-h200-nf4-stop29-models.md for one row,
-    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop30.md for six) by kind and size: the
-    reduction form on the byte permutes at one row, on the map loads at two, the tensor-core form
-    on the permutes with K in four slices at more (the plain o projection in one). FusedModel runs
-    steps of more than NF4_KERNEL_ROWS rows on dequantized weights."""
+    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop30-6rows.md for six) by kind and size:
+    the reduction form on the byte permutes at one row, on the map loads at two, the tensor-core
+    form on the permutes with K in slices at more. FusedModel runs steps of more than
+    NF4_KERNEL_ROWS rows on dequantized weights."""
     found = NF4_GEMV_CONFIG.get(nf4_config_key(m, n, k, gated, norm))
     if found is None:
         found = NF4_GEMV_CONFIG.get((m, n, k))
@@ -972,15 +973,15 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
         if norm:
             return ("reduce", 8, 512, 4, 2)
         return ("reduce", 4, 2048, 4, 2) if n <= 1536 else ("reduce", 4, 1024, 4, 2)
-    # more rows (the verify): the tensor-core form on the permutes with K in 4 slices, the best of
-    # stop 30's Qwen2.5 1.5B sweep at 6 rows (benchmarks/results/2026-12-04-h200-nf4-stop30.md: qkv
-    # 14.7 -> 8.5 us, gate/up 37.4 -> 28.5, down 36.7 -> 27.2 against stop 29's unsliced defaults);
-    # the o projection unsliced (8.2 us, 9.3 in slices)
-    if gated or norm:
+    # more rows (the verify): the tensor-core form on the permutes with K in slices, the best of
+    # stop 30's Qwen2.5 1.5B sweeps at 6 rows (benchmarks/results/2026-12-04-h200-nf4-stop30.md and
+    # -stop30-6rows.md): qkv 14.7 -> 6.9 us (8 slices), o 8.6 -> 6.2 (8), gate/up 37.4 -> 28.5 (4;
+    # 2 and 8 slower), down 36.7 -> 19.4 (8) against stop 29's unsliced defaults
+    if gated:
         return ("mma", 64, 128, 4, 3, None, None, 4)
     if k >= 8192:
-        return ("mma", 16, 512, 4, 2, None, None, 4)
-    return ("mma", 32, 512, 8, 2)
+        return ("mma", 16, 256, 4, 2, None, None, 8)
+    return ("mma", 64, 128, 4, 3, None, None, 8)
 
 
 def _pair_table(code: Tensor) -> Tensor:
