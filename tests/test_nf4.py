@@ -405,6 +405,7 @@ def test_nf4_gemv_permute_lookup_matches_dequantized_product(m, wdtype, xdtype, 
 @pytest.mark.parametrize("m, lut, split_k, dq", [
     pytest.param(6, "perm", 3, True, id="m6-perm-3-slices-dq"),   # 512 columns: 2 tiles of 128 bytes, slices of 1, 1, 0
     pytest.param(1, "perm", 2, False, id="m1-perm-2-slices-nodq"),
+    pytest.param(6, "perm", 8, True, id="m6-perm-8-slices-dq"),  # the 6-row defaults' count: 6 of 8 slices empty
     pytest.param(6, "nibble", 4, True, id="m6-nibble-4-slices-dq", marks=SLOW_ON_CPU),
 ])
 def test_nf4_gemv_split_k_matches_dequantized_product(m, lut, split_k, dq):
