@@ -202,15 +202,11 @@ def _compile_job(job) -> bool:
 
 
 def precompile(jobs: list) -> list[bool]:
-    """Compile the sweep's kernels in parallel processes (as kernel_bench.precompile)."""
-    if len(jobs) < 4:
-        return [True] * len(jobs)
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    """Compile the sweep's kernels in parallel processes (kernel_bench.precompile: a compiler
+    that aborts its process costs only its own configuration)."""
+    import kernel_bench
 
-    workers = max(1, min(14, (os.cpu_count() or 2) - 2))
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_compile_job, jobs, chunksize=1))
+    return kernel_bench.precompile(jobs, _compile_job, workers=14, force=True)
 
 
 def time_product(run, ws, cfg, pdl: bool, reps: int = 3) -> float:

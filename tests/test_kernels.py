@@ -14,6 +14,8 @@ executes the same kernel code on CPU tensors; on the device the same tests run c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -561,6 +563,26 @@ def test_a_compile_failure_in_a_kernel_step_is_reported_as_one(caplog):
     assert not runner.compiled and runner.fused.kernel_error is None
     for a, b in zip(reference, got):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_precompile_survives_a_compiler_that_aborts(tmp_path, monkeypatch):
+    """benchmarks' precompile (kernel_bench.precompile, nf4_bench's too): a job whose process dies
+    (as an LLVM assertion in Triton's compiler did on the H200) breaks the worker pool; the jobs
+    it left unanswered run again one process each, the aborting one counts as failed and every
+    other keeps its own answer."""
+    import sys
+
+    (tmp_path / "abort_job.py").write_text(
+        "import os\n\ndef job(x):\n    if x == 2:\n        os.abort()\n    return x % 2 == 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import abort_job
+    import kernel_bench
+
+    assert abort_job.job(4) and not abort_job.job(1)  # even: compiles; 2 would too, but its process dies
+    assert kernel_bench.precompile(list(range(6)), abort_job.job, workers=2, force=True) == \
+        [True, False, False, False, True, False]
+    sys.modules.pop("abort_job", None)
 
 
 @pytest.mark.slow  # a subprocess running every kernel under the interpreter (about 15 s)
