@@ -18,7 +18,8 @@ gate/up gated, down) at the rows and launch configurations the product uses unde
 beside the local one (`pip install --target /tmp/tri36 --no-deps triton==3.6.0`) and run with
 PYTHONPATH=/tmp/tri36.
 
-    PYTHONPATH=/tmp/tri36 python3 benchmarks/kernel_sass.py [--models qwen-0.5b] [--rows 1 2] [--nf4] [--lut perm|nibble|pair] [--json out.json]
+    PYTHONPATH=/tmp/tri36 python3 benchmarks/kernel_sass.py [--models qwen-0.5b] [--rows 1 2] [--nf4] [--lut perm|nibble|pair]
+        [--nf4-configs reduce,8,1024,4,2 ...] [--json out.json]
 
 --lut picks the NF4 kernel's code lookup (default perm, the byte permutes, as the wrapper picks on
 CUDA for 16-bit weights); the NF4 launches are built as for CUDA tensors (nf4._COMPILE_ONLY).
@@ -197,7 +198,12 @@ def analyse(name: str, run, weights_per_iteration) -> dict:
     return row
 
 
-def cases(models: list[str], rows: list[int], nf4: bool, lut: str = "perm"):
+def parse_config(text: str) -> tuple:
+    """"reduce,8,1024,4,2" -> ("reduce", 8, 1024, 4, 2): a launch configuration on the command line."""
+    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in text.split(","))
+
+
+def cases(models: list[str], rows: list[int], nf4: bool, lut: str = "perm", nf4_configs: list[tuple] | None = None):
     from specdecode.accel import nf4 as nf4mod
 
     for name in models:
@@ -227,14 +233,15 @@ def cases(models: list[str], rows: list[int], nf4: bool, lut: str = "perm"):
                         threads = 32 * kwargs["num_warps"]
                         return kwargs["BLOCK_N"] * 2 * kwargs["BLOCK_KH"] * (2 if gated else 1) / threads
 
-                    cfg4 = nf4mod.nf4_gemv_config(m, n, k, gated, bool(how.get("norm")))
-                    cfg4 = tuple(cfg4[:5]) + (lut,)
-                    nf4mod._COMPILE_ONLY = True  # the wrapper chooses as for CUDA tensors
-                    try:
-                        yield analyse(f"{name} {label} rows {m} nf4 {lut}",
-                                      lambda: nf4mod.nf4_gemv_fused(x, q, config=cfg4, **kw), per_nf4)
-                    finally:
-                        nf4mod._COMPILE_ONLY = False
+                    default = nf4mod.nf4_gemv_config(m, n, k, gated, bool(how.get("norm")))
+                    for cfg4 in nf4_configs or [default]:
+                        cfg4 = tuple(cfg4[:5]) + (lut,)
+                        nf4mod._COMPILE_ONLY = True  # the wrapper chooses as for CUDA tensors
+                        try:
+                            yield analyse(f"{name} {label} rows {m} nf4 {lut} {cfg4[:5] if nf4_configs else ''}".strip(),
+                                          lambda: nf4mod.nf4_gemv_fused(x, q, config=cfg4, **kw), per_nf4)
+                        finally:
+                            nf4mod._COMPILE_ONLY = False
 
 
 def main() -> None:
@@ -244,11 +251,14 @@ def main() -> None:
     ap.add_argument("--nf4", action="store_true", help="also the NF4 kernel (nf4.nf4_gemv_fused)")
     ap.add_argument("--lut", default="perm", choices=["nibble", "pair", "perm"],
                     help="the NF4 kernel's code lookup (on CUDA the wrapper picks perm for bf16 weights)")
+    ap.add_argument("--nf4-configs", nargs="+", default=None, metavar="FORM,N,K,WARPS,STAGES",
+                    help="with --nf4: these NF4 launch configurations (e.g. reduce,8,1024,4,2) instead of the defaults")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     print(f"triton {triton.__version__}, sm_90, SASS by {BIN / 'nvdisasm'}")
     rows = []
-    for row in cases(args.models, args.rows, args.nf4, args.lut):
+    configs = [parse_config(c) for c in args.nf4_configs] if args.nf4_configs else None
+    for row in cases(args.models, args.rows, args.nf4, args.lut, configs):
         rows.append(row)
         per = row.get("per_weight")
         print(f"{row['case']:32s} {row['kernel']:18s} {row['config']} | regs {row['registers']} stack {row['stack']} | "

@@ -112,8 +112,12 @@ def sweep_grid(m: int) -> list[tuple]:
     whole): the same tiles in 2 and 8 slices, neighbouring tiles in 4, and unsliced forms."""
     if m == 1:  # the byte permutes (the default lookup here) against the map loads of stop 28, the
         # plain products' input read as pairs against split from the contiguous tile (the default),
-        # and the tensor-core form on the permutes
-        return [("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
+        # and the tensor-core form on the permutes. First, tiles of BLOCK_N x blocks = threads, where
+        # each thread holds a whole quantization block and builds its 16 decoded values once per 64
+        # weights, not 32: 8.0-9.0 instructions a weight in SASS against 9.7-11.8 for the defaults
+        # (benchmarks/results/2026-12-04-cpu-kernel-sass-nf4-whole-block.txt; not yet timed)
+        return [("reduce", 8, 1024, 4, 2), ("reduce", 8, 512, 2, 2), ("reduce", 16, 512, 4, 2), ("reduce", 8, 256, 1, 2),
+                ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2), ("reduce", 4, 1024, 4, 2),
                 ("reduce", 8, 512, 4, 2), ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),
                 ("reduce", 8, 1024, 8, 2, "perm", "pairs"), ("reduce", 2, 2048, 4, 2, "nibble"),
                 ("mma", 32, 256, 4, 2), ("mma", 64, 256, 8, 2),  # K in slices: more programs than columns give
