@@ -122,8 +122,11 @@ def sweep_grid(m: int) -> list[tuple]:
                 ("reduce", 8, 1024, 8, 2, "perm", "pairs"), ("reduce", 2, 2048, 4, 2, "nibble"),
                 ("mma", 32, 256, 4, 2), ("mma", 64, 256, 8, 2),  # K in slices: more programs than columns give
                 ("mma", 64, 128, 4, 3, None, None, 4), ("mma", 32, 256, 4, 2, None, None, 4)]
-    if m <= 2:
-        return [("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
+    if m <= 2:  # first the byte permutes at two rows (stop 30, not yet timed: 9.4-11.6 instructions a
+        # weight in SASS against 16-18 on the map loads, benchmarks/results/2026-12-04-cpu-kernel-sass-nf4-2rows-perm.txt)
+        return [("reduce", 8, 1024, 4, 2, "perm"), ("reduce", 8, 512, 4, 2, "perm"), ("reduce", 4, 512, 2, 2, "perm"),
+                ("reduce", 8, 256, 1, 2, "perm"),
+                ("reduce", 1, 2048, 4, 2), ("reduce", 2, 1024, 2, 2), ("reduce", 2, 2048, 4, 2),
                 ("reduce", 4, 1024, 4, 2), ("reduce", 4, 512, 2, 2), ("reduce", 8, 512, 4, 2),
                 ("reduce", 8, 1024, 8, 2), ("reduce", 4, 2048, 4, 2),  # 32 bytes a thread
                 ("reduce", 4, 1024, 4, 2, "pair"),

@@ -92,6 +92,13 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
                      BLOCK_N=32 if mma else 4, BLOCK_KH=128 if mma else 512),
                 dict(NF4_TYPES, ABSMAX="*u8", W="*i32" if lut == 2 else "*u8", X32="*i32", P="*fp32", CNT="*i32",
                      X="*fp16" if wround == 2 else "*bf16"))  # (the mma form: the input in the weights' dtype)
+    # the permutes' reduction form at two rows (each decoded word tile into both rows), folded and gated
+    out["nf4-lut2-folded-rows2"] = (
+        "nf4", "_nf4_gemv_kernel",
+        dict(HAS_D=True, D_NORM=True, NORM=True, GEMMA=False, GATED=True, ACT=0, NESTED=True, ALIGNED=True, LUT=2,
+             HW=True, XPAIRS=False, BS=64, BS2=256, WROUND=1, XR=1, HAS_BIAS=False, IEEE=False, MMA=False, PDL=True,
+             BLOCK_M=2, BLOCK_N=4, BLOCK_KH=256),
+        dict(NF4_TYPES, ABSMAX="*u8", W="*i32", X32="*i32", P="*fp32", CNT="*i32"))
     # the decoded weight (dequantize_nf4_fast): int32 pair stores for 16-bit weights, joined fp32 otherwise
     for nested, aligned, pairs in ((True, True, True), (False, False, True), (True, True, False)):
         out[f"nf4-dequantize-nested{int(nested)}-aligned{int(aligned)}-pairs{int(pairs)}"] = (

@@ -392,6 +392,10 @@ def _fused_reference(x, w4, *, norm, gemma, delta, bias, eps=1e-6):
                  id="bf16-nibble-pairs-nodq"),
     pytest.param(1, torch.bfloat16, torch.float32, False, 128, ("reduce", 2, 256, 2, 2, "perm"), id="bf16-x32-nodq-bs128"),
     pytest.param(1, torch.float16, torch.float16, True, 64, ("reduce", 8, 128, 4, 2, "perm"), id="fp16-dq"),
+    # two rows on the reduction form: each decoded word tile multiplied into both rows
+    pytest.param(2, torch.bfloat16, torch.bfloat16, True, 64, ("reduce", 4, 256, 4, 2, "perm"), id="m2-bf16-tile-dq"),
+    pytest.param(2, torch.bfloat16, torch.float32, False, 128, ("reduce", 2, 256, 2, 2, "perm"),
+                 id="m2-bf16-x32-nodq-bs128"),
     # the tensor-core form: the decoded tile assembled in column order as the left operand
     pytest.param(1, torch.bfloat16, torch.bfloat16, True, 64, ("mma", 16, 128, 4, 2, "perm"), id="mma-m1-bf16-dq"),
     pytest.param(6, torch.bfloat16, torch.bfloat16, True, 64, ("mma", 16, 128, 4, 2, "perm"), id="mma-m6-bf16-dq"),
@@ -449,6 +453,12 @@ def test_nf4_gemv_permute_lookup_decodes_bit_for_bit():
         x[0, col] = 1.0
         y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm")).cpu()
         assert torch.equal(y[0].float(), deq[:, col].to(torch.bfloat16).float())
+    # two rows on the reduction form: two unit rows, each its own column
+    for a, b in ((0, 7), (64, 1), (255, 130)):
+        x = torch.zeros(2, k, dtype=torch.bfloat16)
+        x[0, a] = x[1, b] = 1.0
+        y = nf4.nf4_gemv(x.to(DEV), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm")).cpu()
+        assert torch.equal(y.float(), deq[:, [a, b]].T.to(torch.bfloat16).float())
     # the tensor-core form: 16 unit rows at once, every column of a word in its place
     cols = [*range(8), 8, 15, 63, 64, 130, 200, 254, 255]  # every place in a word, and across blocks
     x = torch.zeros(len(cols), k, dtype=torch.bfloat16)
@@ -463,8 +473,8 @@ def test_nf4_gemv_permute_lookup_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):
         nf4.nf4_gemv(_x(1, 200, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
     w4 = nf4.quantize_nf4(_w(24, 256, dtype=torch.bfloat16, seed=3))
-    with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):  # two rows on the reduce form
-        nf4.nf4_gemv(_x(2, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
+    with pytest.raises(ValueError, match="lut 'perm' needs 16-bit weights"):  # three rows on the reduce form
+        nf4.nf4_gemv(_x(3, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm"))
     with pytest.raises(ValueError, match="unknown nf4_gemv input read"):
         nf4.nf4_gemv(_x(1, 256, dtype=torch.bfloat16), w4.to(DEV), config=("reduce", 4, 128, 4, 2, "perm", "rows"))
     w32 = nf4.quantize_nf4(_w(24, 256, dtype=torch.float32, seed=3))
@@ -482,6 +492,7 @@ FUSED = [
     pytest.param(16, "norm-gemma", "mma", torch.float32, id="m16-norm-gemma-mma", marks=SLOW_ON_CPU),
     # the permute lookup with the folds (the input split from the contiguous tile)
     pytest.param(1, "delta-norm", "perm", torch.bfloat16, id="m1-delta-norm-llama-perm-bf16"),
+    pytest.param(2, "delta-norm-gemma", "perm", torch.bfloat16, id="m2-delta-norm-gemma-perm-bf16"),
     pytest.param(6, "delta-norm-gemma", "mma-perm", torch.bfloat16, id="m6-delta-norm-gemma-mma-perm-bf16"),
 ]
 
@@ -522,6 +533,7 @@ def _rms(v, w, eps=1e-6):
     pytest.param(1, "reduce", "silu", True, id="m1-silu-dq-reduce"),
     pytest.param(6, "mma", "gelu_tanh", False, id="m6-gelu-nodq-mma"),
     pytest.param(1, "perm", "silu", True, id="m1-silu-dq-perm"),
+    pytest.param(2, "perm", "gelu_tanh", True, id="m2-gelu-dq-perm"),
     pytest.param(6, "mma-perm", "gelu_tanh", True, id="m6-gelu-dq-mma-perm"),
 ])
 def test_nf4_gemv_fused_gated_with_delta_norm(m, form, act, dq):

@@ -38,7 +38,8 @@ What is here (checked on the CPU, and for correctness on an H200):
   tile's bytes and absmax loaded before the current one is decoded; under programmatic
   dependent launch (``pdl=True``) the first weight tiles load before the kernel waits for its
   predecessor. Code lookup by config: byte permutes of each block's decoded values ("perm", the
-  default for one row of 16-bit weights on CUDA; see "the permute lookup" below), two gathers of
+  default for one row of 16-bit weights on CUDA, and for the tensor-core form; two rows take it
+  when asked; see "the permute lookup" below), two gathers of
   the 16-entry map per byte ("nibble", the default elsewhere), or one of a 256-entry table of both
   codes' float32 bits ("pair", built once per code map tensor).
 - ``nf4_gemv_fused``: the same product with kernels.gemv's folding: the residual add
@@ -109,9 +110,14 @@ the first sweep's bests; Qwen2.5 1.5B, 6 rows): qkv 14.7 -> 6.9 us (8 slices), o
 2.79 ms of the dequantization: NF4_KERNEL_ROWS is 16 since. At one row the sliced form still
 loses to the reduction form (gate/up 29.5 against 17.5 us).
 
+The permutes at two rows (stop 30; config lut "perm" at m 2, not the default: never timed):
+each decoded word tile is multiplied into both rows (the input tile's two rows split after one
+load), 9.4-11.6 instructions a weight in SASS against 16-18 on the map loads
+(2026-12-04-cpu-kernel-sass-nf4-2rows-perm.txt); the two-row gate/up on the map loads, 32 us,
+costs twice the one-row 17.5 us. nf4_bench's two-row grid starts with them.
+
 Not done: a one-row form bound by memory (at one row the products and the input's widening are
-about half the reduction form's instructions), the permutes at two rows (the two-row gate/up,
-32 us, costs twice the one-row 17.5 us), keeping the merged
+about half the reduction form's instructions), keeping the merged
 q/k/v and gate/up weights' 8-bit absmax (merge_nf4's doc) instead of float32. The bf16
 tensor-core operands are checked on the GPU only (Triton's interpreter gets tl.dot on bf16
 wrong, so on the CPU bf16 rows take the fp32-operand path: the same exact products). Assumes an
@@ -639,6 +645,25 @@ if AVAILABLE:
         return acc
 
     @triton.jit
+    def _perm_row_input(xn, NB: tl.constexpr, BS: tl.constexpr):
+        """One row's input tile [1, 2 * BLOCK_KH] (or [2 * BLOCK_KH]) as the 8 tiles of the word
+        tile's shape the permute products take: the even and odd columns of bytes 0-3 of each word
+        ([1, NB, BS / 8] each: e0-e3, o0-o3)."""
+        xe4, xo4 = tl.split(tl.reshape(xn, [1, NB, BS // 8, 4, 2]))
+        e0, e1, e2, e3 = _split4(xe4, 1, NB, BS // 8)
+        o0, o1, o2, o3 = _split4(xo4, 1, NB, BS // 8)
+        return e0, e1, e2, e3, o0, o1, o2, o3
+
+    @triton.jit
+    def _perm_products(acc, e0, e1, e2, e3, o0, o1, o2, o3, h0, h1, h2, h3, l0, l1, l2, l3):
+        """acc plus one row's products with a decoded word tile (_perm_decode's h0-h3, l0-l3)."""
+        acc = _perm_fma(acc, e0, o0, h0, l0)
+        acc = _perm_fma(acc, e1, o1, h1, l1)
+        acc = _perm_fma(acc, e2, o2, h2, l2)
+        acc = _perm_fma(acc, e3, o3, h3, l3)
+        return acc
+
+    @triton.jit
     def _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED: tl.constexpr, ALIGNED: tl.constexpr,
                     LUT: tl.constexpr, WROUND: tl.constexpr, HW: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
@@ -788,7 +813,7 @@ if AVAILABLE:
         split = tl.program_id(1)
         kh_lo, kh_end = _split_range(split, KH, SPLIT_K, BLOCK_KH)
         # the first tiles (immutable weights) before waiting for the previous kernel's results
-        PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (one row, ALIGNED)
+        PERM: tl.constexpr = LUT == 2  # words of codes decoded by byte permutes (ALIGNED; one or two rows, or tensor cores)
         NB: tl.constexpr = BLOCK_KH // (BS // 2)  # quantization blocks a row of the tile (ALIGNED)
         b_nx, a_nx, s_nx = _nf4_raw(W, ABSMAX, ABSMAX2, rn, n_ok, kh_lo, KH, K, NESTED, ALIGNED, BS, BS2,
                                     BLOCK_N, BLOCK_KH, PERM, MMA, kh_end)
@@ -801,6 +826,13 @@ if AVAILABLE:
         ss2 = tl.zeros([BLOCK_M, 2 * BLOCK_KH], dtype=tl.float32)
         acc_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
         acc2_t = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
+        # the permutes' reduction form at two rows: the second row's sums apart, each decoded word
+        # tile multiplied into both rows (one row: placeholders the loop never touches)
+        TWO: tl.constexpr = PERM and not MMA and BLOCK_M == 2
+        acc_b, acc2_b = acc_t, acc2_t
+        if TWO:
+            acc_b = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
+            acc2_b = _nf4_acc(MMA, ALIGNED, BS, BLOCK_M, BLOCK_N, BLOCK_KH, PERM)
         for j0 in range(kh_lo, kh_end, BLOCK_KH):
             byte, a, s2 = b_nx, a_nx, s_nx
             ubyte, ua, us2 = ub_nx, ua_nx, us_nx
@@ -824,7 +856,7 @@ if AVAILABLE:
             elif PERM:
                 # the row's input as 8 tiles of the word tile's shape: the even and odd columns of
                 # bytes 0-3 of each word ([1, NB, BS / 8] from the contiguous tile, or bf16 pairs
-                # read in the word tile's own layout)
+                # read in the word tile's own layout); two rows: both rows' tiles from one load
                 if XPAIRS:
                     xw, xwm, _, _ = _word_tile(rn * 0, n_ok, j0, KH, K, BS, BLOCK_KH)
                     xp = X32 + 4 * xw  # one address, the four pairs at immediate offsets
@@ -839,22 +871,24 @@ if AVAILABLE:
                 else:
                     xn, ss2 = _nf4_tile_input(X, sxm, D, sdm, WD, WN, R, srm, rm, m_ok, 2 * j0 + rc, K, rsd, pid,
                                               ss2, HAS_D, D_NORM, NORM, GEMMA, XR, HW)
-                    xe4, xo4 = tl.split(tl.reshape(xn, [1, NB, BS // 8, 4, 2]))
-                    e0, e1, e2, e3 = _split4(xe4, 1, NB, BS // 8)
-                    o0, o1, o2, o3 = _split4(xo4, 1, NB, BS // 8)
+                    if TWO:
+                        xa, xb = tl.split(tl.trans(xn))  # [2, C] -> rows a and b, [C] each
+                        e0, e1, e2, e3, o0, o1, o2, o3 = _perm_row_input(xa, NB, BS)
+                        f0, f1, f2, f3, p0, p1, p2, p3 = _perm_row_input(xb, NB, BS)
+                    else:
+                        e0, e1, e2, e3, o0, o1, o2, o3 = _perm_row_input(xn, NB, BS)
                 h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(byte, _nf4_amax(a, s2, CODE2, OFFSET, NESTED, HW),
                                                               CODE, WROUND, HW)
-                acc_t = _perm_fma(acc_t, e0, o0, h0, l0)
-                acc_t = _perm_fma(acc_t, e1, o1, h1, l1)
-                acc_t = _perm_fma(acc_t, e2, o2, h2, l2)
-                acc_t = _perm_fma(acc_t, e3, o3, h3, l3)
+                acc_t = _perm_products(acc_t, e0, e1, e2, e3, o0, o1, o2, o3, h0, h1, h2, h3, l0, l1, l2, l3)
+                if TWO:
+                    acc_b = _perm_products(acc_b, f0, f1, f2, f3, p0, p1, p2, p3, h0, h1, h2, h3, l0, l1, l2, l3)
                 if GATED:
                     h0, h1, h2, h3, l0, l1, l2, l3 = _perm_decode(
                         ubyte, _nf4_amax(ua, us2, CODE2, OFFSET, NESTED, HW), CODE, WROUND, HW)
-                    acc2_t = _perm_fma(acc2_t, e0, o0, h0, l0)
-                    acc2_t = _perm_fma(acc2_t, e1, o1, h1, l1)
-                    acc2_t = _perm_fma(acc2_t, e2, o2, h2, l2)
-                    acc2_t = _perm_fma(acc2_t, e3, o3, h3, l3)
+                    acc2_t = _perm_products(acc2_t, e0, e1, e2, e3, o0, o1, o2, o3, h0, h1, h2, h3, l0, l1, l2, l3)
+                    if TWO:
+                        acc2_b = _perm_products(acc2_b, f0, f1, f2, f3, p0, p1, p2, p3,
+                                                h0, h1, h2, h3, l0, l1, l2, l3)
             else:
                 w_hi, w_lo = _nf4_decode(byte, a, s2, CODE, PAIR, CODE2, OFFSET, NESTED, ALIGNED, LUT, WROUND, HW,
                                          BLOCK_N, BLOCK_KH)
@@ -881,6 +915,9 @@ if AVAILABLE:
         if PERM and not MMA:  # one row's [BLOCK_N, blocks, BS / 8] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH // 4])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH // 4])
+            if TWO:  # both rows' as the several-row form's [2, BLOCK_N, columns] (reduced over the last)
+                acc_t = tl.permute(tl.join(acc_t, tl.reshape(acc_b, [BLOCK_N, BLOCK_KH // 4])), [2, 0, 1])
+                acc2_t = tl.permute(tl.join(acc2_t, tl.reshape(acc2_b, [BLOCK_N, BLOCK_KH // 4])), [2, 0, 1])
         elif BLOCK_M == 1 and ALIGNED and not MMA:  # one row's [BLOCK_N, blocks, BS / 2] sums, flattened
             acc_t = tl.reshape(acc_t, [BLOCK_N, BLOCK_KH])
             acc2_t = tl.reshape(acc2_t, [BLOCK_N, BLOCK_KH])
@@ -1074,15 +1111,16 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     # the same products (bf16 x bf16 is exact in fp32), fp32 accumulation either way.
     ieee = not (x.dtype == nf4.dtype and x.dtype in (torch.bfloat16, torch.float16))
     ieee = ieee or (not hw and x.dtype == torch.bfloat16)
-    # the byte permutes: 16-bit weights, whole blocks, the codes readable as int32 words, one row on
-    # the reduction form or any on tensor cores (fp32 operands where the input is not the weights'
-    # dtype); the default where compiled (the interpreter runs their stand-in)
+    # the byte permutes: 16-bit weights, whole blocks, the codes readable as int32 words, one or two
+    # rows on the reduction form or any on tensor cores (fp32 operands where the input is not the
+    # weights' dtype); the default where compiled (the interpreter runs their stand-in), but for
+    # two rows on the reduction form: not yet timed there (stop 30), the map loads stay its default
     perm_ok = (aligned and nf4.dtype in (torch.bfloat16, torch.float16) and nf4.packed.data_ptr() % 4 == 0
-               and (mma or m == 1))
+               and (mma or m <= 2))
     if lut is None:  # the byte permutes where they run, else a map load per nibble
-        lut = "perm" if perm_ok and hw else "nibble"
+        lut = "perm" if perm_ok and hw and (mma or m == 1) else "nibble"
     elif lut == "perm" and not perm_ok:
-        raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one row on the reduce form (any on mma), "
+        raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one or two rows on the reduce form (any on mma), "
                          "K a multiple of the block and tiles of whole blocks (rows "
                          f"{m}, form {form}, K {k}, block {nf4.blocksize}, tile {2 * block_kh} columns, {nf4.dtype})")
     nested = nf4.nested
