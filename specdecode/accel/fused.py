@@ -617,9 +617,9 @@ class FusedModel:
         if not 0 <= self.nf4_kernel_rows <= _nf4.MAX_ROWS:
             raise ValueError(f"nf4_kernel_rows must be in [0, {_nf4.MAX_ROWS}], got {self.nf4_kernel_rows}")
         self.max_mixed_rows = MAX_MIXED_ROWS if max_mixed_rows is None else int(max_mixed_rows)
-        self.mlp_rows = 0 if self.nf4 or self.act_name is None else int(mlp_rows)
-        if not 0 <= self.mlp_rows <= _kernels.MAX_MLP_ROWS:
+        if not 0 <= int(mlp_rows) <= _kernels.MAX_MLP_ROWS:
             raise ValueError(f"mlp_rows must be in [0, {_kernels.MAX_MLP_ROWS}], got {mlp_rows}")
+        self.mlp_rows = 0 if self.nf4 or self.act_name is None else int(mlp_rows)
         self._mlp_sums: dict[int, Tensor] = {}  # rows -> [layers, rows, hidden] fp32 (kernels.mlp's sums)
         if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
             raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")

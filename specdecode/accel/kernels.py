@@ -359,6 +359,12 @@ if AVAILABLE:
                 NORM, HAS_BIAS, GATED, ACT, MMA, SPLIT_K, BLOCK_M, BLOCK_N)
 
     @triton.jit
+    def _down_tile(o_rows, hh, soh, n_ok, K):
+        """The down weight's [BLOCK_N, BLOCK_H] tile of the program's intermediate columns (o_rows)
+        and hidden columns hh, zeros past either end."""
+        return tl.load(o_rows + hh[None, :] * soh, mask=n_ok[:, None] & (hh < K)[None, :], other=0.0)
+
+    @triton.jit
     def _mlp_kernel(
         X, sxm, D, sdm, WD, WN, W, swn, BIAS, WO, soh, soj, BIAS_O, OUT, som, R, srm,
         M, N, K, eps,
@@ -383,7 +389,7 @@ if AVAILABLE:
         o_rows = WO + rn[:, None] * soj
         o_nx = tl.zeros([BLOCK_N, BLOCK_H], dtype=WO.dtype.element_ty)
         if O_EARLY:
-            o_nx = tl.load(o_rows + rh[None, :] * soh, mask=n_ok[:, None] & (rh < K)[None, :], other=0.0)
+            o_nx = _down_tile(o_rows, rh, soh, n_ok, K)
         _pdl_enter(PDL)
         acc_t, acc2_t, ss = _gemv_sums(X, sxm, D, sdm, WD, WN, R, srm, w_rows, w2_rows, w_nx, w2_nx,
                                        pid, rm, rk, m_ok, n_ok, K, K, eps,
@@ -400,9 +406,9 @@ if AVAILABLE:
                 if h0 == 0:
                     wo = o_nx
                 else:
-                    wo = tl.load(o_rows + hh[None, :] * soh, mask=n_ok[:, None] & h_ok[None, :], other=0.0)
+                    wo = _down_tile(o_rows, hh, soh, n_ok, K)
             else:
-                wo = tl.load(o_rows + hh[None, :] * soh, mask=n_ok[:, None] & h_ok[None, :], other=0.0)
+                wo = _down_tile(o_rows, hh, soh, n_ok, K)
             part = tl.sum(a3 * wo.to(tl.float32)[:, None, :], axis=0)  # [BLOCK_M, BLOCK_H]
             if HAS_BIAS_O:
                 first = (pid == 0).to(tl.float32)  # the bias once, from program 0
@@ -777,11 +783,12 @@ def splits_k(config: tuple) -> int:
     return config[5] if len(config) > 5 else 1
 
 
-def interpreted(config: tuple) -> tuple:
+def interpreted(config: tuple, block_n_at: int = 1) -> tuple:
     """A default launch configuration as run on CPU tensors, under Triton's interpreter: it runs the
     programs one after another at a cost per program, so programs take at least 64 output columns
-    (the results are the same; the tests check the GPU's own configurations explicitly)."""
-    return (config[0], max(config[1], 64), *config[2:])
+    (the results are the same; the tests check the GPU's own configurations explicitly).
+    block_n_at: where the configuration holds BLOCK_N (gemv's: after the form; mlp's: first)."""
+    return (*config[:block_n_at], max(config[block_n_at], 64), *config[block_n_at + 1:])
 
 
 def gemv_operands(x: Tensor, n: int, delta: Tensor | None, max_rows: int, name: str):
@@ -903,7 +910,7 @@ def mlp(x: Tensor, weight: Tensor, down: Tensor, out: Tensor, *, bias: Tensor | 
     if config is None:
         config = mlp_config(m, n, k, pdl)
         if not x.is_cuda:
-            config = (max(config[0], 64), *config[1:])  # as interpreted(): fewer programs
+            config = interpreted(config, block_n_at=0)
     block_n, block_k, warps, stages, block_h, early = config
     block_k = min(block_k, max(16, triton.next_power_of_2(k)))
     block_h = min(block_h, max(16, triton.next_power_of_2(k)))
