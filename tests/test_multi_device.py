@@ -218,3 +218,29 @@ def test_inspect_reports_the_placement(llama_pair, capsys):
     assert per["cpu"]["target_bytes"] + per["disk"]["target_bytes"] == total
     assert per["cpu"]["draft_bytes"] == draft and dm["modules"]["model.layers.0"] == "cpu"
     assert dm["modules"]["lm_head"] == "disk"
+
+
+def test_the_cli_leaves_the_process_group_before_exit(tmp_path, monkeypatch):
+    """A torchrun rank that has finished its work must not die in exit's destructors: left alive,
+    gloo's threads can abort a rank at exit (exit -6 after every token was printed), so `main`
+    destroys the process group on every way out, and the exit code stays the command's."""
+    import torch.distributed as dist
+
+    from specdecode.cli.app import main
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as ok:
+            main(["inspect", "--help"])
+        assert ok.value.code == 0
+        assert not dist.is_initialized()
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store2'}", rank=0, world_size=1)
+        with pytest.raises(SystemExit) as bad:
+            main(["generate", "x", "--k", "0"])  # a settings error: exit 2, one line
+        assert bad.value.code == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

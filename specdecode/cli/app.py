@@ -177,6 +177,19 @@ def _quiet_other_ranks() -> None:
         sys.stderr = devnull
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, tear the process group down before the interpreter exits: left to exit's
+    destructors, gloo's worker threads can be destroyed while joinable and abort a rank that has
+    finished its work ("terminate called without an active exception", exit -6)."""
+    dist = sys.modules.get("torch.distributed")  # never imported for --help or a one-process run
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the run's own outcome decides the exit code
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     _quiet_other_ranks()
     args = expand_sweeps(list(sys.argv[1:] if argv is None else argv))
@@ -216,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.stderr.write(f"error: {one_line(_runtime_message(e))}\n")
         code = 1
+    _leave_process_group()
     sys.exit(code if isinstance(code, int) else 0)
 
 
