@@ -421,8 +421,8 @@ class SpeculativeDecoder:
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p),
             eos_token_ids=self.target.eos_token_ids,
             seed=s.seed,
-            min_cache_len=SpeculativeEngine.cache_len(self.reserved, s.max_new_tokens, s.max_draft_tokens)
-            if self.reserved else 0,
+            min_cache_len=s.cache_reserve(self.reserved) if self.reserved else 0,
+            overlap=s.overlap,
         )
         return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator,
                                  runner=self.runner(self.target), rounds=self.rounds())

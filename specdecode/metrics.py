@@ -36,6 +36,8 @@ __all__ = [
     "latency_summary",
     "match_rate",
     "mean",
+    "overlapped_speedup",
+    "overlapped_tokens_per_round",
     "median",
     "percentile",
     "position_acceptance",
@@ -282,6 +284,28 @@ def speedup_at_round_costs(alpha: float, k: float, c: float, v: float) -> float:
     if c < 0 or v <= 0:
         raise ValueError(f"need c >= 0 and v > 0, got c={c}, v={v}")
     return expected_tokens_per_round(alpha, k) / (k * c + v)
+
+
+def overlapped_tokens_per_round(alpha: float, k: float) -> float:
+    """Expected tokens per overlapped round (decoding/round.py's run_overlapped_round) with i.i.d.
+    acceptance α: a round whose proposal is good emits (1 - α^(k+1)) / (1 - α) and keeps the next
+    round's good with probability α^(k+1) (all k and the draft's guess f_1 accepted); a round
+    without one emits one token and makes the next good with probability α (f_1 accepted). The
+    stationary share of good rounds is α / (α + 1 - α^(k+1))."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
+    if alpha == 0:
+        return 1.0
+    good = alpha / (alpha + 1.0 - alpha ** (k + 1))
+    return good * expected_tokens_per_round(alpha, k) + (1.0 - good)
+
+
+def overlapped_speedup(alpha: float, k: float, c: float, v: float = 1.0) -> float:
+    """Expected speedup of overlapped rounds if their two branches overlap perfectly: a round costs
+    the longer of the verify (v target steps) and the draft's k + 1 steps ((k + 1)·c)."""
+    if c < 0 or v <= 0:
+        raise ValueError(f"need c >= 0 and v > 0, got c={c}, v={v}")
+    return overlapped_tokens_per_round(alpha, k) / max(v, (k + 1) * c)
 
 
 def prediction_table(c: float, alphas: Sequence[float] = ALPHAS, ks: Sequence[int] = KS) -> list[list[float]]:

@@ -127,6 +127,11 @@ class Settings(BaseModel):
     exit_layer: int | None = Field(None, ge=1, description="layers of the target used by the early-exit drafter")
     k: int | Literal["auto"] = Field(5, description="draft tokens per round, or 'auto' (adaptive)")
     max_k: int = Field(8, ge=1, le=64, description="upper bound for --k auto")
+    overlap: bool = Field(
+        False, description="overlapped rounds: the draft model drafts the next round's k tokens while the target "
+                           "verifies this round's, on a CUDA stream of its own (PEARL's post-verify); needs the "
+                           "model drafter and a fixed k. The output is unchanged"
+    )
 
     # lengths
     max_new_tokens: int = Field(128, ge=1)
@@ -264,6 +269,12 @@ class Settings(BaseModel):
             return self  # one file of several: another layer (or a flag) may supply the rest
         if self.drafter == "early-exit" and self.exit_layer is None:
             raise ValueError("the early-exit drafter needs an exit layer: --exit-layer N (exit_layer: N in a config)")
+        if self.overlap and self.drafter in ("ngram", "early-exit"):  # (none: the baseline, nothing to overlap)
+            raise ValueError(f"--overlap drafts with a draft model beside the target: it needs --drafter model "
+                             f"(not {self.drafter})")
+        if self.overlap and self.k == "auto":
+            raise ValueError("--overlap needs a fixed --k: each round drafts the next round's tokens before --k auto "
+                             "could choose their number")
         if self.tp > 1 and self.device_map is not None:
             raise ValueError("--tp and --device-map are two ways to split the target: choose one")
         if self.tp > 1 and self.quantized:
@@ -279,6 +290,12 @@ class Settings(BaseModel):
     def max_draft_tokens(self) -> int:
         """The most draft tokens one round can propose: k, or max_k under `k: auto`."""
         return self.max_k if self.k == "auto" else int(self.k)
+
+    def cache_reserve(self, longest_prompt: int) -> int:
+        """Cache slots a batch of prompts up to this long needs (decoding/engine.py's cache_len)."""
+        from .decoding.engine import SpeculativeEngine  # noqa: PLC0415 - the engine imports torch
+
+        return SpeculativeEngine.cache_len(longest_prompt, self.max_new_tokens, self.max_draft_tokens, self.overlap)
 
     @property
     def greedy(self) -> bool:

@@ -69,6 +69,24 @@ def one_line_error(result) -> str:
 # ---- bench -------------------------------------------------------------------------------
 
 
+def test_bench_overlap_is_lossless_and_predicts_overlapped_rounds(llama_pair, prompts_file, tmp_path):
+    """`bench --overlap`: the same tokens as the baseline, and the prediction priced for overlapped
+    rounds (the longer of the verify and k + 1 draft steps, metrics.overlapped_speedup)."""
+    from specdecode import metrics
+
+    res = cli("bench", "--target", llama_pair.target, "--draft", llama_pair.draft, "--k", K, "--overlap",
+              "--max-new-tokens", MAX_NEW, "--num-samples", 3, "--device", "cpu", "--dtype", "float32", "--no-chat",
+              "--dataset", prompts_file, "--format", "json", "--results-dir", tmp_path / "results")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["settings"]["overlap"] is True
+    assert report["output_match_rate"] == 1.0
+    pred = report["prediction"]
+    assert pred["model"].startswith("overlapped rounds")
+    assert pred["tokens_per_round"] == pytest.approx(metrics.overlapped_tokens_per_round(pred["alpha"], K))
+    assert pred["speedup"] == pytest.approx(metrics.overlapped_speedup(pred["alpha"], K, pred["c"]))
+
+
 def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_path):
     # the seed's flat YAML, with summary_file_name naming the results files
     config = tmp_path / "seed.yaml"

@@ -81,6 +81,8 @@ def test_chat_template_is_applied_when_present(chat_model):
         (["--target", "/no/such/model/dir"], 1, "does not exist"),
         (["--max-new-tokens", "abc"], 2, "--max-new-tokens"),
         (["--device", "cuda:0"], 1, "CUDA"),
+        (["--overlap", "--drafter", "ngram"], 2, "--overlap"),
+        (["--overlap", "--k", "auto"], 2, "--overlap needs a fixed --k"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(capsys, llama_pair, args, code, needle):
@@ -143,3 +145,18 @@ def test_format_json_is_json_for_dry_run_and_output(capsys, llama_pair):
     assert 1 <= obj["stats"]["new_tokens"] == len(obj["token_ids"]) <= 4
     got, out, err = run(capsys, "generate", "x", "--format", "xml")
     assert got == 2 and "--format" in err
+
+
+def test_overlap_gives_the_same_tokens(capsys, llama_pair):
+    """`generate --overlap --json`: the same token ids as plain rounds (greedy, float32), with its
+    own round counts."""
+    base = ["generate", PROMPTS[2], PROMPTS[0], "--target", str(llama_pair.target), "--draft", str(llama_pair.draft),
+            "--max-new-tokens", "20", "--device", "cpu", "--dtype", "float32", "--no-chat", "--json", "--k", "2"]
+    got, out, _ = run(capsys, *base)
+    assert got == 0
+    plain = [json.loads(line) for line in out.splitlines()]
+    got, out, _ = run(capsys, *base, "--overlap")
+    assert got == 0
+    overlapped = [json.loads(line) for line in out.splitlines()]
+    assert [o["token_ids"] for o in overlapped] == [o["token_ids"] for o in plain]
+    assert all(o["stats"]["rounds"] > 0 for o in overlapped)

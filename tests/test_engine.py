@@ -16,6 +16,7 @@ from fixtures import PROMPTS, oracle_greedy
 from helpers import cpu_decoder
 from specdecode.api import SpeculativeDecoder
 from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+from specdecode.decoding.round import RoundShape
 from specdecode.decoding.sampling import SamplingParams
 from specdecode.drafters.draft_model import ModelDrafter
 
@@ -55,6 +56,38 @@ def test_greedy_matches_target_alone(request, oracles, family, k, batch):
     accepted = sum(r.stats.accepted_tokens for r in results)
     proposed = sum(r.stats.draft_tokens for r in results)
     assert 0 < accepted < proposed
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_overlapped_rounds_match_target_alone(request, oracles, family, k, batch):
+    """--overlap: each round verifies the proposal drafted during the one before while the draft
+    drafts the next (round.py's run_overlapped_round; here its two branches run one after the
+    other): still the target's output, token for token, and rounds whose proposal was good
+    accept some of it."""
+    pair = _pair(request, family)
+    dec = decoder(pair.target, pair.draft, k=k, batch_size=batch, overlap=True)
+    assert dec.engine().shapes() == [RoundShape(k, k, False, overlap=True)]
+    results = dec.generate(RAGGED)
+    for prompt, res in zip(RAGGED, results):
+        assert res.token_ids == oracles[family][prompt], (family, k, batch, prompt)
+        assert res.stats.new_tokens == len(res.token_ids) <= MAX_NEW
+        # every round emits accepted + 1 tokens, the prefill one more
+        assert res.stats.new_tokens == min(MAX_NEW, res.stats.accepted_tokens + res.stats.rounds + 1) or \
+            res.token_ids[-1] in dec.target.eos_token_ids
+    accepted = sum(r.stats.accepted_tokens for r in results)
+    proposed = sum(r.stats.draft_tokens for r in results)
+    assert 0 < accepted < proposed
+
+
+def test_overlapped_rounds_with_the_target_as_draft_accept_everything(llama_pair):
+    """Invariant 3 under --overlap: a draft equal to the target has every proposal accepted, and
+    after the first round (which has no proposal yet) every round's proposal is good."""
+    results = decoder(llama_pair.target, llama_pair.target, k=3, batch_size=3, overlap=True).generate(RAGGED)
+    for r in results:
+        assert r.stats.acceptance_rate == 1.0
+        assert r.stats.draft_tokens == 3 * (r.stats.rounds - 1)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -106,19 +139,21 @@ def _engine(pair, k, max_new, eos):
     return dec, SpeculativeEngine(dec.target, ModelDrafter(dec.draft), params)
 
 
-def test_eos_inside_an_accepted_block_stops_the_row(llama_pair):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_eos_inside_an_accepted_block_stops_the_row(llama_pair, overlap):
     # Use the target as its own draft so whole blocks are accepted, and declare as EOS a
     # token the target emits mid-block: the row must stop right after it.
     dec = decoder(llama_pair.target, llama_pair.target, k=4)
     ids = [dec.encode(p) for p in RAGGED]
     free = oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
     # pick, for row 0, a token at a position that is inside a block (not a block's last token)
-    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target), EngineParams(4, MAX_NEW))
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target), EngineParams(4, MAX_NEW, overlap=overlap))
     blocks = [ev for ev in eng.stream(ids[:1]) if ev.round > 0]
     mid = next(ev for ev in blocks if len(ev.accepted) >= 2)
     stop_token = mid.accepted[0]
     expect_len = free[0].index(stop_token) + 1
-    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target), EngineParams(4, MAX_NEW, eos_token_ids=(stop_token,)))
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.target),
+                            EngineParams(4, MAX_NEW, eos_token_ids=(stop_token,), overlap=overlap))
     out = [[] for _ in ids]
     reasons = [None] * len(ids)
     for ev in eng.stream(ids):
@@ -133,9 +168,10 @@ def test_eos_inside_an_accepted_block_stops_the_row(llama_pair):
         assert out[row] == free[row][:cut]
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("max_new", [1, 2, 5, 7])
-def test_max_new_tokens_respected_mid_round(llama_pair, max_new):
-    dec = decoder(llama_pair.target, llama_pair.target, k=4, max_new_tokens=max_new, batch_size=3)
+def test_max_new_tokens_respected_mid_round(llama_pair, max_new, overlap):
+    dec = decoder(llama_pair.target, llama_pair.target, k=4, max_new_tokens=max_new, batch_size=3, overlap=overlap)
     free = oracle_greedy(llama_pair.target, RAGGED, max_new)
     results = dec.generate(RAGGED)
     for res, ref in zip(results, free):

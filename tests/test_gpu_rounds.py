@@ -142,3 +142,51 @@ def test_the_captured_round_commits_in_one_kernel(llama_pair):
     want = oracle_greedy(llama_pair.target, RAGGED, 40)
     assert [r.token_ids for r in fused.generate(RAGGED)] == want
     assert [r.token_ids for r in plain.generate(RAGGED)] == want
+
+
+# ---- overlapped rounds (--overlap): the draft branch on a second stream inside the round's graph ----
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_captured_overlapped_rounds_are_exact(llama_pair, k, batch):
+    """The round's graph forks: the verify on the main stream, the draft's k+1 steps on the side
+    stream (its kernels on their own scratch lane), joined before the acceptance. fp32 greedy
+    equals the target alone, one graph launch and one host wait per round, nothing captured
+    after prepare."""
+    d = dec(llama_pair, k=k, overlap=True, max_new_tokens=40, batch_size=batch)
+    ids = d.encode_all(RAGGED)
+    d.reserve(ids)
+    eng = d.engine()
+    eng.prepare(ids)
+    rounds = eng.rounds
+    assert rounds.captured and rounds.side is not None and rounds.captures == 1
+    tokens = [[] for _ in ids]
+    for ev in eng.stream(ids):
+        tokens[ev.row].extend(ev.tokens)
+    assert tokens == oracle_greedy(llama_pair.target, RAGGED, 40)
+    assert eng.max_in_flight == 2 and rounds.captures == 1
+    assert sum(s.accepted_tokens for s in eng.stats) > 0
+
+
+def test_captured_overlapped_rounds_with_the_target_as_draft_accept_everything(llama_pair):
+    """The draft branch's kernels on the side stream reproduce the target's tokens: with the target
+    as its own draft every proposal after the first round is good and accepted."""
+    s = Settings(target=str(llama_pair.target), draft=str(llama_pair.target), device="cuda", chat=False,
+                 dtype="float32", k=3, overlap=True, max_new_tokens=40, batch_size=3)
+    results = SpeculativeDecoder.from_settings(s).generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, 40)
+    for r in results:
+        assert r.stats.acceptance_rate == 1.0 and r.stats.draft_tokens == 3 * (r.stats.rounds - 1)
+
+
+def test_captured_overlapped_sampling_equals_the_in_line_branches(llama_pair):
+    """Same seed: the overlapped round with its draft branch on the side stream emits what it emits
+    with the branches one after the other on one stream (CapturedRounds(concurrent=False))."""
+    from specdecode.accel.rounds import CapturedRounds
+
+    common = dict(k=2, overlap=True, temperature=1.0, seed=5, max_new_tokens=24, batch_size=3)
+    concurrent = [r.token_ids for r in dec(llama_pair, **common).generate(RAGGED)]
+    d = dec(llama_pair, **common)
+    d._rounds[id(d.runner(d.target))] = CapturedRounds(d.runner(d.target), concurrent=False)
+    assert d.rounds().side is None
+    assert [r.token_ids for r in d.generate(RAGGED)] == concurrent

@@ -140,3 +140,31 @@ def test_iid_alpha_recovers_alpha_where_the_acceptance_rate_does_not():
     assert metrics.iid_alpha(0, 0) is None
     assert metrics.iid_alpha(10, 0) == 1.0
     assert not math.isnan(metrics.predicted_speedup(1.0, 3, 0.1))
+
+
+@pytest.mark.parametrize("alpha, k", [(0.9, 2), (0.7, 4), (0.5, 1)])
+def test_overlapped_tokens_per_round_matches_a_simulation(alpha, k):
+    """The stationary formula against the overlapped round's rule simulated with i.i.d. acceptance:
+    a good round tests k + 1 tokens (e_1 .. e_k and the draft's guess f_1), emits up to the first
+    rejection (inclusive) and stays good only when all k + 1 pass; a round without a good proposal
+    tests f_1 alone, emits one token and is followed by a good one when f_1 passes."""
+    rng = random.Random(0)
+    good, tokens, rounds = False, 0, 200_000
+    for _ in range(rounds):
+        tests = k + 1 if good else 1
+        passed = 0
+        while passed < tests and rng.random() < alpha:
+            passed += 1
+        tokens += min(passed + 1, k + 1) if good else 1
+        good = passed == tests
+    assert tokens / rounds == pytest.approx(metrics.overlapped_tokens_per_round(alpha, k), rel=0.01)
+
+
+def test_overlapped_speedup_limits():
+    assert metrics.overlapped_tokens_per_round(1.0, 3) == pytest.approx(4.0)
+    assert metrics.overlapped_tokens_per_round(0.0, 3) == 1.0
+    # a round costs the longer branch: the verify (v) or k + 1 draft steps
+    assert metrics.overlapped_speedup(1.0, 3, 0.1, 1.2) == pytest.approx(4.0 / 1.2)
+    assert metrics.overlapped_speedup(1.0, 3, 0.5, 1.2) == pytest.approx(4.0 / 2.0)
+    with pytest.raises(ValueError):
+        metrics.overlapped_speedup(0.5, 3, -0.1)

@@ -338,3 +338,130 @@ def test_padding_past_a_shorter_proposal_is_never_accepted():
     run_round(Zeros(), cache, Drafter(), bufs, RoundShape(2, 4, False), SamplingParams(), 32, 7, may_sync=False)
     assert bufs.out[:, 0].tolist() == [2, 2] and bufs.out[:, 2].tolist() == [2, 2]
     assert cache.positions.tolist() == [13, 23]
+
+
+# ---- overlapped rounds (--overlap: round.py's run_overlapped_round) ------------------------------
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_overlapped_rounds_on_fixed_shapes_are_exact(llama_pair, k):
+    """Compiled fixed-shape steps, finished rows frozen in the batch, two rounds in flight (the
+    next launched before the last is read, as captured rounds run): the draft branch's cache
+    reaches 2k + 1 positions past `last` and the output is still the target's."""
+    torch._dynamo.reset()
+    dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft, k=k, batch_size=3, max_new_tokens=MAX_NEW,
+                                overlap=True))
+    eng = dec.engine()
+    assert eng.rounds.fixed_shapes and eng.lookahead
+    ids = dec.encode_all(RAGGED)
+    tokens = [[] for _ in ids]
+    for ev in eng.stream(ids):
+        tokens[ev.row].extend(ev.tokens)
+    assert tokens == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+    assert eng.max_in_flight == 2
+    assert sum(s.accepted_tokens for s in eng.stats) > 0
+
+
+class _RecordingSide:
+    """A stand-in for accel/rounds.py's SideBranch: records what runs where."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def run(self, fn):
+        self.log.append("fork")
+        out = fn()
+        self.log.append("draft done")
+        return out
+
+    def join(self):
+        self.log.append("join")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_an_overlapped_round_forks_the_draft_and_reads_nothing_back(llama_pair, monkeypatch, temperature):
+    """The draft branch runs inside `side.run` (on CUDA: a second stream), every draft step in it,
+    and the round joins before the acceptance; the round reads nothing back to the host; and its
+    results equal the in-line round's (side None) from the same state."""
+    dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=2, max_new_tokens=MAX_NEW,
+                      temperature=temperature, seed=1, overlap=True)
+    eng = dec.engine()
+    ids = dec.encode_all(RAGGED[:2])
+
+    def state():
+        if eng.generator is not None:
+            eng.generator.manual_seed(4)
+        cache, bufs, input_ids, lengths, max_len = eng._open(ids)
+        bufs.last.copy_(eng._prefill(cache, input_ids, lengths))
+        eng.drafter.prefill(input_ids, lengths, max_len)
+        if eng.generator is not None:
+            bufs.draw_noise(eng.generator)
+        return cache, bufs, max_len
+
+    shape = RoundShape(3, 3, False, overlap=True)
+    outs = []
+    for side in (None, "recording"):
+        log = []
+        cache, bufs, max_len = state()
+        forward = eng.drafter.runner.forward
+        monkeypatch.setattr(eng.drafter.runner, "forward", lambda *a, **kw: (log.append("draft step"), forward(*a, **kw))[1])
+        target_forward = eng.runner.forward
+        monkeypatch.setattr(eng.runner, "forward", lambda *a, **kw: (log.append("verify"), target_forward(*a, **kw))[1])
+
+        def trap(*a, **k):
+            raise AssertionError("host read inside a round")
+
+        for name in ("item", "tolist", "__bool__", "__int__"):
+            monkeypatch.setattr(torch.Tensor, name, trap)
+        rounds = []
+        for _ in range(3):  # the first round has no proposal; the next ones do where f_1 was kept
+            rounds.append(run_round(eng.runner, cache, eng.drafter, bufs, shape, eng.params.sampling, max_len,
+                                    eng.target_rows, may_sync=False,
+                                    side=_RecordingSide(log) if side else None))
+        monkeypatch.undo()
+        assert rounds == [3, 3, 3]
+        outs.append((bufs.out.tolist(), bufs.ahead.tolist(), bufs.ahead_ok.tolist(), cache.positions.tolist()))
+        if side:
+            one = ["fork"] + ["draft step"] * 4 + ["draft done", "verify", "join"]
+            assert log == one * 3
+    assert outs[0] == outs[1]
+    out = outs[0][0]
+    assert all(0 <= row[0] <= row[2] and row[2] in (0, 3) for row in out)
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="CPU rounds: on CUDA, test_gpu_rounds.py runs the fused commit")
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_overlapped_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
+    """Overlapped rounds committing through accel/glue.py's kernel (as captured rounds do on CUDA;
+    here under Triton's interpreter) emit what the reference commit emits."""
+    from specdecode.accel import glue
+
+    def run(fused: bool):
+        dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3, max_new_tokens=MAX_NEW,
+                          temperature=temperature, seed=3, overlap=True)
+        eng = dec.engine()
+        if fused:
+            eng.rounds.commit = glue.commit
+        ids = dec.encode_all(RAGGED)
+        tokens = [[] for _ in ids]
+        for ev in eng.stream(ids):
+            tokens[ev.row].extend(ev.tokens)
+        return tokens
+
+    fused = run(True)
+    assert fused == run(False)
+    if temperature == 0.0:
+        assert fused == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+
+
+def test_scratch_buffers_are_per_lane():
+    """A concurrent branch's kernels (kernels.lane) never share counters or partial sums with the
+    main stream's; one lane's buffer is the same at every call (graphs captured later reuse it)."""
+    from specdecode.accel import kernels
+
+    dev = torch.device("cpu")
+    main = kernels.scratch(dev, "test lane", 8, torch.int32)
+    with kernels.lane("side"):
+        side = kernels.scratch(dev, "test lane", 8, torch.int32)
+        assert kernels.scratch(dev, "test lane", 8, torch.int32) is side
+    assert side is not main and side.data_ptr() != main.data_ptr()
+    assert kernels.scratch(dev, "test lane", 8, torch.int32) is main

@@ -101,18 +101,23 @@ DRAFTERS = {
     "ngram": dict(drafter="ngram"),  # deterministic proposals: one-hot q
     "early-exit": dict(drafter="early-exit", exit_layer=1),
     "auto": dict(drafter="model", k="auto"),  # per-row proposal lengths
+    # overlapped rounds at k 1: within five tokens a round tests f_1 alone (no proposal yet), then
+    # [e_1, f_1] with f_1 as the round's own token when both are kept (round.py's run_overlapped_round)
+    "overlap-far": dict(drafter="model", k=1, overlap=True),
+    "overlap-close": dict(drafter="model", k=1, overlap=True),
 }
 # The fast layer: the far draft (most rejections, so most recovered tokens) under plain and top-k
 # sampling, the n-gram drafter (one-hot q) under top-p, and k auto (per-row lengths); the rest of
 # the grid (the close and early-exit drafters, far under top-p, ...) is marked slow.
-FAST = {("far", "t1"), ("far", "t0.7-topk8"), ("ngram", "t1-topp0.8"), ("auto", "t1")}
+FAST = {("far", "t1"), ("far", "t0.7-topk8"), ("ngram", "t1-topp0.8"), ("auto", "t1"), ("overlap-close", "t1"),
+        ("overlap-far", "t0.7-topk8")}
 GRID = [pytest.param(kind, sp, id=f"{kind}-{name}", marks=() if (kind, name) in FAST else pytest.mark.slow)
         for name, sp in CASES.items() for kind in DRAFTERS]
 
 
 @pytest.mark.parametrize("draft_kind, sp", GRID)
 def test_five_tokens_follow_the_target(request, llama_pair, llama_random_draft, sp, draft_kind):
-    draft = llama_random_draft if draft_kind == "far" else llama_pair.draft
+    draft = llama_random_draft if draft_kind.endswith("far") else llama_pair.draft
     kw = {"k": 3, **DRAFTERS[draft_kind]}
     s = Settings(target=str(llama_pair.target), draft=str(draft), max_new_tokens=NEW_TOKENS, batch_size=500,
                  temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p, seed=7, device="cpu", dtype="float32",
@@ -139,7 +144,7 @@ def test_five_tokens_follow_the_target(request, llama_pair, llama_random_draft, 
     assert 0.0 <= acc <= 1.0
     if draft_kind != "ngram":  # a one-token prompt history rarely gives prompt lookup a match
         assert proposed > 0
-    if draft_kind == "far":
+    if draft_kind.endswith("far"):
         assert acc < 0.5  # really a far draft: most proposals are rejected
 
 

@@ -33,6 +33,7 @@ interpreter (TRITON_INTERPRET=1), which is how the tests check them against torc
 
 from __future__ import annotations
 
+import contextlib
 
 import torch
 from torch import Tensor
@@ -45,7 +46,8 @@ except Exception:  # pragma: no cover - ImportError, or a broken Triton install
     tl = None
 
 __all__ = ["AVAILABLE", "ACTIVATIONS", "MAX_HIDDEN", "MAX_MLP_ROWS", "MAX_ROWS", "PDL_AVAILABLE", "decode_attention",
-           "gemv", "gemv_config", "gemv_operands", "mlp", "mlp_config", "splits_k", "split_buffers", "pdl_usable", "scratch", "usable_on"]
+           "gemv", "gemv_config", "gemv_operands", "lane", "mlp", "mlp_config", "splits_k", "split_buffers", "pdl_usable", "scratch",
+           "usable_on"]
 
 AVAILABLE = triton is not None
 
@@ -945,17 +947,31 @@ def _pdl_args(pdl: bool) -> dict:
     return dict(PDL=True, launch_pdl=True) if pdl else dict(PDL=False)
 
 
-_SCRATCH: dict[tuple[torch.device, str], Tensor] = {}
+_SCRATCH: dict[tuple[torch.device, str, str], Tensor] = {}
 _RETIRED: list[Tensor] = []  # replaced scratch buffers: a captured graph may still point to them
+_LANE = ["main"]  # the scratch lane launches take now (see `lane`)
+
+
+@contextlib.contextmanager
+def lane(name: str):
+    """Launches inside take their scratch buffers from lane `name`: work that runs concurrently
+    with the main stream's (an overlapped round's draft branch) must not share counters or partial
+    sums with it. Lanes are fixed per branch, so warm-ups and captures use the same buffers."""
+    saved = _LANE[0]
+    _LANE[0] = name
+    try:
+        yield
+    finally:
+        _LANE[0] = saved
 
 
 def scratch(device: torch.device, name: str, n: int, dtype: torch.dtype, least: int = 1024) -> Tensor:
-    """A zeroed buffer of at least n elements per (device, name), shared by every launch on the
-    device (its kernels run one after another in one stream). Kernels that count in it leave it
-    zero again. It grows at the first use of a larger size, which is uncaptured (the runner and
-    the captured rounds run each shape once before capturing it); the buffer it replaces is kept
-    alive, since graphs captured earlier still point to it."""
-    key = (device, name)
+    """A zeroed buffer of at least n elements per (device, name, lane), shared by every launch of
+    that lane on the device (its kernels run one after another in one stream; `lane`). Kernels
+    that count in it leave it zero again. It grows at the first use of a larger size, which is
+    uncaptured (the runner and the captured rounds run each shape once before capturing it); the
+    buffer it replaces is kept alive, since graphs captured earlier still point to it."""
+    key = (device, name, _LANE[0])
     found = _SCRATCH.get(key)
     if found is None or found.numel() < n:
         if found is not None:

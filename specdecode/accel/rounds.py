@@ -34,9 +34,40 @@ from torch import Tensor
 
 from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
-from . import glue
+from . import glue, kernels
 
-__all__ = ["CapturedRounds", "Pending", "capture", "time_replays"]
+__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "time_replays"]
+
+
+class SideBranch:
+    """A second stream for an overlapped round's draft branch (decoding/round.py's
+    run_overlapped_round): `run(fn)` runs fn there after everything the current stream has
+    queued, `join()` makes the current stream wait for it. Captured, the round's graph forks
+    into two branches that the GPU runs concurrently: the draft's latency-bound steps fill the
+    time the target's verify leaves the memory system idle. Its kernels take scratch buffers of
+    their own lane (kernels.lane): nothing they count in is shared with the verify's.
+
+    `priority`: the stream's (lower is higher; the draft branch is the longer one when (k + 1)
+    draft steps outlast the verify)."""
+
+    def __init__(self, device: torch.device, priority: int = -1) -> None:
+        low, high = torch.cuda.Stream.priority_range()
+        self.stream = torch.cuda.Stream(device, priority=max(high, min(low, priority)))
+
+    def run(self, fn):
+        main = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream), kernels.lane("side"):
+            out = fn()
+        # the result is read on the main stream after join(): keep the allocator from reusing it early
+        values = (out,) if isinstance(out, Tensor) else tuple(vars(out).values()) if hasattr(out, "__dict__") else ()
+        for value in values:
+            if isinstance(value, Tensor):
+                value.record_stream(main)
+        return out
+
+    def join(self) -> None:
+        torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
 
 
 def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
@@ -89,11 +120,13 @@ class Pending:
 class CapturedRounds(EagerRounds):
     captured = True
 
-    def __init__(self, target, fused_commit: bool | None = None) -> None:
+    def __init__(self, target, fused_commit: bool | None = None, concurrent: bool = True) -> None:
         """`target`: the target's ModelRunner (CUDA, fixed shapes). `fused_commit`: the acceptance
         and commit as one Triton kernel (accel/glue.py); None: wherever Triton runs on the device
-        (--no-kernels turns it off with the other kernels)."""
+        (--no-kernels turns it off with the other kernels). `concurrent`: an overlapped round's
+        draft branch runs on a stream of its own (SideBranch); False runs it in line (profiling)."""
         super().__init__(target, fixed_shapes=True)
+        self.side = SideBranch(target.device) if concurrent else None
         usable = glue.usable(target.device)
         if fused_commit and not usable:
             raise ValueError("the fused commit needs Triton and a CUDA device")
@@ -106,14 +139,18 @@ class CapturedRounds(EagerRounds):
         self.captures = 0  # graphs captured so far (tests and warm-up reports)
         self.round_ms: dict[tuple, float] = {}  # graph key -> its replay's device time, timed at capture
 
-    def open(self, drafter, batch: int, max_len: int, width: int, vocab: int, sampling: SamplingParams):
+    def open(self, drafter, batch: int, max_len: int, width: int, vocab: int, sampling: SamplingParams,
+             overlap: bool = False):
         self.drafter = drafter
         cache = self.target.new_cache(batch, max_len)  # pooled: the same buffers every batch of this shape
-        key = (batch, cache.max_len, width, vocab, sampling.greedy)
+        key = (batch, cache.max_len, width, vocab, sampling.greedy, overlap)
         bufs = self._bufs.get(key)
         if bufs is None:
-            bufs = self._bufs[key] = RoundBuffers.new(batch, width, vocab, sampling, self.target.device)
+            bufs = self._bufs[key] = RoundBuffers.new(batch, width, vocab, sampling, self.target.device,
+                                                      overlap=overlap)
         bufs.alive.fill_(1)
+        if bufs.ahead_ok is not None:
+            bufs.ahead_ok.zero_()  # a new batch has no proposal yet
         return cache, bufs
 
     def _key(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams) -> tuple:

@@ -68,11 +68,14 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
     k = _k_for_prediction(settings, acc)
     if alpha is None or k is None or step is None:
         return None
-    predicted = metrics.predicted_speedup(alpha, k, step.c)
+    overlap = bool(getattr(settings, "overlap", False))
+    # overlapped rounds: the verify and k + 1 draft steps side by side, priced as if they overlapped perfectly
+    predicted = metrics.overlapped_speedup(alpha, k, step.c) if overlap else metrics.predicted_speedup(alpha, k, step.c)
     verify = None
     if step.verify_ms is not None and step.target_ms:
         v = step.verify_ms / step.target_ms
-        at_costs = metrics.speedup_at_round_costs(alpha, k, step.c, v)
+        at_costs = (metrics.overlapped_speedup(alpha, k, step.c, v) if overlap
+                    else metrics.speedup_at_round_costs(alpha, k, step.c, v))
         verify = {
             "verify_tokens": step.verify_tokens,
             "verify_step_ms": step.verify_ms,
@@ -88,7 +91,9 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
         "c_method": step.method,
         "target_step_ms": step.target_ms,
         "draft_step_ms": step.draft_ms,
-        "tokens_per_round": metrics.expected_tokens_per_round(alpha, k),
+        "tokens_per_round": (metrics.overlapped_tokens_per_round(alpha, k) if overlap
+                             else metrics.expected_tokens_per_round(alpha, k)),
+        "model": "overlapped rounds, perfect overlap" if overlap else "Leviathan et al.",
         "measured_tokens_per_round": acc.block_efficiency,
         "speedup": predicted,
         "measured_speedup": measured_speedup,

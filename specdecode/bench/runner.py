@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .. import metrics
-from ..decoding.engine import RowStats, SpeculativeEngine
+from ..decoding.engine import RowStats
 from ..io import atomic_write_text, json_line
 from ..results import batches, collect_batch, sync
 
@@ -227,7 +227,7 @@ def _step_shapes(decoder, batch: list[list[int]]) -> tuple[int, ...] | None:
 def _cache_len(decoder, longest_prompt: int) -> int:
     """Cache slots the engine allocates for a batch whose longest prompt has this many tokens."""
     s = decoder.settings
-    return SpeculativeEngine.cache_len(max(longest_prompt, decoder.reserved), s.max_new_tokens, s.max_draft_tokens)
+    return s.cache_reserve(max(longest_prompt, decoder.reserved))
 
 
 def warm_up(decoder, batch: list[list[int]]) -> None:

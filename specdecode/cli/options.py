@@ -57,6 +57,7 @@ class SharedOptions:
     exit_layer: int | None
     k: str | None
     max_k: int | None
+    overlap: bool | None
     max_new_tokens: int | None
     max_length: int | None
     temperature: float | None
@@ -131,6 +132,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("exit_layer", Optional[int], _opt("--exit-layer", metavar="N", help="early-exit drafter: target layers to use")),
     ("k", Optional[str], _opt("--k", metavar="N|auto", key="k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
     ("max_k", Optional[int], _opt("--max-k", metavar="N", key="max_k", help="upper bound for --k auto")),
+    ("overlap", Optional[bool], _opt("--overlap/--no-overlap", help="draft the next round while the target verifies this one, on a second CUDA stream (--drafter model, fixed --k; default off; output unchanged)")),
     ("max_new_tokens", Optional[int], _opt("--max-new-tokens", metavar="N", key="max_new_tokens", help="tokens to generate per prompt")),
     ("max_length", Optional[int], _opt("--max-length", metavar="N", key="max_length", help="truncate prompts to this many tokens (from the left)")),
     ("temperature", Optional[float], _opt("--temperature", metavar="F", key="temperature", help="0 = greedy")),
@@ -172,7 +174,7 @@ _DATA_PARAMS: list[tuple[str, Any, Any]] = [
 # settings key -> the flag that sets it (so errors name the flag the user typed)
 FLAG_NAMES = {
     "target": "--target", "draft": "--draft", "drafter": "--drafter", "exit_layer": "--exit-layer", "k": "--k",
-    "max_k": "--max-k", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
+    "max_k": "--max-k", "overlap": "--overlap", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
     "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "tp": "--tp", "device_map": "--device-map", "max_memory": "--max-memory",
     "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",

@@ -55,6 +55,7 @@ class EngineParams:
     seed: int | None = None
     attend_bucket: int = 64  # eager path: attend over the cache in buckets of this many slots
     min_cache_len: int = 0  # size caches for at least this many slots (a whole data set's longest)
+    overlap: bool = False  # overlapped rounds: the draft drafts the next round during the verify (round.py)
 
 
 class SpeculativeEngine:
@@ -71,7 +72,12 @@ class SpeculativeEngine:
         self.params = params
         self.k_policy = k_policy if self.drafter is not None else None
         if self.drafter is None:
-            self.params = EngineParams(**{**params.__dict__, "num_draft_tokens": 0})
+            self.params = EngineParams(**{**params.__dict__, "num_draft_tokens": 0, "overlap": False})
+        if self.params.overlap:
+            if not hasattr(self.drafter, "propose_from"):
+                raise ValueError("overlapped rounds need a draft model as the drafter")
+            if self.k_policy is not None:
+                raise ValueError("overlapped rounds need a fixed k: each round drafts the next one's proposal")
         self.device = target.device
         self.target_rows = target.vocab_rows
         self.stats: list[RowStats] = []
@@ -100,14 +106,17 @@ class SpeculativeEngine:
         return min(max_len, -(-need // b) * b)
 
     @staticmethod
-    def cache_len(longest_prompt: int, max_new_tokens: int, max_k: int) -> int:
-        """Cache slots a batch needs: its longest prompt, every new token, and one round's overshoot."""
-        return longest_prompt + max_new_tokens + max_k + 2
+    def cache_len(longest_prompt: int, max_new_tokens: int, max_k: int, overlap: bool = False) -> int:
+        """Cache slots a batch needs: its longest prompt, every new token, and one round's overshoot
+        (an overlapped round's draft writes k + 1 positions past its proposal)."""
+        return longest_prompt + max_new_tokens + (2 * max_k + 3 if overlap else max_k + 2)
 
     def shapes(self) -> list[RoundShape]:
         """Every round shape this engine can run (what a warm-up must capture or compile)."""
         if self.drafter is None:
             return [RoundShape(0, 0, False)]
+        if self.params.overlap:
+            return [RoundShape(self.max_k, self.max_k, False, overlap=True)]
         width = self.max_k
         ks = range(1, width + 1) if self.k_policy is not None else [width]
         prev = (False, True) if self.drafter.on_device else (False,)
@@ -152,6 +161,9 @@ class SpeculativeEngine:
         # rewriting a slot it holds is harmless.
         lookahead = self.lookahead and not compact and (self.drafter is None or self.drafter.on_device)
         feed_prev = lookahead and self.drafter is not None  # else: the draft prefilled the whole prompt
+        overlap = p.overlap
+        if overlap:
+            feed_prev = False  # an overlapped round's draft branch holds everything before `last`
         pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
         costs_at = self._give_costs(-1, cache, bufs, feed_prev)  # captures when the policy last got costs
         rnd = 0
@@ -174,8 +186,10 @@ class SpeculativeEngine:
                         k = width = draft.tokens.shape[1]  # uncaptured: verify only what was proposed
                 ahead = len(pending) * (self.max_k + 1)  # positions the rounds in flight may add
                 live = [pos + ahead for pos, row in zip(positions, active) if row not in finished]
-                attend_len = self._bucket(max(live) + max(width, k) + 1, max_len)
-                shape = RoundShape(k, width, feed_prev)
+                # an overlapped round's draft reaches k + 1 positions past its proposal's last
+                reach = 2 * k + 2 if overlap else max(width, k) + 1
+                attend_len = self._bucket(max(live) + reach, max_len)
+                shape = RoundShape(k, width, feed_prev, overlap)
                 if self.generator is not None:
                     bufs.draw_noise(self.generator)
                 steps, result = self.rounds.launch(cache, bufs, shape, p.sampling, attend_len, self.target_rows)
@@ -190,8 +204,8 @@ class SpeculativeEngine:
             if self.drafter is not None:
                 self.drafter.observe(torch.tensor([h[0] for h in host]))
                 # the draft fed last, d_1 .. d_{steps-1}: it lacks the next `prev` iff a row kept all
-                feed_prev = lookahead or (steps > 0 and any(
-                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished))
+                feed_prev = not overlap and (lookahead or (steps > 0 and any(
+                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished)))
 
             # 2e. per-row bookkeeping, stops, events
             for slot, row in enumerate(active):
@@ -206,7 +220,9 @@ class SpeculativeEngine:
                 histories[row].extend(out)
                 self.stats[row].new_tokens = generated[row]
                 own = out[a] if len(out) > a else None
-                kind: TokenKind = "target" if k_round == 0 else ("bonus" if a >= proposed else "recovered")
+                # (an overlapped round proposes nothing for a row whose proposal was not good: its token is the target's)
+                kind: TokenKind = ("target" if k_round == 0 or (overlap and proposed == 0)
+                                   else ("bonus" if a >= proposed else "recovered"))
                 if reason:
                     finished.add(row)
                 yield RoundEvent(row, rnd_done, tuple(out[: min(a, len(out))]), tuple(drafted[a:proposed]), own,
@@ -258,13 +274,16 @@ class SpeculativeEngine:
         p = self.params
         lengths_host = [len(x) for x in prompts]
         longest = max(lengths_host)
-        max_len = max(self.cache_len(longest, p.max_new_tokens, self.max_k), p.min_cache_len)
+        max_len = max(self.cache_len(longest, p.max_new_tokens, self.max_k, p.overlap), p.min_cache_len)
         input_ids = torch.zeros((len(prompts), longest), dtype=torch.long)
         for b, ids in enumerate(prompts):
             input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         input_ids = input_ids.to(self.device)
         lengths = torch.tensor(lengths_host, dtype=torch.long, device=self.device)
-        cache, bufs = self.rounds.open(self.drafter, len(prompts), max_len, self.max_k, self.target_rows, p.sampling)
+        # overlapped rounds test one draft token more than k and draw for it
+        width = self.max_k + 1 if p.overlap else self.max_k
+        cache, bufs = self.rounds.open(self.drafter, len(prompts), max_len, width, self.target_rows, p.sampling,
+                                       overlap=p.overlap)
         return cache, bufs, input_ids, lengths, max(max_len, cache.max_len)
 
     def _prefill(self, cache, input_ids: Tensor, lengths: Tensor) -> Tensor:

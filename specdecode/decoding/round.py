@@ -38,7 +38,7 @@ from .drafting import Draft, Drafter, DraftState
 from .sampling import SamplingParams, logits_to_probs
 from .verify import verify_greedy, verify_sampling
 
-__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "commit_reference", "run_round"]
+__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "commit_reference", "run_overlapped_round", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class RoundShape:
     k: int  # draft steps this round (0: the target alone)
     width: int  # draft positions verified (>= k; fixed shapes pad a shorter round to max_k)
     feed_prev: bool  # the drafter's first step also feeds `prev` (see drafting.DraftState)
+    overlap: bool = False  # the draft drafts the next round while the target verifies this one (see below)
 
 
 @dataclass
@@ -62,17 +63,28 @@ class RoundBuffers:
     given_num: Tensor  # [B] int64 how many of them are real
     race: Tensor | None = None  # [B, W + 1, V] float32 Exp(1): draft j uses [:, j], the target [:, w]
     uniform: Tensor | None = None  # [B, W] float32 U[0, 1): acceptance tests
+    # overlapped rounds (run_overlapped_round): the next round's proposal, drafted during this one
+    ahead: Tensor | None = None  # [B, W] int64 e_1 .. e_k, the draft's tokens after `last`
+    ahead_probs: Tensor | None = None  # [B, W, V] float32 their q (sampling)
+    ahead_ok: Tensor | None = None  # [B] int64 1 = `ahead` follows `last` (its first token was accepted)
 
     @classmethod
-    def new(cls, batch: int, width: int, vocab: int, sampling: SamplingParams, device: torch.device) -> RoundBuffers:
+    def new(cls, batch: int, width: int, vocab: int, sampling: SamplingParams, device: torch.device,
+            overlap: bool = False) -> RoundBuffers:
+        """Buffers for rounds of up to `width` draft positions; `overlap`: with the state of
+        overlapped rounds (their random draws and results need one position more than k)."""
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
-        race = uniform = None
+        race = uniform = ahead = ahead_probs = ahead_ok = None
         if not sampling.greedy:
             race = torch.ones((batch, width + 1, vocab), dtype=torch.float32, device=device)
             uniform = torch.zeros((batch, width), dtype=torch.float32, device=device)
+        if overlap:
+            ahead, ahead_ok = z(batch, width), z(batch)
+            if not sampling.greedy:
+                ahead_probs = torch.zeros((batch, width, vocab), dtype=torch.float32, device=device)
         return cls(last=z(batch), prev=z(batch), alive=torch.ones(batch, dtype=torch.long, device=device),
                    out=z(batch, 3 + width), given_tokens=z(batch, width), given_num=z(batch),
-                   race=race, uniform=uniform)
+                   race=race, uniform=uniform, ahead=ahead, ahead_probs=ahead_probs, ahead_ok=ahead_ok)
 
     def draw_noise(self, generator: torch.Generator | None) -> None:
         """This round's random numbers, in place (sampling only; one stream, so a seed fixes them)."""
@@ -82,7 +94,8 @@ class RoundBuffers:
 
     def select_rows(self, rows: Tensor) -> None:
         """Keep only these rows (eager batch compaction)."""
-        for name in ("last", "prev", "alive", "out", "given_tokens", "given_num", "race", "uniform"):
+        for name in ("last", "prev", "alive", "out", "given_tokens", "given_num", "race", "uniform", "ahead",
+                     "ahead_probs", "ahead_ok"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, rows))
@@ -141,14 +154,18 @@ def commit_reference(verify_in: Tensor, cache, bufs: RoundBuffers, num_proposed:
 
 
 def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-              attend_len: int, target_rows: int, may_sync: bool = True, commit=None) -> int:
+              attend_len: int, target_rows: int, may_sync: bool = True, commit=None, side=None) -> int:
     """One round over `bufs` and the caches (see the module doc); returns the draft steps the
     drafter ran (<= k; fewer only when an uncaptured drafter stopped early).
 
     `target`: the target's Step (forward over `cache`); `drafter`: an on-device drafter, or None
     when the proposal was handed in (`bufs.give`) or k == 0. `commit`: the acceptance and commit
     fused into one kernel (accel/glue.py's `commit`, captured rounds on CUDA); None runs them
-    as the reference tensor operations below."""
+    as the reference tensor operations below. An overlapped shape runs `run_overlapped_round`
+    (`side`: where its draft branch runs, see there)."""
+    if shape.overlap:
+        return run_overlapped_round(target, cache, drafter, bufs, shape, sampling, attend_len, target_rows,
+                                    commit=commit, side=side)
     B = bufs.last.shape[0]
     k, width = shape.k, shape.width
 
@@ -188,6 +205,90 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     return steps
 
 
+def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
+                         attend_len: int, target_rows: int, commit=None, side=None) -> int:
+    """One overlapped round: the target verifies the proposal the draft made during the previous
+    round while the draft drafts the next one (Liu et al. 2024, "Parallel Speculative Decoding
+    with Adaptive Draft Length", PEARL's post-verify, in one fixed-shape program). Returns k.
+
+    State: `bufs.ahead` holds e_1 .. e_k and, where `bufs.ahead_ok`, they follow `last` (the draft
+    cache then holds last, e_1 .. e_{k-1}). Two branches, independent until the acceptance:
+
+      * verify: the target over [last, e_1 .. e_k] (k + 1 rows): p_1 .. p_{k+1};
+      * draft: k + 1 draft steps from e_k at its position (rows whose `ahead` is good), or from
+        `last` at its own (the others): f_1 .. f_{k+1}. f_1 is the draft's guess of the token
+        after e_k (of the token after `last`), f_2 .. f_{k+1} the next round's proposal.
+
+    Acceptance: rows with a good `ahead` test [e_1 .. e_k, f_1] against p_1 .. p_{k+1}; the others
+    test [f_1] against p_1 (their e's never count: zero proposed). The usual rule (verify.py),
+    except that there is no target distribution after the last draft: when all are accepted, f_1
+    itself is the round's own token (greedy: it equals the target's argmax; sampling: accepted
+    with probability min(1, p/q), it follows p), and the next round's proposal f_2 .. f_{k+1} is
+    good. Otherwise the round's own token is the recovered one and the next round verifies no
+    proposal of its own (its draft branch starts again from `last`). So the output is exactly
+    the target's (greedy) or follows its distribution (sampling), and every round emits what a
+    round of k draft tokens emits: accepted + 1 tokens, counted the same way.
+
+    `side`: where the draft branch runs, an object with `run(fn)` (fn's result) and `join()`
+    (accel/rounds.py's side stream: the branches run concurrently on the GPU); None runs the
+    branches one after the other (the reference). Device work only, no host synchronisation.
+    """
+    B = bufs.last.shape[0]
+    k = shape.k
+    if bufs.ahead is None or k < 1 or bufs.ahead.shape[1] < k + 1:
+        raise ValueError("an overlapped round needs RoundBuffers.new(..., overlap=True) of width k + 1 and k >= 1")
+
+    def draft_branch() -> Draft:
+        good = bufs.ahead_ok.bool()
+        start = torch.where(good, bufs.ahead[:, k - 1], bufs.last)  # [B]
+        at = cache.positions + bufs.ahead_ok * k  # [B] the start token's position
+        state = DraftState(last=bufs.last, prev=bufs.prev, positions=cache.positions, attend_len=attend_len,
+                           sampling=sampling, target_rows=target_rows,
+                           race=bufs.race[:, : k + 1] if bufs.race is not None else None, may_sync=False)
+        return drafter.propose_from(start, at, state, k + 1)
+
+    draft = side.run(draft_branch) if side is not None else draft_branch()
+    verify_in = torch.cat([bufs.last[:, None], bufs.ahead[:, :k]], dim=1)  # [B, k+1]
+    logits = target.forward(verify_in, cache, attend_len)  # [B, k+1, V]
+    if side is not None:
+        side.join()
+
+    good = bufs.ahead_ok.bool()  # [B]
+    f = draft.tokens  # [B, k+1]
+    first = f[:, :1]  # [B, 1]
+    tested = torch.where(good[:, None], torch.cat([bufs.ahead[:, :k], first], dim=1),
+                         torch.cat([first, torch.zeros_like(bufs.ahead[:, :k])], dim=1))  # [B, k+1]
+    n = bufs.ahead_ok * k + 1  # [B] tokens tested per row
+    if sampling.greedy:
+        picks = target.argmax(logits.reshape(B * (k + 1), -1)).view(B, k + 1)  # [B, k+1]
+        live = torch.arange(k + 1, device=n.device) < n[:, None]
+        a = ((tested == picks) & live).long().cumprod(dim=1).sum(dim=1)  # [B] in [0, n]
+        own = picks.gather(1, a.clamp(max=k)[:, None]).squeeze(1)
+    else:
+        p = logits_to_probs(logits, sampling)  # [B, k+1, V] float32
+        p = torch.cat([p, p[:, -1:]], dim=1)  # a stand-in after the last position: its draw is never used
+        q_first = draft.probs[:, :1]  # [B, 1, V]
+        q_e = bufs.ahead_probs[:, :k]
+        q = torch.where(good[:, None, None], torch.cat([q_e, q_first], dim=1),
+                        torch.cat([q_first, torch.zeros_like(q_e)], dim=1))  # [B, k+1, V]
+        a, own = verify_sampling(tested, q, p, num_proposed=n, uniform=bufs.uniform[:, : k + 1],
+                                 race=bufs.race[:, k + 1])
+    all_kept = a == n  # [B]
+    nxt = torch.where(all_kept, tested.gather(1, (n - 1)[:, None]).squeeze(1), own)  # [B]
+    accepted = torch.where(good, a.clamp(max=k), torch.zeros_like(a))  # of e_1 .. e_k
+    proposed = bufs.ahead_ok * k
+    if commit is not None:
+        commit(verify_in, cache, bufs, proposed, accepted=accepted, next_token=nxt)
+    else:
+        commit_reference(verify_in, cache, bufs, proposed, accepted, nxt)
+    # the next round's proposal: good where f_1 was emitted (and the row still generates)
+    bufs.ahead[:, :k].copy_(f[:, 1:])
+    if bufs.ahead_probs is not None:
+        bufs.ahead_probs[:, :k].copy_(draft.probs[:, 1:])
+    bufs.ahead_ok.copy_(all_kept.long() * bufs.alive)
+    return k
+
+
 class EagerRounds:
     """The reference `Rounds`: each round calls `run_round` directly; `read` is its one sync.
 
@@ -197,6 +298,7 @@ class EagerRounds:
     captured = False
     captures = 0  # round graphs captured so far (CapturedRounds counts them)
     commit = None  # run_round's commit: None = the reference (captured rounds fuse it: accel/glue.py)
+    side = None  # where an overlapped round's draft branch runs: None = before the verify, in line
 
     def __init__(self, target, fixed_shapes: bool = False) -> None:
         self.target = target  # the target's Step
@@ -204,11 +306,12 @@ class EagerRounds:
         self.drafter: Drafter | None = None
 
     def open(self, drafter: Drafter | None, batch: int, max_len: int, width: int, vocab: int,
-             sampling: SamplingParams):
-        """A batch's target cache and round buffers."""
+             sampling: SamplingParams, overlap: bool = False):
+        """A batch's target cache and round buffers (`overlap`: with overlapped rounds' state)."""
         self.drafter = drafter
         device = self.target.device
-        return self.target.new_cache(batch, max_len), RoundBuffers.new(batch, width, vocab, sampling, device)
+        return (self.target.new_cache(batch, max_len),
+                RoundBuffers.new(batch, width, vocab, sampling, device, overlap=overlap))
 
     def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
                 target_rows: int) -> None:
@@ -235,11 +338,12 @@ class EagerRounds:
         proposal is already in `bufs`)."""
         drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
         return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync,
-                         commit=self.commit)
+                         commit=self.commit, side=self.side)
 
     def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
         """The tensors a round changes that a warm-up must leave as it found them."""
         state = [cache.positions, bufs.last, bufs.prev, bufs.out]
+        state += [t for t in (bufs.ahead, bufs.ahead_ok, bufs.ahead_probs) if t is not None]
         dcache = getattr(self.drafter, "cache", None)
         if dcache is not None:
             state.append(dcache.positions)

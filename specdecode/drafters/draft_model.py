@@ -74,6 +74,20 @@ class ModelDrafter:
         else:
             cache.set_positions(state.positions)
             step_in = state.last[:, None]  # [B, 1]
+        return self._steps(step_in, state, k)
+
+    @torch.inference_mode()
+    def propose_from(self, tokens: Tensor, positions: Tensor, state: DraftState, k: int) -> Draft:
+        """k tokens per row continuing from `tokens` [B] at `positions` [B], everything before which
+        the draft cache holds (an overlapped round drafts on from its unverified proposal, or from
+        `last`: decoding/round.py's run_overlapped_round). Device work only, like `propose`."""
+        assert self.cache is not None, "prefill() first"
+        self.cache.set_positions(positions)
+        return self._steps(tokens[:, None], state, k)
+
+    def _steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
+        """k draft steps from step_in [B, q] at the cache's positions."""
+        cache = self.cache
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
         bsz = step_in.shape[0]
