@@ -186,16 +186,17 @@ def rounds_for(runner):
     return ROUNDS[id(runner)]
 
 
-def run_engine(target, drafter, batch_prompts, new_tokens, k, runner, repeats=3):
+def run_engine(target, drafter, batch_prompts, new_tokens, k, runner, repeats=3, overlap=False):
     """(decode seconds per token, end-to-end seconds, (tokens, stats) of the last repeat).
 
     The product's engine and rounds (captured as CUDA graphs when the runner's are). Decode time
     runs from the moment every row has its first token (the prefill's) to the last token, over
     new_tokens - 1 tokens per row, so it includes the first speculative round. End-to-end
-    includes prefill. Both are medians over `repeats` runs after one warm-up (captures)."""
+    includes prefill. Both are medians over `repeats` runs after one warm-up (captures).
+    `overlap`: overlapped rounds (the drafter needs `propose_from`)."""
     decode, e2e, out = [], [], None
     for r in range(repeats + 1):  # first = warm-up (captures graphs)
-        eng = SpeculativeEngine(target, drafter, EngineParams(k, new_tokens), runner=runner,
+        eng = SpeculativeEngine(target, drafter, EngineParams(k, new_tokens, overlap=overlap), runner=runner,
                                 rounds=rounds_for(runner))
         toks = [[] for _ in batch_prompts]
         sync()

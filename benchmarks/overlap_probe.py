@@ -1,22 +1,40 @@
-"""Does drafting overlap the verify on the GPU? Serial against concurrent draft steps (H200).
+"""Overlapped rounds on the GPU (`--overlap`): how well the verify and the draft's steps share it.
 
-    python3 benchmarks/overlap_probe.py [--pair qwen] [--verify-rows 4 6] [--steps 1 2 3 4]
+    python3 benchmarks/overlap_probe.py --pair qwen --ks 1 2 3 5 [--pdl on/on on/off off/off] --out $OUT
 
-Builds the pair's random-weight models (as gpu_bench.py does; a step's cost does not depend on
-the weights), runs both through the product's runners (fused layers, compiled, Triton kernels),
-and times captured graphs, 20 replays back to back per timing, median of 15:
+An overlapped round (decoding/round.py's run_overlapped_round) runs the target's verify of k+1
+rows on the main stream and k+1 draft steps on a second one (accel/rounds.py's SideBranch),
+captured as one graph with two branches. Whether that pays depends on one number this script
+measures first: how close the two branches together come to the longer of them alone. The
+draft's steps are latency-bound (a 0.5B draft step reads its weights at ~1.8 TB/s), so the GPU
+has room beside them, if its block scheduler interleaves the two branches' blocks. Stop 24's
+form of this probe (`results/2026-12-03-h200-overlap-probe.json`) found a draft step costing
+0.26-0.28 ms beside the verify against 0.54 ms alone, with programmatic dependent launch (PDL)
+on in both models: a PDL kernel is resident while it waits for its predecessor, holding SM slots
+the other branch could use, so this probe also times the branches with PDL off in the draft
+(`--pdl TARGET/DRAFT`).
 
-  * the target's verify [1, W] and the draft's step [1, 1] alone;
-  * serial: the verify, then m draft steps (what a round does today, in the other order);
-  * overlapped: the m draft steps on a second stream, forked before the verify and joined after
-    it, all in one graph (what a round that drafts during the verify would do).
+Random-weight models of the pair's real configs (gpu_bench.py's `build`: step costs do not depend
+on weight values), the product's default decode path (fused layers, compiled, Triton kernels,
+PDL), bf16, batch 1, prompt 128 tokens. In one run:
 
-overlapped - verify is what the m draft steps cost when they run during the verify.
+  1. steps: the target's one-token step, its verify of k+1 rows, the draft's one-token step;
+  2. per PDL variant, branches, each captured as a CUDA graph and replayed back to back (median): the verify
+     alone, the k+1 draft steps alone, both one after the other, and both on two streams (the
+     draft's at high priority, then at the default one); `overlap_efficiency` = the longer
+     branch alone / both on two streams (1.0 = perfect overlap);
+  3. the product's engine with gpu_bench's oracle drafter at α (the real draft model's cost, the
+     target's own token with probability α per position): target alone, plain rounds at k, and
+     overlapped rounds at k, tokens per second over the same prompts, with the speedup
+     metrics.overlapped_speedup predicts at the measured step costs.
+
+Writes <date>-h200-overlap-probe.json (+ .md) to --out; method: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -27,86 +45,192 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
-from specdecode.accel.rounds import capture  # noqa: E402
+from specdecode import metrics  # noqa: E402
+from specdecode.accel.rounds import SideBranch  # noqa: E402
+from specdecode.accel.runner import ModelRunner  # noqa: E402
+from specdecode.decoding.drafting import Draft  # noqa: E402
+from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
+
+
+class OverlapOracle(gpu_bench.OracleDrafter):
+    """gpu_bench's oracle drafter for overlapped rounds too: `propose_from` pays the real draft
+    model's k steps, then proposes the target's own token at each position with probability α."""
+
+    def __init__(self, draft, runner, reference, prompt_lens, alpha, vocab):
+        super().__init__(draft, runner, reference, prompt_lens, alpha, vocab)
+        # an overlapped round proposes up to 2k + 1 positions ahead, past the reference's end near the
+        # end of a generation: continue each row with its last token (the oracle target's greedy
+        # continuation repeats it), so that α stays α there
+        for i, r in enumerate(reference):
+            self.reference[i, len(r):] = r[-1]
+
+    def propose_from(self, tokens, positions, state, k):
+        ModelDrafter.propose_from(self, tokens, positions, state, k)  # the cost of drafting
+        done = positions + 1 - self.prompt_lens[self.rows]  # generated tokens before the first proposed one
+        idx = (done[:, None] + torch.arange(k, device=positions.device)).clamp(0, self.reference.shape[1] - 1)
+        ref = self.reference[self.rows].gather(1, idx)
+        keep = self.coins[self.rows].gather(1, idx) < self.alpha
+        return Draft(tokens=torch.where(keep, ref, (ref + 1) % self.vocab))
 
 
 @torch.inference_mode()
+def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int) -> dict[str, float]:
+    """Replay times (ms) of the verify of k+1 rows, k+1 draft steps, both in sequence, both on
+    two streams (high and default priority)."""
+    dev = torch.device("cuda")
+    tcache, dcache = tr.new_cache(1, prompt_len + 300), dr.new_cache(1, prompt_len + 300)
+    x = torch.randint(10, 500, (1, prompt_len), device=dev)
+    for runner, cache in ((tr, tcache), (dr, dcache)):
+        runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
+        cache.set_positions(torch.full((1,), prompt_len, device=dev))
+    verify_in = torch.randint(10, 500, (1, k + 1), device=dev)
+    tok = torch.randint(10, 500, (1, 1), device=dev)
+    t0, d0 = tcache.positions.clone(), dcache.positions.clone()
+
+    def verify():
+        tcache.positions.copy_(t0)
+        return tr.forward(verify_in, tcache, tcache.max_len)
+
+    def draft():
+        dcache.positions.copy_(d0)
+        step = tok
+        for _ in range(k + 1):
+            logits = dr.forward(step, dcache, dcache.max_len, logits_to_keep=1)[:, -1]
+            dcache.advance(1)
+            step = dr.argmax(logits)[:, None]
+        return step
+
+    def sequential():
+        verify()
+        return draft()
+
+    def make_concurrent(priority):
+        side = SideBranch(dev, priority=priority)
+
+        def both():
+            out = side.run(draft)
+            verify()
+            side.join()
+            return out
+        return both
+
+    fns = {"verify": verify, "draft_chain": draft, "sequential": sequential,
+           "concurrent_high_priority": make_concurrent(-1), "concurrent_default_priority": make_concurrent(0)}
+    out = {}
+    for name, fn in fns.items():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        out[name] = gpu_bench.replay_ms(graph)
+        del graph
+    longer = max(out["verify"], out["draft_chain"])
+    for p in ("high", "default"):
+        out[f"overlap_efficiency_{p}_priority"] = longer / out[f"concurrent_{p}_priority"]
+    return out
+
+
+def engine_rates(target, draft, tr, dr, ks, alphas, prompt_len, new_tokens, batch, rec) -> None:
+    vocab = min(target.model.config.vocab_size, draft.model.config.vocab_size)
+    bp = gpu_bench.prompts(batch, prompt_len, vocab, seed=batch)
+    t_base, _, (ref, _) = gpu_bench.run_engine(target, None, bp, new_tokens, 0, tr)
+    rec(f"b{batch}_target_alone_tok_s", batch / t_base, f"batch {batch}: target alone {batch / t_base:.0f} tok/s")
+    for alpha in alphas:
+        for k in ks:
+            for overlap in (False, True):
+                drafter = OverlapOracle(draft, dr, ref, [prompt_len] * batch, alpha, vocab)
+                t, _, (toks, stats) = gpu_bench.run_engine(target, drafter, bp, new_tokens, k, tr, overlap=overlap)
+                acc = sum(s.accepted_tokens for s in stats) / max(1, sum(s.draft_tokens for s in stats))
+                per_round = sum(s.accepted_tokens + s.rounds for s in stats) / max(1, sum(s.rounds for s in stats))
+                key = f"b{batch}_a{alpha}_k{k}_{'overlap' if overlap else 'plain'}"
+                rec(key, {"tok_s": batch / t, "speedup": t_base / t, "acceptance": acc, "tokens_per_round": per_round,
+                          "match": sum(a == b for a, b in zip(toks, ref)) / batch},
+                    f"batch {batch} α={alpha} k={k} {'overlapped' if overlap else 'plain'}: {batch / t:.0f} tok/s, "
+                    f"x{t_base / t:.2f}, acceptance {acc:.3f}, {per_round:.2f} tokens/round")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pair", default="qwen", choices=sorted(gpu_bench.CONFIGS))
-    ap.add_argument("--verify-rows", nargs="+", type=int, default=[4, 6])
-    ap.add_argument("--steps", nargs="+", type=int, default=[1, 2, 3, 4])
-    ap.add_argument("--prompt", type=int, default=200)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3, 5])
+    ap.add_argument("--alphas", nargs="+", type=float, default=[0.9, 0.8])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1])
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--pdl", nargs="+", default=["on/on", "on/off"], metavar="TARGET/DRAFT",
+                    help="programmatic dependent launch in the target's and the draft's kernels, per variant")
+    ap.add_argument("--no-engine", action="store_true", help="the branch timings only")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tag", default="h200-overlap-probe")
     args = ap.parse_args()
-    _, _, tr, dr = gpu_bench.product_pair(args.pair)
-    n = args.prompt
-    tc, dc = tr.new_cache(1, n + 300), dr.new_cache(1, n + 300)
-    x = torch.randint(10, 500, (1, n), device="cuda")
-    tr.prefill(x, tc, attend_len=n, logits_to_keep=1)
-    dr.prefill(x, dc, attend_len=n, logits_to_keep=1)
-    start = torch.full((1,), n, dtype=torch.long, device="cuda")
-    tc.set_positions(start)
-    dc.set_positions(start)
-    one = torch.ones(1, dtype=torch.long, device="cuda")
-    tok = torch.randint(10, 500, (1, 1), device="cuda")
-    side = torch.cuda.Stream()
-    results: dict[str, float] = {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{dt.date.today().isoformat()}-{args.tag}"
+    results = {"date": dt.date.today().isoformat(), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "args": vars(args), "pair": args.pair}
 
-    def verify(rows: int):
-        ids = torch.randint(10, 500, (1, rows), device="cuda")
+    def rec(key, value, msg=None):
+        results[key] = value
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+        if msg:
+            print(msg, flush=True)
 
-        def run():
-            tc.positions.copy_(start)
-            return tr.forward(ids, tc, tc.max_len, logits_to_keep=0).argmax(-1)
-        return run
-
-    def drafting(m: int):
-        def run():
-            dc.positions.copy_(start)
-            t = tok
-            for _ in range(m):
-                logits = dr.forward(t, dc, dc.max_len, logits_to_keep=1)[:, -1]
-                dc.advance(one)
-                t = logits.argmax(-1, keepdim=True)
-            return t
-        return run
-
-    def timed(fn) -> float:  # warm-ups on a side stream, one graph, its replays timed
-        graph, _ = capture(fn, [tc.positions, dc.positions], warmups=3)
-        return gpu_bench.replay_ms(graph)
-
-    def overlapped(v, d):
-        def run():
-            main = torch.cuda.current_stream()
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                out = d()
-            res = v()
-            main.wait_stream(side)
-            return res, out
-        return run
-
-    def serial(v, d):
-        def run():
-            return v(), d()
-        return run
-
-    results["draft_step"] = timed(drafting(1))
-    print(f"draft step [1, 1]: {results['draft_step']:.3f} ms")
-    for rows in args.verify_rows:
-        v = verify(rows)
-        tv = results[f"verify_{rows}"] = timed(v)
-        print(f"\nverify [1, {rows}]: {tv:.3f} ms")
-        for m in args.steps:
-            d = drafting(m)
-            td = results[f"draft_{m}"] = timed(d)
-            ts = results[f"serial_{rows}_{m}"] = timed(serial(v, d))
-            to = results[f"overlap_{rows}_{m}"] = timed(overlapped(v, d))
-            print(f"  m={m}: drafts alone {td:.3f}, serial {ts:.3f}, overlapped {to:.3f} ms "
-                  f"(the m steps cost {to - tv:.3f} ms during the verify, {ts - tv:.3f} after it)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    tcfg, dcfg = gpu_bench.CONFIGS[args.pair]()
+    target = gpu_bench.build(tcfg, "target", oracle_target=True)
+    draft = gpu_bench.build(dcfg, "draft")
+    P = args.prompt_len
+    runners = {}
+    for variant in args.pdl:
+        tp, dp = (part == "on" for part in variant.split("/"))
+        tr = ModelRunner(target.model, graphs=True, compile=True, pdl=tp)
+        dr = ModelRunner(draft.model, graphs=True, compile=True, pdl=dp)
+        runners[variant] = (tr, dr)
+        rec(f"{variant}_decode_steps", {"target": tr.describe(), "draft": dr.describe()})
+        t1 = gpu_bench.step_time(tr, 1, 1, P) * 1e3
+        d1 = gpu_bench.step_time(dr, 1, 1, P) * 1e3
+        rec(f"{variant}_step_ms", {"target_q1": t1, "draft_q1": d1},
+            f"PDL {variant}: target step {t1:.3f} ms, draft step {d1:.3f} ms (c {d1 / t1:.3f})")
+        for k in args.ks:
+            v = gpu_bench.step_time(tr, 1, k + 1, P) * 1e3
+            b = branches(tr, dr, k, P)
+            b["verify_step_ms"] = v
+            for alpha in args.alphas:
+                b[f"predicted_overlapped_speedup_a{alpha}"] = metrics.overlapped_speedup(alpha, k, d1 / t1, v / t1)
+                b[f"predicted_plain_speedup_a{alpha}"] = metrics.speedup_at_round_costs(alpha, k, d1 / t1, v / t1)
+            rec(f"{variant}_k{k}_branches", b,
+                f"PDL {variant}, k {k}: verify {b['verify']:.3f} ms, {k + 1} draft steps {b['draft_chain']:.3f} ms, "
+                f"in sequence {b['sequential']:.3f} ms, on two streams {b['concurrent_high_priority']:.3f} ms (high "
+                f"priority) / {b['concurrent_default_priority']:.3f} ms: efficiency "
+                f"{b['overlap_efficiency_high_priority']:.2f} / {b['overlap_efficiency_default_priority']:.2f}")
+    if not args.no_engine:
+        # the engine on the variant whose overlapped branches came out fastest at the middle k
+        mid = args.ks[len(args.ks) // 2]
+        best = min(args.pdl, key=lambda v: results[f"{v}_k{mid}_branches"]["concurrent_high_priority"])
+        tr, dr = runners[best]
+        rec("engine_pdl_variant", best)
+        for batch in args.batches:
+            engine_rates(target, draft, tr, dr, args.ks, args.alphas, P, args.new_tokens, batch, rec)
+    lines = [f"# {stem}", "", f"{results['device']}, torch {results['torch']}, pair {args.pair} (random weights of the "
+             f"real configs), bf16, prompt {P}; ms per captured graph", "",
+             "| PDL target/draft | k | verify | k+1 draft steps | in sequence | two streams (high) | two streams (default) "
+             "| efficiency (high) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant in args.pdl:
+        for k in args.ks:
+            b = results[f"{variant}_k{k}_branches"]
+            lines.append(f"| {variant} | {k} | {b['verify']:.3f} | {b['draft_chain']:.3f} | {b['sequential']:.3f} | "
+                         f"{b['concurrent_high_priority']:.3f} | {b['concurrent_default_priority']:.3f} | "
+                         f"{b['overlap_efficiency_high_priority']:.2f} |")
+    rows = [(key, v) for key, v in results.items() if isinstance(v, dict) and "tok_s" in v]
+    if rows:
+        lines += ["", "| run | tok/s | speedup | acceptance | tokens/round | match |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {key} | {v['tok_s']:.0f} | {v['speedup']:.2f}x | {v['acceptance']:.3f} | "
+                  f"{v['tokens_per_round']:.2f} | {v['match']:.2f} |" for key, v in rows]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

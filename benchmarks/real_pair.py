@@ -201,10 +201,15 @@ def checks(r: dict) -> dict[str, bool]:
     s = r.get("steps", {})
     g = lambda step, key: (s.get(step) or {}).get(key)  # noqa: E731
     c = {}
-    if g("k5_warm", "speedup") is not None:
-        c["batch1_speedup_ge_1.7x"] = g("k5_warm", "speedup") >= 1.7
-        c["batch1_ge_1000_tok_s"] = (g("k5_warm", "speculative_tok_s") or 0) >= 1000
-        ratio = g("k5_warm", "realised_over_predicted")
+    # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 5, or
+    # overlapped rounds), named in r["batch1_best"]
+    batch1 = [x for x in ("k5_warm", "overlap_k1", "overlap_k2", "overlap_k3") if g(x, "speedup") is not None]
+    if batch1:
+        best = max(batch1, key=lambda x: g(x, "speedup"))
+        r["batch1_best"] = best
+        c["batch1_speedup_ge_1.7x"] = g(best, "speedup") >= 1.7
+        c["batch1_ge_1000_tok_s"] = (g(best, "speculative_tok_s") or 0) >= 1000
+        ratio = g(best, "realised_over_predicted")
         c["realised_ge_90pct_of_predicted"] = ratio is not None and ratio >= 0.9
     if g("k5_cold", "speculative_tok_s") and g("k5_warm", "speculative_tok_s"):
         c["cold_within_10pct_of_warm"] = g("k5_cold", "speculative_tok_s") >= 0.9 * g("k5_warm", "speculative_tok_s")
@@ -212,13 +217,16 @@ def checks(r: dict) -> dict[str, bool]:
     if "auto" in ks and len(ks) > 1:
         best = max(v["tokens_per_s"] for k, v in ks.items() if k != "auto")
         c["k_auto_at_least_best_fixed_k"] = ks["auto"]["tokens_per_s"] >= 0.98 * best  # within noise (2%)
-    if g("k5_batch4", "speedup") is not None:
-        c["batch4_speedup_ge_1.5x"] = g("k5_batch4", "speedup") >= 1.5
-    if g("k5_nf4", "speedup") is not None:  # issue 17's targets on the real pair
-        c["nf4_speculative_ge_1.5x_nf4_target_alone"] = g("k5_nf4", "speedup") >= 1.5
-        if g("k5_warm", "speculative_tok_s"):
+    batch4 = [x for x in ("k5_batch4", "overlap_k2_batch4") if g(x, "speedup") is not None]
+    if batch4:
+        c["batch4_speedup_ge_1.5x"] = max(g(x, "speedup") for x in batch4) >= 1.5
+    nf4 = [x for x in ("k5_nf4", "overlap_k2_nf4") if g(x, "speedup") is not None]
+    if nf4:  # issue 17's targets on the real pair
+        best = max(nf4, key=lambda x: g(x, "speedup"))
+        c["nf4_speculative_ge_1.5x_nf4_target_alone"] = g(best, "speedup") >= 1.5
+        if batch1:
             c["nf4_speculative_faster_than_bf16_speculative"] = (
-                (g("k5_nf4", "speculative_tok_s") or 0) > g("k5_warm", "speculative_tok_s"))
+                (g(best, "speculative_tok_s") or 0) > max(g(x, "speculative_tok_s") or 0 for x in batch1))
     return c
 
 
@@ -276,6 +284,12 @@ def run(args) -> None:
         "k5_nf4": ["--k", "5", "--quantized", *n],
         # the target in NF4, the draft in bf16 (its NF4 steps cost more: 0.90 against 0.55 ms in stop 29)
         "k5_nf4_bf16_draft": ["--k", "5", "--quantized", "--no-quantize-draft", *n],
+        # overlapped rounds (--overlap): the draft drafts the next round on a second stream during the verify
+        "overlap_k1": ["--k", "1", "--overlap", *n],
+        "overlap_k2": ["--k", "2", "--overlap", *n],
+        "overlap_k3": ["--k", "3", "--overlap", *n],
+        "overlap_k2_batch4": ["--k", "2", "--overlap", "--batch-size", "4", *n],
+        "overlap_k2_nf4": ["--k", "2", "--overlap", "--quantized", *n],
     }
     for step in args.steps:
         t = time.perf_counter()
