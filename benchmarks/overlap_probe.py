@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
 from specdecode import metrics  # noqa: E402
-from specdecode.accel.rounds import SideBranch  # noqa: E402
+from specdecode.accel.rounds import SideBranch, capture  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 from specdecode.decoding.drafting import Draft  # noqa: E402
 from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
@@ -118,15 +118,7 @@ def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int) -> dict[
            "concurrent_high_priority": make_concurrent(-1), "concurrent_default_priority": make_concurrent(0)}
     out = {}
     for name, fn in fns.items():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        graph, _ = capture(fn, [tcache.positions, dcache.positions], warmups=3)  # the product's capture
         out[name] = gpu_bench.replay_ms(graph)
         del graph
     longer = max(out["verify"], out["draft_chain"])

@@ -160,6 +160,7 @@ def test_captured_overlapped_rounds_are_exact(llama_pair, k, batch):
     eng.prepare(ids)
     rounds = eng.rounds
     assert rounds.captured and rounds.side is not None and rounds.captures == 1
+    assert rounds.accept is not None  # the acceptance and commit as one kernel (accel/glue.py)
     tokens = [[] for _ in ids]
     for ev in eng.stream(ids):
         tokens[ev.row].extend(ev.tokens)

@@ -112,6 +112,11 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
     for greedy, has_num in ((True, False), (True, True), (False, True)):
         out[f"commit-greedy{int(greedy)}-num{int(has_num)}"] = (
             "glue", "_commit_kernel", dict(W=5, BLOCK=8, GREEDY=greedy, HAS_NUM=has_num), ids)
+    # an overlapped round's acceptance and commit, greedy and sampling
+    over = {name: "*i64" for name in ("AHEAD", "OK", "F", "TT", "NACC", "NXT", "LAST", "PREV", "ALIVE", "POS", "OUT")}
+    for greedy in (True, False):
+        out[f"accept-overlapped-greedy{int(greedy)}"] = (
+            "glue", "_overlapped_kernel", dict(K=3, BLOCK=4, GREEDY=greedy), over)
     out["argmax"] = ("glue", "_argmax_kernel", dict(S=38, SB=64, CHUNK=4096, BLOCK=1024),
                      dict(V="i32", PV="*fp32", PI="*i32", CNT="*i32", OUT="*i64"))
     return out

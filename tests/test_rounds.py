@@ -210,6 +210,11 @@ def _after(bufs, positions):
     return [t.cpu() for t in (positions, bufs.prev, bufs.last, bufs.out)]
 
 
+def _copy(bufs: RoundBuffers) -> RoundBuffers:
+    """Round buffers with every tensor cloned (`_on` to the device they are on already aliases)."""
+    return RoundBuffers(**{name: (t.clone() if isinstance(t, torch.Tensor) else t) for name, t in bufs.__dict__.items()})
+
+
 def _on(x, device):
     """Round buffers (or a tensor, or an int) on `device` (copies)."""
     if isinstance(x, RoundBuffers):
@@ -272,15 +277,16 @@ def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
     """Whole generations whose rounds commit through the fused kernel (as captured rounds do on
     CUDA; here under Triton's interpreter, slow for greedy, whose argmax kernel runs every round)
     emit what the reference rounds emit, greedy and sampled
-    with one seed, with a model drafter and with prompt lookup (counts per row)."""
+    with one seed, with a model drafter and with prompt lookup (counts per row), and overlapped
+    rounds through their own kernel (glue.accept_overlapped)."""
     from specdecode.accel import glue
 
-    def run(fused: bool, drafter: str):
+    def run(fused: bool, drafter: str, overlap: bool = False):
         dec = cpu_decoder(llama_pair.target, llama_pair.draft if drafter == "model" else None, drafter=drafter,
-                          k=3, batch_size=3, max_new_tokens=MAX_NEW, temperature=temperature, seed=3)
+                          k=3, batch_size=3, max_new_tokens=MAX_NEW, temperature=temperature, seed=3, overlap=overlap)
         eng = dec.engine()
         if fused:
-            eng.rounds.commit = glue.commit
+            eng.rounds.commit, eng.rounds.accept = glue.commit, glue.accept_overlapped
         ids = dec.encode_all(RAGGED)
         tokens = [[] for _ in ids]
         for ev in eng.stream(ids):
@@ -290,8 +296,10 @@ def test_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
     fused_model = run(True, "model")
     assert fused_model == run(False, "model")
     assert run(True, "ngram") == run(False, "ngram")
+    fused_overlap = run(True, "model", overlap=True)
+    assert fused_overlap == run(False, "model", overlap=True)
     if temperature == 0.0:
-        assert fused_model == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+        assert fused_model == fused_overlap == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -428,31 +436,6 @@ def test_an_overlapped_round_forks_the_draft_and_reads_nothing_back(llama_pair, 
     assert all(0 <= row[0] <= row[2] and row[2] in (0, 3) for row in out)
 
 
-@pytest.mark.skipif(DEV == "cuda", reason="CPU rounds: on CUDA, test_gpu_rounds.py runs the fused commit")
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_overlapped_rounds_with_the_fused_commit_are_exact(llama_pair, temperature):
-    """Overlapped rounds committing through accel/glue.py's kernel (as captured rounds do on CUDA;
-    here under Triton's interpreter) emit what the reference commit emits."""
-    from specdecode.accel import glue
-
-    def run(fused: bool):
-        dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=3, max_new_tokens=MAX_NEW,
-                          temperature=temperature, seed=3, overlap=True)
-        eng = dec.engine()
-        if fused:
-            eng.rounds.commit = glue.commit
-        ids = dec.encode_all(RAGGED)
-        tokens = [[] for _ in ids]
-        for ev in eng.stream(ids):
-            tokens[ev.row].extend(ev.tokens)
-        return tokens
-
-    fused = run(True)
-    assert fused == run(False)
-    if temperature == 0.0:
-        assert fused == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
-
-
 def test_scratch_buffers_are_per_lane():
     """A concurrent branch's kernels (kernels.lane) never share counters or partial sums with the
     main stream's; one lane's buffer is the same at every call (graphs captured later reuse it)."""
@@ -465,3 +448,54 @@ def test_scratch_buffers_are_per_lane():
         assert kernels.scratch(dev, "test lane", 8, torch.int32) is side
     assert side is not main and side.data_ptr() != main.data_ptr()
     assert kernels.scratch(dev, "test lane", 8, torch.int32) is main
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_the_fused_overlapped_acceptance_equals_the_reference(k):
+    """accel/glue.accept_overlapped (one kernel a round, here under the interpreter) accepts and
+    commits exactly what round.py's accept_overlapped_reference does: rows whose proposal is good
+    test e_1 .. e_k and f_1, the others f_1 alone; greedy from the target's argmax (agreeing
+    prefixes of every length, f_1 kept or not) and sampling (counts given); live and finished rows;
+    the next proposal and its flag."""
+    from specdecode.accel import glue
+    from specdecode.decoding.round import accept_overlapped_reference, overlapped_tested
+
+    B = 6
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        bufs = RoundBuffers.new(B, k + 1, 50, SamplingParams(), torch.device("cpu"), overlap=True)
+        bufs.ahead.copy_(torch.randint(0, 50, (B, k + 1), generator=g))
+        bufs.ahead_ok.copy_(torch.tensor([1, 1, 1, 0, 0, 1]) if seed % 2 else torch.randint(0, 2, (B,), generator=g))
+        bufs.alive.copy_(torch.tensor([1, 1, 1, 1, 0, 0]) if seed % 2 else torch.randint(0, 2, (B,), generator=g))
+        bufs.last.copy_(torch.randint(0, 50, (B,), generator=g))
+        bufs.prev.fill_(-7)
+        bufs.out.fill_(-9)
+        f = torch.randint(0, 50, (B, k + 1), generator=g)
+        tested = overlapped_tested(bufs, k, f)
+        target = torch.randint(0, 50, (B, k + 1), generator=g)
+        for b in range(B):  # agree on a prefix of every length, the whole of it in some rows
+            agree = (b + seed) % (k + 2)
+            target[b, :agree] = tested[b, :agree]
+        positions = torch.randint(10, 90, (B,), generator=g)
+        n = bufs.ahead_ok * k + 1
+        cases = [dict(target_tokens=target)]
+        a = (torch.rand(B, generator=g) * (n + 1)).long().clamp(max=n)
+        cases.append(dict(accepted=a, own=torch.randint(0, 50, (B,), generator=g)))
+        for kw in cases:
+            ref_bufs, ref_pos = _copy(bufs), positions.clone()
+            accept_overlapped_reference(_Lengths(ref_pos), ref_bufs, k, f, **kw)
+            dbufs, fused_pos = _on(_copy(bufs), DEV), positions.clone().to(DEV)
+            glue.accept_overlapped(_Lengths(fused_pos), dbufs, k, f.to(DEV), **{n_: t.to(DEV) for n_, t in kw.items()})
+            got = _on(dbufs, "cpu")
+            for name in ("last", "prev", "out", "ahead", "ahead_ok"):
+                assert getattr(got, name).tolist() == getattr(ref_bufs, name).tolist(), (seed, name, kw.keys())
+            assert fused_pos.cpu().tolist() == ref_pos.tolist()
+        # the reference itself, on the greedy case: good rows that kept all of e_1 .. e_k and f_1
+        # emit f_1 as their own token and keep f_2 .. f_{k+1} as a good proposal
+        ref_bufs = _copy(bufs)
+        accept_overlapped_reference(_Lengths(positions.clone()), ref_bufs, k, f, target_tokens=target)
+        for b in range(B):
+            kept_all = bool((tested[b, : int(n[b])] == target[b, : int(n[b])]).all())
+            assert int(ref_bufs.ahead_ok[b]) == int(kept_all and bufs.alive[b])
+            if kept_all:
+                assert int(ref_bufs.last[b]) == int(f[b, 0])

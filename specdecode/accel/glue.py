@@ -21,6 +21,11 @@ with exactly the reference's results (decoding/round.py's `commit_reference`; in
 so there is no rounding to differ in). Tests run it under Triton's interpreter on CPU against
 the reference; captured rounds use it when the Triton kernels can run (accel/rounds.py).
 
+`accept_overlapped` does the same for an overlapped round (decoding/round.py's
+`accept_overlapped_reference`): the tested tokens (e_1 .. e_k and f_1, or f_1 alone), the
+accepted prefix, f_1 or the target's token as the round's own, the commit, and f_2 .. f_{k+1}
+as the next proposal with its flag, one program a row.
+
 `argmax` is the greedy token choice over a vocabulary-sized row as one kernel of ~40 programs a
 row (torch's reduction spends ~9 us on a 152k-id row on an H200, six times a k 5 round): the
 verify's tokens for `commit`, and the draft's picks (ModelRunner.argmax).
@@ -35,7 +40,7 @@ from torch import Tensor
 
 from .kernels import AVAILABLE, scratch, tl, triton
 
-__all__ = ["argmax", "commit"]
+__all__ = ["accept_overlapped", "argmax", "commit"]
 
 
 if AVAILABLE:
@@ -74,6 +79,48 @@ if AVAILABLE:
         tl.store(OUT + b * sout + 1, nxt)
         tl.store(OUT + b * sout + 2, num)
         tl.store(OUT + b * sout + 3 + j, d, mask=in_w)
+
+
+    @triton.jit
+    def _overlapped_kernel(AHEAD, sah, OK, F, sf, TT, stt, NACC, NXT, LAST, PREV, ALIVE, POS, OUT, sout,
+                           K: tl.constexpr, BLOCK: tl.constexpr, GREEDY: tl.constexpr):
+        """One row of an overlapped round (decoding/round.py's accept_overlapped_reference): every
+        value is loaded before anything is stored, and the stores touch what the loads read only
+        in this row."""
+        b = tl.program_id(0)
+        j = tl.arange(0, BLOCK)
+        good = tl.load(OK + b)
+        e = tl.load(AHEAD + b * sah + j, mask=j < K, other=0)  # the proposal e_1 .. e_k
+        f = tl.load(F + b * sf + j, mask=j < K + 1, other=0)  # f_1 .. f_{k+1}
+        f_next = tl.load(F + b * sf + 1 + j, mask=j < K, other=0)  # f_2 .. f_{k+1}: the next proposal
+        f1 = tl.sum(tl.where(j == 0, f, 0), axis=0)
+        last = tl.load(LAST + b)
+        alive = tl.load(ALIVE + b)
+        pos = tl.load(POS + b)
+        n = good * K + 1  # tokens tested: e_1 .. e_k, f_1 (good), or f_1 alone
+        if GREEDY:
+            t = tl.load(TT + b * stt + j, mask=j < K + 1, other=0)  # the target's argmax, [k + 1]
+            tested = tl.where(good != 0, tl.where(j < K, e, f1), tl.where(j == 0, f1, 0))
+            miss = ((tested != t) | (j >= n)) & (j < K + 1)
+            n_acc = tl.min(tl.where(miss, j, n), axis=0)
+            own = tl.sum(tl.where(j == tl.minimum(n_acc, K), t, 0), axis=0)
+        else:
+            n_acc = tl.load(NACC + b)
+            own = tl.load(NXT + b)
+        kept = n_acc == n
+        nxt = tl.where(kept, f1, own)
+        acc = tl.where(good != 0, tl.minimum(n_acc, K), 0)  # of the e's
+        picked = tl.sum(tl.where(j == acc - 1, e, 0), axis=0)
+        prev = tl.where(acc > 0, picked, last)
+        tl.store(POS + b, pos + (acc + 1) * alive)
+        tl.store(PREV + b, prev)
+        tl.store(LAST + b, nxt)
+        tl.store(OUT + b * sout, acc)
+        tl.store(OUT + b * sout + 1, nxt)
+        tl.store(OUT + b * sout + 2, good * K)
+        tl.store(OUT + b * sout + 3 + j, e, mask=j < K)
+        tl.store(AHEAD + b * sah + j, f_next, mask=j < K)
+        tl.store(OK + b, kept.to(tl.int64) * alive)
 
 
     @triton.jit
@@ -162,6 +209,28 @@ def commit(verify_in: Tensor, cache, bufs, num_proposed: Tensor | int,
         num_proposed if has_num else dummy, bufs.last, bufs.prev, bufs.alive, positions,
         bufs.out, bufs.out.stride(0), 0 if has_num else int(num_proposed),
         W=width, BLOCK=triton.next_power_of_2(width + 1), GREEDY=greedy, HAS_NUM=has_num, num_warps=1)
+
+
+def accept_overlapped(cache, bufs, k: int, draft_tokens: Tensor, target_tokens: Tensor | None = None,
+                      accepted: Tensor | None = None, own: Tensor | None = None, logits: Tensor | None = None) -> None:
+    """An overlapped round's acceptance and commit (decoding/round.py's accept_overlapped_reference,
+    the same arguments and results) as one kernel, one program a row (two launches with `logits`
+    [B, k+1, V], greedy: their `argmax` first). Saves the twenty-odd small kernels of the reference
+    inside a captured round. draft_tokens [B, k+1] = f_1 .. f_{k+1}; all int64, contiguous rows."""
+    B = draft_tokens.shape[0]
+    if logits is not None and target_tokens is None and accepted is None:
+        target_tokens = argmax(logits)  # [B, k+1]
+    greedy = accepted is None
+    if greedy and target_tokens is None:
+        raise ValueError("accept_overlapped needs the target's tokens (greedy) or accepted and own (sampling)")
+    f = draft_tokens if draft_tokens.stride(-1) == 1 else draft_tokens.contiguous()
+    dummy = bufs.last
+    tt = target_tokens if greedy else dummy
+    _overlapped_kernel[(B,)](
+        bufs.ahead, bufs.ahead.stride(0), bufs.ahead_ok, f, f.stride(0), tt, tt.stride(0) if greedy else 0,
+        accepted if not greedy else dummy, own if not greedy else dummy, bufs.last, bufs.prev, bufs.alive,
+        cache.positions, bufs.out, bufs.out.stride(0),
+        K=k, BLOCK=triton.next_power_of_2(k + 1), GREEDY=greedy, num_warps=1)
 
 
 def usable(device: torch.device) -> bool:

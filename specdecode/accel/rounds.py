@@ -131,6 +131,7 @@ class CapturedRounds(EagerRounds):
         if fused_commit and not usable:
             raise ValueError("the fused commit needs Triton and a CUDA device")
         self.commit = glue.commit if (usable if fused_commit is None else fused_commit) else None
+        self.accept = glue.accept_overlapped if self.commit is not None else None  # overlapped rounds' commit
         self._bufs: dict[tuple, RoundBuffers] = {}
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, int]] = {}
         self._pool = None

@@ -38,7 +38,8 @@ from .drafting import Draft, Drafter, DraftState
 from .sampling import SamplingParams, logits_to_probs
 from .verify import verify_greedy, verify_sampling
 
-__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "commit_reference", "run_overlapped_round", "run_round"]
+__all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "accept_overlapped_reference", "commit_reference",
+           "overlapped_tested", "run_overlapped_round", "run_round"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def commit_reference(verify_in: Tensor, cache, bufs: RoundBuffers, num_proposed:
 
 
 def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-              attend_len: int, target_rows: int, may_sync: bool = True, commit=None, side=None) -> int:
+              attend_len: int, target_rows: int, may_sync: bool = True, commit=None, side=None,
+              accept=None) -> int:
     """One round over `bufs` and the caches (see the module doc); returns the draft steps the
     drafter ran (<= k; fewer only when an uncaptured drafter stopped early).
 
@@ -162,10 +164,10 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     when the proposal was handed in (`bufs.give`) or k == 0. `commit`: the acceptance and commit
     fused into one kernel (accel/glue.py's `commit`, captured rounds on CUDA); None runs them
     as the reference tensor operations below. An overlapped shape runs `run_overlapped_round`
-    (`side`: where its draft branch runs, see there)."""
+    (`side`: where its draft branch runs; `accept`: its fused acceptance; see there)."""
     if shape.overlap:
         return run_overlapped_round(target, cache, drafter, bufs, shape, sampling, attend_len, target_rows,
-                                    commit=commit, side=side)
+                                    accept=accept, side=side)
     B = bufs.last.shape[0]
     k, width = shape.k, shape.width
 
@@ -205,8 +207,48 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     return steps
 
 
+def overlapped_tested(bufs: RoundBuffers, k: int, draft_tokens: Tensor) -> Tensor:
+    """[B, k+1]: what an overlapped round tests per row: e_1 .. e_k, f_1 where the proposal is good
+    (`ahead_ok`), else f_1 then padding (draft_tokens [B, k+1] = f_1 .. f_{k+1})."""
+    first = draft_tokens[:, :1]
+    e = bufs.ahead[:, :k]
+    return torch.where(bufs.ahead_ok.bool()[:, None], torch.cat([e, first], dim=1),
+                       torch.cat([first, torch.zeros_like(e)], dim=1))
+
+
+def accept_overlapped_reference(cache, bufs: RoundBuffers, k: int, draft_tokens: Tensor,
+                                target_tokens: Tensor | None = None, accepted: Tensor | None = None,
+                                own: Tensor | None = None, logits: Tensor | None = None) -> None:
+    """An overlapped round's acceptance and commit as tensor operations (the reference; accel/glue.py's
+    `accept_overlapped` is the same as one kernel). Greedy: from the target's argmax `target_tokens`
+    [B, k+1] (of `logits` when not given); sampling: `accepted` [B] (of the n tested tokens) and
+    `own` [B] (the recovered token) from verify_sampling over `overlapped_tested`.
+
+    A row keeps its tested tokens up to the first rejection; when it keeps all n, f_1 is its own
+    token, else `own` (greedy: the target's argmax at the rejection). Then the target cache keeps
+    last and the accepted e's, `bufs.out` gets (accepted e's, own token, e's proposed (k or 0), the
+    e's), and f_2 .. f_{k+1} become the next proposal, good where all were kept in a live row."""
+    B = draft_tokens.shape[0]
+    good = bufs.ahead_ok.bool()
+    n = bufs.ahead_ok * k + 1  # [B] tokens tested per row
+    tested = overlapped_tested(bufs, k, draft_tokens)
+    if accepted is None:
+        if target_tokens is None:
+            target_tokens = logits.reshape(B * (k + 1), -1).argmax(dim=-1).view(B, k + 1)
+        live = torch.arange(k + 1, device=n.device) < n[:, None]
+        accepted = ((tested == target_tokens) & live).long().cumprod(dim=1).sum(dim=1)  # [B] in [0, n]
+        own = target_tokens.gather(1, accepted.clamp(max=k)[:, None]).squeeze(1)
+    all_kept = accepted == n
+    nxt = torch.where(all_kept, draft_tokens[:, 0], own)  # (f_1 is tested last in every row)
+    kept_e = torch.where(good, accepted.clamp(max=k), torch.zeros_like(accepted))
+    verify_in = torch.cat([bufs.last[:, None], bufs.ahead[:, :k]], dim=1)
+    commit_reference(verify_in, cache, bufs, bufs.ahead_ok * k, kept_e, nxt)
+    bufs.ahead[:, :k].copy_(draft_tokens[:, 1:])
+    bufs.ahead_ok.copy_(all_kept.long() * bufs.alive)
+
+
 def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-                         attend_len: int, target_rows: int, commit=None, side=None) -> int:
+                         attend_len: int, target_rows: int, accept=None, side=None) -> int:
     """One overlapped round: the target verifies the proposal the draft made during the previous
     round while the draft drafts the next one (Liu et al. 2024, "Parallel Speculative Decoding
     with Adaptive Draft Length", PEARL's post-verify, in one fixed-shape program). Returns k.
@@ -231,7 +273,9 @@ def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: Roun
 
     `side`: where the draft branch runs, an object with `run(fn)` (fn's result) and `join()`
     (accel/rounds.py's side stream: the branches run concurrently on the GPU); None runs the
-    branches one after the other (the reference). Device work only, no host synchronisation.
+    branches one after the other (the reference). `accept`: the acceptance and commit fused
+    (accel/glue.py's `accept_overlapped`, captured rounds); None: `accept_overlapped_reference`.
+    Device work only, no host synchronisation.
     """
     B = bufs.last.shape[0]
     k = shape.k
@@ -253,39 +297,22 @@ def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: Roun
     if side is not None:
         side.join()
 
-    good = bufs.ahead_ok.bool()  # [B]
     f = draft.tokens  # [B, k+1]
-    first = f[:, :1]  # [B, 1]
-    tested = torch.where(good[:, None], torch.cat([bufs.ahead[:, :k], first], dim=1),
-                         torch.cat([first, torch.zeros_like(bufs.ahead[:, :k])], dim=1))  # [B, k+1]
-    n = bufs.ahead_ok * k + 1  # [B] tokens tested per row
     if sampling.greedy:
-        picks = target.argmax(logits.reshape(B * (k + 1), -1)).view(B, k + 1)  # [B, k+1]
-        live = torch.arange(k + 1, device=n.device) < n[:, None]
-        a = ((tested == picks) & live).long().cumprod(dim=1).sum(dim=1)  # [B] in [0, n]
-        own = picks.gather(1, a.clamp(max=k)[:, None]).squeeze(1)
+        picks = target.argmax(logits.reshape(B * (k + 1), -1)).view(B, k + 1) if accept is None else None
+        (accept or accept_overlapped_reference)(cache, bufs, k, f, target_tokens=picks, logits=logits)
     else:
+        good = bufs.ahead_ok.bool()  # [B]
         p = logits_to_probs(logits, sampling)  # [B, k+1, V] float32
         p = torch.cat([p, p[:, -1:]], dim=1)  # a stand-in after the last position: its draw is never used
         q_first = draft.probs[:, :1]  # [B, 1, V]
         q_e = bufs.ahead_probs[:, :k]
         q = torch.where(good[:, None, None], torch.cat([q_e, q_first], dim=1),
                         torch.cat([q_first, torch.zeros_like(q_e)], dim=1))  # [B, k+1, V]
-        a, own = verify_sampling(tested, q, p, num_proposed=n, uniform=bufs.uniform[:, : k + 1],
-                                 race=bufs.race[:, k + 1])
-    all_kept = a == n  # [B]
-    nxt = torch.where(all_kept, tested.gather(1, (n - 1)[:, None]).squeeze(1), own)  # [B]
-    accepted = torch.where(good, a.clamp(max=k), torch.zeros_like(a))  # of e_1 .. e_k
-    proposed = bufs.ahead_ok * k
-    if commit is not None:
-        commit(verify_in, cache, bufs, proposed, accepted=accepted, next_token=nxt)
-    else:
-        commit_reference(verify_in, cache, bufs, proposed, accepted, nxt)
-    # the next round's proposal: good where f_1 was emitted (and the row still generates)
-    bufs.ahead[:, :k].copy_(f[:, 1:])
-    if bufs.ahead_probs is not None:
-        bufs.ahead_probs[:, :k].copy_(draft.probs[:, 1:])
-    bufs.ahead_ok.copy_(all_kept.long() * bufs.alive)
+        a, own = verify_sampling(overlapped_tested(bufs, k, f), q, p, num_proposed=bufs.ahead_ok * k + 1,
+                                 uniform=bufs.uniform[:, : k + 1], race=bufs.race[:, k + 1])
+        bufs.ahead_probs[:, :k].copy_(draft.probs[:, 1:])  # the next proposal's q (its tokens: the commit)
+        (accept or accept_overlapped_reference)(cache, bufs, k, f, accepted=a, own=own)
     return k
 
 
@@ -299,6 +326,7 @@ class EagerRounds:
     captures = 0  # round graphs captured so far (CapturedRounds counts them)
     commit = None  # run_round's commit: None = the reference (captured rounds fuse it: accel/glue.py)
     side = None  # where an overlapped round's draft branch runs: None = before the verify, in line
+    accept = None  # an overlapped round's acceptance and commit: None = the reference (accel/glue.py)
 
     def __init__(self, target, fixed_shapes: bool = False) -> None:
         self.target = target  # the target's Step
@@ -338,7 +366,7 @@ class EagerRounds:
         proposal is already in `bufs`)."""
         drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
         return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync,
-                         commit=self.commit, side=self.side)
+                         commit=self.commit, side=self.side, accept=self.accept)
 
     def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
         """The tensors a round changes that a warm-up must leave as it found them."""
