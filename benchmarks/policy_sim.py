@@ -2,6 +2,7 @@
 
     python3 benchmarks/policy_sim.py traces --target DIR --draft DIR --prompts FILE.jsonl [--n 20] --out FILE.json
     python3 benchmarks/policy_sim.py simulate --traces FILE.json [--cost 1.65 0.575] [--max-k 8]
+    python3 benchmarks/policy_sim.py overlap --traces FILE.json [--extra 0.27 0.2 0.15 0] [--out FILE.json]
 
 Under greedy decoding a round's outcome needs no draft run of its own: until the first
 mismatch the draft's context is the target's, so the draft's k proposals from position t are
@@ -87,6 +88,79 @@ def run_prompt(match: list[int], choose, cost) -> tuple[int, float, list[int]]:
         done.append((a, k))
         e += a + 1
     return min(e, n) - 1, ms, ks
+
+
+def run_overlapped(match: list[int], k: int) -> tuple[int, int]:
+    """Overlapped rounds (`--overlap`, decoding/round.py's run_overlapped_round) over one answer:
+    (tokens emitted after the first, rounds). Greedy, so exact on the traces: a round with a good
+    proposal tests answer positions e .. e+k (e_1 .. e_k and the draft's guess f_1, each drafted on
+    the target's own path while the ones before it hold), emits up to its first miss (inclusive)
+    and keeps a good proposal only when all k+1 hold; a round without one tests position e alone
+    (f_1, drafted from `last`), emits one token, and is followed by a good one when it holds."""
+    n = len(match)
+    e, rounds, good = 1, 0, False
+    while e < n:
+        tests = k + 1 if good else 1
+        kept = 0
+        while kept < tests and e + kept < n and match[e + kept]:
+            kept += 1
+        rounds += 1
+        good = kept == tests
+        e += min(kept + 1, tests) if good else kept + 1
+    return min(e, n) - 1, rounds
+
+
+def overlap(args) -> None:
+    """Overlapped against plain rounds on the traces, priced by a draft step's extra cost beside
+    the verify (x): an overlapped round at k costs max(verify(k+1) + x (k+1), (k+1) draft steps)."""
+    from specdecode import metrics
+
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    verify = dict(zip(range(2, 2 + len(args.verify)), args.verify))  # rows -> ms
+    D, T = args.draft_step, args.target_step
+    accepted = sum(sum(r["match"][1:]) for r in rows)
+    out = {"traces": args.traces, "answers": len(rows), "verify_ms": verify, "draft_step_ms": D,
+           "target_step_ms": T, "plain": {}, "overlapped": {}}
+    # α as bench estimates it, from plain rounds at k 5: accepted / (accepted + rounds with a rejection)
+    acc = rej = 0
+    for r in rows:
+        m, e = r["match"], 1
+        while e < len(m):
+            a = 0
+            while a < 5 and e + a < len(m) and m[e + a]:
+                a += 1
+            acc, rej = acc + a, rej + (a < 5 and e + a < len(m))
+            e += a + 1
+    alpha = acc / (acc + rej)
+    out["alpha_k5"] = alpha
+    print(f"{len(rows)} answers; α at k 5 {alpha:.3f}; matches {accepted}; target step {T} ms, draft step {D} ms")
+    for k in sorted(r - 1 for r in verify):
+        tokens = rounds = 0
+        for r in rows:  # plain rounds at k: k draft steps, then the verify of k+1 rows
+            t, _, ks = run_prompt(r["match"], lambda hist, k=k: k, lambda k: 0.0)
+            tokens, rounds = tokens + t, rounds + len(ks)
+        ms = rounds * (k * D + verify[k + 1])
+        out["plain"][k] = {"tokens_per_round": tokens / rounds, "tokens_per_ms": tokens / ms,
+                           "speedup": tokens / ms * T}
+        tokens = rounds = 0
+        for r in rows:
+            t, n_rounds = run_overlapped(r["match"], k)
+            tokens, rounds = tokens + t, rounds + n_rounds
+        row = {"tokens_per_round": tokens / rounds,
+               "tokens_per_round_iid": metrics.overlapped_tokens_per_round(alpha, k)}
+        for x in args.extra:
+            cost = max(verify[k + 1] + x * (k + 1), (k + 1) * D)
+            row[f"x{x}"] = {"round_ms": cost, "tokens_per_ms": tokens / (rounds * cost),
+                            "speedup": tokens / (rounds * cost) * T}
+        out["overlapped"][k] = row
+        p = out["plain"][k]
+        print(f"k {k}: plain {p['tokens_per_round']:.2f} tokens/round, {p['tokens_per_ms']:.3f} tokens/ms "
+              f"({p['speedup']:.2f}x) | overlapped {row['tokens_per_round']:.2f} tokens/round (i.i.d. model "
+              f"{row['tokens_per_round_iid']:.2f}); " + "; ".join(
+                  f"x {x}: {row[f'x{x}']['tokens_per_ms']:.3f} tokens/ms ({row[f'x{x}']['speedup']:.2f}x)"
+                  for x in args.extra))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
 
 
 def positional_policy(base):
@@ -191,8 +265,17 @@ def main() -> None:
     s.add_argument("--cost", nargs=2, type=float, default=[1.65, 0.575], metavar=("A", "B"))
     s.add_argument("--max-k", type=int, default=8)
     s.add_argument("--out", default=None)
+    o = sub.add_parser("overlap")
+    o.add_argument("--traces", required=True)
+    o.add_argument("--verify", nargs="+", type=float, default=[1.33, 1.41, 1.47, 1.49, 1.51],
+                   help="the verify's ms at 2, 3, ... rows (default: the Qwen2.5-Coder 1.5B target on the H200)")
+    o.add_argument("--draft-step", type=float, default=0.54, help="a draft step alone, ms")
+    o.add_argument("--target-step", type=float, default=1.209, help="the target alone, ms a token")
+    o.add_argument("--extra", nargs="+", type=float, default=[0.27, 0.2, 0.15, 0.0],
+                   help="a draft step's extra cost beside the verify, ms (stop 24: 0.26-0.28)")
+    o.add_argument("--out", default=None)
     args = ap.parse_args()
-    traces(args) if args.cmd == "traces" else simulate(args)
+    {"traces": traces, "simulate": simulate, "overlap": overlap}[args.cmd](args)
 
 
 if __name__ == "__main__":
