@@ -12,6 +12,8 @@
 #                                     # no transformers baselines (~4 / ~2 min): the issue-6 checks
 #   bash benchmarks/h200.sh nf4       # issue 17: target alone, bf16 against NF4 (transformers modules and
 #                                     # the fused NF4 kernels), Qwen2.5 1.5B, Gemma 3 4B, Llama 3.1 8B shapes
+#   bash benchmarks/h200.sh overlap   # overlapped rounds (--overlap): their GPU tests, then overlap_probe.py on
+#                                     # the real pair's shapes (branches with PDL on/off, the oracle engine)
 #
 # The NF4 steps need bitsandbytes, which the device lacks: its wheel (43 MB, manylinux x86_64) goes in
 # .whl/ too; with the other wheels that is ~63 MB, so move specdecode/assets aside for that call
@@ -26,14 +28,15 @@
 # (its docstring and benchmarks/results/2026-12-02-h200-real-pair-notes.md say how the GGUF
 # pieces travel, how they are converted and which steps were run).
 set -euo pipefail
-step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4 [extra args]}
+step=${1:?usage: bash benchmarks/h200.sh tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4|overlap [extra args]}
 shift
 # extra arguments go to the step's script (argparse: a repeated option's last value wins),
 # e.g. bash benchmarks/h200.sh gemma-decode --batches 1
 out=${OUT:-benchmarks/results}
 limit=${H200_TIMEOUT:-560}  # seconds for the step's script (a device call may run 600)
-case "$step" in tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4) ;;
-    *) echo "unknown step '$step' (tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4)" >&2; exit 2 ;; esac
+case "$step" in tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4|overlap) ;;
+    *) echo "unknown step '$step' (tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4|overlap)" >&2
+       exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
@@ -61,6 +64,10 @@ case "$step" in
     nf4)
         timeout "$limit" python3 benchmarks/nf4_bench.py --pairs qwen gemma llama --out "$out" "$@" 2>&1 | quiet \
             | tee "$out/h200-nf4-log.txt" ;;
+    overlap)
+        { timeout 150 python3 -m pytest -q -m "" tests/test_gpu_rounds.py -k overlap -p no:cacheprovider 2>&1
+          timeout $((limit - 150)) python3 benchmarks/overlap_probe.py --pair qwen --ks 1 2 3 \
+              --pdl on/on on/off --out "$out" "$@" 2>&1 | quiet; } | tee "$out/h200-overlap-log.txt" ;;
     kernels)
         timeout "$limit" python3 benchmarks/kernel_bench.py --pairs gemma --rows 1 2 6 --draft-rows 1 --sweep \
             --out "$out/h200-kernels.json" "$@" 2>&1 \
