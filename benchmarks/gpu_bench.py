@@ -250,9 +250,14 @@ class OracleDrafter(ModelDrafter):
 
     def propose(self, state: DraftState, k: int) -> Draft:
         super().propose(state, k)  # the cost of drafting
-        # tokens generated so far per row: `last` sits at position `positions` and is generated
-        done = state.positions + 1 - self.prompt_lens[self.rows]  # [B]
-        idx = (done[:, None] + torch.arange(k, device=DEV)).clamp(max=self.reference.shape[1] - 1)
+        return self.tokens_after(state.positions, k)
+
+    def tokens_after(self, positions: torch.Tensor, k: int) -> Draft:
+        """The proposal of k tokens after the token at `positions` [B]: the reference's own token
+        with probability α per position, another one otherwise."""
+        # tokens generated so far per row: the token at `positions` is generated
+        done = positions + 1 - self.prompt_lens[self.rows]  # [B]
+        idx = (done[:, None] + torch.arange(k, device=positions.device)).clamp(0, self.reference.shape[1] - 1)
         ref = self.reference[self.rows].gather(1, idx)  # [B, k]
         keep = self.coins[self.rows].gather(1, idx) < self.alpha
         return Draft(tokens=torch.where(keep, ref, (ref + 1) % self.vocab))

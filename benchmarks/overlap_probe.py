@@ -48,7 +48,6 @@ import gpu_bench  # noqa: E402
 from specdecode import metrics  # noqa: E402
 from specdecode.accel.rounds import SideBranch, capture  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
-from specdecode.decoding.drafting import Draft  # noqa: E402
 from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
 
 
@@ -66,11 +65,7 @@ class OverlapOracle(gpu_bench.OracleDrafter):
 
     def propose_from(self, tokens, positions, state, k):
         ModelDrafter.propose_from(self, tokens, positions, state, k)  # the cost of drafting
-        done = positions + 1 - self.prompt_lens[self.rows]  # generated tokens before the first proposed one
-        idx = (done[:, None] + torch.arange(k, device=positions.device)).clamp(0, self.reference.shape[1] - 1)
-        ref = self.reference[self.rows].gather(1, idx)
-        keep = self.coins[self.rows].gather(1, idx) < self.alpha
-        return Draft(tokens=torch.where(keep, ref, (ref + 1) % self.vocab))
+        return self.tokens_after(positions, k)
 
 
 @torch.inference_mode()

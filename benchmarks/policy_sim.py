@@ -72,6 +72,15 @@ def traces(args) -> None:
         Path(args.out).write_text(json.dumps({"prompts": args.prompts, "rows": rows}))
 
 
+def accepted_at(match: list[int], e: int, k: int) -> int:
+    """A plain round at answer position e with k draft tokens: how many it accepts (the run of
+    matches from e, at most k, within the answer)."""
+    a = 0
+    while a < k and e + a < len(match) and match[e + a]:
+        a += 1
+    return a
+
+
 def run_prompt(match: list[int], choose, cost) -> tuple[int, float, list[int]]:
     """Rounds over one answer: (tokens emitted after the first, ms, k of every round).
     choose(history) -> k, where history holds (accepted, proposed) of the rounds read so far
@@ -80,9 +89,7 @@ def run_prompt(match: list[int], choose, cost) -> tuple[int, float, list[int]]:
     e, ms, ks, done = 1, 0.0, [], []
     while e < n:
         k = choose(done[:-1])
-        a = 0
-        while a < k and e + a < n and match[e + a]:
-            a += 1
+        a = accepted_at(match, e, k)
         ms += cost(k)
         ks.append(k)
         done.append((a, k))
@@ -101,9 +108,7 @@ def run_overlapped(match: list[int], k: int) -> tuple[int, int]:
     e, rounds, good = 1, 0, False
     while e < n:
         tests = k + 1 if good else 1
-        kept = 0
-        while kept < tests and e + kept < n and match[e + kept]:
-            kept += 1
+        kept = accepted_at(match, e, tests)
         rounds += 1
         good = kept == tests
         e += min(kept + 1, tests) if good else kept + 1
@@ -126,9 +131,7 @@ def overlap(args) -> None:
     for r in rows:
         m, e = r["match"], 1
         while e < len(m):
-            a = 0
-            while a < 5 and e + a < len(m) and m[e + a]:
-                a += 1
+            a = accepted_at(m, e, 5)
             acc, rej = acc + a, rej + (a < 5 and e + a < len(m))
             e += a + 1
     alpha = acc / (acc + rej)

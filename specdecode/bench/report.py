@@ -68,7 +68,7 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
     k = _k_for_prediction(settings, acc)
     if alpha is None or k is None or step is None:
         return None
-    overlap = bool(getattr(settings, "overlap", False))
+    overlap = settings.overlap
     # overlapped rounds: the verify and k + 1 draft steps side by side, priced as if they overlapped perfectly
     predicted = metrics.overlapped_speedup(alpha, k, step.c) if overlap else metrics.predicted_speedup(alpha, k, step.c)
     verify = None

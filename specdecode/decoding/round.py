@@ -231,8 +231,8 @@ def accept_overlapped_reference(cache, bufs: RoundBuffers, k: int, draft_tokens:
     B = draft_tokens.shape[0]
     good = bufs.ahead_ok.bool()
     n = bufs.ahead_ok * k + 1  # [B] tokens tested per row
-    tested = overlapped_tested(bufs, k, draft_tokens)
     if accepted is None:
+        tested = overlapped_tested(bufs, k, draft_tokens)
         if target_tokens is None:
             target_tokens = logits.reshape(B * (k + 1), -1).argmax(dim=-1).view(B, k + 1)
         live = torch.arange(k + 1, device=n.device) < n[:, None]
