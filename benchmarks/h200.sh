@@ -13,7 +13,8 @@
 #   bash benchmarks/h200.sh nf4       # issue 17: target alone, bf16 against NF4 (transformers modules and
 #                                     # the fused NF4 kernels), Qwen2.5 1.5B, Gemma 3 4B, Llama 3.1 8B shapes
 #   bash benchmarks/h200.sh overlap   # overlapped rounds (--overlap): their GPU tests, then overlap_probe.py on
-#                                     # the real pair's shapes (branches with PDL on/off, the oracle engine)
+#                                     # the real pair's shapes (branches with PDL on/off, stream priorities,
+#                                     # a branch on a green context's share of the SMs; the oracle engine)
 #
 # The NF4 steps need bitsandbytes, which the device lacks: its wheel (43 MB, manylinux x86_64) goes in
 # .whl/ too; with the other wheels that is ~63 MB, so move specdecode/assets aside for that call
@@ -66,8 +67,8 @@ case "$step" in
             | tee "$out/h200-nf4-log.txt" ;;
     overlap)
         { timeout 150 python3 -m pytest -q -m "" tests/test_gpu_rounds.py -k overlap -p no:cacheprovider 2>&1
-          timeout $((limit - 150)) python3 benchmarks/overlap_probe.py --pair qwen --ks 1 2 3 \
-              --pdl on/on on/off --out "$out" "$@" 2>&1 | quiet; } | tee "$out/h200-overlap-log.txt" ;;
+          timeout $((limit - 150)) python3 benchmarks/overlap_probe.py --pair qwen --ks 2 3 \
+              --pdl on/off off/off on/on --out "$out" "$@" 2>&1 | quiet; } | tee "$out/h200-overlap-log.txt" ;;
     kernels)
         timeout "$limit" python3 benchmarks/kernel_bench.py --pairs gemma --rows 1 2 6 --draft-rows 1 --sweep \
             --out "$out/h200-kernels.json" "$@" 2>&1 \

@@ -22,7 +22,12 @@ PDL), bf16, batch 1, prompt 128 tokens. In one run:
   2. per PDL variant, branches, each captured as a CUDA graph and replayed back to back (median): the verify
      alone, the k+1 draft steps alone, both one after the other, and both on two streams (the
      draft's at high priority, then at the default one); `overlap_efficiency` = the longer
-     branch alone / both on two streams (1.0 = perfect overlap);
+     branch alone / both on two streams (1.0 = perfect overlap); then per `--green WHO:SMS` one
+     branch on a CUDA green context of SMS SMs (`accel/rounds.py`'s green_stream) and the other
+     on the whole GPU: "verify:112" leaves the draft 20 SMs of its own (a waiting block of
+     either branch holds its SM slots; partitioning keeps the verify's blocks off some), "draft:N"
+     confines the draft; that branch alone there, and both (one graph forked onto the green
+     stream, or two graphs where the driver refuses the fork in one capture);
   3. the product's engine with gpu_bench's oracle drafter at α (the real draft model's cost, the
      target's own token with probability α per position): target alone, plain rounds at k, and
      overlapped rounds at k, tokens per second over the same prompts, with the speedup
@@ -46,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
 from specdecode import metrics  # noqa: E402
-from specdecode.accel.rounds import SideBranch, capture  # noqa: E402
+from specdecode.accel import kernels  # noqa: E402
+from specdecode.accel.rounds import SideBranch, capture, green_stream  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 from specdecode.drafters.draft_model import ModelDrafter  # noqa: E402
 
@@ -68,10 +74,59 @@ class OverlapOracle(gpu_bench.OracleDrafter):
         return self.tokens_after(positions, k)
 
 
+def _timed(fn, state, name, out) -> None:
+    """out[name] = the replay time (ms) of fn captured as the product captures rounds; a variant that
+    cannot be captured (a green context this driver refuses) records its error instead."""
+    try:
+        graph, _ = capture(fn, state, warmups=3)
+        out[name] = gpu_bench.replay_ms(graph)
+        del graph
+    except RuntimeError as e:  # a CUDA error of a launch or capture: recorded, the next variant runs
+        out[f"{name}_error"] = str(e).splitlines()[0][:300]
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError:
+            pass
+
+
+def _two_graphs_ms(fn_side, stream, fn_main, state) -> float:
+    """Fallback where one capture cannot fork onto a green context's stream: fn_side captured on
+    `stream` and fn_main on the current stream as two graphs, replayed concurrently (the side graph
+    launched on its stream after the main stream's queue, the main stream joining it)."""
+    saved = [t.clone() for t in state]
+    main = torch.cuda.current_stream()
+    graphs = []
+    for fn, s in ((fn_side, stream), (fn_main, main)):
+        s.wait_stream(main)
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                fn()
+                for t, v in zip(state, saved):
+                    t.copy_(v)
+        main.wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s if s is not main else None):
+            fn()
+        main.wait_stream(s)
+        graphs.append(g)
+
+    class Both:
+        def replay(self):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                graphs[0].replay()
+            graphs[1].replay()
+            main.wait_stream(stream)
+    return gpu_bench.replay_ms(Both())
+
+
 @torch.inference_mode()
-def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int) -> dict[str, float]:
+def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int, green: list[str]) -> dict[str, float]:
     """Replay times (ms) of the verify of k+1 rows, k+1 draft steps, both in sequence, both on
-    two streams (high and default priority)."""
+    two streams (high and default priority); per `green` spec, both with one branch on a green
+    context's share of the SMs ("draft:N": the draft's steps on N SMs, the verify on all of them;
+    "verify:N": the verify on N SMs, the draft on all of them at high priority), and that branch
+    alone there."""
     dev = torch.device("cuda")
     tcache, dcache = tr.new_cache(1, prompt_len + 300), dr.new_cache(1, prompt_len + 300)
     x = torch.randint(10, 500, (1, prompt_len), device=dev)
@@ -81,6 +136,7 @@ def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int) -> dict[
     verify_in = torch.randint(10, 500, (1, k + 1), device=dev)
     tok = torch.randint(10, 500, (1, 1), device=dev)
     t0, d0 = tcache.positions.clone(), dcache.positions.clone()
+    state = [tcache.positions, dcache.positions]
 
     def verify():
         tcache.positions.copy_(t0)
@@ -99,27 +155,68 @@ def branches(tr: ModelRunner, dr: ModelRunner, k: int, prompt_len: int) -> dict[
         verify()
         return draft()
 
-    def make_concurrent(priority):
-        side = SideBranch(dev, priority=priority)
-
+    def forked(side_draft: SideBranch, side_verify: SideBranch | None = None):
         def both():
-            out = side.run(draft)
-            verify()
-            side.join()
+            out = side_draft.run(draft)
+            if side_verify is None:
+                verify()
+            else:
+                side_verify.run(verify)
+                side_verify.join()
+            side_draft.join()
             return out
         return both
 
+    def alone(side: SideBranch, fn):
+        def run():
+            out = side.run(fn)
+            side.join()
+            return out
+        return run
+
     fns = {"verify": verify, "draft_chain": draft, "sequential": sequential,
-           "concurrent_high_priority": make_concurrent(-1), "concurrent_default_priority": make_concurrent(0)}
+           "concurrent_high_priority": forked(SideBranch(dev, priority=-1)),
+           "concurrent_default_priority": forked(SideBranch(dev, priority=0))}
     out = {}
     for name, fn in fns.items():
-        graph, _ = capture(fn, [tcache.positions, dcache.positions], warmups=3)  # the product's capture
-        out[name] = gpu_bench.replay_ms(graph)
-        del graph
-    longer = max(out["verify"], out["draft_chain"])
+        _timed(fn, state, name, out)  # the product's capture
+    nan = float("nan")
+    longer = max(out.get("verify", nan), out.get("draft_chain", nan))
     for p in ("high", "default"):
-        out[f"overlap_efficiency_{p}_priority"] = longer / out[f"concurrent_{p}_priority"]
+        out[f"overlap_efficiency_{p}_priority"] = longer / out.get(f"concurrent_{p}_priority", nan)
+    for spec in green:
+        who, sms = spec.split(":")
+        name = f"green_{who}_{sms}"
+        try:
+            stream = green_stream(dev, int(sms))
+        except RuntimeError as e:
+            out[f"{name}_error"] = str(e)[:300]
+            continue
+        if who == "draft":
+            gside = SideBranch(dev, stream=stream)
+            _timed(alone(gside, draft), state, f"{name}_alone", out)
+            _timed(forked(gside), state, name, out)
+        else:
+            gside = SideBranch(dev, stream=stream, lane="main")
+            _timed(alone(gside, verify), state, f"{name}_alone", out)
+            _timed(forked(SideBranch(dev, priority=-1), gside), state, name, out)
+        if name not in out:  # one capture could not fork onto the green stream: two graphs
+            try:
+                side_fn, main_fn = (draft, verify) if who == "draft" else (verify, draft)
+                out[f"{name}_two_graphs"] = _two_graphs_ms(
+                    lambda: _in_lane("side" if who == "draft" else "main", side_fn), stream,
+                    lambda: _in_lane("main" if who == "draft" else "side", main_fn), state)
+            except RuntimeError as e:
+                out[f"{name}_two_graphs_error"] = str(e).splitlines()[0][:300]
+        best = out.get(name, out.get(f"{name}_two_graphs"))
+        if best is not None:
+            out[f"{name}_efficiency"] = longer / best
     return out
+
+
+def _in_lane(name, fn):
+    with kernels.lane(name):
+        return fn()
 
 
 def engine_rates(target, draft, tr, dr, ks, alphas, prompt_len, new_tokens, batch, rec) -> None:
@@ -151,6 +248,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--pdl", nargs="+", default=["on/on", "on/off"], metavar="TARGET/DRAFT",
                     help="programmatic dependent launch in the target's and the draft's kernels, per variant")
+    ap.add_argument("--green", nargs="*", default=["verify:112", "verify:96", "draft:32", "draft:64"],
+                    metavar="WHO:SMS", help="branches with the draft's or the verify's on a CUDA green context of "
+                    "SMS SMs (torch.cuda.green_contexts), the other on the whole GPU")
     ap.add_argument("--no-engine", action="store_true", help="the branch timings only")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="h200-overlap-probe")
@@ -184,16 +284,13 @@ def main() -> None:
             f"PDL {variant}: target step {t1:.3f} ms, draft step {d1:.3f} ms (c {d1 / t1:.3f})")
         for k in args.ks:
             v = gpu_bench.step_time(tr, 1, k + 1, P) * 1e3
-            b = branches(tr, dr, k, P)
+            b = branches(tr, dr, k, P, args.green)
             b["verify_step_ms"] = v
             for alpha in args.alphas:
                 b[f"predicted_overlapped_speedup_a{alpha}"] = metrics.overlapped_speedup(alpha, k, d1 / t1, v / t1)
                 b[f"predicted_plain_speedup_a{alpha}"] = metrics.speedup_at_round_costs(alpha, k, d1 / t1, v / t1)
-            rec(f"{variant}_k{k}_branches", b,
-                f"PDL {variant}, k {k}: verify {b['verify']:.3f} ms, {k + 1} draft steps {b['draft_chain']:.3f} ms, "
-                f"in sequence {b['sequential']:.3f} ms, on two streams {b['concurrent_high_priority']:.3f} ms (high "
-                f"priority) / {b['concurrent_default_priority']:.3f} ms: efficiency "
-                f"{b['overlap_efficiency_high_priority']:.2f} / {b['overlap_efficiency_default_priority']:.2f}")
+            rec(f"{variant}_k{k}_branches", b, f"PDL {variant}, k {k} ({k + 1} draft steps): " + ", ".join(
+                f"{key} {value:.3f}" if isinstance(value, float) else f"{key}: {value}" for key, value in b.items()))
     if not args.no_engine:
         # the engine on the variant whose overlapped branches came out fastest at the middle k
         mid = args.ks[len(args.ks) // 2]
@@ -206,12 +303,29 @@ def main() -> None:
              f"real configs), bf16, prompt {P}; ms per captured graph", "",
              "| PDL target/draft | k | verify | k+1 draft steps | in sequence | two streams (high) | two streams (default) "
              "| efficiency (high) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    nan = float("nan")
     for variant in args.pdl:
         for k in args.ks:
             b = results[f"{variant}_k{k}_branches"]
-            lines.append(f"| {variant} | {k} | {b['verify']:.3f} | {b['draft_chain']:.3f} | {b['sequential']:.3f} | "
-                         f"{b['concurrent_high_priority']:.3f} | {b['concurrent_default_priority']:.3f} | "
+            lines.append(f"| {variant} | {k} | {b.get('verify', nan):.3f} | {b.get('draft_chain', nan):.3f} | "
+                         f"{b.get('sequential', nan):.3f} | {b.get('concurrent_high_priority', nan):.3f} | "
+                         f"{b.get('concurrent_default_priority', nan):.3f} | "
                          f"{b['overlap_efficiency_high_priority']:.2f} |")
+    if args.green:
+        lines += ["", "Green contexts (`WHO:SMS`: that branch on SMS SMs, the other on the whole GPU; ms, or the "
+                  "error):", "", "| PDL target/draft | k | branch | that branch alone there | both | efficiency |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for variant in args.pdl:
+            for k in args.ks:
+                b = results[f"{variant}_k{k}_branches"]
+                for spec in args.green:
+                    name = "green_" + spec.replace(":", "_")
+                    both = b.get(name, b.get(f"{name}_two_graphs"))
+                    err = b.get(f"{name}_error") or b.get(f"{name}_two_graphs_error")
+                    alone = b.get(f"{name}_alone")
+                    lines.append(f"| {variant} | {k} | {spec} | {'' if alone is None else f'{alone:.3f}'} | "
+                                 f"{f'{both:.3f}' if both is not None else err} | "
+                                 f"{'' if both is None else format(b[f'{name}_efficiency'], '.2f')} |")
     rows = [(key, v) for key, v in results.items() if isinstance(v, dict) and "tok_s" in v]
     if rows:
         lines += ["", "| run | tok/s | speedup | acceptance | tokens/round | match |", "| --- | --- | --- | --- | --- | --- |"]

@@ -450,6 +450,44 @@ def test_scratch_buffers_are_per_lane():
     assert kernels.scratch(dev, "test lane", 8, torch.int32) is main
 
 
+def test_green_streams_are_made_once_per_share_and_refused_clearly(monkeypatch):
+    """green_stream: one green context and stream per (device, SMs), kept (graphs captured on the
+    stream refer to it); a torch without green contexts gets one clear error, not an AttributeError."""
+    from torch.cuda import green_contexts
+
+    from specdecode.accel import rounds
+
+    monkeypatch.setattr(rounds, "_GREEN", {})
+    monkeypatch.setattr(green_contexts, "SUPPORTED", False)
+    with pytest.raises(RuntimeError, match="green contexts"):
+        rounds.green_stream(torch.device("cuda", 0), 32)
+
+    made = []
+
+    class FakeStream:
+        pass
+
+    class FakeContext:
+        @staticmethod
+        def create(num_sms, device_id):
+            made.append((num_sms, device_id))
+            ctx = FakeContext()
+            ctx.stream = FakeStream()
+            return ctx
+
+        def Stream(self):
+            return self.stream
+
+    monkeypatch.setattr(green_contexts, "SUPPORTED", True)
+    monkeypatch.setattr(green_contexts, "GreenContext", FakeContext)
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    a = rounds.green_stream(torch.device("cuda", 0), 32)
+    assert rounds.green_stream(torch.device("cuda", 0), 32) is a
+    b = rounds.green_stream(torch.device("cuda", 0), 96)
+    assert b is not a and isinstance(b, FakeStream)
+    assert made == [(32, 0), (96, 0)]
+
+
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_the_fused_overlapped_acceptance_equals_the_reference(k):
     """accel/glue.accept_overlapped (one kernel a round, here under the interpreter) accepts and

@@ -36,7 +36,7 @@ from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
 from . import glue, kernels
 
-__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "time_replays"]
+__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "green_stream", "time_replays"]
 
 
 class SideBranch:
@@ -45,19 +45,25 @@ class SideBranch:
     queued, `join()` makes the current stream wait for it. Captured, the round's graph forks
     into two branches that the GPU runs concurrently: the draft's latency-bound steps fill the
     time the target's verify leaves the memory system idle. Its kernels take scratch buffers of
-    their own lane (kernels.lane): nothing they count in is shared with the verify's.
+    their own lane (kernels.lane): nothing they count in is shared with the main stream's.
 
     `priority`: the stream's (lower is higher; the draft branch is the longer one when (k + 1)
-    draft steps outlast the verify)."""
+    draft steps outlast the verify). `stream`: run on this stream instead (`green_stream`'s: a
+    share of the SMs); `lane`: the scratch lane of the work it runs ("main" for work moved off
+    the main stream whole, such as the verify on a green stream)."""
 
-    def __init__(self, device: torch.device, priority: int = -1) -> None:
-        low, high = torch.cuda.Stream.priority_range()
-        self.stream = torch.cuda.Stream(device, priority=max(high, min(low, priority)))
+    def __init__(self, device: torch.device, priority: int = -1, stream: torch.cuda.Stream | None = None,
+                 lane: str = "side") -> None:
+        if stream is None:
+            low, high = torch.cuda.Stream.priority_range()
+            stream = torch.cuda.Stream(device, priority=max(high, min(low, priority)))
+        self.stream = stream
+        self.lane = lane
 
     def run(self, fn):
         main = torch.cuda.current_stream(self.stream.device)
         self.stream.wait_stream(main)
-        with torch.cuda.stream(self.stream), kernels.lane("side"):
+        with torch.cuda.stream(self.stream), kernels.lane(self.lane):
             out = fn()
         # the result is read on the main stream after join(): keep the allocator from reusing it early
         values = (out,) if isinstance(out, Tensor) else tuple(vars(out).values()) if hasattr(out, "__dict__") else ()
@@ -68,6 +74,30 @@ class SideBranch:
 
     def join(self) -> None:
         torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
+
+
+_GREEN: dict[tuple[int, int], tuple[object, torch.cuda.Stream]] = {}  # (device, SMs) -> (context, stream)
+
+
+def green_stream(device: torch.device, sms: int) -> torch.cuda.Stream:
+    """A stream of a CUDA green context holding `sms` of the device's SMs (rounded up by the driver:
+    multiples of 8 on sm_90): kernels launched there run on those SMs only. One context and stream
+    per (device, sms), kept for the process's life (graphs captured on the stream refer to them).
+    Raises RuntimeError where this torch or driver has no green contexts."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    found = _GREEN.get((index, sms))
+    if found is None:
+        from torch.cuda import green_contexts
+
+        if not getattr(green_contexts, "SUPPORTED", False):
+            raise RuntimeError("this PyTorch build has no CUDA green contexts (torch >= 2.9 built with CUDA >= 12.8)")
+        ctx = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
+        raw = ctx.Stream()
+        stream = raw if isinstance(raw, torch.cuda.Stream) else torch.cuda.Stream(
+            stream_id=raw.stream_id, device_index=raw.device_index, device_type=raw.device_type)
+        found = _GREEN[(index, sms)] = (ctx, stream)
+    return found[1]
 
 
 def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
