@@ -203,7 +203,8 @@ def checks(r: dict) -> dict[str, bool]:
     c = {}
     # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 5, or
     # overlapped rounds), named in r["batch1_best"]
-    batch1 = [x for x in ("k5_warm", "overlap_k1", "overlap_k2", "overlap_k3") if g(x, "speedup") is not None]
+    batch1 = [x for x in ("k5_warm", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16", "overlap_k3_sms16",
+                          "overlap_k2_sms32") if g(x, "speedup") is not None]
     if batch1:
         best = max(batch1, key=lambda x: g(x, "speedup"))
         r["batch1_best"] = best
@@ -288,6 +289,10 @@ def run(args) -> None:
         "overlap_k1": ["--k", "1", "--overlap", *n],
         "overlap_k2": ["--k", "2", "--overlap", *n],
         "overlap_k3": ["--k", "3", "--overlap", *n],
+        # the verify on a green context of all but N SMs, N left to the draft branch (--overlap-sms)
+        "overlap_k2_sms16": ["--k", "2", "--overlap", "--overlap-sms", "16", *n],
+        "overlap_k3_sms16": ["--k", "3", "--overlap", "--overlap-sms", "16", *n],
+        "overlap_k2_sms32": ["--k", "2", "--overlap", "--overlap-sms", "32", *n],
         "overlap_k2_batch4": ["--k", "2", "--overlap", "--batch-size", "4", *n],
         "overlap_k2_nf4": ["--k", "2", "--overlap", "--quantized", *n],
     }

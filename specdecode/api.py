@@ -219,7 +219,10 @@ class SpeculativeDecoder:
         self.report = report
         self.tokenizer = target.tokenizer
         self._runners: dict[tuple, object] = {}  # (model, execution) -> accel.runner.ModelRunner
-        self._rounds: dict[int, object] = {}  # target runner -> accel.rounds.CapturedRounds
+        self._rounds: dict[tuple, object] = {}  # (target runner, verify SMs) -> accel.rounds.CapturedRounds
+        if settings.overlap_sms is not None and target.device.type != "cuda":
+            raise SettingsError(f"--overlap-sms divides a CUDA GPU between the round's branches; the target is on "
+                                f"{target.device.type}")
         self._executions: dict[int, object] = {}  # model -> accel.execution.Execution (these settings)
         self._views: dict[int, LoadedModel] = {}
         self.reserved = 0  # longest prompt the caches are sized for (see reserve)
@@ -281,15 +284,30 @@ class SpeculativeDecoder:
         """How the target's rounds run: captured as CUDA graphs (one object per target runner, so
         its graphs serve every batch), or None for the reference's eager rounds."""
         runner = self.runner(self.target)
+        sms = self.settings.overlap_sms
+        if sms is not None and not (runner.graphs and runner.device.type == "cuda"):
+            raise SettingsError("--overlap-sms divides a CUDA GPU between the round's branches: it needs --device "
+                                "cuda and CUDA graphs (not --no-cuda-graphs)")
         if not runner.graphs:
             return None
-        found = self._rounds.get(id(runner))
+        found = self._rounds.get((id(runner), sms))
         if found is None:
             from .accel.rounds import CapturedRounds
 
-            # --no-kernels: no Triton anywhere in the round, its commit included
-            found = self._rounds[id(runner)] = CapturedRounds(
-                runner, fused_commit=False if self.settings.kernels is False else None)
+            verify_sms = None
+            if sms is not None:
+                total = torch.cuda.get_device_properties(runner.device).multi_processor_count
+                if sms >= total:
+                    raise SettingsError(f"--overlap-sms {sms}: this GPU has {total} SMs; keep fewer than that "
+                                        f"from the verify")
+                verify_sms = total - sms
+            try:
+                # --no-kernels: no Triton anywhere in the round, its commit included
+                found = CapturedRounds(runner, fused_commit=False if self.settings.kernels is False else None,
+                                       verify_sms=verify_sms)
+            except RuntimeError as e:  # no green contexts in this torch or driver
+                raise SettingsError(f"--overlap-sms: {str(e).splitlines()[0]}") from e
+            self._rounds[(id(runner), sms)] = found
         return found
 
     def reserve(self, ids: Sequence[Sequence[int]]) -> None:

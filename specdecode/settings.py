@@ -132,6 +132,11 @@ class Settings(BaseModel):
                            "verifies this round's, on a CUDA stream of its own (PEARL's post-verify); needs the "
                            "model drafter and a fixed k. The output is unchanged"
     )
+    overlap_sms: int | None = Field(
+        None, ge=1, description="with --overlap on CUDA: SMs kept from the target's verify for the draft branch (the "
+                                "verify runs on a CUDA green context of the others, rounded by the driver to its "
+                                "granularity, 8 on sm_90); unset: both branches share every SM"
+    )
 
     # lengths
     max_new_tokens: int = Field(128, ge=1)
@@ -272,6 +277,8 @@ class Settings(BaseModel):
         if self.overlap and self.drafter in ("ngram", "early-exit"):  # (none: the baseline, nothing to overlap)
             raise ValueError(f"--overlap drafts with a draft model beside the target: it needs --drafter model "
                              f"(not {self.drafter})")
+        if self.overlap_sms is not None and not self.overlap:
+            raise ValueError("--overlap-sms divides the GPU between an overlapped round's branches: add --overlap")
         if self.overlap and self.k == "auto":
             raise ValueError("--overlap needs a fixed --k: each round drafts the next round's tokens before --k auto "
                              "could choose their number")

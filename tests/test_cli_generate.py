@@ -83,12 +83,15 @@ def test_chat_template_is_applied_when_present(chat_model):
         (["--device", "cuda:0"], 1, "CUDA"),
         (["--overlap", "--drafter", "ngram"], 2, "--overlap"),
         (["--overlap", "--k", "auto"], 2, "--overlap needs a fixed --k"),
+        (["--overlap-sms", "16"], 2, "add --overlap"),
+        (["--overlap", "--overlap-sms", "0"], 2, "--overlap-sms"),
+        (["--overlap", "--overlap-sms", "16"], 2, "--overlap-sms divides a CUDA GPU"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(capsys, llama_pair, args, code, needle):
     import torch
 
-    if "cuda:0" in args and torch.cuda.is_available():
+    if ("cuda:0" in args or args == ["--overlap", "--overlap-sms", "16"]) and torch.cuda.is_available():
         pytest.skip("has a GPU")
     base = ["generate", "hello", "--target", str(llama_pair.target), "--draft", str(llama_pair.draft)]
     got, out, err = run(capsys, *(base + args))

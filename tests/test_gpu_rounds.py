@@ -188,6 +188,26 @@ def test_captured_overlapped_sampling_equals_the_in_line_branches(llama_pair):
     common = dict(k=2, overlap=True, temperature=1.0, seed=5, max_new_tokens=24, batch_size=3)
     concurrent = [r.token_ids for r in dec(llama_pair, **common).generate(RAGGED)]
     d = dec(llama_pair, **common)
-    d._rounds[id(d.runner(d.target))] = CapturedRounds(d.runner(d.target), concurrent=False)
+    d._rounds[(id(d.runner(d.target)), None)] = CapturedRounds(d.runner(d.target), concurrent=False)
     assert d.rounds().side is None
     assert [r.token_ids for r in d.generate(RAGGED)] == concurrent
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_overlapped_rounds_with_the_verify_on_a_green_context(llama_pair, temperature):
+    """--overlap-sms: the verify runs on a green context of all but N SMs (its own stream, forked
+    and joined inside the round's graph like the draft branch). Greedy fp32 output equals the
+    target alone; sampling with a seed equals the same rounds with every SM shared."""
+    from torch.cuda import green_contexts
+
+    if not green_contexts.SUPPORTED:
+        pytest.skip("this torch build has no CUDA green contexts")
+    common = dict(k=2, overlap=True, temperature=temperature, seed=5, max_new_tokens=32, batch_size=3)
+    d = dec(llama_pair, overlap_sms=16, **common)
+    rounds = d.rounds()
+    assert rounds.verify_side is not None and rounds.side is not None
+    tokens = [r.token_ids for r in d.generate(RAGGED)]
+    if temperature == 0.0:
+        assert tokens == oracle_greedy(llama_pair.target, RAGGED, 32)
+    else:
+        assert tokens == [r.token_ids for r in dec(llama_pair, **common).generate(RAGGED)]

@@ -372,24 +372,28 @@ def test_overlapped_rounds_on_fixed_shapes_are_exact(llama_pair, k):
 class _RecordingSide:
     """A stand-in for accel/rounds.py's SideBranch: records what runs where."""
 
-    def __init__(self, log):
+    def __init__(self, log, branch="draft"):
         self.log = log
+        self.prefix = "" if branch == "draft" else f"{branch} "
+        self.branch = branch
 
     def run(self, fn):
-        self.log.append("fork")
+        self.log.append(f"{self.prefix}fork")
         out = fn()
-        self.log.append("draft done")
+        self.log.append(f"{self.branch} done")
         return out
 
     def join(self):
-        self.log.append("join")
+        self.log.append(f"{self.prefix}join")
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_an_overlapped_round_forks_the_draft_and_reads_nothing_back(llama_pair, monkeypatch, temperature):
     """The draft branch runs inside `side.run` (on CUDA: a second stream), every draft step in it,
-    and the round joins before the acceptance; the round reads nothing back to the host; and its
-    results equal the in-line round's (side None) from the same state."""
+    and the round joins before the acceptance; with `verify_side` (--overlap-sms: a green
+    context's stream) the verify runs inside it, joined before the draft branch; the round reads
+    nothing back to the host; and its results equal the in-line round's (no sides) from the
+    same state."""
     dec = cpu_decoder(llama_pair.target, llama_pair.draft, k=3, batch_size=2, max_new_tokens=MAX_NEW,
                       temperature=temperature, seed=1, overlap=True)
     eng = dec.engine()
@@ -407,7 +411,7 @@ def test_an_overlapped_round_forks_the_draft_and_reads_nothing_back(llama_pair, 
 
     shape = RoundShape(3, 3, False, overlap=True)
     outs = []
-    for side in (None, "recording"):
+    for side in (None, "recording", "both"):
         log = []
         cache, bufs, max_len = state()
         forward = eng.drafter.runner.forward
@@ -424,14 +428,19 @@ def test_an_overlapped_round_forks_the_draft_and_reads_nothing_back(llama_pair, 
         for _ in range(3):  # the first round has no proposal; the next ones do where f_1 was kept
             rounds.append(run_round(eng.runner, cache, eng.drafter, bufs, shape, eng.params.sampling, max_len,
                                     eng.target_rows, may_sync=False,
-                                    side=_RecordingSide(log) if side else None))
+                                    side=_RecordingSide(log) if side else None,
+                                    verify_side=_RecordingSide(log, "verify") if side == "both" else None))
         monkeypatch.undo()
         assert rounds == [3, 3, 3]
         outs.append((bufs.out.tolist(), bufs.ahead.tolist(), bufs.ahead_ok.tolist(), cache.positions.tolist()))
-        if side:
+        if side == "recording":
             one = ["fork"] + ["draft step"] * 4 + ["draft done", "verify", "join"]
             assert log == one * 3
-    assert outs[0] == outs[1]
+        elif side == "both":
+            one = (["fork"] + ["draft step"] * 4
+                   + ["draft done", "verify fork", "verify", "verify done", "verify join", "join"])
+            assert log == one * 3
+    assert outs[0] == outs[1] == outs[2]
     out = outs[0][0]
     assert all(0 <= row[0] <= row[2] and row[2] in (0, 3) for row in out)
 

@@ -150,13 +150,21 @@ class Pending:
 class CapturedRounds(EagerRounds):
     captured = True
 
-    def __init__(self, target, fused_commit: bool | None = None, concurrent: bool = True) -> None:
+    def __init__(self, target, fused_commit: bool | None = None, concurrent: bool = True,
+                 verify_sms: int | None = None) -> None:
         """`target`: the target's ModelRunner (CUDA, fixed shapes). `fused_commit`: the acceptance
         and commit as one Triton kernel (accel/glue.py); None: wherever Triton runs on the device
         (--no-kernels turns it off with the other kernels). `concurrent`: an overlapped round's
-        draft branch runs on a stream of its own (SideBranch); False runs it in line (profiling)."""
+        draft branch runs on a stream of its own (SideBranch); False runs it in line (profiling).
+        `verify_sms`: an overlapped round's verify runs on a green context of that many SMs
+        (`green_stream`; `--overlap-sms` leaves the rest to the draft branch alone); None: on
+        the round's own stream, every SM."""
         super().__init__(target, fixed_shapes=True)
         self.side = SideBranch(target.device) if concurrent else None
+        if verify_sms is not None:
+            if not concurrent:
+                raise ValueError("verify_sms places the verify beside a concurrent draft branch: concurrent=True")
+            self.verify_side = SideBranch(target.device, stream=green_stream(target.device, verify_sms), lane="main")
         usable = glue.usable(target.device)
         if fused_commit and not usable:
             raise ValueError("the fused commit needs Triton and a CUDA device")

@@ -156,7 +156,7 @@ def commit_reference(verify_in: Tensor, cache, bufs: RoundBuffers, num_proposed:
 
 def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
               attend_len: int, target_rows: int, may_sync: bool = True, commit=None, side=None,
-              accept=None) -> int:
+              accept=None, verify_side=None) -> int:
     """One round over `bufs` and the caches (see the module doc); returns the draft steps the
     drafter ran (<= k; fewer only when an uncaptured drafter stopped early).
 
@@ -164,10 +164,10 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     when the proposal was handed in (`bufs.give`) or k == 0. `commit`: the acceptance and commit
     fused into one kernel (accel/glue.py's `commit`, captured rounds on CUDA); None runs them
     as the reference tensor operations below. An overlapped shape runs `run_overlapped_round`
-    (`side`: where its draft branch runs; `accept`: its fused acceptance; see there)."""
+    (`side`, `verify_side`: where its branches run; `accept`: its fused acceptance; see there)."""
     if shape.overlap:
         return run_overlapped_round(target, cache, drafter, bufs, shape, sampling, attend_len, target_rows,
-                                    accept=accept, side=side)
+                                    accept=accept, side=side, verify_side=verify_side)
     B = bufs.last.shape[0]
     k, width = shape.k, shape.width
 
@@ -248,7 +248,7 @@ def accept_overlapped_reference(cache, bufs: RoundBuffers, k: int, draft_tokens:
 
 
 def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams,
-                         attend_len: int, target_rows: int, accept=None, side=None) -> int:
+                         attend_len: int, target_rows: int, accept=None, side=None, verify_side=None) -> int:
     """One overlapped round: the target verifies the proposal the draft made during the previous
     round while the draft drafts the next one (Liu et al. 2024, "Parallel Speculative Decoding
     with Adaptive Draft Length", PEARL's post-verify, in one fixed-shape program). Returns k.
@@ -273,7 +273,9 @@ def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: Roun
 
     `side`: where the draft branch runs, an object with `run(fn)` (fn's result) and `join()`
     (accel/rounds.py's side stream: the branches run concurrently on the GPU); None runs the
-    branches one after the other (the reference). `accept`: the acceptance and commit fused
+    branches one after the other (the reference). `verify_side`: where the verify runs, the same
+    kind of object (a green context's share of the SMs, `--overlap-sms`); None: the current
+    stream. `accept`: the acceptance and commit fused
     (accel/glue.py's `accept_overlapped`, captured rounds); None: `accept_overlapped_reference`.
     Device work only, no host synchronisation.
     """
@@ -293,7 +295,15 @@ def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: Roun
 
     draft = side.run(draft_branch) if side is not None else draft_branch()
     verify_in = torch.cat([bufs.last[:, None], bufs.ahead[:, :k]], dim=1)  # [B, k+1]
-    logits = target.forward(verify_in, cache, attend_len)  # [B, k+1, V]
+
+    def verify_branch() -> Tensor:
+        return target.forward(verify_in, cache, attend_len)  # [B, k+1, V]
+
+    if verify_side is not None:
+        logits = verify_side.run(verify_branch)
+        verify_side.join()
+    else:
+        logits = verify_branch()
     if side is not None:
         side.join()
 
@@ -326,6 +336,7 @@ class EagerRounds:
     captures = 0  # round graphs captured so far (CapturedRounds counts them)
     commit = None  # run_round's commit: None = the reference (captured rounds fuse it: accel/glue.py)
     side = None  # where an overlapped round's draft branch runs: None = before the verify, in line
+    verify_side = None  # where its verify runs: None = the current stream
     accept = None  # an overlapped round's acceptance and commit: None = the reference (accel/glue.py)
 
     def __init__(self, target, fixed_shapes: bool = False) -> None:
@@ -366,7 +377,7 @@ class EagerRounds:
         proposal is already in `bufs`)."""
         drafter = self.drafter if (self.drafter is not None and self.drafter.on_device) else None
         return run_round(self.target, cache, drafter, bufs, shape, sampling, attend_len, target_rows, may_sync,
-                         commit=self.commit, side=self.side, accept=self.accept)
+                         commit=self.commit, side=self.side, accept=self.accept, verify_side=self.verify_side)
 
     def _state(self, cache, bufs: RoundBuffers) -> list[Tensor]:
         """The tensors a round changes that a warm-up must leave as it found them."""
