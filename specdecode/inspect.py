@@ -263,14 +263,17 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         )
     prediction = None
     if c is not None:
+        overlap = _overlapped(settings)
+        per_round = metrics.overlapped_tokens_per_round if overlap else metrics.expected_tokens_per_round
         prediction = {
             "c": c,
             "c_source": c_source,
+            "model": metrics.prediction_model(overlap),
             "alpha": list(metrics.ALPHAS),
             "k": list(metrics.KS),
-            "speedup": metrics.prediction_table(c),
-            "tokens_per_round": [[metrics.expected_tokens_per_round(a, k) for k in metrics.KS] for a in metrics.ALPHAS],
-            "best_k": {str(a): metrics.best_k(a, c) for a in metrics.ALPHAS},
+            "speedup": metrics.prediction_table(c, overlap=overlap),
+            "tokens_per_round": [[per_round(a, k) for k in metrics.KS] for a in metrics.ALPHAS],
+            "best_k": {str(a): metrics.best_k(a, c, overlap=overlap) for a in metrics.ALPHAS},
         }
     return {
         "settings": settings.to_public_dict(),
@@ -287,6 +290,11 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         "predicted_speedup": prediction,
         "measure": None,
     }
+
+
+def _overlapped(settings) -> bool:
+    """Whether the rounds these settings run are overlapped ones (--overlap with a draft model)."""
+    return bool(settings.overlap) and settings.drafter == "model"
 
 
 def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -347,10 +355,11 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
         "accepted_tokens": acc.accepted_tokens,
         "rounds": acc.rounds,
         "predicted_speedup": (
-            {str(kk): metrics.predicted_speedup(alpha, kk, c) for kk in metrics.KS}
+            {str(kk): metrics.predicted(alpha, kk, c, _overlapped(settings)) for kk in metrics.KS}
             if alpha is not None and c is not None
             else None
         ),
+        "prediction_model": metrics.prediction_model(_overlapped(settings)),
         "k": k,
         "step_costs": costs,
         "disagreements": [
@@ -376,7 +385,8 @@ def _step_costs(decoder, prompts, alpha: float | None) -> dict[str, Any] | None:
     out["verify_over_target_step"] = v = (step.verify_ms / step.target_ms
                                           if step.verify_ms is not None and step.target_ms else None)
     k = decoder.settings.k
-    out["speedup_at_round_costs"] = (metrics.speedup_at_round_costs(alpha, k, step.c, v)
+    at_costs = metrics.overlapped_speedup if _overlapped(decoder.settings) else metrics.speedup_at_round_costs
+    out["speedup_at_round_costs"] = (at_costs(alpha, k, step.c, v)
                                      if alpha is not None and v is not None and isinstance(k, int) else None)
     return out
 

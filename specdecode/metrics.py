@@ -308,14 +308,25 @@ def overlapped_speedup(alpha: float, k: float, c: float, v: float = 1.0) -> floa
     return overlapped_tokens_per_round(alpha, k) / max(v, (k + 1) * c)
 
 
-def prediction_table(c: float, alphas: Sequence[float] = ALPHAS, ks: Sequence[int] = KS) -> list[list[float]]:
-    """predicted_speedup for every α (rows) and k (columns)."""
-    return [[predicted_speedup(a, k, c) for k in ks] for a in alphas]
+def prediction_model(overlap: bool = False) -> str:
+    """The name of the model that predicts: plain rounds (Leviathan et al.) or overlapped rounds."""
+    return "overlapped rounds, perfect overlap" if overlap else "Leviathan et al."
 
 
-def best_k(alpha: float, c: float, ks: Sequence[int] = KS) -> int:
+def predicted(alpha: float, k: float, c: float, overlap: bool = False) -> float:
+    """predicted_speedup, or overlapped_speedup (perfect overlap, the verify priced at one step)."""
+    return overlapped_speedup(alpha, k, c) if overlap else predicted_speedup(alpha, k, c)
+
+
+def prediction_table(c: float, alphas: Sequence[float] = ALPHAS, ks: Sequence[int] = KS,
+                     overlap: bool = False) -> list[list[float]]:
+    """The predicted speedup (`predicted`) for every α (rows) and k (columns)."""
+    return [[predicted(a, k, c, overlap) for k in ks] for a in alphas]
+
+
+def best_k(alpha: float, c: float, ks: Sequence[int] = KS, overlap: bool = False) -> int:
     """The k in ks with the highest predicted speedup."""
-    return max(ks, key=lambda k: predicted_speedup(alpha, k, c))
+    return max(ks, key=lambda k: predicted(alpha, k, c, overlap))
 
 
 def cost_ratio(draft: float, target: float) -> float | None:

@@ -295,6 +295,38 @@ def test_inspect_table_and_measure(llama_pair, prompts_file):
         metrics.speedup_at_round_costs(m["alpha"], K, costs["c"], costs["verify_over_target_step"]))
 
 
+def test_inspect_predicts_overlapped_rounds_with_overlap(llama_pair, prompts_file):
+    """inspect --overlap prices the rounds bench would run: overlapped ones (perfect overlap: a
+    round costs the longer of the verify and k + 1 draft steps), its best k and tokens per round
+    theirs; without --overlap, Leviathan et al.'s plain rounds."""
+    from specdecode import metrics
+
+    plain = json.loads(cli("inspect", *models(llama_pair), "--format", "json").stdout)["predicted_speedup"]
+    res = cli("inspect", *models(llama_pair), "--overlap", "--k", 2, "--format", "json")
+    assert res.exit_code == 0, res.output
+    pred = json.loads(res.stdout)["predicted_speedup"]
+    assert plain["model"] == "Leviathan et al." and pred["model"] == "overlapped rounds, perfect overlap"
+    c = pred["c"]
+    assert c == plain["c"]
+    for i, a in enumerate(pred["alpha"]):
+        assert pred["speedup"][i] == pytest.approx([metrics.overlapped_speedup(a, k, c) for k in pred["k"]])
+        assert plain["speedup"][i] == pytest.approx([metrics.predicted_speedup(a, k, c) for k in plain["k"]])
+        assert pred["tokens_per_round"][i] == pytest.approx([metrics.overlapped_tokens_per_round(a, k) for k in pred["k"]])
+        best = pred["best_k"][str(a)]
+        assert pred["speedup"][i][pred["k"].index(best)] == max(pred["speedup"][i])
+    assert pred["speedup"] != plain["speedup"]
+    table = cli("inspect", *models(llama_pair), "--overlap", "--k", 2)
+    assert "predicted speedup (overlapped rounds, perfect overlap)" in table.stdout
+    m = json.loads(cli("inspect", *models(llama_pair), "--overlap", "--k", 2, "--measure", 2, "--dataset",
+                       prompts_file, "--format", "json").stdout)["measure"]
+    assert m["prediction_model"] == "overlapped rounds, perfect overlap"
+    assert m["alpha"] is not None
+    assert m["predicted_speedup"]["3"] == pytest.approx(metrics.overlapped_speedup(m["alpha"], 3, c))
+    costs = m["step_costs"]
+    assert costs["speedup_at_round_costs"] == pytest.approx(
+        metrics.overlapped_speedup(m["alpha"], 2, costs["c"], costs["verify_over_target_step"]))
+
+
 def test_inspect_other_drafters(llama_pair):
     res = cli("inspect", "--target", llama_pair.target, "--drafter", "ngram", "--format", "json")
     report = json.loads(res.stdout)

@@ -114,7 +114,7 @@ def render(report: dict[str, Any], console) -> None:
         if pred["c_source"] == "weight bytes" and cr.get("c_params") is not None:
             extra = f"; from parameters {cr['c_params']:.3f}" + extra
         table = Table(
-            title=f"predicted speedup (Leviathan et al.), c = {pred['c']:.3f} from {pred['c_source']}{extra}",
+            title=f"predicted speedup ({pred['model']}), c = {pred['c']:.3f} from {pred['c_source']}{extra}",
             title_justify="left",
         )
         table.add_column("α \\ k", style="bold")
@@ -151,7 +151,8 @@ def render(report: dict[str, Any], console) -> None:
             console.print(f"  given the previous ones were  {cond}")
         if m["predicted_speedup"]:
             cells = "  ".join(f"k={k}: {s:.2f}x" for k, s in m["predicted_speedup"].items())
-            console.print(f"predicted speedup at the measured α  {cells}")
+            model = m.get("prediction_model", "Leviathan et al.")
+            console.print(f"predicted speedup at the measured α ({model})  {cells}")
         costs = m.get("step_costs")
         if costs and costs.get("target_step_ms"):
             line = f"measured step costs: target {costs['target_step_ms']:.3f} ms"
