@@ -91,7 +91,8 @@ def green_stream(device: torch.device, sms: int) -> torch.cuda.Stream:
         from torch.cuda import green_contexts
 
         if not getattr(green_contexts, "SUPPORTED", False):
-            raise RuntimeError("this PyTorch build has no CUDA green contexts (torch >= 2.9 built with CUDA >= 12.8)")
+            raise RuntimeError("this PyTorch build has no CUDA green contexts (torch.cuda.green_contexts: torch 2.9 "
+                               "or later, built for a recent CUDA)")
         ctx = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
         raw = ctx.Stream()
         stream = raw if isinstance(raw, torch.cuda.Stream) else torch.cuda.Stream(
