@@ -3,6 +3,7 @@
     python3 benchmarks/policy_sim.py traces --target DIR --draft DIR --prompts FILE.jsonl [--n 20] --out FILE.json
     python3 benchmarks/policy_sim.py simulate --traces FILE.json [--cost 1.65 0.575] [--max-k 8]
     python3 benchmarks/policy_sim.py overlap --traces FILE.json [--extra 0.27 0.2 0.15 0] [--out FILE.json]
+    python3 benchmarks/policy_sim.py hybrid --traces TOP4.json [--min-ngram 1 2 3] [--out FILE.json]
 
 Under greedy decoding a round's outcome needs no draft run of its own: until the first
 mismatch the draft's context is the target's, so the draft's k proposals from position t are
@@ -166,6 +167,65 @@ def overlap(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def hybrid(args) -> None:
+    """Prompt lookup where it finds a match, the draft model elsewhere (a candidate drafter, priced
+    here before anything is built): per round, the n-gram lookup of `drafters/ngram.py` over the
+    prompt and the answer so far; a match of at least --min-ngram tokens makes an n-gram round (its
+    proposal of up to --ngram-k tokens verified alone: no draft steps, then one draft forward over
+    the emitted tokens so the draft's cache catches up), otherwise a plain model round at k. Greedy,
+    so exact on traces that hold the prompt's token ids (`prompt`) and the draft's choices (`match`,
+    or `top`: its top tokens, the first being its choice). A round costs its steps plus --glue ms."""
+    from specdecode.drafters.ngram import NgramIndex
+
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
+    last = max(verify)
+
+    def v(n_rows: int) -> float:  # past the measured rows: the last one's cost (a small underestimate)
+        return verify.get(n_rows, verify[last])
+
+    D, T, G = args.draft_step, args.target_step, args.glue
+    out = {"traces": args.traces, "answers": len(rows), "verify_ms": verify, "draft_step_ms": D, "target_step_ms": T,
+           "glue_ms": G, "catch_up_ms": args.catch_up, "k": args.k, "runs": {}}
+    for policy in ("model", "ngram", "hybrid"):
+        for min_n in ([1] if policy == "model" else args.min_ngram):
+            tokens = ms = 0.0
+            count = {"model": 0, "ngram": 0}
+            ngram_tokens = 0
+            for r in rows:
+                prompt, toks = r["prompt"], r["tokens"]
+                match = r.get("match") or [int(t[0] == x) for t, x in zip(r["top"], toks)]
+                index = NgramIndex(min_n, max(3, min_n))
+                e = 0
+                while e < len(toks):
+                    proposal = []
+                    if policy != "model":
+                        index.sync(prompt + toks[:e])
+                        proposal = index.propose(args.ngram_k, 1 << 62)
+                    if policy == "ngram" or (policy == "hybrid" and proposal):
+                        a = 0
+                        while a < len(proposal) and e + a < len(toks) and proposal[a] == toks[e + a]:
+                            a += 1
+                        cost = v(len(proposal) + 1) + G + (args.catch_up if policy == "hybrid" else 0.0)
+                        count["ngram"] += 1
+                        ngram_tokens += min(a + 1, len(toks) - e)
+                    else:
+                        a = accepted_at(match, e, args.k)
+                        cost = args.k * D + v(args.k + 1) + G
+                        count["model"] += 1
+                    emitted = min(a + 1, len(toks) - e)
+                    tokens, ms, e = tokens + emitted, ms + cost, e + emitted
+            name = policy if policy == "model" else f"{policy}_min{min_n}"
+            row = {"tokens_per_ms": tokens / ms, "speedup": tokens / ms * T, "rounds": count,
+                   "ngram_tokens_per_round": ngram_tokens / count["ngram"] if count["ngram"] else None}
+            out["runs"][name] = row
+            per = row["ngram_tokens_per_round"]
+            print(f"{name:14s} {row['tokens_per_ms']:.3f} tokens/ms ({row['speedup']:.2f}x), rounds {count}"
+                  + (f", {per:.2f} tokens an n-gram round" if per is not None else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def positional_policy(base):
     """AdaptiveK with an acceptance estimate per draft position (a candidate, simulated only): the
     chance that position j is accepted once 1..j-1 were, from decayed counts of the rounds that
@@ -277,8 +337,22 @@ def main() -> None:
     o.add_argument("--extra", nargs="+", type=float, default=[0.27, 0.2, 0.15, 0.0],
                    help="a draft step's extra cost beside the verify, ms (stop 24: 0.26-0.28)")
     o.add_argument("--out", default=None)
+    h = sub.add_parser("hybrid")
+    h.add_argument("--traces", required=True, help="traces with the prompts' ids (`prompt`): the draft-top4 traces")
+    h.add_argument("--k", type=int, default=5, help="draft tokens of a model round")
+    h.add_argument("--ngram-k", type=int, default=8, help="tokens an n-gram round proposes at most")
+    h.add_argument("--min-ngram", nargs="+", type=int, default=[1, 2, 3], help="the shortest match that makes an n-gram round")
+    h.add_argument("--verify", nargs="+", type=float, default=[1.33, 1.41, 1.47, 1.49, 1.51],
+                   help="the verify's ms at 2, 3, ... rows (default: the Qwen2.5-Coder 1.5B target on the H200)")
+    h.add_argument("--draft-step", type=float, default=0.55, help="a draft step alone, ms")
+    h.add_argument("--target-step", type=float, default=1.209, help="the target alone, ms a token")
+    h.add_argument("--glue", type=float, default=0.2, help="a round's cost beyond its steps, ms (stop 30: 4.47 "
+                   "ms a k 5 round measured against 4.27 of steps)")
+    h.add_argument("--catch-up", type=float, default=0.8, help="the draft's forward over an n-gram round's tokens, ms "
+                   "(a two-row draft step: 0.75)")
+    h.add_argument("--out", default=None)
     args = ap.parse_args()
-    {"traces": traces, "simulate": simulate, "overlap": overlap}[args.cmd](args)
+    {"traces": traces, "simulate": simulate, "overlap": overlap, "hybrid": hybrid}[args.cmd](args)
 
 
 if __name__ == "__main__":
