@@ -292,15 +292,15 @@ class SpeculativeDecoder:
             return None
         found = self._rounds.get((id(runner), sms))
         if found is None:
-            from .accel.rounds import CapturedRounds
+            from .accel.rounds import CapturedRounds, green_share
 
             verify_sms = None
             if sms is not None:
-                total = torch.cuda.get_device_properties(runner.device).multi_processor_count
-                if sms >= total:
-                    raise SettingsError(f"--overlap-sms {sms}: this GPU has {total} SMs; keep fewer than that "
-                                        f"from the verify")
-                verify_sms = total - sms
+                props = torch.cuda.get_device_properties(runner.device)
+                try:  # the draft keeps at least N: the verify's share rounded down to the driver's granularity
+                    verify_sms = green_share(props.multi_processor_count, sms, props.major)
+                except ValueError as e:
+                    raise SettingsError(f"--overlap-sms {sms}: {e}") from e
             try:
                 # --no-kernels: no Triton anywhere in the round, its commit included
                 found = CapturedRounds(runner, fused_commit=False if self.settings.kernels is False else None,

@@ -134,8 +134,9 @@ class Settings(BaseModel):
     )
     overlap_sms: int | None = Field(
         None, ge=1, description="with --overlap on CUDA: SMs kept from the target's verify for the draft branch (the "
-                                "verify runs on a CUDA green context of the others, rounded by the driver to its "
-                                "granularity, 8 on sm_90); unset: both branches share every SM"
+                                "verify runs on a CUDA green context of the others, rounded down to the driver's "
+                                "granularity, 8 SMs on sm_90, so the draft keeps at least this many); unset: both "
+                                "branches share every SM"
     )
 
     # lengths

@@ -459,6 +459,23 @@ def test_scratch_buffers_are_per_lane():
     assert kernels.scratch(dev, "test lane", 8, torch.int32) is main
 
 
+def test_the_verify_share_leaves_the_draft_at_least_what_was_asked():
+    """--overlap-sms N: the verify's green context gets all SMs but N rounded DOWN to the driver's
+    granularity (the driver rounds a request up, which would take SMs from the draft)."""
+    from specdecode.accel.rounds import green_share
+
+    assert green_share(132, 16, 9) == 112  # H100/H200: multiples of 8; the draft keeps 20
+    assert green_share(132, 20, 9) == 112 and green_share(132, 32, 9) == 96
+    assert green_share(108, 9, 8) == 98  # A100: multiples of 2
+    for sms, keep, major in ((132, 16, 9), (132, 124, 9), (108, 9, 8), (80, 3, 7), (60, 1, 6)):
+        share = green_share(sms, keep, major)
+        assert sms - share >= keep and share % (8 if major >= 9 else 2 if major >= 7 else 1) == 0
+    with pytest.raises(ValueError, match="smallest share"):
+        green_share(132, 126, 9)  # 6 left: below 8
+    with pytest.raises(ValueError, match="smallest share"):
+        green_share(132, 140, 9)
+
+
 def test_green_streams_are_made_once_per_share_and_refused_clearly(monkeypatch):
     """green_stream: one green context and stream per (device, SMs), kept (graphs captured on the
     stream refer to it); a torch without green contexts gets one clear error, not an AttributeError."""

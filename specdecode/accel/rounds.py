@@ -36,7 +36,7 @@ from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
 from . import glue, kernels
 
-__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "green_stream", "time_replays"]
+__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "green_stream", "green_share", "time_replays"]
 
 
 class SideBranch:
@@ -99,6 +99,19 @@ def green_stream(device: torch.device, sms: int) -> torch.cuda.Stream:
             stream_id=raw.stream_id, device_index=raw.device_index, device_type=raw.device_type)
         found = _GREEN[(index, sms)] = (ctx, stream)
     return found[1]
+
+
+def green_share(sms: int, keep: int, major: int) -> int:
+    """The SMs a green context may take from `sms` while at least `keep` stay outside it, on a GPU of
+    compute capability `major`: rounded down to the driver's granularity (CUDA's guidelines: 8 from
+    sm_90 on, 2 on sm_7x/8x), since the driver rounds a request up. Raises ValueError where what is
+    left is below the smallest share (8 SMs on sm_90, 4 on sm_8x, 2 on sm_7x)."""
+    step, least = (8, 8) if major >= 9 else (2, 4) if major == 8 else (2, 2) if major == 7 else (1, 1)
+    share = (sms - keep) // step * step
+    if share < least:
+        raise ValueError(f"keeping {keep} of {sms} SMs leaves {max(0, sms - keep)}, fewer than a green context's "
+                         f"smallest share here ({least})")
+    return share
 
 
 def capture(fn, state: list[Tensor], pool=None, warmups: int = 2):
