@@ -85,6 +85,13 @@ def test_bench_overlap_is_lossless_and_predicts_overlapped_rounds(llama_pair, pr
     assert pred["model"].startswith("overlapped rounds")
     assert pred["tokens_per_round"] == pytest.approx(metrics.overlapped_tokens_per_round(pred["alpha"], K))
     assert pred["speedup"] == pytest.approx(metrics.overlapped_speedup(pred["alpha"], K, pred["c"]))
+    # the table names the model that predicted: overlapped rounds, not Leviathan et al.'s plain ones
+    res = cli("bench", "--target", llama_pair.target, "--draft", llama_pair.draft, "--k", K, "--overlap",
+              "--max-new-tokens", MAX_NEW, "--num-samples", 2, "--device", "cpu", "--dtype", "float32", "--no-chat",
+              "--dataset", prompts_file, "--results-dir", tmp_path / "results")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.stdout.splitlines() if x.startswith("predicted speedup"))
+    assert "(overlapped rounds, perfect overlap: α=" in line and "Leviathan" not in line
 
 
 def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_path):

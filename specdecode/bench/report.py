@@ -63,7 +63,8 @@ def _k_for_prediction(settings, acc: metrics.AcceptanceTotals) -> float | None:
 
 def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
                measured_speedup: float | None) -> dict[str, Any] | None:
-    """Leviathan et al.'s expected speedup from the measured α and c, next to the measured one."""
+    """The expected speedup from the measured α and c (Leviathan et al.'s; with --overlap, overlapped
+    rounds' at a perfect overlap: `model` says which), next to the measured one."""
     alpha = acc.alpha
     k = _k_for_prediction(settings, acc)
     if alpha is None or k is None or step is None:
@@ -93,7 +94,7 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
         "draft_step_ms": step.draft_ms,
         "tokens_per_round": (metrics.overlapped_tokens_per_round(alpha, k) if overlap
                              else metrics.expected_tokens_per_round(alpha, k)),
-        "model": "overlapped rounds, perfect overlap" if overlap else "Leviathan et al.",
+        "model": metrics.prediction_model(overlap),
         "measured_tokens_per_round": acc.block_efficiency,
         "speedup": predicted,
         "measured_speedup": measured_speedup,
@@ -291,7 +292,8 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
             ax.set_xticklabels(labels, rotation=30, ha="right")
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set_ylabel("speedup (x)")
-    ax1.set_title("speedup (dashed: predicted, Leviathan et al.)", fontsize="small")
+    model = metrics.prediction_model(bool(report.get("settings", {}).get("overlap")))
+    ax1.set_title(f"speedup (dashed: predicted, {model})", fontsize="small")
     ax2.set_title("acceptance rate", fontsize="small")
     ax1.legend(fontsize="small")
     ax2.set_ylabel("acceptance rate")
