@@ -226,6 +226,11 @@ def test_compare_repeated_option_table(llama_pair, prompts_file):
               "--num-samples", 1, "--no-warmup")
     assert res.exit_code == 0, res.output
     assert "best (*)" in res.stdout and "speedup" in res.stdout
+    assert "overlapped rounds" not in res.stdout
+    res = cli("compare", *models(llama_pair)[:-2], "--k", 1, "--k", 2, "--overlap", "--dataset", prompts_file,
+              "--num-samples", 1, "--no-warmup")
+    assert res.exit_code == 0, res.output
+    assert "swept k, overlapped rounds" in res.stdout
 
 
 def test_compare_k_zero_is_exit_2(llama_pair, capsys):

@@ -126,6 +126,8 @@ def render_compare(report: dict[str, Any], console) -> None:
     from rich.table import Table
 
     title = f"compare: {report['num_samples']} samples, swept {', '.join(report['swept']) or 'nothing'}"
+    if report.get("settings", {}).get("overlap"):
+        title += ", overlapped rounds"
     if report["interrupted"]:
         title += " (interrupted)"
     elif report.get("failure"):
