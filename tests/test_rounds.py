@@ -484,9 +484,23 @@ def test_green_streams_are_made_once_per_share_and_refused_clearly(monkeypatch):
     from specdecode.accel import rounds
 
     monkeypatch.setattr(rounds, "_GREEN", {})
-    monkeypatch.setattr(green_contexts, "SUPPORTED", False)
+    monkeypatch.setattr(green_contexts, "SUPPORTED", False, raising=False)  # torch 2.9-2.13 without them
     with pytest.raises(RuntimeError, match="green contexts"):
         rounds.green_stream(torch.device("cuda", 0), 32)
+
+    class Refusing:  # torch 2.14 without cuda-bindings: no SUPPORTED flag, the constructor refuses
+        @staticmethod
+        def create(num_sms, device_id):
+            raise RuntimeError("GreenContext requires the cuda.bindings package")
+
+        def Stream(self):
+            raise AssertionError("never reached")
+
+    monkeypatch.delattr(green_contexts, "SUPPORTED", raising=False)
+    monkeypatch.setattr(green_contexts, "GreenContext", Refusing)
+    with pytest.raises(RuntimeError, match="green contexts are not available here: GreenContext requires the cuda"):
+        rounds.green_stream(torch.device("cuda", 0), 32)
+    assert rounds._GREEN == {}
 
     made = []
 
@@ -504,8 +518,7 @@ def test_green_streams_are_made_once_per_share_and_refused_clearly(monkeypatch):
         def Stream(self):
             return self.stream
 
-    monkeypatch.setattr(green_contexts, "SUPPORTED", True)
-    monkeypatch.setattr(green_contexts, "GreenContext", FakeContext)
+    monkeypatch.setattr(green_contexts, "GreenContext", FakeContext)  # (2.14: no SUPPORTED flag)
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     a = rounds.green_stream(torch.device("cuda", 0), 32)
     assert rounds.green_stream(torch.device("cuda", 0), 32) is a

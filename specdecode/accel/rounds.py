@@ -83,18 +83,27 @@ def green_stream(device: torch.device, sms: int) -> torch.cuda.Stream:
     """A stream of a CUDA green context holding `sms` of the device's SMs (rounded up by the driver:
     multiples of 8 on sm_90): kernels launched there run on those SMs only. One context and stream
     per (device, sms), kept for the process's life (graphs captured on the stream refer to them).
-    Raises RuntimeError where this torch or driver has no green contexts."""
+    Raises RuntimeError where this torch or driver has no green contexts.
+
+    torch.cuda.green_contexts: torch 2.9-2.13 build it into torch (`SUPPORTED` says whether this
+    build has it; `Stream()` from 2.11); 2.14 drives CUDA through the cuda-bindings package and
+    refuses when that is missing."""
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
     found = _GREEN.get((index, sms))
     if found is None:
-        from torch.cuda import green_contexts
-
-        if not getattr(green_contexts, "SUPPORTED", False):
-            raise RuntimeError("this PyTorch build has no CUDA green contexts (torch.cuda.green_contexts: torch 2.9 "
-                               "or later, built for a recent CUDA)")
-        ctx = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
-        raw = ctx.Stream()
+        why = "this PyTorch has no CUDA green contexts (torch.cuda.green_contexts, torch 2.11 or later)"
+        try:
+            from torch.cuda import green_contexts
+        except ImportError as e:
+            raise RuntimeError(why) from e
+        if getattr(green_contexts, "SUPPORTED", True) is False or not hasattr(green_contexts.GreenContext, "Stream"):
+            raise RuntimeError(why)
+        try:
+            ctx = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
+            raw = ctx.Stream()
+        except (RuntimeError, ImportError, TypeError, ValueError) as e:  # no driver support, no cuda-bindings
+            raise RuntimeError(f"CUDA green contexts are not available here: {str(e).splitlines()[0]}") from e
         stream = raw if isinstance(raw, torch.cuda.Stream) else torch.cuda.Stream(
             stream_id=raw.stream_id, device_index=raw.device_index, device_type=raw.device_type)
         found = _GREEN[(index, sms)] = (ctx, stream)
