@@ -317,6 +317,15 @@ def simulate(args) -> None:
                                                           for k, v in results.items()}}, indent=1))
 
 
+def step_cost_arguments(parser, draft_step: float) -> None:
+    """The H200 step costs the `overlap` and `hybrid` replays price rounds with (defaults: the real
+    Qwen2.5-Coder 0.5B -> 1.5B pair, stop 30)."""
+    parser.add_argument("--verify", nargs="+", type=float, default=[1.33, 1.41, 1.47, 1.49, 1.51],
+                        help="the verify's ms at 2, 3, ... rows (default: the Qwen2.5-Coder 1.5B target on the H200)")
+    parser.add_argument("--draft-step", type=float, default=draft_step, help="a draft step alone, ms")
+    parser.add_argument("--target-step", type=float, default=1.209, help="the target alone, ms a token")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -330,10 +339,7 @@ def main() -> None:
     s.add_argument("--out", default=None)
     o = sub.add_parser("overlap")
     o.add_argument("--traces", required=True)
-    o.add_argument("--verify", nargs="+", type=float, default=[1.33, 1.41, 1.47, 1.49, 1.51],
-                   help="the verify's ms at 2, 3, ... rows (default: the Qwen2.5-Coder 1.5B target on the H200)")
-    o.add_argument("--draft-step", type=float, default=0.54, help="a draft step alone, ms")
-    o.add_argument("--target-step", type=float, default=1.209, help="the target alone, ms a token")
+    step_cost_arguments(o, draft_step=0.54)
     o.add_argument("--extra", nargs="+", type=float, default=[0.27, 0.2, 0.15, 0.0],
                    help="a draft step's extra cost beside the verify, ms (stop 24: 0.26-0.28)")
     o.add_argument("--out", default=None)
@@ -342,10 +348,7 @@ def main() -> None:
     h.add_argument("--k", type=int, default=5, help="draft tokens of a model round")
     h.add_argument("--ngram-k", type=int, default=8, help="tokens an n-gram round proposes at most")
     h.add_argument("--min-ngram", nargs="+", type=int, default=[1, 2, 3], help="the shortest match that makes an n-gram round")
-    h.add_argument("--verify", nargs="+", type=float, default=[1.33, 1.41, 1.47, 1.49, 1.51],
-                   help="the verify's ms at 2, 3, ... rows (default: the Qwen2.5-Coder 1.5B target on the H200)")
-    h.add_argument("--draft-step", type=float, default=0.55, help="a draft step alone, ms")
-    h.add_argument("--target-step", type=float, default=1.209, help="the target alone, ms a token")
+    step_cost_arguments(h, draft_step=0.55)
     h.add_argument("--glue", type=float, default=0.2, help="a round's cost beyond its steps, ms (stop 30: 4.47 "
                    "ms a k 5 round measured against 4.27 of steps)")
     h.add_argument("--catch-up", type=float, default=0.8, help="the draft's forward over an n-gram round's tokens, ms "

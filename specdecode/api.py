@@ -284,10 +284,10 @@ class SpeculativeDecoder:
         """How the target's rounds run: captured as CUDA graphs (one object per target runner, so
         its graphs serve every batch), or None for the reference's eager rounds."""
         runner = self.runner(self.target)
-        sms = self.settings.overlap_sms
-        if sms is not None and not (runner.graphs and runner.device.type == "cuda"):
-            raise SettingsError("--overlap-sms divides a CUDA GPU between the round's branches: it needs --device "
-                                "cuda and CUDA graphs (not --no-cuda-graphs)")
+        sms = self.settings.overlap_sms  # (a CUDA target: checked when the decoder was made)
+        if sms is not None and not runner.graphs:
+            raise SettingsError("--overlap-sms divides a CUDA GPU between the round's branches: it needs CUDA graphs "
+                                "(not --no-cuda-graphs)")
         if not runner.graphs:
             return None
         found = self._rounds.get((id(runner), sms))
@@ -305,8 +305,10 @@ class SpeculativeDecoder:
                 # --no-kernels: no Triton anywhere in the round, its commit included
                 found = CapturedRounds(runner, fused_commit=False if self.settings.kernels is False else None,
                                        verify_sms=verify_sms)
-            except RuntimeError as e:  # no green contexts in this torch or driver
-                raise SettingsError(f"--overlap-sms: {str(e).splitlines()[0]}") from e
+            except RuntimeError as e:
+                if verify_sms is None:
+                    raise
+                raise SettingsError(f"--overlap-sms: {e}") from e  # green_stream's one line: no green contexts here
             self._rounds[(id(runner), sms)] = found
         return found
 

@@ -264,7 +264,6 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     prediction = None
     if c is not None:
         overlap = _overlapped(settings)
-        per_round = metrics.overlapped_tokens_per_round if overlap else metrics.expected_tokens_per_round
         prediction = {
             "c": c,
             "c_source": c_source,
@@ -272,7 +271,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
             "alpha": list(metrics.ALPHAS),
             "k": list(metrics.KS),
             "speedup": metrics.prediction_table(c, overlap=overlap),
-            "tokens_per_round": [[per_round(a, k) for k in metrics.KS] for a in metrics.ALPHAS],
+            "tokens_per_round": [[metrics.tokens_per_round(a, k, overlap) for k in metrics.KS] for a in metrics.ALPHAS],
             "best_k": {str(a): metrics.best_k(a, c, overlap=overlap) for a in metrics.ALPHAS},
         }
     return {
@@ -385,8 +384,7 @@ def _step_costs(decoder, prompts, alpha: float | None) -> dict[str, Any] | None:
     out["verify_over_target_step"] = v = (step.verify_ms / step.target_ms
                                           if step.verify_ms is not None and step.target_ms else None)
     k = decoder.settings.k
-    at_costs = metrics.overlapped_speedup if _overlapped(decoder.settings) else metrics.speedup_at_round_costs
-    out["speedup_at_round_costs"] = (at_costs(alpha, k, step.c, v)
+    out["speedup_at_round_costs"] = (metrics.predicted(alpha, k, step.c, _overlapped(decoder.settings), v)
                                      if alpha is not None and v is not None and isinstance(k, int) else None)
     return out
 

@@ -28,24 +28,27 @@ __all__ = [
     "acceptance_totals",
     "best_k",
     "conditional_position_acceptance",
-    "first_mismatch",
-    "iid_alpha",
-    "ms_per_token",
     "cost_ratio",
     "expected_tokens_per_round",
+    "first_mismatch",
+    "iid_alpha",
     "latency_summary",
     "match_rate",
     "mean",
+    "median",
+    "ms_per_token",
     "overlapped_speedup",
     "overlapped_tokens_per_round",
-    "median",
     "percentile",
     "position_acceptance",
+    "predicted",
     "predicted_speedup",
-    "round_counts",
+    "prediction_model",
     "prediction_table",
+    "round_counts",
     "speedup",
     "throughput",
+    "tokens_per_round",
 ]
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)  # inspect's prediction table
@@ -313,9 +316,16 @@ def prediction_model(overlap: bool = False) -> str:
     return "overlapped rounds, perfect overlap" if overlap else "Leviathan et al."
 
 
-def predicted(alpha: float, k: float, c: float, overlap: bool = False) -> float:
-    """predicted_speedup, or overlapped_speedup (perfect overlap, the verify priced at one step)."""
-    return overlapped_speedup(alpha, k, c) if overlap else predicted_speedup(alpha, k, c)
+def predicted(alpha: float, k: float, c: float, overlap: bool = False, v: float = 1.0) -> float:
+    """The speedup the rounds these settings run are expected to give, the verify priced at v target
+    steps (1: the models' own formulas): plain rounds' (speedup_at_round_costs; predicted_speedup
+    at v = 1) or, with `overlap`, overlapped rounds' at a perfect overlap (overlapped_speedup)."""
+    return overlapped_speedup(alpha, k, c, v) if overlap else speedup_at_round_costs(alpha, k, c, v)
+
+
+def tokens_per_round(alpha: float, k: float, overlap: bool = False) -> float:
+    """Expected tokens per round: plain rounds' (expected_tokens_per_round) or overlapped ones'."""
+    return overlapped_tokens_per_round(alpha, k) if overlap else expected_tokens_per_round(alpha, k)
 
 
 def prediction_table(c: float, alphas: Sequence[float] = ALPHAS, ks: Sequence[int] = KS,

@@ -71,12 +71,11 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
         return None
     overlap = settings.overlap
     # overlapped rounds: the verify and k + 1 draft steps side by side, priced as if they overlapped perfectly
-    predicted = metrics.overlapped_speedup(alpha, k, step.c) if overlap else metrics.predicted_speedup(alpha, k, step.c)
+    predicted = metrics.predicted(alpha, k, step.c, overlap)
     verify = None
     if step.verify_ms is not None and step.target_ms:
         v = step.verify_ms / step.target_ms
-        at_costs = (metrics.overlapped_speedup(alpha, k, step.c, v) if overlap
-                    else metrics.speedup_at_round_costs(alpha, k, step.c, v))
+        at_costs = metrics.predicted(alpha, k, step.c, overlap, v)
         verify = {
             "verify_tokens": step.verify_tokens,
             "verify_step_ms": step.verify_ms,
@@ -92,8 +91,7 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
         "c_method": step.method,
         "target_step_ms": step.target_ms,
         "draft_step_ms": step.draft_ms,
-        "tokens_per_round": (metrics.overlapped_tokens_per_round(alpha, k) if overlap
-                             else metrics.expected_tokens_per_round(alpha, k)),
+        "tokens_per_round": metrics.tokens_per_round(alpha, k, overlap),
         "model": metrics.prediction_model(overlap),
         "measured_tokens_per_round": acc.block_efficiency,
         "speedup": predicted,
