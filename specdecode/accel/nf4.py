@@ -110,11 +110,12 @@ the first sweep's bests; Qwen2.5 1.5B, 6 rows): qkv 14.7 -> 6.9 us (8 slices), o
 2.79 ms of the dequantization: NF4_KERNEL_ROWS is 16 since. At one row the sliced form still
 loses to the reduction form (gate/up 29.5 against 17.5 us).
 
-The permutes at two rows (stop 30; config lut "perm" at m 2, not the default: never timed):
-each decoded word tile is multiplied into both rows (the input tile's two rows split after one
-load), 9.4-11.6 instructions a weight in SASS against 16-18 on the map loads
-(2026-12-04-cpu-kernel-sass-nf4-2rows-perm.txt); the two-row gate/up on the map loads, 32 us,
-costs twice the one-row 17.5 us. nf4_bench's two-row grid starts with them.
+The permutes at two rows (stop 30; the default at two rows since stop 33): each decoded word
+tile is multiplied into both rows (the input tile's two rows split after one load), 9.4-11.6
+instructions a weight in SASS against 16-18 on the map loads
+(2026-12-04-cpu-kernel-sass-nf4-2rows-perm.txt). Timed in stop 33 (2026-12-05-h200-nf4-stop33.md,
+Qwen2.5 1.5B): the two-row gate/up 32.0 -> 17.7 us (the one-row product's 17.4: the second row
+is nearly free), down 15.0 -> 13.5, q/k/v 6.2 -> 5.8, o 4.4 -> 4.1 against the map loads' best.
 
 Not done: a one-row form bound by memory (at one row the products and the input's widening are
 about half the reduction form's instructions), keeping the merged
@@ -987,8 +988,8 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
 
     Defaults: the best of the H200 sweeps (benchmarks/nf4_bench.py; Qwen2.5 1.5B, Gemma 3 4B and
     Llama 3.1 8B shapes; benchmarks/results/2026-12-04-h200-nf4-stop29-models.md for one row,
-    2026-12-03-h200-nf4.md for two, 2026-12-04-h200-nf4-stop30-6rows.md for six) by kind and size:
-    the reduction form on the byte permutes at one row, on the map loads at two, the tensor-core
+    2026-12-05-h200-nf4-stop33.md for two, 2026-12-04-h200-nf4-stop30-6rows.md for six) by kind and size:
+    the reduction form on the byte permutes at one and two rows, the tensor-core
     form on the permutes with K in slices at more. FusedModel runs steps of more than
     NF4_KERNEL_ROWS rows on dequantized weights."""
     found = NF4_GEMV_CONFIG.get(nf4_config_key(m, n, k, gated, norm))
@@ -1004,12 +1005,10 @@ def nf4_gemv_config(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
         if k >= 8192:  # down
             return ("reduce", 2, 2048, 4, 2) if k <= 10240 else ("reduce", 8, 1024, 8, 2)
         return ("reduce", 8, 1024, 8, 2)  # o
-    if m == 2:
-        if gated:  # (gate/up is normed too: its branch first)
-            return ("reduce", 4, 512, 2, 2) if k <= 1536 else ("reduce", 8, 512, 4, 2)
-        if norm:
-            return ("reduce", 8, 512, 4, 2)
-        return ("reduce", 4, 2048, 4, 2) if n <= 1536 else ("reduce", 4, 1024, 4, 2)
+    if m == 2:  # the byte permutes (stop 33's sweep at Qwen2.5 1.5B's shapes, benchmarks/results/
+        # 2026-12-05-h200-nf4-stop33.md; against the map loads' best: gate/up 32.0 -> 17.7 us, down 15.0 ->
+        # 13.5, q/k/v 6.2 -> 5.8, o 4.4 -> 4.1)
+        return ("reduce", 8, 512, 4, 2) if gated else ("reduce", 8, 1024, 4, 2)
     # more rows (the verify): the tensor-core form on the permutes with K in slices, the best of
     # stop 30's Qwen2.5 1.5B sweeps at 6 rows (benchmarks/results/2026-12-04-h200-nf4-stop30.md and
     # -stop30-6rows.md): qkv 14.7 -> 6.9 us (8 slices), o 8.6 -> 6.2 (8), gate/up 37.4 -> 28.5 (4;
@@ -1113,12 +1112,11 @@ def nf4_gemv_fused(x: Tensor, nf4: NF4Weight, *, bias: Tensor | None = None, nor
     ieee = ieee or (not hw and x.dtype == torch.bfloat16)
     # the byte permutes: 16-bit weights, whole blocks, the codes readable as int32 words, one or two
     # rows on the reduction form or any on tensor cores (fp32 operands where the input is not the
-    # weights' dtype); the default where compiled (the interpreter runs their stand-in), but for
-    # two rows on the reduction form: not yet timed there (stop 30), the map loads stay its default
+    # weights' dtype); the default where compiled (the interpreter runs their stand-in)
     perm_ok = (aligned and nf4.dtype in (torch.bfloat16, torch.float16) and nf4.packed.data_ptr() % 4 == 0
                and (mma or m <= 2))
     if lut is None:  # the byte permutes where they run, else a map load per nibble
-        lut = "perm" if perm_ok and hw and (mma or m == 1) else "nibble"
+        lut = "perm" if perm_ok and hw else "nibble"
     elif lut == "perm" and not perm_ok:
         raise ValueError("nf4_gemv lut 'perm' needs 16-bit weights, one or two rows on the reduce form (any on mma), "
                          "K a multiple of the block and tiles of whole blocks (rows "
