@@ -130,7 +130,8 @@ class Settings(BaseModel):
     overlap: bool = Field(
         False, description="overlapped rounds: the draft model drafts the next round's k tokens while the target "
                            "verifies this round's, on a CUDA stream of its own (PEARL's post-verify); needs the "
-                           "model drafter and a fixed k. The output is unchanged"
+                           "model drafter and a fixed k. The output is unchanged. Experimental: slower than plain rounds on an H200 "
+                           "for every pair measured"
     )
     overlap_sms: int | None = Field(
         None, ge=1, description="with --overlap on CUDA: SMs kept from the target's verify for the draft branch (the "

@@ -133,7 +133,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("exit_layer", Optional[int], _opt("--exit-layer", metavar="N", help="early-exit drafter: target layers to use")),
     ("k", Optional[str], _opt("--k", metavar="N|auto", key="k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
     ("max_k", Optional[int], _opt("--max-k", metavar="N", key="max_k", help="upper bound for --k auto")),
-    ("overlap", Optional[bool], _opt("--overlap/--no-overlap", help="draft the next round while the target verifies this one, on a second CUDA stream (--drafter model, fixed --k; default off; output unchanged)")),
+    ("overlap", Optional[bool], _opt("--overlap/--no-overlap", help="experimental: draft the next round while the target verifies this one, on a second CUDA stream (--drafter model, fixed --k; output unchanged; default off: slower than plain rounds on an H200 for every pair measured)")),
     ("overlap_sms", Optional[int], _opt("--overlap-sms", help="with --overlap on CUDA: keep this many SMs from the target's verify for the draft (the verify runs on a CUDA green context of the rest); default: both share every SM")),
     ("max_new_tokens", Optional[int], _opt("--max-new-tokens", metavar="N", key="max_new_tokens", help="tokens to generate per prompt")),
     ("max_length", Optional[int], _opt("--max-length", metavar="N", key="max_length", help="truncate prompts to this many tokens (from the left)")),
