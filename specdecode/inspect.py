@@ -263,7 +263,7 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         )
     prediction = None
     if c is not None:
-        overlap = _overlapped(settings)
+        overlap = settings.overlapped
         prediction = {
             "c": c,
             "c_source": c_source,
@@ -289,11 +289,6 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
         "predicted_speedup": prediction,
         "measure": None,
     }
-
-
-def _overlapped(settings) -> bool:
-    """Whether the rounds these settings run are overlapped ones (--overlap with a draft model)."""
-    return bool(settings.overlap) and settings.drafter == "model"
 
 
 def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -354,11 +349,11 @@ def measure_pair(settings, n: int, c: float | None, on_loaded: Callable[[Any], N
         "accepted_tokens": acc.accepted_tokens,
         "rounds": acc.rounds,
         "predicted_speedup": (
-            {str(kk): metrics.predicted(alpha, kk, c, _overlapped(settings)) for kk in metrics.KS}
+            {str(kk): metrics.predicted(alpha, kk, c, settings.overlapped) for kk in metrics.KS}
             if alpha is not None and c is not None
             else None
         ),
-        "prediction_model": metrics.prediction_model(_overlapped(settings)),
+        "prediction_model": metrics.prediction_model(settings.overlapped),
         "k": k,
         "step_costs": costs,
         "disagreements": [
@@ -384,7 +379,7 @@ def _step_costs(decoder, prompts, alpha: float | None) -> dict[str, Any] | None:
     out["verify_over_target_step"] = v = (step.verify_ms / step.target_ms
                                           if step.verify_ms is not None and step.target_ms else None)
     k = decoder.settings.k
-    out["speedup_at_round_costs"] = (metrics.predicted(alpha, k, step.c, _overlapped(decoder.settings), v)
+    out["speedup_at_round_costs"] = (metrics.predicted(alpha, k, step.c, decoder.settings.overlapped, v)
                                      if alpha is not None and v is not None and isinstance(k, int) else None)
     return out
 

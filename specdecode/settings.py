@@ -307,6 +307,12 @@ class Settings(BaseModel):
         return SpeculativeEngine.cache_len(longest_prompt, self.max_new_tokens, self.max_draft_tokens, self.overlap)
 
     @property
+    def overlapped(self) -> bool:
+        """Whether the rounds these settings run are overlapped ones: --overlap with a draft model
+        (the validation refuses it with the other drafters; --drafter none runs the target alone)."""
+        return self.overlap and self.drafter == "model"
+
+    @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 

@@ -69,7 +69,7 @@ def prediction(settings, acc: metrics.AcceptanceTotals, step: StepTimes | None,
     k = _k_for_prediction(settings, acc)
     if alpha is None or k is None or step is None:
         return None
-    overlap = settings.overlap
+    overlap = settings.overlapped
     # overlapped rounds: the verify and k + 1 draft steps side by side, priced as if they overlapped perfectly
     predicted = metrics.predicted(alpha, k, step.c, overlap)
     verify = None

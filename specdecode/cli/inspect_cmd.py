@@ -151,8 +151,7 @@ def render(report: dict[str, Any], console) -> None:
             console.print(f"  given the previous ones were  {cond}")
         if m["predicted_speedup"]:
             cells = "  ".join(f"k={k}: {s:.2f}x" for k, s in m["predicted_speedup"].items())
-            model = m.get("prediction_model", "Leviathan et al.")
-            console.print(f"predicted speedup at the measured α ({model})  {cells}")
+            console.print(f"predicted speedup at the measured α ({m['prediction_model']})  {cells}")
         costs = m.get("step_costs")
         if costs and costs.get("target_step_ms"):
             line = f"measured step costs: target {costs['target_step_ms']:.3f} ms"

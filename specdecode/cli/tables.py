@@ -101,7 +101,7 @@ def render_bench(report: dict[str, Any], console) -> None:
         # two short lines that a 100-column terminal does not wrap
         console.print(
             f"predicted speedup {_x(pred['speedup'])} at {pred['tokens_per_round']:.2f} tokens/round "
-            f"({pred.get('model', 'Leviathan et al.')}: α={pred['alpha']:.3f}, k={k_text}, {cost})",
+            f"({pred['model']}: α={pred['alpha']:.3f}, k={k_text}, {cost})",
             soft_wrap=True,
         )
         console.print(
