@@ -201,10 +201,11 @@ def checks(r: dict) -> dict[str, bool]:
     s = r.get("steps", {})
     g = lambda step, key: (s.get(step) or {}).get(key)  # noqa: E731
     c = {}
-    # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 5, or
-    # overlapped rounds), named in r["batch1_best"]
-    batch1 = [x for x in ("k5_warm", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16", "overlap_k3_sms16",
-                          "overlap_k2_sms32") if g(x, "speedup") is not None]
+    # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 3, 5 or
+    # auto, or overlapped rounds), named in r["batch1_best"]
+    fixed = [x for x in ("k3", "k5_warm") if g(x, "speedup") is not None]
+    batch1 = fixed + [x for x in ("k_auto", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16",
+                                  "overlap_k3_sms16", "overlap_k2_sms32") if g(x, "speedup") is not None]
     if batch1:
         best = max(batch1, key=lambda x: g(x, "speedup"))
         r["batch1_best"] = best
@@ -218,6 +219,9 @@ def checks(r: dict) -> dict[str, bool]:
     if "auto" in ks and len(ks) > 1:
         best = max(v["tokens_per_s"] for k, v in ks.items() if k != "auto")
         c["k_auto_at_least_best_fixed_k"] = ks["auto"]["tokens_per_s"] >= 0.98 * best  # within noise (2%)
+    elif g("k_auto", "speculative_tok_s") and fixed:  # no compare run: the k auto step against the fixed-k steps
+        best = max(g(x, "speculative_tok_s") for x in fixed)
+        c["k_auto_at_least_best_fixed_k"] = g("k_auto", "speculative_tok_s") >= 0.98 * best
     batch4 = [x for x in ("k5_batch4", "overlap_k2_batch4") if g(x, "speedup") is not None]
     if batch4:
         c["batch4_speedup_ge_1.5x"] = max(g(x, "speedup") for x in batch4) >= 1.5
