@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_bench  # noqa: E402
-from specdecode.accel import fused, kernels, prefetch  # noqa: E402
+from specdecode.accel import fused, kernels  # noqa: E402
 from specdecode.accel.runner import ModelRunner  # noqa: E402
 
 
@@ -88,41 +88,6 @@ def profile(runner, batch, q, prompt_len, label, top, layers=0):
     return med
 
 
-_REFERENCE: dict[tuple, torch.Tensor] = {}
-
-
-@torch.inference_mode()
-def same_logits(tr, dr, batch, prompt_len, reference: bool) -> None:
-    """One captured step of each shape profile() times, from the same cache state: its logits
-    kept as the reference (the first window), or compared with the reference bit for bit."""
-    for name, runner, q in (("target", tr, 1), ("target", tr, 6), ("draft", dr, 1), ("draft", dr, 2)):
-        torch.manual_seed(0)
-        cache = runner.new_cache(batch, prompt_len + 300)
-        x = torch.randint(10, 500, (batch, prompt_len), device="cuda")
-        runner.prefill(x, cache, attend_len=prompt_len, logits_to_keep=1)
-        cache.set_positions(torch.full((batch,), prompt_len, device="cuda"))
-        step = torch.randint(10, 500, (batch, q), device="cuda")
-        graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        start = cache.positions.clone()
-        with torch.cuda.stream(side):
-            runner.forward(step, cache, cache.max_len, logits_to_keep=0)
-        torch.cuda.current_stream().wait_stream(side)
-        cache.positions.copy_(start)
-        with torch.cuda.graph(graph):
-            out = runner.forward(step, cache, cache.max_len, logits_to_keep=0)
-        cache.positions.copy_(start)
-        graph.replay()
-        torch.cuda.synchronize()
-        key = (name, batch, q)
-        if reference:
-            _REFERENCE[key] = out.clone()
-        else:
-            same = torch.equal(out, _REFERENCE[key])
-            print(f"   {name} [{batch}, {q}] logits equal to the first window's: {same}")
-
-
 def by_position(prof, reps: int, layers: int) -> None:
     """Each kernel name's occurrences per layer told apart by their order (a layer's first gemv is
     its qkv product, the second its o, ...): mean time per (name, ordinal). Without PDL these are
@@ -181,9 +146,6 @@ def main():
     ap.add_argument("--mlp-tuned", default=None, metavar="JSON",
                     help="kernel_bench.py --mlp --sweep --pdl results: their best stored-layout configurations "
                          "installed in kernels.MLP_TUNED")
-    ap.add_argument("--l2-prefetch", nargs="+", type=float, default=[0.0], metavar="MB",
-                    help="FusedModel's l2_prefetch window in MB (accel/prefetch.py; 0: off), each timed on the same "
-                         "runners; the steps' logits are checked equal to the first window's")
     ap.add_argument("--prompt-len", type=int, default=128, help="cached tokens before the profiled step")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--by-position", action="store_true",
@@ -232,23 +194,14 @@ def main():
                 tr = ModelRunner(target.model, graphs=True, compile=True, kernels=kern, **opts)
                 dr = ModelRunner(draft.model, graphs=True, compile=True, kernels=kern, **opts)
                 print(f"target: {tr.describe()} (pdl {tr.fused.pdl})")
-                for mb, b in itertools.product(args.l2_prefetch, args.batches):
+                for b in args.batches:
                     pl = args.prompt_len
-                    window = int(mb * 2**20) if kern else 0
-                    for r in (tr, dr):
-                        if r.fused is not None:
-                            r.fused.l2_prefetch = window
-                    row_label = label + (f", l2 prefetch {mb:g} MB" if window else "")
-                    if len(args.l2_prefetch) > 1:
-                        print(f"\n---- l2 prefetch {mb:g} MB" + (" (this device cannot prefetch)" if window and not
-                              prefetch.usable(torch.device("cuda")) else ""))
-                        same_logits(tr, dr, b, pl, reference=mb == args.l2_prefetch[0])
                     t1 = profile(tr, b, 1, pl, f"target [{b}, 1]", args.top, tl_)
                     t6 = profile(tr, b, 6, pl, f"target [{b}, 6]", args.top, tl_)
                     d1 = profile(dr, b, 1, pl, f"draft [{b}, 1]", args.top, dl_)
                     d2 = profile(dr, b, 2, pl, f"draft [{b}, 2]", args.top, dl_)
                     print(f"c = {d1 / t1:.3f}")
-                    summary.append((row_label, b, t1, t6, d1, d2))
+                    summary.append((label, b, t1, t6, d1, d2))
                 del tr, dr
     print("\n==== summary (ms per step: median over 15 timings of 20 back-to-back replays of the captured step)")
     print("setting | batch | target [b,1] | target [b,6] | draft [b,1] | draft [b,2] | c | verify/target")

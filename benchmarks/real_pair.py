@@ -203,7 +203,7 @@ def checks(r: dict) -> dict[str, bool]:
     c = {}
     # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 3, 5 or
     # auto, or overlapped rounds), named in r["batch1_best"]
-    fixed = [x for x in ("k3", "k5_warm", "k5_l2", "k5_no_l2", "k3_l2") if g(x, "speedup") is not None]
+    fixed = [x for x in ("k3", "k5_warm") if g(x, "speedup") is not None]
     batch1 = fixed + [x for x in ("k_auto", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16",
                                   "overlap_k3_sms16", "overlap_k2_sms32") if g(x, "speedup") is not None]
     if batch1:
@@ -281,10 +281,6 @@ def run(args) -> None:
         "k5_bf16_draft_head": ["--k", "5", "--no-draft-fp8-head", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],
-        # the kernel steps' L2 prefetch on and off, whatever the default (accel/prefetch.py)
-        "k5_l2": ["--k", "5", "--l2-prefetch", *n],
-        "k5_no_l2": ["--k", "5", "--no-l2-prefetch", *n],
-        "k3_l2": ["--k", "3", "--l2-prefetch", *n],
         "k5_batch4": ["--k", "5", "--batch-size", "4", *n],
         "ngram_k5": ["--drafter", "ngram", "--k", "5", *n],
         "k5_no_kernels": ["--k", "5", "--no-kernels", *n],

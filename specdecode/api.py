@@ -246,11 +246,8 @@ class SpeculativeDecoder:
         key = self._runner_key(loaded)
         if key not in self._runners:
             head8 = key[-1]
-            from .accel import fused as _fused
-
-            l2 = None if ex.l2_prefetch is None else (_fused.L2_PREFETCH_WINDOW if ex.l2_prefetch else 0)
             runner = ModelRunner(loaded.model, graphs=ex.graphs, compile=ex.compile, fused=ex.fused,
-                                 kernels=ex.kernels, nf4=ex.nf4, head_fp8=head8, l2_prefetch=l2)
+                                 kernels=ex.kernels, nf4=ex.nf4, head_fp8=head8)
             if self.settings.kernels and loaded.device.type == "cuda" and runner.fused is not None \
                     and not runner.fused.kernels:
                 raise SettingsError(f"--kernels: {runner.fused.kernels_unsupported}")
@@ -353,8 +350,8 @@ class SpeculativeDecoder:
         if self.target.device.type == "cuda" and self.execution(self.target).compile:
             notes.append("decode steps are compiled on first use of each batch size (tens of seconds; "
                          "torch caches them on disk for later runs; --no-compile skips it)")
-        elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs or s.kernels or s.l2_prefetch):
-            notes.append("--compile, --cuda-graphs, --l2-prefetch and --kernels apply to CUDA devices; on "
+        elif self.target.device.type != "cuda" and (s.compile or s.cuda_graphs or s.kernels):
+            notes.append("--compile, --cuda-graphs and --kernels apply to CUDA devices; on "
                          f"{self.target.device.type} the decode steps run eagerly")
         if s.draft_fp8_head and (s.drafter != "model" or self.draft is None):
             notes.append("--draft-fp8-head applies to a draft model (--drafter model); "

@@ -186,11 +186,6 @@ class Settings(BaseModel):
                            "half its bytes, proposals chosen from slightly rounded logits; the output is unchanged. "
                            "Needs the Triton kernels and a GPU of compute capability 8.9+"
     )
-    l2_prefetch: bool | None = Field(
-        None, description="the kernel decode steps prefetch their next weights into the GPU's L2 cache from a side "
-                          "branch (Hopper's bulk prefetch); output unchanged. None = the default for the device "
-                          "(off until measured to pay); needs the Triton kernels and compute capability 9.0+"
-    )
     trust_remote_code: bool = False
 
     # data and output (bench / compare)

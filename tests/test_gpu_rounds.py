@@ -213,22 +213,3 @@ def test_overlapped_rounds_with_the_verify_on_a_green_context(llama_pair, temper
         assert tokens == oracle_greedy(llama_pair.target, RAGGED, 32)
     else:
         assert tokens == [r.token_ids for r in dec(llama_pair, **common).generate(RAGGED)]
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_captured_rounds_with_the_l2_prefetch_are_exact(llama_pair, monkeypatch, batch):
-    """Weights prefetched into L2 from a side branch of every kernel step (accel/prefetch.py):
-    the rounds capture with the forks joined and stay exact."""
-    from specdecode.accel import fused, prefetch
-
-    if not prefetch.usable(torch.device("cuda")):
-        pytest.skip("the bulk L2 prefetch needs compute capability 9.0+")
-    monkeypatch.setattr(fused, "DEFAULT_L2_PREFETCH", 1 << 16)
-    d = dec(llama_pair, k=4, max_new_tokens=40, batch_size=batch)
-    rounds = d.rounds()
-    assert rounds is not None and rounds.captured
-    results = d.generate(RAGGED)
-    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, 40)
-    for loaded in (d.target, d.draft):
-        fm = d.runner(loaded).fused
-        assert fm is not None and fm.kernels and fm._prefetch is not None and fm._prefetch.bytes > 0

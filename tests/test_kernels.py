@@ -636,34 +636,6 @@ def test_kernels_flag_on_cpu_is_a_note(llama_pair):
     dec = _decoder(llama_pair.target, kernels=True)
     assert any("--kernels apply to CUDA devices" in n for n in dec.notes)
     assert not dec.runner(dec.target).fused.kernels
-    dec = _decoder(llama_pair.target, l2_prefetch=True)
-    assert any("--l2-prefetch and --kernels apply to CUDA devices" in n for n in dec.notes)
-    assert dec.runner(dec.target).fused._prefetch is None
-
-
-def test_l2_prefetch_flag_reaches_the_runner(llama_pair, monkeypatch):
-    """--l2-prefetch / --no-l2-prefetch set the fused step's window (fused.L2_PREFETCH_WINDOW or
-    0), unset leaves FusedModel's default; where the device cannot prefetch, asking for it is a
-    settings error naming why."""
-    from specdecode.accel import fused as fused_mod
-    from specdecode.accel import prefetch
-    from specdecode.settings import SettingsError
-
-    monkeypatch.setattr(prefetch, "usable", lambda device: True)
-    on = _decoder(llama_pair.target, l2_prefetch=True, cuda_graphs=False, kernels=True)
-    assert on.runner(_as_cuda(on.target)).fused.l2_prefetch == fused_mod.L2_PREFETCH_WINDOW
-    off = on.with_settings(l2_prefetch=False)
-    assert off.runner(_as_cuda(off.target)).fused.l2_prefetch == 0
-    default = on.with_settings(l2_prefetch=None)
-    assert default.runner(_as_cuda(default.target)).fused.l2_prefetch == fused_mod.DEFAULT_L2_PREFETCH
-    from specdecode.accel.execution import resolve_execution
-
-    monkeypatch.setattr(prefetch, "usable", lambda device: False)
-    with pytest.raises(SettingsError, match="--l2-prefetch: the bulk L2 prefetch needs"):
-        resolve_execution(on.settings, on.target.model, torch.device("cuda"))
-    monkeypatch.setattr(prefetch, "usable", lambda device: True)
-    with pytest.raises(SettingsError, match="--l2-prefetch: the prefetch runs in the Triton kernel steps.*--no-kernels"):
-        resolve_execution(on.settings.model_copy(update=dict(kernels=False)), on.target.model, torch.device("cuda"))
 
 
 def test_kernels_flag_reaches_the_runner(llama_pair):

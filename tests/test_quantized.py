@@ -130,7 +130,7 @@ def test_a_plain_model_resolves_as_before():
     assert quantized_weights(model) == (False, None)
     ex = resolve_execution(_settings(), model, CUDA)
     assert ex == Execution(graphs=True, fused=True, compile=True, kernels=None, nf4=False, reasons=())
-    assert resolve_execution(_settings(), model, CPU).key() == (False, True, False, False, False, None)
+    assert resolve_execution(_settings(), model, CPU).key() == (False, True, False, False, False)
 
 
 def test_an_nf4_model_the_fused_layers_cannot_take_says_why():

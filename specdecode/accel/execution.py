@@ -38,11 +38,10 @@ class Execution:
     compile: bool
     kernels: bool | None  # None: the runner's default (on for captured fused steps that the kernels can run)
     nf4: bool = False  # the fused layers run bitsandbytes NF4 Linear4bit weights (ModelRunner's nf4)
-    l2_prefetch: bool | None = None  # kernel steps prefetch weights into L2 (None: fused.DEFAULT_L2_PREFETCH)
     reasons: tuple[str, ...] = ()  # one line per choice that was not asked for explicitly
 
     def key(self) -> tuple:
-        return (self.graphs, self.fused, self.compile, self.kernels, self.nf4, self.l2_prefetch)
+        return (self.graphs, self.fused, self.compile, self.kernels, self.nf4)
 
 
 def split_reason(model) -> str | None:
@@ -114,15 +113,4 @@ def resolve_execution(settings, model, device: torch.device) -> Execution:
             why = "--no-kernels" if cuda and settings.kernels is False else (
                 "uncaptured steps" if cuda else "the NF4 kernels run in captured steps on CUDA")
             reasons.append(f"fused NF4 layers: bitsandbytes NF4 weights, dequantized one layer at a time ({why})")
-    l2 = settings.l2_prefetch if cuda else None
-    if l2:
-        from . import prefetch  # noqa: PLC0415
-
-        if not prefetch.usable(device):
-            raise SettingsError("--l2-prefetch: the bulk L2 prefetch needs a CUDA GPU of compute capability 9.0+ "
-                                "and Triton")
-        if not fused or kernels is False:
-            raise SettingsError("--l2-prefetch: the prefetch runs in the Triton kernel steps of the fused layers, "
-                                f"and {unsupported or ('--no-fused' if not fused else '--no-kernels')} was given")
-    return Execution(graphs=graphs, fused=fused, compile=compile, kernels=kernels, nf4=nf4, l2_prefetch=l2,
-                     reasons=tuple(reasons))
+    return Execution(graphs=graphs, fused=fused, compile=compile, kernels=kernels, nf4=nf4, reasons=tuple(reasons))

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from . import kernels as _kernels
 from . import nf4 as _nf4
-from . import prefetch as _prefetch
 
 __all__ = ["FusedModel", "FusedUnsupported", "KernelFailure", "LayerWeights", "fused_support"]
 
@@ -271,11 +270,6 @@ def _attend(qf: Tensor, k_buf: Tensor, v_buf: Tensor, mask: Tensor, scaling: flo
 # measurements behind this rule: benchmarks/results/2026-12-02-rules.md.
 DEFAULT_ATTENTION = {"cuda": "matmul"}  # device type -> "matmul" | "sdpa"; others: sdpa
 
-# the kernel steps' L2 prefetch (FusedModel's l2_prefetch): the window `--l2-prefetch` asks for, in
-# bytes, and the default (0: off until measured on the H200)
-L2_PREFETCH_WINDOW = 16 << 20
-DEFAULT_L2_PREFETCH = 0
-
 # inductor options for the compiled layers: coordinate-descent tuning turns the [B, 1] matrix-vector
 # products into tuned Triton reductions fused with the norms around them, at some extra compile time.
 DEFAULT_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
@@ -497,8 +491,7 @@ class FusedModel:
                  inductor_options: dict | None = None, pdl: bool | None = None, nf4: bool = False,
                  multi_row: str | None = None, fold_combine: bool = False,
                  max_mixed_rows: int | None = None, nf4_kernel_rows: int | None = None,
-                 compile_prefill: bool = False, head_fp8: bool = False, mlp_rows: int = 0,
-                 l2_prefetch: int | None = None) -> None:
+                 compile_prefill: bool = False, head_fp8: bool = False, mlp_rows: int = 0) -> None:
         """kinds: the attention kind of each layer ("full_attention" / "sliding_attention"), the
         keys of the masks `forward` receives. kernels: run steps of at most `max_kernel_rows`
         rows (default kernels.MAX_ROWS) through the Triton kernels of kernels.py (None: when
@@ -534,9 +527,6 @@ class FusedModel:
         logits only choose proposals the target verifies). Off (0): on the H200 at the Qwen2.5
         0.5B draft's shapes under PDL the one kernel took 13.6 us against 11.5 us for the two
         (benchmarks/results/2026-12-04-h200-kernels-mlp-stop30.txt).
-        l2_prefetch: steps on the kernels prefetch the next this-many bytes of the layers' weights
-        into the L2 cache from a side branch forked before each kernel (accel/prefetch.py), where
-        the device supports it (prefetch.usable); 0: off; None: DEFAULT_L2_PREFETCH.
 
         NF4 layers (`self.nf4`): q/k/v and gate/up are merged into one NF4 weight each
         (nf4.merge_nf4), o and down are read as stored. Steps of at most nf4_kernel_rows rows run
@@ -631,11 +621,6 @@ class FusedModel:
             raise ValueError(f"mlp_rows must be in [0, {_kernels.MAX_MLP_ROWS}], got {mlp_rows}")
         self.mlp_rows = 0 if self.nf4 or self.act_name is None else int(mlp_rows)
         self._mlp_sums: dict[int, Tensor] = {}  # rows -> [layers, rows, hidden] fp32 (kernels.mlp's sums)
-        l2_prefetch = DEFAULT_L2_PREFETCH if l2_prefetch is None else int(l2_prefetch)
-        if l2_prefetch < 0:
-            raise ValueError(f"l2_prefetch must be >= 0 bytes, got {l2_prefetch}")
-        self.l2_prefetch = l2_prefetch
-        self._prefetch: _prefetch.WeightPrefetch | None = None
         if not 0 <= self.max_mixed_rows <= _kernels.MAX_GEMV_ROWS:
             raise ValueError(f"max_mixed_rows must be in [0, {_kernels.MAX_GEMV_ROWS}], got {self.max_mixed_rows}")
         if self.multi_row not in MULTI_ROW:
@@ -671,7 +656,6 @@ class FusedModel:
         self._last_norm, self._post, self._head8 = last_norm, post, head8
         self._layer, self._first_norm, self._head = layer_fn, first_norm, head
         self._tables: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
-        self._prefetcher()  # its stream and plan made now, outside any capture
 
     def uncompile(self) -> None:
         """Use the uncompiled functions from now on (torch.compile could not build them)."""
@@ -851,8 +835,6 @@ class FusedModel:
         dense: NF4 layers' weights dequantized (_dense) as each layer starts. mlp (kernels.mlp):
         gate/up and down as one kernel per layer, into this step's zeroed fp32 sums."""
         down = down or gemv
-        pf = self._prefetcher() if not dense else None
-        at = pf.at if pf is not None else (lambda j: None)
         sums = None
         if mlp is not None:
             sums = self._mlp_buffer(input_ids.shape, self.weights[0].wd.shape[0], input_ids.device)
@@ -867,16 +849,12 @@ class FusedModel:
         for i, w in enumerate(self.weights):
             if dense:
                 w = self._dense(w)
-            at(5 * i)
             qkv, h_new = gemv(h, w.wqkv, bias=w.bqkv, norm=self.in_norms[i], gemma=gemma, eps=eps,
                               delta=d, delta_norm=d_norm)
             if h_new is not None:
                 h = h_new
-            at(5 * i + 1)
             o = self._attention(i, qkv, cache, position_ids, tables)
-            at(5 * i + 2)
             o, _ = gemv(o, w.wo, bias=w.bo)
-            at(5 * i + 3)
             if sums is not None:
                 d = sums[i]
                 h = mlp(h, w.wgu, w.wd, d, bias=w.bgu, down_bias=w.bd, norm=w.pre_ff, gemma=gemma, eps=eps,
@@ -884,11 +862,8 @@ class FusedModel:
             else:
                 a, h = gemv(h, w.wgu, bias=w.bgu, norm=w.pre_ff, gemma=gemma, eps=eps, delta=o,
                             delta_norm=w.post_attn, act=self.act_name)
-                at(5 * i + 4)
                 d, _ = down(a, w.wd, bias=w.bd)
             d_norm = w.post_ff
-        if pf is not None:
-            pf.join()
         h, d = self._keep(h, logits_to_keep), self._keep(d, logits_to_keep)
         # the head stays on cuBLAS (it streams a vocabulary-sized matrix faster than the kernel:
         # benchmarks/results/2026-12-02-rules.md), or cuBLASLt's fp8 product on its e4m3 copy
@@ -897,19 +872,6 @@ class FusedModel:
         if self.head_fp8 is not None:
             return self._head8(x, *self.head_fp8)
         return self._head(x, self.lm_head)
-
-    def _prefetcher(self) -> _prefetch.WeightPrefetch | None:
-        """The kernel steps' L2 prefetch (l2_prefetch bytes ahead), built with the model and again if
-        l2_prefetch changes; None when off, without the kernels, or where the device cannot prefetch."""
-        if not self.l2_prefetch or not self.kernels or not _prefetch.usable(self.device):
-            return None
-        if self._prefetch is None or self._prefetch.window != self.l2_prefetch:
-            kernels = []
-            for w in self.weights:  # each layer's five kernels: qkv, attention, o, gate/up, down
-                kernels += [_prefetch.regions(w.wqkv), [], _prefetch.regions(w.wo), _prefetch.regions(w.wgu),
-                            _prefetch.regions(w.wd)]
-            self._prefetch = _prefetch.WeightPrefetch(kernels, self.l2_prefetch, self.device)
-        return self._prefetch
 
     def _mlp_buffer(self, shape: torch.Size, hidden: int, device: torch.device) -> Tensor:
         """The fp32 sums kernels.mlp adds into for steps of this [B, q] shape: [layers, B, q, hidden],

@@ -61,17 +61,14 @@ class ModelRunner(ModelStep):
     it on for models that hold them, e.g. `--quantized`). `head_fp8`: the kernel steps read an e4m3
     copy of the vocabulary head (FusedModel's head_fp8: a draft model's, `--draft-fp8-head`).
     `mlp_rows`: kernel steps of at most this many rows run each gated MLP as one kernel
-    (FusedModel's mlp_rows; measured slower on the H200, off: profiling and tests). `l2_prefetch`:
-    kernel steps prefetch this many bytes of weights ahead into L2 (FusedModel's l2_prefetch;
-    None: its default)."""
+    (FusedModel's mlp_rows; measured slower on the H200, off: profiling and tests)."""
 
     def __init__(self, model, graphs: bool = False, compile: bool = False, fused: bool | None = None,
                  compile_backend: str = "inductor", kernels: bool | None = None, attention: str | None = None,
                  max_kernel_rows: int | None = None, inductor_options: dict | None = None,
                  pdl: bool | None = None, nf4: bool = False, multi_row: str | None = None,
                  fold_combine: bool = False, max_mixed_rows: int | None = None,
-                 nf4_kernel_rows: int | None = None, head_fp8: bool = False, mlp_rows: int = 0,
-                 l2_prefetch: int | None = None) -> None:
+                 nf4_kernel_rows: int | None = None, head_fp8: bool = False, mlp_rows: int = 0) -> None:
         super().__init__(model)
         self.graphs = bool(graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)
@@ -88,7 +85,7 @@ class ModelRunner(ModelStep):
                                         multi_row=multi_row, fold_combine=fold_combine,
                                         max_mixed_rows=max_mixed_rows, nf4_kernel_rows=nf4_kernel_rows,
                                         compile_prefill=compile and self.graphs, head_fp8=head_fp8,
-                                        mlp_rows=mlp_rows, l2_prefetch=l2_prefetch)
+                                        mlp_rows=mlp_rows)
             except FusedUnsupported as e:
                 self.fused_unsupported = str(e)
                 if fused:

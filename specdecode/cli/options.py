@@ -82,7 +82,6 @@ class SharedOptions:
     compile: bool | None
     kernels: bool | None
     draft_fp8_head: bool | None
-    l2_prefetch: bool | None
     trust_remote_code: bool
     debug: bool
     dry_run: bool
@@ -159,7 +158,6 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("compile", Optional[bool], _opt("--compile/--no-compile", help="torch.compile decode steps before capture (default: on CUDA, for fused layers)")),
     ("kernels", Optional[bool], _opt("--kernels/--no-kernels", help="Triton decode kernels for captured steps (default: with --compile on CUDA, models up to hidden size 3072)")),
     ("draft_fp8_head", Optional[bool], _opt("--draft-fp8-head/--no-draft-fp8-head", help="the draft's vocabulary head in fp8 (e4m3) in its kernel steps; output unchanged (default off; needs a GPU of compute capability 8.9+)")),
-    ("l2_prefetch", Optional[bool], _opt("--l2-prefetch/--no-l2-prefetch", help="kernel decode steps prefetch their next weights into L2 from a side branch; output unchanged (default: the device's; needs compute capability 9.0+)")),
     ("trust_remote_code", bool, _opt("--trust-remote-code", default=False, help="allow models that ship their own code")),
     ("debug", bool, _opt("--debug", default=False, help="show tracebacks")),
     ("dry_run", bool, _opt("--dry-run", default=False, help="print the resolved settings and load nothing")),
