@@ -257,9 +257,9 @@ def inspect_pair(settings, cost_ratio: float | None = None) -> dict[str, Any]:
     if quantized and target["decode_step"] == "fused NF4":
         warnings.append(
             "--quantized: the verify's k + 1 rows cost the NF4 kernels more than one token does (on an H200 a 6-row "
-            "Qwen2.5 1.5B NF4 step is 1.5x a one-token NF4 step, in bf16 1.2x), where the prediction below prices "
-            "the verify as one step (the real Qwen2.5-Coder 0.5B -> 1.5B pair, k 5: 0.93x the NF4 target alone with "
-            "both models in NF4, 1.15x with --no-quantize-draft, 1.26x in bf16); --measure N times it"
+            "Qwen2.5 1.5B NF4 step is 1.55x a one-token NF4 step, in bf16 1.2x), where the prediction below prices "
+            "the verify as one step (the real Qwen2.5-Coder 0.5B -> 1.5B pair, k 5: 1.00x the NF4 target alone with "
+            "both models in NF4, 1.26x with --no-quantize-draft, 1.26x in bf16); --measure N times it"
         )
     prediction = None
     if c is not None:
