@@ -484,7 +484,7 @@ def main() -> None:
     global DEV
     if args.smoke:
         DEV = "cpu"
-        args.modes = [m for m in args.modes if m != "compiled"]
+        args.modes = [m for m in args.modes if m != "compiled"] or ["eager"]  # (compiled steps need CUDA)
     torch.backends.cuda.matmul.allow_tf32 = False
     bw = copy_bandwidth(64 << 20 if args.smoke else 4 << 30)
     out = Path(args.out)
