@@ -200,12 +200,13 @@ def hf_baselines(models: Path, prompts: Path, k: int = 5, n: int = 20) -> dict:
 def checks(r: dict) -> dict[str, bool]:
     s = r.get("steps", {})
     g = lambda step, key: (s.get(step) or {}).get(key)  # noqa: E731
+    ran = lambda *steps: [x for x in steps if g(x, "speedup") is not None]  # noqa: E731  (the steps measured)
     c = {}
     # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 3, 5 or
     # auto, or overlapped rounds), named in r["batch1_best"]
-    fixed = [x for x in ("k3", "k5_warm") if g(x, "speedup") is not None]
-    batch1 = fixed + [x for x in ("k_auto", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16",
-                                  "overlap_k3_sms16", "overlap_k2_sms32") if g(x, "speedup") is not None]
+    fixed = ran("k3", "k5_warm")
+    batch1 = fixed + ran("k_auto", "overlap_k1", "overlap_k2", "overlap_k3", "overlap_k2_sms16", "overlap_k3_sms16",
+                         "overlap_k2_sms32")
     if batch1:
         best = max(batch1, key=lambda x: g(x, "speedup"))
         r["batch1_best"] = best
@@ -222,10 +223,10 @@ def checks(r: dict) -> dict[str, bool]:
     elif g("k_auto", "speculative_tok_s") and fixed:  # no compare run: the k auto step against the fixed-k steps
         best = max(g(x, "speculative_tok_s") for x in fixed)
         c["k_auto_at_least_best_fixed_k"] = g("k_auto", "speculative_tok_s") >= 0.98 * best
-    batch4 = [x for x in ("k5_batch4", "overlap_k2_batch4") if g(x, "speedup") is not None]
+    batch4 = ran("k5_batch4", "overlap_k2_batch4")
     if batch4:
         c["batch4_speedup_ge_1.5x"] = max(g(x, "speedup") for x in batch4) >= 1.5
-    nf4 = [x for x in ("k5_nf4", "overlap_k2_nf4") if g(x, "speedup") is not None]
+    nf4 = ran("k5_nf4", "overlap_k2_nf4")
     if nf4:  # issue 17's targets on the real pair
         best = max(nf4, key=lambda x: g(x, "speedup"))
         c["nf4_speculative_ge_1.5x_nf4_target_alone"] = g(best, "speedup") >= 1.5

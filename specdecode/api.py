@@ -442,7 +442,7 @@ class SpeculativeDecoder:
             eos_token_ids=self.target.eos_token_ids,
             seed=s.seed,
             min_cache_len=s.cache_reserve(self.reserved) if self.reserved else 0,
-            overlap=s.overlap,
+            overlap=s.overlapped,
         )
         return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator,
                                  runner=self.runner(self.target), rounds=self.rounds())

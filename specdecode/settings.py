@@ -304,7 +304,7 @@ class Settings(BaseModel):
         """Cache slots a batch of prompts up to this long needs (decoding/engine.py's cache_len)."""
         from .decoding.engine import SpeculativeEngine  # noqa: PLC0415 - the engine imports torch
 
-        return SpeculativeEngine.cache_len(longest_prompt, self.max_new_tokens, self.max_draft_tokens, self.overlap)
+        return SpeculativeEngine.cache_len(longest_prompt, self.max_new_tokens, self.max_draft_tokens, self.overlapped)
 
     @property
     def overlapped(self) -> bool:
