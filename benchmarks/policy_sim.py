@@ -4,6 +4,7 @@
     python3 benchmarks/policy_sim.py simulate --traces FILE.json [--cost 1.65 0.575] [--max-k 8]
     python3 benchmarks/policy_sim.py overlap --traces FILE.json [--extra 0.27 0.2 0.15 0] [--out FILE.json]
     python3 benchmarks/policy_sim.py hybrid --traces TOP4.json [--min-ngram 1 2 3] [--out FILE.json]
+    python3 benchmarks/policy_sim.py staged --traces TOP4.json [--steps 2 3 4 5] [--out FILE.json]
 
 Under greedy decoding a round's outcome needs no draft run of its own: until the first
 mismatch the draft's context is the target's, so the draft's k proposals from position t are
@@ -226,6 +227,81 @@ def hybrid(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def staged(args) -> None:
+    """Staged drafting (a candidate, priced here before anything is built): prompt lookup
+    speculates for the draft model the way the draft speculates for the target. After a round's
+    first draft step ([prev, last], two rows already), each of its --steps draft steps runs two
+    rows, the draft's newest token and the lookup's guess of the token after it; when the
+    draft's own choice there equals the guess, the step has drafted two tokens instead of one.
+    A round of S steps so drafts S to 2S - 1 tokens and verifies a fixed 2S rows (one captured
+    shape; the rows past a round's proposal are masked). Against plain rounds of k draft tokens
+    (first step two rows, the rest one) on the same traces and step costs. Greedy, exact on the
+    draft-top4 traces (`prompt`, `top`): until the first mismatch the draft's context is the
+    target's, and after it nothing the round drafts is accepted."""
+    from specdecode.drafters.ngram import NgramIndex
+
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
+
+    def v(n_rows: int) -> float:  # past the measured rows: the last one's cost (a small underestimate)
+        return verify.get(n_rows, verify[max(verify)])
+
+    one, two, G = args.draft_step, args.two_row_step, args.glue
+    out = {"traces": args.traces, "answers": len(rows), "verify_ms": verify, "draft_step_ms": one,
+           "two_row_step_ms": two, "target_step_ms": args.target_step, "glue_ms": G, "runs": {}}
+
+    def replay(steps: int, guess: bool, k: int) -> dict:
+        tokens = ms = 0.0
+        hits = tries = drafted_total = rounds = 0
+        for r in rows:
+            prompt, toks, top = r["prompt"], r["tokens"], r["top"]
+            index = NgramIndex(args.min_ngram, max(3, args.min_ngram))
+            e = 0
+            while e < len(toks):
+                if guess:
+                    drafted, p, cost = 1, e + 1, two  # step 1 drafts position e
+                    for _ in range(steps - 1):
+                        cost += two
+                        if p - 1 >= len(toks) or top[p - 1][0] != toks[p - 1]:
+                            drafted += 1  # the round is decided: what it drafts now is rejected
+                            p += 1
+                            continue
+                        index.sync(prompt + toks[:p])
+                        g = index.propose(1, 1 << 62)
+                        tries += 1
+                        if g and p < len(toks) and g[0] == top[p][0]:  # the draft chose the guess
+                            hits += 1
+                            drafted, p = drafted + 2, p + 2
+                        else:
+                            drafted, p = drafted + 1, p + 1
+                    cost += v(2 * steps) + G
+                else:
+                    drafted = k
+                    cost = two + (k - 1) * one + v(k + 1) + G
+                a = 0
+                while a < drafted and e + a < len(toks) and top[e + a][0] == toks[e + a]:
+                    a += 1
+                emitted = min(a + 1, len(toks) - e)
+                tokens, ms, e = tokens + emitted, ms + cost, e + emitted
+                drafted_total, rounds = drafted_total + drafted, rounds + 1
+        return {"tokens_per_ms": tokens / ms, "speedup": tokens / ms * args.target_step,
+                "drafted_per_round": drafted_total / rounds, "tokens_per_round": tokens / rounds,
+                "guess_taken": hits / tries if tries else None}
+
+    for k in range(1, max(args.steps) * 2):
+        out["runs"][f"plain_k{k}"] = replay(0, False, k)
+    for steps in args.steps:
+        out["runs"][f"staged_{steps}_steps"] = replay(steps, True, 0)
+    best = max((v_["tokens_per_ms"], name) for name, v_ in out["runs"].items() if name.startswith("plain"))
+    for name, row in out["runs"].items():
+        taken = row["guess_taken"]
+        print(f"{name:16s} {row['tokens_per_ms']:.3f} tokens/ms ({row['speedup']:.2f}x, {row['tokens_per_ms'] / best[0]:.3f} "
+              f"of the best plain k), {row['drafted_per_round']:.2f} drafted and {row['tokens_per_round']:.2f} emitted a round"
+              + (f", guesses taken {taken:.2f}" if taken is not None else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def positional_policy(base):
     """AdaptiveK with an acceptance estimate per draft position (a candidate, simulated only): the
     chance that position j is accepted once 1..j-1 were, from decayed counts of the rounds that
@@ -354,8 +430,17 @@ def main() -> None:
     h.add_argument("--catch-up", type=float, default=0.8, help="the draft's forward over an n-gram round's tokens, ms "
                    "(a two-row draft step: 0.75)")
     h.add_argument("--out", default=None)
+    g = sub.add_parser("staged")
+    g.add_argument("--traces", required=True, help="traces with the prompts' ids (`prompt`): the draft-top4 traces")
+    g.add_argument("--steps", nargs="+", type=int, default=[2, 3, 4, 5], help="draft steps of a staged round")
+    g.add_argument("--min-ngram", type=int, default=1, help="the shortest match that makes a guess")
+    step_cost_arguments(g, draft_step=0.539)
+    g.add_argument("--two-row-step", type=float, default=0.616, help="a two-row draft step, ms (stop 34: 0.616 "
+                   "against 0.539 for one row, 2026-12-05-h200-l2-prefetch-probe.txt)")
+    g.add_argument("--glue", type=float, default=0.1, help="a round's cost beyond its steps, ms")
+    g.add_argument("--out", default=None)
     args = ap.parse_args()
-    {"traces": traces, "simulate": simulate, "overlap": overlap, "hybrid": hybrid}[args.cmd](args)
+    {"traces": traces, "simulate": simulate, "overlap": overlap, "hybrid": hybrid, "staged": staged}[args.cmd](args)
 
 
 if __name__ == "__main__":
