@@ -48,7 +48,7 @@ def test_dataset_flags_merge_into_preset_dataset():
 
 def test_presets_are_packaged_and_valid():
     names = list_presets()
-    assert {"gemma-4b", "qwen2.5-7b", "llama-3.1-8b"} <= set(names)
+    assert {"gemma-4b", "qwen2.5-7b", "qwen2.5-coder-1.5b", "llama-3.1-8b"} <= set(names)
     for name in names:
         s = load_settings(preset=name)
         assert s.target and (s.draft or s.drafter != "model")
