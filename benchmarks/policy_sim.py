@@ -5,6 +5,8 @@
     python3 benchmarks/policy_sim.py overlap --traces FILE.json [--extra 0.27 0.2 0.15 0] [--out FILE.json]
     python3 benchmarks/policy_sim.py hybrid --traces TOP4.json [--min-ngram 1 2 3] [--out FILE.json]
     python3 benchmarks/policy_sim.py staged --traces TOP4.json [--steps 2 3 4 5] [--out FILE.json]
+    python3 benchmarks/policy_sim.py draft-probs --traces TOP4.json --draft DIR [--gguf-file NAME] --out PROBS.json
+    python3 benchmarks/policy_sim.py confidence --traces TOP4.json --probs PROBS.json [--out FILE.json]
 
 Under greedy decoding a round's outcome needs no draft run of its own: until the first
 mismatch the draft's context is the target's, so the draft's k proposals from position t are
@@ -302,6 +304,88 @@ def staged(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def draft_probs(args) -> None:
+    """The draft's top probability at every answer position of a trace file, teacher-forced on
+    prompt + answer (fp32, CPU): what `confidence` replays the stop with. Checks that the draft's
+    top token there is the trace's (`top[j][0]`) and says how often it is."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    extra = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, **extra).eval()
+    out, same, total = [], 0, 0
+    for r in rows:
+        ids = r["prompt"] + r["tokens"]
+        with torch.no_grad():
+            logits = draft(torch.tensor([ids])).logits[0, len(r["prompt"]) - 1 : len(ids) - 1].float()
+        top = logits.softmax(-1).max(-1)
+        out.append({"top1": top.indices.tolist(), "p1": [round(p, 5) for p in top.values.tolist()]})
+        same += sum(int(a == t[0]) for a, t in zip(top.indices.tolist(), r["top"]))
+        total += len(r["top"])
+    print(f"{len(rows)} answers: the draft's top token is the trace's at {same} of {total} positions")
+    Path(args.out).write_text(json.dumps({"traces": args.traces, "draft": args.draft, "rows": out}))
+
+
+def confidence(args) -> None:
+    """`--k auto`'s confidence stop in captured rounds (a round stops drafting after a token the
+    draft gave less than tau, its remaining draft steps skipped on the device by CUDA graph IF
+    nodes, the verify at its full k + 1 rows), against plain rounds of the same k. Greedy, exact on
+    the traces (`top`: the draft's choices) with the draft's probabilities from `draft-probs`. A
+    round's cost: its first step (two rows), each further step run plus --if-cost, each skipped
+    step --skip-cost, the verify of k + 1 rows and --glue."""
+    rows = json.loads(Path(args.traces).read_text())["rows"]
+    probs = json.loads(Path(args.probs).read_text())["rows"]
+    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
+    last = max(verify)
+
+    def v(n_rows: int) -> float:  # past the measured rows: +0.02 ms a row (the tensor-core verify's slope)
+        return verify.get(n_rows, verify[last] + 0.02 * (n_rows - last))
+
+    one, two, G = args.draft_step, args.two_row_step, args.glue
+    out = {"traces": args.traces, "probs": args.probs, "verify_ms": verify, "draft_step_ms": one,
+           "two_row_step_ms": two, "if_cost_ms": args.if_cost, "skip_cost_ms": args.skip_cost, "glue_ms": G,
+           "runs": {}}
+
+    def replay(k: int, tau: float | None) -> dict:
+        """tau None: the oracle (every round stops right after the draft's first wrong token)."""
+        tokens = ms = steps_run = rounds = 0.0
+        for r, p in zip(rows, probs):
+            match = [int(t[0] == x) for t, x in zip(r["top"], r["tokens"])]
+            conf = p["p1"]
+            e = 0
+            while e < len(match):
+                proposed = 0
+                for j in range(k):
+                    proposed += 1
+                    low = not match[e + j] if tau is None else conf[e + j] < tau
+                    if e + j + 1 >= len(match) or (j < k - 1 and low):
+                        break
+                a = 0
+                while a < proposed and e + a < len(match) and match[e + a]:
+                    a += 1
+                extra = args.if_cost if tau is None or tau > 0 else 0.0
+                cost = two + (proposed - 1) * (one + extra) + (k - proposed) * args.skip_cost + v(k + 1) + G
+                emitted = min(a + 1, len(match) - e)
+                tokens, ms, e = tokens + emitted, ms + cost, e + emitted
+                steps_run, rounds = steps_run + proposed, rounds + 1
+        return {"tokens_per_ms": tokens / ms, "speedup": tokens / ms * args.target_step,
+                "steps_per_round": steps_run / rounds, "tokens_per_round": tokens / rounds}
+
+    for k in args.ks:
+        base = out["runs"][f"k{k}"] = replay(k, 0.0)
+        line = [f"k {k}: {base['speedup']:.3f}x"]
+        for tau in args.taus:
+            row = out["runs"][f"k{k}_tau{tau}"] = replay(k, tau)
+            line.append(f"tau {tau} {row['speedup']:.3f}x ({row['tokens_per_ms'] / base['tokens_per_ms']:.3f}, "
+                        f"{row['steps_per_round']:.1f} steps)")
+        row = out["runs"][f"k{k}_oracle"] = replay(k, None)
+        line.append(f"oracle {row['speedup']:.3f}x")
+        print(", ".join(line))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def positional_policy(base):
     """AdaptiveK with an acceptance estimate per draft position (a candidate, simulated only): the
     chance that position j is accepted once 1..j-1 were, from decayed counts of the rounds that
@@ -439,8 +523,25 @@ def main() -> None:
                    "against 0.539 for one row, 2026-12-05-h200-l2-prefetch-probe.txt)")
     g.add_argument("--glue", type=float, default=0.1, help="a round's cost beyond its steps, ms")
     g.add_argument("--out", default=None)
+    d = sub.add_parser("draft-probs")
+    d.add_argument("--traces", required=True, help="the draft-top4 traces (`prompt`, `tokens`, `top`)")
+    d.add_argument("--draft", required=True, help="the draft model: a directory (or one holding --gguf-file)")
+    d.add_argument("--gguf-file", default=None)
+    d.add_argument("--out", required=True)
+    c = sub.add_parser("confidence")
+    c.add_argument("--traces", required=True, help="the draft-top4 traces")
+    c.add_argument("--probs", required=True, help="draft-probs' output for the same traces")
+    c.add_argument("--ks", nargs="+", type=int, default=[3, 4, 5, 6, 8])
+    c.add_argument("--taus", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    step_cost_arguments(c, draft_step=0.539)
+    c.add_argument("--two-row-step", type=float, default=0.616, help="a two-row draft step, ms")
+    c.add_argument("--if-cost", type=float, default=0.005, help="a step run inside an IF node: its extra ms (a guess)")
+    c.add_argument("--skip-cost", type=float, default=0.01, help="a skipped step's ms (a guess)")
+    c.add_argument("--glue", type=float, default=0.1, help="a round's cost beyond its steps, ms")
+    c.add_argument("--out", default=None)
     args = ap.parse_args()
-    {"traces": traces, "simulate": simulate, "overlap": overlap, "hybrid": hybrid, "staged": staged}[args.cmd](args)
+    {"traces": traces, "simulate": simulate, "overlap": overlap, "hybrid": hybrid, "staged": staged,
+     "draft-probs": draft_probs, "confidence": confidence}[args.cmd](args)
 
 
 if __name__ == "__main__":
