@@ -167,14 +167,35 @@ _TRUNCATION_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # --k auto: a row stops drafting after a token its draft gave less than this probability
 # (Hugging Face's assistant_confidence_threshold default is the same 0.4)
 DRAFT_CONFIDENCE = 0.4
+# ... in captured rounds, where the stop skips the remaining draft steps on the device (CUDA graph
+# IF nodes) but the verify keeps its full width: priced on the real Qwen2.5-Coder 0.5B -> 1.5B
+# pair's coding traces with the draft's own probabilities and the H200's step costs, 0.6-0.7 gave the
+# most tokens per ms at every k from 3 to 8 (0.6: +2.4% at k 4, +3.9% at k 5, +11.4% at k 8 over
+# the same k without the stop; 0.4: +1.3 / +1.5 / +4.4%), to be confirmed on the device:
+# benchmarks/policy_sim.py confidence, benchmarks/results/2026-12-05-cpu-confidence-sim-code.json
+CAPTURED_DRAFT_CONFIDENCE = 0.6
+
+
+def _conditional(runner):
+    """How a captured round's draft decides on the device whether to run a step (accel/rounds.py's
+    device_if), where its runner's steps are captured and CUDA graphs can branch; else None."""
+    if runner is None or not getattr(runner, "graphs", False):
+        return None
+    from .accel.rounds import conditional_supported, device_if  # noqa: PLC0415 (CUDA tier, imported on use)
+
+    return device_if if conditional_supported(runner.device) else None
 
 
 def _stop_below(settings: Settings, runner=None) -> float | None:
-    """The confidence stop of --k auto. Not on fixed-shape steps (compiled, captured): there every
-    round runs all k draft steps and verifies max_k positions anyway, so stopping a row's proposal
-    early saves nothing and only gives away tokens the target might have kept."""
-    if settings.k != "auto" or getattr(runner, "fixed_shapes", False):
+    """The confidence stop of --k auto. On captured steps it needs CUDA graph IF nodes
+    (`_conditional`): without them every round runs all k draft steps and verifies max_k positions
+    anyway, so stopping a row's proposal early saves nothing and only gives away tokens the target
+    might have kept. Not on other fixed-shape steps (compiled, uncaptured): stopping there would
+    cost a host synchronisation a step."""
+    if settings.k != "auto":
         return None
+    if getattr(runner, "fixed_shapes", False):
+        return CAPTURED_DRAFT_CONFIDENCE if _conditional(runner) is not None else None
     return DRAFT_CONFIDENCE
 
 
@@ -191,7 +212,8 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
         from .drafters.draft_model import ModelDrafter
 
         assert draft is not None
-        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings, draft_runner))
+        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings, draft_runner),
+                            conditional=_conditional(draft_runner))
     if settings.drafter == "ngram":
         from .drafters.ngram import NgramDrafter
 
@@ -203,7 +225,7 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
             view = decoder.early_exit_view(settings.exit_layer)
             runner = decoder.runner(view)
             return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings, runner),
-                                    view=view, runner=runner)
+                                    view=view, runner=runner, conditional=_conditional(runner))
         return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings))
     raise SettingsError(f"unknown drafter '{settings.drafter}'")
 

@@ -390,6 +390,97 @@ def test_k_auto_uses_confidence_stop_and_stays_exact(llama_pair):
     assert len(set(proposed)) > 1  # proposals of different lengths: the draft length adapts
 
 
+# ---- the confidence stop decided on the device (captured rounds: CUDA graph IF nodes)
+
+
+def host_if(pred, body):
+    """What a CUDA graph IF node does with `body`, decided on the host (CPU tests)."""
+    if bool(pred):
+        body()
+
+
+def always(pred, body):
+    """What device_if does outside a capture (the capture's warm-ups): the body always runs."""
+    body()
+
+
+def stop_events(pair, conditional, temperature, stop_below, k=4, batch=3):
+    """(per-row token ids, per-round proposed counts) of an engine whose rounds run as a captured
+    round does (fixed shapes, look-ahead; with `conditional`, no host synchronisation inside: the
+    stop decided by `conditional`), the draft stopping below `stop_below`."""
+    from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+    from specdecode.decoding.round import EagerRounds
+    from specdecode.decoding.step import ModelStep
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    class InRoundRounds(EagerRounds):
+        def launch(self, cache, bufs, shape, sampling, attend_len, target_rows):
+            steps = self._round(cache, bufs, shape, sampling, attend_len, target_rows, may_sync=conditional is None)
+            return steps, bufs.out[:, : 3 + max(shape.width, steps)].clone()
+
+    dec = decoder(pair.target, pair.draft, k=k)
+    drafter = ModelDrafter(dec.draft, stop_below=stop_below, conditional=conditional)
+    params = EngineParams(k, 24, sampling=SamplingParams(temperature=temperature), seed=7)
+    eng = SpeculativeEngine(dec.target, drafter, params,
+                            rounds=InRoundRounds(ModelStep(dec.target.model), fixed_shapes=True))
+    ids = [dec.encode(p) for p in RAGGED[:batch]]
+    tokens = [[] for _ in ids]
+    proposed = []
+    for ev in eng.stream(ids):
+        tokens[ev.row] += list(ev.tokens)
+        if ev.round > 0:
+            proposed.append((ev.round, ev.row, ev.proposed))
+    return tokens, proposed
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "sampling"])
+@pytest.mark.parametrize("stop_below", [0.3, 0.6, 1.01])
+def test_the_device_stop_proposes_what_the_host_stop_proposes(llama_pair, temperature, stop_below):
+    """The stop decided in the round (later steps skipped where no row still drafts, their slots
+    masked) emits the same tokens and proposes the same counts as the host stop, which ends the
+    loop; and the same again when every step runs (a capture's warm-up)."""
+    ref = stop_events(llama_pair, None, temperature, stop_below)
+    assert stop_events(llama_pair, host_if, temperature, stop_below) == ref
+    assert stop_events(llama_pair, always, temperature, stop_below) == ref
+    assert len({p for _, _, p in ref[1]}) > 1 or stop_below > 1  # the stop did shorten some proposals
+    if temperature == 0.0:
+        assert ref[0] == oracle_greedy(llama_pair.target, RAGGED, 24)
+
+
+def test_the_device_stop_skips_steps_and_leaves_valid_ids(llama_pair):
+    """Once every row has stopped, the remaining steps do not run; their slots hold `last` (a valid
+    id past num_proposed), and `full_rounds` turns the stop off (what the round timings see)."""
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k=4)
+    runs = []
+
+    def counting_if(pred, body):
+        runs.append(bool(pred))
+        host_if(pred, body)
+
+    drafter = ModelDrafter(dec.draft, stop_below=1.01, conditional=counting_if)  # every token is below 1.01
+    ids = [dec.encode(p) for p in RAGGED]
+    lengths = torch.tensor([len(x) for x in ids])
+    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for b, x in enumerate(ids):
+        padded[b, : len(x)] = torch.tensor(x)
+    drafter.prefill(padded, lengths, 64)
+    state = DraftState(last=torch.tensor([5, 6, 7]), prev=padded.gather(1, (lengths - 1)[:, None]).squeeze(1),
+                       positions=lengths.clone(), attend_len=64, sampling=SamplingParams(), target_rows=112,
+                       may_sync=False)
+    draft = drafter.propose(state, 4)
+    assert runs == [False, False, False]  # steps 2-4 skipped
+    assert draft.num_proposed.tolist() == [1, 1, 1]
+    assert draft.tokens[:, 1:].tolist() == [[5] * 3, [6] * 3, [7] * 3]
+    runs.clear()
+    with drafter.full_rounds():
+        full = drafter.propose(state, 4)
+    assert runs == [True, True, True] and full.num_proposed.tolist() == [4, 4, 4]
+    assert torch.equal(full.tokens[:, 0], draft.tokens[:, 0])
+    assert float(drafter._threshold) == pytest.approx(1.01)  # restored
+
+
 @pytest.mark.parametrize("draft_is_target", [True, False])
 def test_the_draft_feeds_prev_only_when_it_has_not_seen_it(llama_pair, draft_is_target):
     """A round's first draft step feeds [prev, last] only after a round in which a row accepted
@@ -408,3 +499,35 @@ def test_the_draft_feeds_prev_only_when_it_has_not_seen_it(llama_pair, draft_is_
         assert set(firsts[1:]) == {2}
     else:
         assert firsts.count(1) > firsts.count(2)
+
+
+def test_k_auto_stops_on_the_device_only_where_captured_rounds_can_branch(monkeypatch):
+    """--k auto's confidence stop: HF's threshold on uncaptured steps; on captured ones the
+    captured-round threshold with CUDA graph IF nodes, none without them (the stop would only mask);
+    none on compiled uncaptured steps (a host sync a step) or with a fixed k."""
+    from types import SimpleNamespace
+
+    from specdecode import api
+    from specdecode.accel import rounds
+    from specdecode.settings import Settings
+
+    auto, fixed = Settings(k="auto"), Settings(k=4)
+    captured = SimpleNamespace(graphs=True, fixed_shapes=True, device=torch.device("cuda"))
+    compiled = SimpleNamespace(graphs=False, fixed_shapes=True, device=torch.device("cuda"))
+    monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
+    assert api._stop_below(auto, captured) == api.CAPTURED_DRAFT_CONFIDENCE
+    assert api._conditional(captured) is rounds.device_if
+    assert api._stop_below(fixed, captured) is None
+    assert api._stop_below(auto, compiled) is None and api._conditional(compiled) is None
+    assert api._stop_below(auto) == api.DRAFT_CONFIDENCE and api._conditional(None) is None
+    monkeypatch.setattr(rounds, "conditional_supported", lambda device: False)
+    assert api._stop_below(auto, captured) is None and api._conditional(captured) is None
+
+
+def test_device_if_outside_a_capture_runs_its_body():
+    from specdecode.accel.rounds import conditional_supported, device_if
+
+    ran = []
+    device_if(torch.zeros((), dtype=torch.bool), lambda: ran.append(1))  # a warm-up: always runs
+    assert ran == [1]
+    assert not conditional_supported(torch.device("cpu"))

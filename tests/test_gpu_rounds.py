@@ -92,6 +92,76 @@ def test_k_auto_prices_rounds_by_their_captured_graphs(llama_pair):
     assert set(eng.k_policy.history) <= set(costs)
 
 
+def test_device_if_runs_its_body_only_where_the_predicate_holds():
+    from specdecode.accel.rounds import conditional_supported, device_if
+
+    device = torch.device("cuda")
+    if not conditional_supported(device):
+        pytest.skip("this torch cannot capture CUDA graph IF nodes")
+    pred = torch.ones((), dtype=torch.bool, device=device)
+    inside, after = torch.zeros(4, device=device), torch.zeros(4, device=device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        device_if(pred, lambda: inside.add_(1))
+        after.add_(1)
+    inside.zero_()
+    after.zero_()
+    for value in (True, False, True):
+        pred.fill_(value)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert inside.tolist() == [2.0] * 4 and after.tolist() == [3.0] * 4
+
+
+def test_k_auto_stops_drafting_on_the_device(llama_pair):
+    """--k auto's confidence stop in captured rounds: the draft steps after every row stopped sit
+    in CUDA graph IF nodes; the output stays the target's own, proposals get shorter than k, and
+    a round still waits on the host once (no synchronisation inside the IF nodes)."""
+    d = dec(llama_pair, k="auto", max_k=5, max_new_tokens=40, batch_size=1)
+    ids = d.encode_all(RAGGED[:1])
+    d.reserve(ids)
+    eng = d.engine()
+    if getattr(eng.drafter, "conditional", None) is None:
+        pytest.skip("this torch cannot capture CUDA graph IF nodes")
+    eng.prepare(ids)
+    events = []
+    try:
+        for ev in eng.stream(ids):
+            events.append(ev)
+            if ev.round == 0:  # the first token is read with a sync; rounds after it must not add any
+                torch.cuda.set_sync_debug_mode("error")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    tokens = [t for ev in events for t in ev.tokens]
+    assert [tokens] == oracle_greedy(llama_pair.target, RAGGED[:1], 40)
+    rounds = [ev for ev in events if ev.round > 0]
+    assert any(ev.proposed < eng.k_policy.max_k for ev in rounds)
+
+
+def test_a_refused_if_node_captures_the_round_without_the_stop(llama_pair, monkeypatch, caplog):
+    """Where the driver refuses the draft's IF nodes, the round is captured again without them
+    (one warning) and decodes exactly as before."""
+    from specdecode.accel import rounds as rounds_mod
+
+    real, calls = rounds_mod.capture, []
+
+    def refusing(fn, state, pool=None, warmups=2):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return real(fn, state, pool=pool, warmups=warmups)
+
+    d = dec(llama_pair, k="auto", max_k=4, max_new_tokens=24, batch_size=1)
+    eng = d.engine()
+    if getattr(eng.drafter, "conditional", None) is None:
+        pytest.skip("this torch cannot capture CUDA graph IF nodes")
+    monkeypatch.setattr(rounds_mod, "capture", refusing)
+    with caplog.at_level("WARNING", logger="specdecode"):
+        results = d.generate(RAGGED[:1])
+    assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED[:1], 24)
+    assert any("confidence stop is off" in r.message for r in caplog.records)
+
+
 def test_sampling_is_seeded_through_captured_rounds(llama_pair):
     a = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)
     b = dec(llama_pair, k=3, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=24, batch_size=3).generate(RAGGED)

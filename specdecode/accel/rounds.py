@@ -22,11 +22,19 @@ Each graph is timed once right after its capture (a few replays between CUDA eve
 state restored after each): `measured` gives those round times by k, which `--k auto`'s
 policy weighs against the acceptance it sees (decoding/policy.py).
 
+`--k auto`'s confidence stop branches inside the graph: the draft steps after the first sit in
+CUDA graph IF nodes (`device_if`) on "some row still drafts", so a round whose draft lost
+confidence skips its remaining steps instead of running them to be masked. Rounds are timed
+with the stop off (every step run), and where the driver refuses the IF nodes the round is
+captured again without them (one warning; the stop is then off).
+
 What it does not: decide k or stops (the engine does), or run on anything but CUDA.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +44,43 @@ from ..decoding.round import EagerRounds, RoundBuffers, RoundShape
 from ..decoding.sampling import SamplingParams
 from . import glue, kernels
 
-__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "green_stream", "green_share", "time_replays"]
+__all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "conditional_supported", "device_if", "green_stream",
+           "green_share", "time_replays"]
+
+log = logging.getLogger("specdecode")
+
+
+def conditional_supported(device: torch.device) -> bool:
+    """Whether captured rounds on `device` can hold CUDA graph conditional (IF) nodes: a CUDA device,
+    a torch whose CUDAGraph captures them (`begin_capture_to_if_node`) and a CUDA 12.4+ build."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return False
+    graph = getattr(torch.cuda, "CUDAGraph", None)
+    if graph is None or not all(hasattr(graph, name) for name in (
+            "begin_capture_to_if_node", "end_capture_to_conditional_node", "get_currently_capturing_graph")):
+        return False
+    version = torch.version.cuda or ""
+    try:
+        return tuple(int(x) for x in version.split(".")[:2]) >= (12, 4)
+    except ValueError:
+        return False
+
+
+def device_if(pred: Tensor, body) -> None:
+    """`body()` (device work, no host sync, no random draws) where the 0-d bool CUDA tensor `pred`
+    holds when the graph runs: captured, a CUDA graph IF node whose body graph is `body`'s work,
+    decided on the device at each replay; uncaptured (a capture's warm-ups), `body()` always runs,
+    so every kernel it launches is compiled and warmed before the capture. Callers keep the result
+    the same either way (ModelDrafter's device confidence stop: a skipped step's slot is masked)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        body()
+        return
+    graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+    graph.begin_capture_to_if_node(pred)
+    try:
+        body()
+    finally:
+        graph.end_capture_to_conditional_node()
 
 
 class SideBranch:
@@ -235,10 +279,23 @@ class CapturedRounds(EagerRounds):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         state = self._state(cache, bufs)
-        graph, steps = capture(lambda: self._round(cache, bufs, shape, sampling, cache.max_len, target_rows, False),
-                               state, pool=self._pool)
+        fn = lambda: self._round(cache, bufs, shape, sampling, cache.max_len, target_rows, False)  # noqa: E731
+        try:
+            graph, steps = capture(fn, state, pool=self._pool)
+        except RuntimeError as e:
+            if getattr(self.drafter, "conditional", None) is None:
+                raise
+            # the driver refused the draft's IF nodes (their bodies' kernels, e.g. programmatic
+            # dependent launches): draft every step, as without the stop
+            log.warning("captured rounds cannot skip draft steps on this device (%s); --k auto's confidence "
+                        "stop is off", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            self.drafter.conditional = None
+            self.drafter.stop_below = None
+            graph, steps = capture(fn, state, pool=self._pool)
         self._graphs[key] = (graph, steps)
-        self.round_ms[key] = time_replays(graph, state)
+        full = getattr(self.drafter, "full_rounds", None)  # a device confidence stop: time every draft step
+        with full() if full is not None else contextlib.nullcontext():
+            self.round_ms[key] = time_replays(graph, state)
         self.captures += 1
         return graph, steps
 

@@ -203,9 +203,13 @@ class SpeculativeEngine:
                 self.k_policy.update([h[0] for h in host], [h[2] for h in host])
             if self.drafter is not None:
                 self.drafter.observe(torch.tensor([h[0] for h in host]))
-                # the draft fed last, d_1 .. d_{steps-1}: it lacks the next `prev` iff a row kept all
-                feed_prev = not overlap and (lookahead or (steps > 0 and any(
-                    host[s][0] >= steps for s, row in enumerate(active) if row not in finished)))
+                # the draft fed last, d_1 .. d_{ran-1}: it lacks the next `prev` iff a row kept all.
+                # A confidence stop decided on the device skips the steps after every row stopped,
+                # so the steps that ran are the most any row proposed (a draft stopped on the host
+                # returns just those steps; otherwise every row proposes all of them)
+                ran = min(steps, max(h[2] for h in host)) if host else steps
+                feed_prev = not overlap and (lookahead or (ran > 0 and any(
+                    host[s][0] >= ran for s, row in enumerate(active) if row not in finished)))
 
             # 2e. per-row bookkeeping, stops, events
             for slot, row in enumerate(active):

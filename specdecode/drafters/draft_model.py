@@ -12,13 +12,20 @@ previous round's counts, which it has read anyway, so the choice costs no synchr
 `propose` is device work only (no host reads, no branches on tensor values), so it runs
 inside the round and can be captured with it as one device program. `--k auto`'s
 confidence stop (`stop_below`) ends a row's proposal on the device by masking
-(`num_proposed`); only an uncaptured round (`DraftState.may_sync`) also stops stepping
-once every row has stopped, a host check that is cheap on a CPU.
+(`num_proposed`). An uncaptured round (`DraftState.may_sync`) also stops stepping once every
+row has stopped, a host check that is cheap on a CPU; a captured one does so on the device
+when it is given `conditional` (accel/rounds.py's `device_if`): draft steps 2..k each run
+inside a CUDA graph IF node on "some row still drafts", so a round whose draft lost
+confidence skips its remaining steps' kernels instead of running them to be masked. Its
+tokens land in a buffer filled with `last` first, so a skipped step's slot still holds a
+valid id (masked: past `num_proposed`).
 
 What it does not: verify, or know whether the draft is a good match for the target.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -30,14 +37,27 @@ from ..models.loading import LoadedModel
 __all__ = ["ModelDrafter"]
 
 
+def _confidence(logits: Tensor, tok: Tensor, q: Tensor | None) -> Tensor:
+    """[B]: the draft's own probability of the token it just proposed (greedy: its top one,
+    exp(max - logsumexp) of the logits; sampling: q at the token)."""
+    if q is not None:
+        return q.gather(1, tok[:, None]).squeeze(1)
+    lf = logits.float()
+    return (lf.max(-1).values - lf.logsumexp(-1)).exp()
+
+
 class ModelDrafter:
     name = "model"
     on_device = True
 
-    def __init__(self, draft: LoadedModel, runner=None, stop_below: float | None = None) -> None:
+    def __init__(self, draft: LoadedModel, runner=None, stop_below: float | None = None,
+                 conditional=None) -> None:
         """`runner`: the step that runs the draft model (decoding.step.ModelStep or an accelerated
         runner); a plain ModelStep when None. `stop_below`: stop a row's proposal after a token the
-        draft gave less than this probability (adaptive draft length, `--k auto`)."""
+        draft gave less than this probability (adaptive draft length, `--k auto`). `conditional`:
+        `conditional(pred, body)` runs body where the 0-d bool tensor pred holds, decided on the
+        device (accel/rounds.py's device_if); with stop_below, a captured round's draft steps
+        after the first run that way, so a round stops stepping once every row has stopped."""
         if runner is None:
             from ..decoding.step import ModelStep
 
@@ -46,6 +66,23 @@ class ModelDrafter:
         self.runner = runner
         self.cache = None
         self.stop_below = stop_below
+        self.conditional = conditional
+        self._threshold: Tensor | None = None  # stop_below on the device (the conditional steps read it)
+
+    @contextmanager
+    def full_rounds(self):
+        """Within: the device confidence stop never fires, so a captured round runs all its draft
+        steps (CapturedRounds times each round graph so, for `--k auto`'s costs)."""
+        if self._threshold is None:
+            yield
+            return
+        with torch.inference_mode():  # made inside propose's inference mode
+            self._threshold.fill_(0.0)
+        try:
+            yield
+        finally:
+            with torch.inference_mode():
+                self._threshold.fill_(float(self.stop_below))
 
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         b, length = input_ids.shape
@@ -87,6 +124,8 @@ class ModelDrafter:
 
     def _steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
         """k draft steps from step_in [B, q] at the cache's positions."""
+        if self.stop_below is not None and self.conditional is not None and not state.may_sync and k > 1:
+            return self._conditional_steps(step_in, state, k)
         cache = self.cache
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
@@ -103,13 +142,7 @@ class ModelDrafter:
                 probs.append(q)
             step_in = tok[:, None]  # [B, 1]
             if self.stop_below is not None and j < k - 1:
-                # the draft's own confidence in the token it just proposed (greedy: its top probability)
-                if q is not None:
-                    conf = q.gather(1, tok[:, None]).squeeze(1)  # [B]
-                else:  # greedy: p(argmax) = exp(max - logsumexp)
-                    lf = logits.float()
-                    conf = (lf.max(-1).values - lf.logsumexp(-1)).exp()  # [B]
-                low = (conf < self.stop_below) & ~stopped
+                low = (_confidence(logits, tok, q) < self.stop_below) & ~stopped
                 num_proposed = torch.where(low, j + 1, num_proposed)
                 stopped |= low
                 if state.may_sync and bool(stopped.all()):  # host sync (uncaptured only): all rows stopped
@@ -119,6 +152,43 @@ class ModelDrafter:
             probs=torch.stack(probs, dim=1) if probs else None,  # [B, k', V]
             num_proposed=num_proposed.clamp(max=len(tokens)) if self.stop_below is not None else None,
         )
+
+    def _conditional_steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
+        """_steps with the confidence stop decided on the device: step j > 0 runs in
+        `self.conditional` on "some row has not stopped", so once every row has, the round's
+        remaining steps are skipped. Each step writes its token (and q) into buffers made before
+        the first step, `last` (zeros) in every slot, so the Draft is the same whether a skipped
+        step runs or not: its slots lie past every row's num_proposed."""
+        cache = self.cache
+        bsz, device = step_in.shape[0], step_in.device
+        if self._threshold is None or self._threshold.device != device:
+            self._threshold = torch.full((), float(self.stop_below), dtype=torch.float32, device=device)
+        tokens = state.last[:, None].expand(bsz, k).clone()  # [B, k]: valid ids in every slot
+        probs = None if state.sampling.greedy else torch.zeros((bsz, k, state.target_rows), dtype=torch.float32,
+                                                                device=device)
+        num_proposed = torch.full((bsz,), k, dtype=torch.long, device=device)
+        stopped = torch.zeros(bsz, dtype=torch.bool, device=device)
+        going = torch.ones((), dtype=torch.bool, device=device)  # some row still drafts
+
+        def step(j: int) -> None:
+            inputs = step_in if j == 0 else tokens[:, j - 1 : j].contiguous()
+            logits = self.runner.forward(inputs, cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
+            logits = align_vocab(logits, state.target_rows)  # [B, V]
+            cache.advance(inputs.shape[1])
+            tok, q = self._next(logits, state, j)
+            tokens[:, j].copy_(tok)
+            if q is not None:
+                probs[:, j].copy_(q)
+            if j < k - 1:
+                low = (_confidence(logits, tok, q) < self._threshold) & ~stopped
+                num_proposed.copy_(torch.where(low, j + 1, num_proposed))
+                stopped.logical_or_(low)
+                going.copy_(~stopped.all())
+
+        step(0)
+        for j in range(1, k):
+            self.conditional(going, lambda j=j: step(j))
+        return Draft(tokens=tokens, probs=probs, num_proposed=num_proposed)
 
     def observe(self, num_accepted: Tensor) -> None:
         """Nothing to roll back: the next propose() rewinds to the target's position."""

@@ -104,12 +104,13 @@ class EarlyExitDrafter(ModelDrafter):
     name = "early-exit"
 
     def __init__(self, target: LoadedModel, exit_layer: int, stop_below: float | None = None,
-                 view: LoadedModel | None = None, runner=None) -> None:
+                 view: LoadedModel | None = None, runner=None, conditional=None) -> None:
         """`view`/`runner`: a prebuilt shallow view of the target and its runner (the decoder keeps
-        one per exit layer, so captured steps are reused across batches); built here otherwise."""
+        one per exit layer, so captured steps are reused across batches); built here otherwise.
+        `stop_below`, `conditional`: ModelDrafter's confidence stop."""
         if view is None:
             view = exit_view(target, exit_layer)
         else:
             _check_exit_layer(target, exit_layer)
         self.exit_layer = exit_layer
-        super().__init__(view, runner=runner, stop_below=stop_below)
+        super().__init__(view, runner=runner, stop_below=stop_below, conditional=conditional)
