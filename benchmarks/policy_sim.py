@@ -334,6 +334,8 @@ def confidence(args) -> None:
     the traces (`top`: the draft's choices) with the draft's probabilities from `draft-probs`. A
     round's cost: its first step (two rows), each further step run plus --if-cost, each skipped
     step --skip-cost, the verify of k + 1 rows and --glue."""
+    from specdecode.decoding.policy import AdaptiveK
+
     rows = json.loads(Path(args.traces).read_text())["rows"]
     probs = json.loads(Path(args.probs).read_text())["rows"]
     verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
@@ -347,14 +349,25 @@ def confidence(args) -> None:
            "two_row_step_ms": two, "if_cost_ms": args.if_cost, "skip_cost_ms": args.skip_cost, "glue_ms": G,
            "runs": {}}
 
-    def replay(k: int, tau: float | None) -> dict:
-        """tau None: the oracle (every round stops right after the draft's first wrong token)."""
+    def full_cost(k: int) -> float:  # a round running every draft step (what --k auto's policy is given)
+        return two + (k - 1) * one + v(k + 1) + G
+
+    def replay(k: int, tau: float | None, auto: bool = False) -> dict:
+        """tau None: the oracle (every round stops right after the draft's first wrong token).
+        auto: `--k auto`'s policy (AdaptiveK, max_k = k, given the full rounds' costs) picks each
+        round's k, seeing each round one round late as the engine's look-ahead does."""
         tokens = ms = steps_run = rounds = 0.0
+        cap = k
         for r, p in zip(rows, probs):
             match = [int(t[0] == x) for t, x in zip(r["top"], r["tokens"])]
             conf = p["p1"]
+            policy, seen = None, []
+            if auto:
+                policy = AdaptiveK(max_k=cap)
+                policy.set_costs({i: full_cost(i) for i in range(1, cap + 1)})
             e = 0
             while e < len(match):
+                k = policy.k if policy is not None else cap
                 proposed = 0
                 for j in range(k):
                     proposed += 1
@@ -369,6 +382,11 @@ def confidence(args) -> None:
                 emitted = min(a + 1, len(match) - e)
                 tokens, ms, e = tokens + emitted, ms + cost, e + emitted
                 steps_run, rounds = steps_run + proposed, rounds + 1
+                if policy is not None:
+                    seen.append((a, proposed))
+                    if len(seen) > 1:
+                        a_, p_ = seen.pop(0)
+                        policy.update([a_], [p_])
         return {"tokens_per_ms": tokens / ms, "speedup": tokens / ms * args.target_step,
                 "steps_per_round": steps_run / rounds, "tokens_per_round": tokens / rounds}
 
@@ -382,6 +400,12 @@ def confidence(args) -> None:
         row = out["runs"][f"k{k}_oracle"] = replay(k, None)
         line.append(f"oracle {row['speedup']:.3f}x")
         print(", ".join(line))
+    line = [f"k auto (max_k {args.auto_max_k}): {replay(args.auto_max_k, 0.0, auto=True)['speedup']:.3f}x"]
+    out["runs"]["auto"] = replay(args.auto_max_k, 0.0, auto=True)
+    for tau in args.taus:
+        row = out["runs"][f"auto_tau{tau}"] = replay(args.auto_max_k, tau, auto=True)
+        line.append(f"tau {tau} {row['speedup']:.3f}x ({row['steps_per_round']:.1f} steps)")
+    print(", ".join(line))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
@@ -532,6 +556,7 @@ def main() -> None:
     c.add_argument("--traces", required=True, help="the draft-top4 traces")
     c.add_argument("--probs", required=True, help="draft-probs' output for the same traces")
     c.add_argument("--ks", nargs="+", type=int, default=[3, 4, 5, 6, 8])
+    c.add_argument("--auto-max-k", type=int, default=8, help="--k auto's max_k (the settings' default: 8)")
     c.add_argument("--taus", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     step_cost_arguments(c, draft_step=0.539)
     c.add_argument("--two-row-step", type=float, default=0.616, help="a two-row draft step, ms")
