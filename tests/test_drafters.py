@@ -404,10 +404,11 @@ def always(pred, body):
     body()
 
 
-def stop_events(pair, conditional, temperature, stop_below, k=4, batch=3):
+def stop_events(pair, conditional, temperature, stop_below, k=4, batch=3, fixed=True):
     """(per-row token ids, per-round proposed counts) of an engine whose rounds run as a captured
-    round does (fixed shapes, look-ahead; with `conditional`, no host synchronisation inside: the
-    stop decided by `conditional`), the draft stopping below `stop_below`."""
+    round does (`fixed`: fixed shapes, look-ahead; with `conditional`, no host synchronisation
+    inside: the stop decided by `conditional`), the draft stopping below `stop_below`. Without
+    `fixed` finished rows leave the batch and the draft feeds `prev` only when it lacks it."""
     from specdecode.decoding.engine import EngineParams, SpeculativeEngine
     from specdecode.decoding.round import EagerRounds
     from specdecode.decoding.step import ModelStep
@@ -422,7 +423,7 @@ def stop_events(pair, conditional, temperature, stop_below, k=4, batch=3):
     drafter = ModelDrafter(dec.draft, stop_below=stop_below, conditional=conditional)
     params = EngineParams(k, 24, sampling=SamplingParams(temperature=temperature), seed=7)
     eng = SpeculativeEngine(dec.target, drafter, params,
-                            rounds=InRoundRounds(ModelStep(dec.target.model), fixed_shapes=True))
+                            rounds=InRoundRounds(ModelStep(dec.target.model), fixed_shapes=fixed))
     ids = [dec.encode(p) for p in RAGGED[:batch]]
     tokens = [[] for _ in ids]
     proposed = []
@@ -433,15 +434,17 @@ def stop_events(pair, conditional, temperature, stop_below, k=4, batch=3):
     return tokens, proposed
 
 
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-shapes", "compacting"])
 @pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "sampling"])
 @pytest.mark.parametrize("stop_below", [0.3, 0.6, 1.01])
-def test_the_device_stop_proposes_what_the_host_stop_proposes(llama_pair, temperature, stop_below):
+def test_the_device_stop_proposes_what_the_host_stop_proposes(llama_pair, temperature, stop_below, fixed):
     """The stop decided in the round (later steps skipped where no row still drafts, their slots
     masked) emits the same tokens and proposes the same counts as the host stop, which ends the
-    loop; and the same again when every step runs (a capture's warm-up)."""
-    ref = stop_events(llama_pair, None, temperature, stop_below)
-    assert stop_events(llama_pair, host_if, temperature, stop_below) == ref
-    assert stop_events(llama_pair, always, temperature, stop_below) == ref
+    loop; and the same again when every step runs (a capture's warm-up). Compacting rounds feed
+    `prev` only after a row kept every token the steps that ran drafted: the same draft inputs."""
+    ref = stop_events(llama_pair, None, temperature, stop_below, fixed=fixed)
+    assert stop_events(llama_pair, host_if, temperature, stop_below, fixed=fixed) == ref
+    assert stop_events(llama_pair, always, temperature, stop_below, fixed=fixed) == ref
     assert len({p for _, _, p in ref[1]}) > 1 or stop_below > 1  # the stop did shorten some proposals
     if temperature == 0.0:
         assert ref[0] == oracle_greedy(llama_pair.target, RAGGED, 24)
