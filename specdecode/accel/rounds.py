@@ -282,11 +282,12 @@ class CapturedRounds(EagerRounds):
         fn = lambda: self._round(cache, bufs, shape, sampling, cache.max_len, target_rows, False)  # noqa: E731
         try:
             graph, steps = capture(fn, state, pool=self._pool)
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             if getattr(self.drafter, "conditional", None) is None:
                 raise
             # the driver refused the draft's IF nodes (their bodies' kernels, e.g. programmatic
-            # dependent launches): draft every step, as without the stop
+            # dependent launches), or this torch's conditional capture differs: draft every step,
+            # as without the stop
             log.warning("captured rounds cannot skip draft steps on this device (%s); --k auto's confidence "
                         "stop is off", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
             self.drafter.conditional = None
