@@ -50,10 +50,19 @@ __all__ = ["CapturedRounds", "Pending", "SideBranch", "capture", "conditional_su
 log = logging.getLogger("specdecode")
 
 
+_IF_REFUSED: set[int] = set()  # CUDA devices whose driver refused a round's IF nodes (CapturedRounds.prepare)
+
+
+def _index(device: torch.device) -> int:
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
 def conditional_supported(device: torch.device) -> bool:
     """Whether captured rounds on `device` can hold CUDA graph conditional (IF) nodes: a CUDA device,
-    a torch whose CUDAGraph captures them (`begin_capture_to_if_node`) and a CUDA 12.4+ build."""
-    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+    a torch whose CUDAGraph captures them (`begin_capture_to_if_node`) and a CUDA 12.4+ build, and
+    no capture with them has failed there in this process."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available() or _index(device) in _IF_REFUSED:
         return False
     graph = getattr(torch.cuda, "CUDAGraph", None)
     if graph is None or not all(hasattr(graph, name) for name in (
@@ -290,6 +299,7 @@ class CapturedRounds(EagerRounds):
             # as without the stop
             log.warning("captured rounds cannot skip draft steps on this device (%s); --k auto's confidence "
                         "stop is off", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            _IF_REFUSED.add(_index(self.target.device))  # drafters built from now on draft without the stop
             self.drafter.conditional = None
             self.drafter.stop_below = None
             graph, steps = capture(fn, state, pool=self._pool)

@@ -73,7 +73,7 @@ class ModelDrafter:
     def full_rounds(self):
         """Within: the device confidence stop never fires, so a captured round runs all its draft
         steps (CapturedRounds times each round graph so, for `--k auto`'s costs)."""
-        if self._threshold is None:
+        if self._threshold is None or self.stop_below is None:
             yield
             return
         with torch.inference_mode():  # made inside propose's inference mode
