@@ -186,7 +186,7 @@ def _conditional(runner):
     return device_if if conditional_supported(runner.device) else None
 
 
-def _stop_below(settings: Settings, runner=None) -> float | None:
+def confidence_stop(settings: Settings, runner=None) -> float | None:
     """The confidence stop of --k auto. On captured steps it needs CUDA graph IF nodes
     (`_conditional`): without them every round runs all k draft steps and verifies max_k positions
     anyway, so stopping a row's proposal early saves nothing and only gives away tokens the target
@@ -212,7 +212,7 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
         from .drafters.draft_model import ModelDrafter
 
         assert draft is not None
-        return ModelDrafter(draft, runner=draft_runner, stop_below=_stop_below(settings, draft_runner),
+        return ModelDrafter(draft, runner=draft_runner, stop_below=confidence_stop(settings, draft_runner),
                             conditional=_conditional(draft_runner))
     if settings.drafter == "ngram":
         from .drafters.ngram import NgramDrafter
@@ -224,9 +224,9 @@ def build_drafter(settings: Settings, target: LoadedModel, draft: LoadedModel | 
         if decoder is not None:  # reuse the decoder's view and runner across batches
             view = decoder.early_exit_view(settings.exit_layer)
             runner = decoder.runner(view)
-            return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings, runner),
+            return EarlyExitDrafter(target, settings.exit_layer, stop_below=confidence_stop(settings, runner),
                                     view=view, runner=runner, conditional=_conditional(runner))
-        return EarlyExitDrafter(target, settings.exit_layer, stop_below=_stop_below(settings))
+        return EarlyExitDrafter(target, settings.exit_layer, stop_below=confidence_stop(settings))
     raise SettingsError(f"unknown drafter '{settings.drafter}'")
 
 

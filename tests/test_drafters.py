@@ -518,13 +518,13 @@ def test_k_auto_stops_on_the_device_only_where_captured_rounds_can_branch(monkey
     captured = SimpleNamespace(graphs=True, fixed_shapes=True, device=torch.device("cuda"))
     compiled = SimpleNamespace(graphs=False, fixed_shapes=True, device=torch.device("cuda"))
     monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
-    assert api._stop_below(auto, captured) == api.CAPTURED_DRAFT_CONFIDENCE
+    assert api.confidence_stop(auto, captured) == api.CAPTURED_DRAFT_CONFIDENCE
     assert api._conditional(captured) is rounds.device_if
-    assert api._stop_below(fixed, captured) is None
-    assert api._stop_below(auto, compiled) is None and api._conditional(compiled) is None
-    assert api._stop_below(auto) == api.DRAFT_CONFIDENCE and api._conditional(None) is None
+    assert api.confidence_stop(fixed, captured) is None
+    assert api.confidence_stop(auto, compiled) is None and api._conditional(compiled) is None
+    assert api.confidence_stop(auto) == api.DRAFT_CONFIDENCE and api._conditional(None) is None
     monkeypatch.setattr(rounds, "conditional_supported", lambda device: False)
-    assert api._stop_below(auto, captured) is None and api._conditional(captured) is None
+    assert api.confidence_stop(auto, captured) is None and api._conditional(captured) is None
 
 
 def test_device_if_outside_a_capture_runs_its_body():
@@ -534,3 +534,25 @@ def test_device_if_outside_a_capture_runs_its_body():
     device_if(torch.zeros((), dtype=torch.bool), lambda: ran.append(1))  # a warm-up: always runs
     assert ran == [1]
     assert not conditional_supported(torch.device("cpu"))
+
+
+def test_bench_says_when_the_draft_stops_on_the_device(monkeypatch):
+    """bench's decode-steps line for the draft names the device confidence stop where --k auto's
+    captured rounds run it, and says nothing of it otherwise."""
+    from types import SimpleNamespace
+
+    from specdecode.accel import rounds
+    from specdecode.bench.runner import decode_steps
+    from specdecode.settings import Settings
+
+    runner = SimpleNamespace(graphs=True, fixed_shapes=True, device=torch.device("cuda"),
+                             describe=lambda: "fused layers, CUDA graphs (one per round)")
+    decoder = SimpleNamespace(settings=Settings(k="auto"), target="t", runner=lambda model: runner,
+                              draft_model=lambda: ("d", runner))
+    monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
+    assert decode_steps(decoder)["draft"].endswith("confidence stop (below 0.6) skips draft steps in CUDA graph IF nodes")
+    monkeypatch.setattr(rounds, "conditional_supported", lambda device: False)
+    assert decode_steps(decoder) == {"target": runner.describe(), "draft": runner.describe()}
+    decoder.settings = Settings(k=5)
+    monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
+    assert decode_steps(decoder)["draft"] == runner.describe()

@@ -581,11 +581,18 @@ def run_benchmark(
 
 
 def decode_steps(decoder) -> dict[str, str]:
-    """How the target's and the draft model's decode steps ran (fused/compiled/graphs)."""
+    """How the target's and the draft model's decode steps ran (fused/compiled/graphs), and for
+    `--k auto` in captured rounds whether the confidence stop skipped draft steps on the device."""
+    from ..api import confidence_stop  # noqa: PLC0415 (imported on use, as the CLI does the decoder)
+
     out = {"target": decoder.runner(decoder.target).describe()}
     found = decoder.draft_model()
     if found is not None:
         out["draft"] = found[1].describe()
+        if getattr(found[1], "fixed_shapes", False):
+            tau = confidence_stop(decoder.settings, found[1])
+            if tau is not None:
+                out["draft"] += f"; --k auto's confidence stop (below {tau:g}) skips draft steps in CUDA graph IF nodes"
     return out
 
 
