@@ -181,11 +181,7 @@ def hybrid(args) -> None:
     from specdecode.drafters.ngram import NgramIndex
 
     rows = json.loads(Path(args.traces).read_text())["rows"]
-    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
-    last = max(verify)
-
-    def v(n_rows: int) -> float:  # past the measured rows: the last one's cost (a small underestimate)
-        return verify.get(n_rows, verify[last])
+    verify, v = verify_costs(args)  # past the measured rows: the last one's cost (a small underestimate)
 
     D, T, G = args.draft_step, args.target_step, args.glue
     out = {"traces": args.traces, "answers": len(rows), "verify_ms": verify, "draft_step_ms": D, "target_step_ms": T,
@@ -243,10 +239,7 @@ def staged(args) -> None:
     from specdecode.drafters.ngram import NgramIndex
 
     rows = json.loads(Path(args.traces).read_text())["rows"]
-    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
-
-    def v(n_rows: int) -> float:  # past the measured rows: the last one's cost (a small underestimate)
-        return verify.get(n_rows, verify[max(verify)])
+    verify, v = verify_costs(args)  # past the measured rows: the last one's cost (a small underestimate)
 
     one, two, G = args.draft_step, args.two_row_step, args.glue
     out = {"traces": args.traces, "answers": len(rows), "verify_ms": verify, "draft_step_ms": one,
@@ -338,11 +331,7 @@ def confidence(args) -> None:
 
     rows = json.loads(Path(args.traces).read_text())["rows"]
     probs = json.loads(Path(args.probs).read_text())["rows"]
-    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
-    last = max(verify)
-
-    def v(n_rows: int) -> float:  # past the measured rows: +0.02 ms a row (the tensor-core verify's slope)
-        return verify.get(n_rows, verify[last] + 0.02 * (n_rows - last))
+    verify, v = verify_costs(args, slope=0.02)  # past the measured rows: the tensor-core verify's slope
 
     one, two, G = args.draft_step, args.two_row_step, args.glue
     out = {"traces": args.traces, "probs": args.probs, "verify_ms": verify, "draft_step_ms": one,
@@ -499,6 +488,14 @@ def simulate(args) -> None:
         Path(args.out).write_text(json.dumps({"cost": [A, B], "answers": len(rows), "traces": args.traces,
                                               "results": {k: {"tokens_per_ms": v[0], "mean_k": v[1]}
                                                           for k, v in results.items()}}, indent=1))
+
+
+def verify_costs(args, slope: float = 0.0):
+    """(the verify's ms by rows from --target-step and --verify, a function of the rows that goes
+    past the measured ones at `slope` ms a row from the last)."""
+    verify = {1: args.target_step, **dict(zip(range(2, 2 + len(args.verify)), args.verify))}
+    last = max(verify)
+    return verify, lambda n_rows: verify.get(n_rows, verify[last] + slope * (n_rows - last))
 
 
 def step_cost_arguments(parser, draft_step: float) -> None:

@@ -300,8 +300,7 @@ class CapturedRounds(EagerRounds):
             log.warning("captured rounds cannot skip draft steps on this device (%s); --k auto's confidence "
                         "stop is off", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
             _IF_REFUSED.add(_index(self.target.device))  # drafters built from now on draft without the stop
-            self.drafter.conditional = None
-            self.drafter.stop_below = None
+            self.drafter.drop_device_stop()
             graph, steps = capture(fn, state, pool=self._pool)
         self._graphs[key] = (graph, steps)
         full = getattr(self.drafter, "full_rounds", None)  # a device confidence stop: time every draft step

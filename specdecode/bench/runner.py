@@ -583,7 +583,7 @@ def run_benchmark(
 def decode_steps(decoder) -> dict[str, str]:
     """How the target's and the draft model's decode steps ran (fused/compiled/graphs), and for
     `--k auto` in captured rounds whether the confidence stop skipped draft steps on the device."""
-    from ..api import confidence_stop  # noqa: PLC0415 (imported on use, as the CLI does the decoder)
+    from ..api import confidence_stop  # noqa: PLC0415 (api loads the model stack: imported on use)
 
     out = {"target": decoder.runner(decoder.target).describe()}
     found = decoder.draft_model()

@@ -122,29 +122,41 @@ class ModelDrafter:
         self.cache.set_positions(positions)
         return self._steps(tokens[:, None], state, k)
 
+    def _step(self, inputs: Tensor, state: DraftState, j: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Draft step j over `inputs` [B, q] at the cache's positions: (its logits [B, V] over the
+        target's rows, its token [B], q [B, V] or None when greedy); the cache advances past them."""
+        logits = self.runner.forward(inputs, self.cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
+        logits = align_vocab(logits, state.target_rows)  # [B, V]
+        self.cache.advance(inputs.shape[1])
+        tok, q = self._next(logits, state, j)
+        return logits, tok, q
+
+    @staticmethod
+    def _mark_stops(logits: Tensor, tok: Tensor, q: Tensor | None, j: int, threshold,
+                    num_proposed: Tensor, stopped: Tensor) -> None:
+        """The confidence stop after draft step j: rows not yet stopped whose token the draft gave
+        less than `threshold` propose j + 1 tokens and stop (num_proposed, stopped in place)."""
+        low = (_confidence(logits, tok, q) < threshold) & ~stopped
+        num_proposed.copy_(torch.where(low, j + 1, num_proposed))
+        stopped.logical_or_(low)
+
     def _steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
         """k draft steps from step_in [B, q] at the cache's positions."""
         if self.stop_below is not None and self.conditional is not None and not state.may_sync and k > 1:
             return self._conditional_steps(step_in, state, k)
-        cache = self.cache
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
         bsz = step_in.shape[0]
         num_proposed = torch.full((bsz,), k, dtype=torch.long, device=step_in.device)
         stopped = torch.zeros(bsz, dtype=torch.bool, device=step_in.device)
         for j in range(k):
-            logits = self.runner.forward(step_in, cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
-            logits = align_vocab(logits, state.target_rows)  # [B, V]
-            cache.advance(step_in.shape[1])
-            tok, q = self._next(logits, state, j)
+            logits, tok, q = self._step(step_in, state, j)
             tokens.append(tok)
             if q is not None:
                 probs.append(q)
             step_in = tok[:, None]  # [B, 1]
             if self.stop_below is not None and j < k - 1:
-                low = (_confidence(logits, tok, q) < self.stop_below) & ~stopped
-                num_proposed = torch.where(low, j + 1, num_proposed)
-                stopped |= low
+                self._mark_stops(logits, tok, q, j, self.stop_below, num_proposed, stopped)
                 if state.may_sync and bool(stopped.all()):  # host sync (uncaptured only): all rows stopped
                     break
         return Draft(
@@ -159,7 +171,6 @@ class ModelDrafter:
         remaining steps are skipped. Each step writes its token (and q) into buffers made before
         the first step, `last` (zeros) in every slot, so the Draft is the same whether a skipped
         step runs or not: its slots lie past every row's num_proposed."""
-        cache = self.cache
         bsz, device = step_in.shape[0], step_in.device
         if self._threshold is None or self._threshold.device != device:
             self._threshold = torch.full((), float(self.stop_below), dtype=torch.float32, device=device)
@@ -171,24 +182,23 @@ class ModelDrafter:
         going = torch.ones((), dtype=torch.bool, device=device)  # some row still drafts
 
         def step(j: int) -> None:
-            inputs = step_in if j == 0 else tokens[:, j - 1 : j].contiguous()
-            logits = self.runner.forward(inputs, cache, state.attend_len, logits_to_keep=1)[:, -1]  # [B, V_d]
-            logits = align_vocab(logits, state.target_rows)  # [B, V]
-            cache.advance(inputs.shape[1])
-            tok, q = self._next(logits, state, j)
+            logits, tok, q = self._step(step_in if j == 0 else tokens[:, j - 1 : j].contiguous(), state, j)
             tokens[:, j].copy_(tok)
             if q is not None:
                 probs[:, j].copy_(q)
             if j < k - 1:
-                low = (_confidence(logits, tok, q) < self._threshold) & ~stopped
-                num_proposed.copy_(torch.where(low, j + 1, num_proposed))
-                stopped.logical_or_(low)
+                self._mark_stops(logits, tok, q, j, self._threshold, num_proposed, stopped)
                 going.copy_(~stopped.all())
 
         step(0)
         for j in range(1, k):
             self.conditional(going, lambda j=j: step(j))
         return Draft(tokens=tokens, probs=probs, num_proposed=num_proposed)
+
+    def drop_device_stop(self) -> None:
+        """Draft every step from now on, the confidence stop off (where captured rounds cannot branch)."""
+        self.conditional = None
+        self.stop_below = None
 
     def observe(self, num_accepted: Tensor) -> None:
         """Nothing to roll back: the next propose() rewinds to the target's position."""
