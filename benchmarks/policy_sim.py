@@ -336,10 +336,17 @@ def confidence(args) -> None:
     one, two, G = args.draft_step, args.two_row_step, args.glue
     out = {"traces": args.traces, "probs": args.probs, "verify_ms": verify, "draft_step_ms": one,
            "two_row_step_ms": two, "if_cost_ms": args.if_cost, "skip_cost_ms": args.skip_cost, "glue_ms": G,
-           "runs": {}}
+           "auto_width": args.auto_width, "stop_aware": args.stop_aware, "runs": {}}
 
-    def full_cost(k: int) -> float:  # a round running every draft step (what --k auto's policy is given)
-        return two + (k - 1) * one + v(k + 1) + G
+    def verify_rows(k: int, cap: int, auto: bool) -> int:  # the verify's rows: --k auto's rounds may verify max_k
+        return cap + 1 if auto and args.auto_width == "max" else k + 1
+
+    def full_cost(k: int, cap: int, extra: float = 0.0) -> float:
+        """A round running every draft step (what --k auto's policy is given; `extra`: a step's IF node)."""
+        return two + (k - 1) * (one + extra) + v(verify_rows(k, cap, True)) + G
+
+    def shortest_cost(k: int, cap: int) -> float:  # the same round when the stop fires after its first step
+        return two + (k - 1) * args.skip_cost + v(verify_rows(k, cap, True)) + G
 
     def replay(k: int, tau: float | None, auto: bool = False) -> dict:
         """tau None: the oracle (every round stops right after the draft's first wrong token).
@@ -352,8 +359,13 @@ def confidence(args) -> None:
             conf = p["p1"]
             policy, seen = None, []
             if auto:
-                policy = AdaptiveK(max_k=cap)
-                policy.set_costs({i: full_cost(i) for i in range(1, cap + 1)})
+                aware = args.stop_aware and tau is not None and tau > 0
+                policy = AdaptiveK(max_k=cap, stop=aware)
+                if aware:  # the product times both (CapturedRounds.prepare)
+                    policy.set_costs({i: full_cost(i, cap, args.if_cost) for i in range(1, cap + 1)},
+                                     shortest={i: shortest_cost(i, cap) for i in range(1, cap + 1)})
+                else:
+                    policy.set_costs({i: full_cost(i, cap) for i in range(1, cap + 1)})
             e = 0
             while e < len(match):
                 k = policy.k if policy is not None else cap
@@ -367,15 +379,15 @@ def confidence(args) -> None:
                 while a < proposed and e + a < len(match) and match[e + a]:
                     a += 1
                 extra = args.if_cost if tau is None or tau > 0 else 0.0
-                cost = two + (proposed - 1) * (one + extra) + (k - proposed) * args.skip_cost + v(k + 1) + G
+                cost = two + (proposed - 1) * (one + extra) + (k - proposed) * args.skip_cost + v(verify_rows(k, cap, auto)) + G
                 emitted = min(a + 1, len(match) - e)
                 tokens, ms, e = tokens + emitted, ms + cost, e + emitted
                 steps_run, rounds = steps_run + proposed, rounds + 1
                 if policy is not None:
-                    seen.append((a, proposed))
+                    seen.append((a, proposed, k))
                     if len(seen) > 1:
-                        a_, p_ = seen.pop(0)
-                        policy.update([a_], [p_])
+                        a_, p_, k_ = seen.pop(0)
+                        policy.update([a_], [p_], k=k_)
         return {"tokens_per_ms": tokens / ms, "speedup": tokens / ms * args.target_step,
                 "steps_per_round": steps_run / rounds, "tokens_per_round": tokens / rounds}
 
@@ -411,14 +423,14 @@ def positional_policy(base):
             self.kept = [0.0] * (max_k + 1)
             super().__init__(max_k=max_k, **kw)
 
-        def update(self, num_accepted, proposed):
+        def update(self, num_accepted, proposed, k=None):
             for a, p in zip(num_accepted, proposed):
                 for j in range(1, min(a + 1, p) + 1):
                     self.tried[j] += 1
                     self.kept[j] += j <= a
             self.tried = [t * self.decay for t in self.tried]
             self.kept = [t * self.decay for t in self.kept]
-            return super().update(num_accepted, proposed)
+            return super().update(num_accepted, proposed, k=k)
 
         def expected_rate(self, k):
             pooled, reach, tokens, last = self.alpha, 1.0, 1.0, None
@@ -554,6 +566,10 @@ def main() -> None:
     c.add_argument("--probs", required=True, help="draft-probs' output for the same traces")
     c.add_argument("--ks", nargs="+", type=int, default=[3, 4, 5, 6, 8])
     c.add_argument("--auto-max-k", type=int, default=8, help="--k auto's max_k (the settings' default: 8)")
+    c.add_argument("--stop-aware", action=argparse.BooleanOptionalAction, default=True,
+                   help="--k auto's policy prices the stop's skipped steps and shorter proposals (stop 36)")
+    c.add_argument("--auto-width", choices=["k", "max"], default="k",
+                   help="--k auto's verify: k + 1 rows, or max_k + 1 whatever k (captured rounds before stop 36)")
     c.add_argument("--taus", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     step_cost_arguments(c, draft_step=0.539)
     c.add_argument("--two-row-step", type=float, default=0.616, help="a two-row draft step, ms")

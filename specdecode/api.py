@@ -188,7 +188,7 @@ def _conditional(runner):
 
 def confidence_stop(settings: Settings, runner=None) -> float | None:
     """The confidence stop of --k auto. On captured steps it needs CUDA graph IF nodes
-    (`_conditional`): without them every round runs all k draft steps and verifies max_k positions
+    (`_conditional`): without them every round runs all k draft steps and verifies k positions
     anyway, so stopping a row's proposal early saves nothing and only gives away tokens the target
     might have kept. Not on other fixed-shape steps (compiled, uncaptured): stopping there would
     cost a host synchronisation a step."""
@@ -455,7 +455,9 @@ class SpeculativeDecoder:
         if s.k == "auto" and k_policy is None and drafter is not None:
             from .decoding.policy import AdaptiveK
 
-            k_policy = AdaptiveK(max_k=s.max_k, cost_ratio=self.prior_cost_ratio())
+            # the drafter's confidence stop ends proposals early and skips their steps: k is a cap
+            k_policy = AdaptiveK(max_k=s.max_k, cost_ratio=self.prior_cost_ratio(),
+                                 stop=getattr(drafter, "stop_below", None) is not None)
         k = s.k if isinstance(s.k, int) else s.max_k
         params = EngineParams(
             num_draft_tokens=k,

@@ -19,7 +19,7 @@ from fixtures import PROMPTS, oracle_greedy
 from helpers import cpu_decoder, record_step_widths
 from specdecode import metrics
 from specdecode.api import SpeculativeDecoder
-from specdecode.decoding.policy import AdaptiveK
+from specdecode.decoding.policy import PRIOR_ALPHA, PRIOR_WEIGHT, AdaptiveK
 from specdecode.decoding.sampling import SamplingParams
 from specdecode.drafters import DraftState, EarlyExitDrafter, NgramDrafter
 from specdecode.drafters.early_exit import shallow_view
@@ -199,6 +199,99 @@ def test_adaptive_k_weighs_measured_round_costs():
     # one measured k scales the model k c + 1 through it
     policy.set_costs({4: 7.0})
     assert policy.cost(2) == pytest.approx(7.0 * 1.2 / 1.4)
+
+
+def test_adaptive_k_with_the_stop_reads_confidence_from_proposal_lengths():
+    """With the confidence stop, a row that proposed p < k stopped after token p (unconfident) and
+    was confident of tokens 1..p-1; a row that proposed all k counts its k tokens as confident.
+    Acceptance is counted apart for the two kinds, as far as the accepted count shows it."""
+    policy = AdaptiveK(max_k=8, decay=1.0, stop=True)
+    conf0, unconf0 = policy.confident, policy.unconfident
+    kept0, lost0 = dict(policy._kept), dict(policy._lost)
+    policy.update([2], [3], k=5)  # tokens 1-2 confident and kept, token 3 unconfident and rejected
+    policy.update([5], [5], k=5)  # five confident, all kept
+    policy.update([1], [4], k=4)  # four (counted) confident, token 2 rejected
+    policy.update([0], [2], k=6)  # token 1 confident and rejected; token 2 unconfident, never tested
+    policy.update([3], [3], k=6)  # tokens 1-2 confident, token 3 unconfident, all kept
+    assert policy.confident == conf0 + 2 + 5 + 4 + 1 + 2
+    assert policy.unconfident == unconf0 + 3
+    assert policy._kept[True] == kept0[True] + 2 + 5 + 1 + 0 + 2
+    assert policy._lost[True] == lost0[True] + 1 + 1
+    assert policy._kept[False] == kept0[False] + 1 and policy._lost[False] == lost0[False] + 1
+    assert policy.stop_rounds == 5
+    # the plain acceptance estimate is kept as before
+    assert policy.accepted == pytest.approx(PRIOR_ALPHA * PRIOR_WEIGHT + 2 + 5 + 1 + 0 + 3)
+
+
+def test_adaptive_k_with_the_stop_prices_the_steps_it_skips():
+    """With the stop, a round of k is priced as its full cost less the steps the stop skips (the
+    measured full and shortest rounds give a step's saving) and yields the tokens a run of
+    confident, accepted tokens reaches: a draft that often stops gets a longer cap than the plain
+    rule gives it, and one that never stops gets the plain rule's k."""
+    costs = {k: 2.0 + 0.5 * k for k in range(1, 9)}
+    shortest = {k: 2.5 + 0.01 * (k - 1) for k in range(1, 9)}
+
+    def fed(stop: bool, stops: bool):
+        policy = AdaptiveK(max_k=8, decay=1.0, stop=stop)
+        policy.set_costs(costs, shortest=shortest)
+        for _ in range(200):  # rows accept 4 of 5 and stop after token 2 (when they stop)
+            if stops:
+                policy.update([2, 1], [2, 2], k=8)
+            else:
+                policy.update([4, 8], [8, 8], k=8)
+        return policy
+
+    plain, aware = fed(False, True), fed(True, True)
+    pc, ac, au = aware.confident_rate, aware._rate(True), aware._rate(False)
+    assert 0.3 < pc < 0.6 and ac > 0.95 and 0.4 < au < 0.6
+
+    def rate(k):
+        tokens = 1 + (pc * ac + (1 - pc) * au) * sum((pc * ac) ** i for i in range(k))
+        steps = sum(1 - (1 - pc ** i) ** 2 for i in range(k))
+        saving = (costs[k] - shortest[k]) / (k - 1) if k > 1 else 0.0
+        return tokens / (costs[k] - (k - steps) * saving)
+
+    assert aware.k == max(range(1, 9), key=lambda k: (rate(k), -k))
+    assert aware.expected_steps(8) < 3 and aware.expected_cost(8) < costs[8]
+    assert aware.k > plain.k  # the plain rule prices every step as run
+    never = fed(True, False)
+    assert never.confident_rate == 1.0 and never.k == fed(False, False).k > 4  # never stops: the plain rule
+
+
+def test_adaptive_k_with_the_stop_keeps_the_plain_rule_until_it_sees_the_stop():
+    policy, plain = AdaptiveK(max_k=8, stop=True), AdaptiveK(max_k=8)
+    for _ in range(5):
+        policy.update([3], [3])  # no k: nothing about the stop
+        plain.update([3], [3])
+    assert policy.stop_rounds == 0 and policy.k == plain.k
+    assert [policy.expected_rate(k) for k in range(1, 9)] == [plain.expected_rate(k) for k in range(1, 9)]
+
+
+@pytest.mark.parametrize("stop", [True, False], ids=["stop", "stop-dropped"])
+def test_the_engine_hands_k_auto_the_shortest_rounds_where_the_draft_stops(llama_pair, stop):
+    """Rounds that time their graphs give the policy the full rounds' costs, and where the draft's
+    confidence stop skips steps, the shortest rounds' too; a drafter whose stop a capture turned
+    off leaves the policy on the plain rule."""
+    from specdecode.decoding.round import EagerRounds
+
+    class TimedRounds(EagerRounds):
+        captures = 1
+
+        def measured(self, cache, bufs, sampling, feed_prev, shortest=False):
+            return {k: (1.6 if shortest else 1.5 + 0.5 * k) for k in range(1, 5)}
+
+    dec = cpu_decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=4, max_new_tokens=8)
+    eng = dec.engine()
+    assert eng.drafter.stop_below is not None and eng.k_policy.stop  # eager rounds: the host stop
+    eng.rounds = TimedRounds(eng.runner)
+    if not stop:
+        eng.drafter.drop_device_stop()
+    list(eng.stream(dec.encode_all(PROMPTS[:1])))
+    policy = eng.k_policy
+    assert policy.costs == {k: 1.5 + 0.5 * k for k in range(1, 5)}
+    assert policy.stop is stop
+    assert policy.shortest == ({k: 1.6 for k in range(1, 5)} if stop else {})
+    assert policy.stop_rounds > 0 if stop else policy.stop_rounds == 0
 
 
 def test_k_auto_prior_cost_is_the_pairs_step_weights(llama_pair):
@@ -482,6 +575,20 @@ def test_the_device_stop_skips_steps_and_leaves_valid_ids(llama_pair):
     assert runs == [True, True, True] and full.num_proposed.tolist() == [4, 4, 4]
     assert torch.equal(full.tokens[:, 0], draft.tokens[:, 0])
     assert float(drafter._threshold) == pytest.approx(1.01)  # restored
+    # `shortest_rounds`: the stop fires after every first token (what a skipped step saves is timed so)
+    drafter.stop_below = 0.0
+    with torch.inference_mode():
+        drafter._threshold.fill_(0.0)
+    runs.clear()
+    assert drafter.propose(state, 4).num_proposed.tolist() == [4, 4, 4] and runs == [True, True, True]
+    runs.clear()
+    with drafter.shortest_rounds():
+        short = drafter.propose(state, 4)
+    assert runs == [False, False, False] and short.num_proposed.tolist() == [1, 1, 1]
+    assert torch.equal(short.tokens[:, 0], draft.tokens[:, 0])
+    assert float(drafter._threshold) == 0.0 and drafter.device_stop
+    drafter.drop_device_stop()
+    assert not drafter.device_stop
 
 
 @pytest.mark.parametrize("draft_is_target", [True, False])

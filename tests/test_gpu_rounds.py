@@ -90,6 +90,14 @@ def test_k_auto_prices_rounds_by_their_captured_graphs(llama_pair):
     assert sorted(costs) == [1, 2, 3, 4, 5] and all(v > 0 for v in costs.values())
     assert costs[5] > costs[1]  # four more draft steps cost something
     assert set(eng.k_policy.history) <= set(costs)
+    assert all(s.width == s.k for s in eng.shapes())  # a round of k verifies k positions
+    if getattr(eng.drafter, "device_stop", False):
+        # the device confidence stop: each round of k > 1 timed again, every step after the first skipped
+        assert len(rounds.shortest_ms) == 8 and eng.k_policy.stop
+        short = eng.k_policy.shortest
+        # (a shortest round timed above its full one, by noise, is left out)
+        assert 5 in short and set(short) <= {2, 3, 4, 5} and all(short[k] <= costs[k] for k in short)
+        assert eng.k_policy.step_saving(5) > 0
 
 
 def test_device_if_runs_its_body_only_where_the_predicate_holds():

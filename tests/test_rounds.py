@@ -1,8 +1,8 @@
 """The round as one device program (decoding/round.py) and the fixed-shape rounds around it.
 
 On CPU the accelerated tier's captured rounds cannot run, but everything they rely on can:
-fixed-shape rounds (finished rows stay frozen in the batch, every round verifies max_k
-positions, compiled steps) must emit exactly what the target alone would; `prepare` must
+fixed-shape rounds (finished rows stay frozen in the batch, a host drafter's proposal padded to
+max_k positions, compiled steps) must emit exactly what the target alone would; `prepare` must
 compile every shape up front so that generating afterwards compiles nothing; random numbers
 come from the buffers drawn before each round, so a seed fixes the output; and a round
 reads nothing back to the host until the engine's single read.
@@ -37,8 +37,9 @@ def _compiled(dec):
 @pytest.mark.parametrize("k", [3, "auto"])
 @pytest.mark.parametrize("drafter", ["model", "ngram"])
 def test_fixed_shape_rounds_are_exact(llama_pair, k, drafter):
-    """Compiled steps: rows stay in the batch after they finish, rounds verify max_k positions,
-    the draft's [prev, last] first step after fully accepted rounds: still the target's output."""
+    """Compiled steps: rows stay in the batch after they finish, prompt lookup's rounds verify max_k
+    positions, the draft's [prev, last] first step after fully accepted rounds: still the target's
+    output."""
     torch._dynamo.reset()
     dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft if drafter == "model" else None,
                                 drafter=drafter, k=k, max_k=5, batch_size=3, max_new_tokens=MAX_NEW))
@@ -47,6 +48,41 @@ def test_fixed_shape_rounds_are_exact(llama_pair, k, drafter):
     results = dec.generate(RAGGED)
     assert [r.token_ids for r in results] == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
     assert sum(r.stats.accepted_tokens for r in results) > 0
+
+
+@pytest.mark.parametrize("drafter", ["model", "ngram"])
+def test_fixed_shape_rounds_verify_the_k_a_draft_model_drafts(llama_pair, drafter):
+    """Fixed shapes: each k of --k auto is a round shape of its own (a graph, or a compile), so a
+    draft model's round of k verifies k positions; a host drafter's proposal (prompt lookup) is
+    padded to max_k, one verify width whatever the host proposed. The rounds launched use those
+    shapes, and the policy hears each round's counts with the k it ran."""
+    dec = _compiled(cpu_decoder(llama_pair.target, llama_pair.draft if drafter == "model" else None,
+                                drafter=drafter, k="auto", max_k=4, batch_size=3, max_new_tokens=MAX_NEW))
+    eng = dec.engine()
+    want = (lambda k: k) if drafter == "model" else (lambda k: 4)
+    assert eng.shapes() and all(s.width == want(s.k) for s in eng.shapes())
+    launched, heard = [], []
+    launch, update = eng.rounds.launch, eng.k_policy.update
+
+    def spy_launch(cache, bufs, shape, *args):
+        launched.append(shape)
+        return launch(cache, bufs, shape, *args)
+
+    def spy_update(accepted, proposed, k=None):
+        heard.append((len(accepted), k))
+        return update(accepted, proposed, k=k)
+
+    eng.rounds.launch, eng.k_policy.update = spy_launch, spy_update
+    ids = dec.encode_all(RAGGED)
+    out = [[] for _ in ids]
+    for ev in eng.stream(ids):
+        out[ev.row] += list(ev.tokens)
+    assert out == oracle_greedy(llama_pair.target, RAGGED, MAX_NEW)
+    assert launched and all(s.width == want(s.k) for s in launched)
+    if drafter == "model":
+        assert len({s.k for s in launched}) > 1  # the policy moved k (free drafting keeps lookup at max_k)
+    assert [k for _, k in heard] == [s.k for s in launched[: len(heard)]]
+    assert heard[0][0] == 3 and heard[-1][0] < 3  # rows that finished earlier are left out
 
 
 def test_prepare_compiles_every_shape_before_generation(llama_pair):

@@ -256,6 +256,7 @@ class CapturedRounds(EagerRounds):
         self._turn = 0
         self.captures = 0  # graphs captured so far (tests and warm-up reports)
         self.round_ms: dict[tuple, float] = {}  # graph key -> its replay's device time, timed at capture
+        self.shortest_ms: dict[tuple, float] = {}  # the same, the device confidence stop firing after step 1
 
     def open(self, drafter, batch: int, max_len: int, width: int, vocab: int, sampling: SamplingParams,
              overlap: bool = False):
@@ -306,13 +307,19 @@ class CapturedRounds(EagerRounds):
         full = getattr(self.drafter, "full_rounds", None)  # a device confidence stop: time every draft step
         with full() if full is not None else contextlib.nullcontext():
             self.round_ms[key] = time_replays(graph, state)
+        if getattr(self.drafter, "device_stop", False) and shape.k > 1:
+            with self.drafter.shortest_rounds():  # and the round that skips every step after the first
+                self.shortest_ms[key] = time_replays(graph, state)
         self.captures += 1
         return graph, steps
 
-    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool) -> dict[int, float]:
-        """The captured rounds' device times (ms) by k, for this batch's cache and buffers."""
+    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool,
+                 shortest: bool = False) -> dict[int, float]:
+        """The captured rounds' device times (ms) by k, for this batch's cache and buffers, every
+        draft step run; `shortest`: the same rounds with the device confidence stop firing after
+        the first step (only where the draft decides it on the device)."""
         out = {}
-        for key, ms in self.round_ms.items():
+        for key, ms in (self.shortest_ms if shortest else self.round_ms).items():
             c, b, shape, s, draft_key = key
             if (c, b, s) == (id(cache), id(bufs), sampling) and shape.feed_prev == feed_prev and shape.k > 0:
                 out[shape.k] = ms

@@ -117,10 +117,18 @@ class SpeculativeEngine:
             return [RoundShape(0, 0, False)]
         if self.params.overlap:
             return [RoundShape(self.max_k, self.max_k, False, overlap=True)]
-        width = self.max_k
-        ks = range(1, width + 1) if self.k_policy is not None else [width]
+        ks = range(1, self.max_k + 1) if self.k_policy is not None else [self.max_k]
         prev = (False, True) if self.drafter.on_device else (False,)
-        return [RoundShape(k, width, p) for k in ks for p in prev]
+        return [RoundShape(k, self._width(k, fixed=self.rounds.fixed_shapes), p) for k in ks for p in prev]
+
+    def _width(self, k: int, fixed: bool) -> int:
+        """Draft positions a round of k draft steps verifies. Uncaptured, variable shapes: k. Fixed
+        shapes: an on-device drafter's round of k is a shape of its own (a round graph, or a compile,
+        per k), so it verifies its k; a host drafter's proposal is padded to max_k, one shape for
+        every round whatever the host proposed."""
+        if not fixed or (self.drafter is not None and self.drafter.on_device):
+            return k
+        return self.max_k
 
     # ---- the loop -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -178,7 +186,7 @@ class SpeculativeEngine:
                                   and self._more(active, finished, generated, len(pending) * (self.max_k + 1))):
                 rnd += 1
                 k = self._k() if self.drafter is not None else 0
-                width = self.max_k if fixed else k
+                width = self._width(k, fixed)
                 if self.drafter is not None and not self.drafter.on_device:
                     draft = self.drafter.propose(self._host_state(bufs, cache, histories, active, k), k)
                     bufs.give(draft)
@@ -200,7 +208,8 @@ class SpeculativeEngine:
             host = self.rounds.read(result)
             if self.k_policy is not None:
                 costs_at = self._give_costs(costs_at, cache, bufs, feed_prev)
-                self.k_policy.update([h[0] for h in host], [h[2] for h in host])
+                live = [h for s, h in enumerate(host) if active[s] not in finished]  # frozen rows say nothing
+                self.k_policy.update([h[0] for h in live], [h[2] for h in live], k=k_round)
             if self.drafter is not None:
                 self.drafter.observe(torch.tensor([h[0] for h in host]))
                 # the draft fed last, d_1 .. d_{ran-1}: it lacks the next `prev` iff a row kept all.
@@ -306,9 +315,15 @@ class SpeculativeEngine:
             return seen
         captures = self.rounds.captures
         if captures != seen:
+            if getattr(self.k_policy, "stop", False) and getattr(self.drafter, "stop_below", None) is None:
+                self.k_policy.stop = False  # the capture turned the drafter's confidence stop off
             costs = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev)
             if costs:
-                self.k_policy.set_costs(costs)
+                shortest = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev, shortest=True)
+                if shortest and getattr(self.k_policy, "stop", False):
+                    self.k_policy.set_costs(costs, shortest=shortest)
+                else:
+                    self.k_policy.set_costs(costs)
         return captures
 
     def _host_state(self, bufs: RoundBuffers, cache, histories, active, k: int) -> DraftState:

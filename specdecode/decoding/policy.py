@@ -21,8 +21,29 @@ So k follows the local acceptance: with the model alone at c = 0.45, k = 1 at α
 more than one target step, move it up (the real Qwen2.5-Coder 0.5B/1.5B pair's rounds cost
 about 1.65 + 0.575 k ms on the H200: k = 4 at α̂ = 0.9). On an exact tie the smaller k wins.
 
-What it does not: look at the draft's probabilities (the engine's confidence stop does, on
-eager rounds), or choose k per row (a drafter may still propose fewer than k per row through
+With the drafter's confidence stop (`stop=True`: a row stops drafting after a token the draft
+gave too little probability, and a round stops stepping once every row has) k is a cap, not
+the round's length, and the rule prices what the stop leaves. From the rounds' (accepted,
+proposed) counts, with their k (`update(..., k=)`), it keeps three more decayed rates: p̂, that
+a proposed token is confident (tokens 1..p-1 of a row that proposed p were; token p was not when
+p < k; a row that proposed all k counts its last as confident, which it may not have been: the
+optimistic guess lets a run at a small k find out that a longer cap pays), and the acceptance of
+confident and of unconfident tokens, α̂c and α̂u (as far as the counts show them). Then, tokens
+independent and B rows a round:
+
+  * tokens a round: 1 + α̂all · Σ_{i<k} (p̂ α̂c)^i, with α̂all = p̂ α̂c + (1 - p̂) α̂u (token i is
+    proposed when tokens before it were confident, kept when they and it were accepted);
+  * draft steps a round: Σ_{i<k} 1 - (1 - p̂^i)^B (step i + 1 runs while some row drafts);
+  * a round's cost: the full round's, less a step's cost for each step skipped: measured as
+    (full - shortest) / (k - 1) where the engine gives the shortest rounds' costs too
+    (`set_costs(..., shortest=)`: the round graph timed with the stop firing after its first
+    step), else the slope through the measured costs, else c.
+
+So a draft that stays confident gets the plain rule, and one that stops early gets a longer cap
+for the rounds where it does not. Until a round's counts come with their k (`update` without
+k), the plain rule.
+
+What it does not: choose k per row (a drafter may still propose fewer than k per row through
 `Draft.num_proposed`).
 """
 
@@ -32,9 +53,10 @@ from collections.abc import Mapping, Sequence
 
 from ..metrics import expected_tokens_per_round
 
-__all__ = ["AdaptiveK", "PRIOR_ALPHA", "PRIOR_WEIGHT"]
+__all__ = ["AdaptiveK", "PRIOR_ALPHA", "PRIOR_UNCONFIDENT_ALPHA", "PRIOR_WEIGHT"]
 
 PRIOR_ALPHA = 0.8  # the acceptance rate assumed before any round (a matched pair's typical)
+PRIOR_UNCONFIDENT_ALPHA = 0.5  # with the confidence stop: a token the draft was unsure of
 PRIOR_WEIGHT = 2.0  # in draft tokens: the first rounds outweigh it at once
 
 
@@ -42,10 +64,11 @@ class AdaptiveK:
     """`--k auto`: `k` is the current draft length, in [1, max_k]; call `update` once per round."""
 
     def __init__(self, max_k: int = 8, start: int | None = None, cost_ratio: float = 0.5,
-                 decay: float = 0.9) -> None:
+                 decay: float = 0.9, stop: bool = False) -> None:
         """cost_ratio: c, a draft step's cost in target steps, for the cost model before any
         measured round (see the module doc); start: the first k (default: the best k at the
-        prior acceptance); decay: per-round weight of earlier rounds' counts, in (0, 1]."""
+        prior acceptance); decay: per-round weight of earlier rounds' counts, in (0, 1]; stop:
+        the drafter stops a round's proposal at its confidence stop (k is then a cap)."""
         if max_k < 1:
             raise ValueError(f"max_k must be at least 1, got {max_k}")
         if cost_ratio < 0:
@@ -58,7 +81,17 @@ class AdaptiveK:
         self.accepted = PRIOR_ALPHA * PRIOR_WEIGHT  # decayed counts, the prior included
         self.rejected = (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT
         self.costs: dict[int, float] = {}  # measured round cost by k (any unit)
+        self.shortest: dict[int, float] = {}  # the same rounds when the stop fires after step 1
         self._line: tuple[float, float, float] | None = None  # fitted in set_costs
+        self.stop = bool(stop)
+        # with the stop: decayed counts of proposed tokens confident / not, and of accepted and
+        # rejected tokens among each (priors: confident, accepted at PRIOR_ALPHA / at
+        # PRIOR_UNCONFIDENT_ALPHA)
+        self.confident, self.unconfident = PRIOR_WEIGHT, 0.0
+        self._kept = {True: PRIOR_ALPHA * PRIOR_WEIGHT, False: PRIOR_UNCONFIDENT_ALPHA * PRIOR_WEIGHT}
+        self._lost = {True: (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT, False: (1.0 - PRIOR_UNCONFIDENT_ALPHA) * PRIOR_WEIGHT}
+        self.rows = 1  # rows of the last round (the stop skips a step only when every row stopped)
+        self.stop_rounds = 0  # rounds whose counts came with their k (the stop's evidence)
         self.k = self.best() if start is None else max(1, min(int(start), self.max_k))
         self.history: list[int] = [self.k]  # k after every update (for reports and tests)
 
@@ -67,10 +100,21 @@ class AdaptiveK:
         """The current acceptance estimate α̂."""
         return self.accepted / (self.accepted + self.rejected)
 
-    def set_costs(self, costs: Mapping[int, float]) -> None:
+    @property
+    def confident_rate(self) -> float:
+        """p̂: the share of proposed tokens the draft was confident of (1 without the stop)."""
+        return self.confident / (self.confident + self.unconfident) if self.stop else 1.0
+
+    def _rate(self, confident: bool) -> float:
+        return self._kept[confident] / (self._kept[confident] + self._lost[confident])
+
+    def set_costs(self, costs: Mapping[int, float], shortest: Mapping[int, float] | None = None) -> None:
         """Measured round costs by k (e.g. ms per captured round); replaces the cost model where
-        given, and the k is chosen again at once."""
+        given, and the k is chosen again at once. `shortest`: the same rounds' costs when the
+        confidence stop fires after the first draft step (every later step skipped)."""
         self.costs = {int(k): float(v) for k, v in costs.items() if 1 <= int(k) <= self.max_k and v > 0}
+        self.shortest = {int(k): float(v) for k, v in (shortest or {}).items()
+                         if int(k) in self.costs and 0 < v <= self.costs[int(k)]}
         self._line = None  # (mean k, mean cost, slope) of the measured costs, when two or more
         if len(self.costs) >= 2:
             ks, vs = list(self.costs), list(self.costs.values())
@@ -94,29 +138,93 @@ class AdaptiveK:
             return v0 * model / (1.0 + self.cost_ratio * k0)
         return model
 
+    def step_saving(self, k: int) -> float:
+        """What a round of k saves per draft step the stop skips, in cost units."""
+        measured = {j: (self.costs[j] - v) / (j - 1) for j, v in self.shortest.items() if j > 1}
+        if k in measured:
+            return measured[k]
+        if measured:
+            return sum(measured.values()) / len(measured)
+        if self._line is not None:
+            return self._line[2]  # the slope: a step and the verify's extra row, a little more than a step
+        if self.costs:
+            (k0, v0), = self.costs.items()
+            return v0 * self.cost_ratio / (1.0 + self.cost_ratio * k0)
+        return self.cost_ratio
+
+    def expected_steps(self, k: int) -> float:
+        """Draft steps a round of k runs: k, or fewer where the stop ends every row's proposal."""
+        if not self.stop:
+            return float(k)
+        pc = self.confident_rate if self.stop_rounds else 1.0
+        return sum(1.0 - (1.0 - pc ** i) ** self.rows for i in range(k))
+
+    def expected_tokens(self, k: int) -> float:
+        """Tokens a row emits a round of k (see the module doc)."""
+        if not self.stop or not self.stop_rounds:
+            return expected_tokens_per_round(self.alpha, k)
+        pc, ac, au = self.confident_rate, self._rate(True), self._rate(False)
+        run = pc * ac  # a token proposed after a confident, accepted one
+        return 1.0 + (pc * ac + (1.0 - pc) * au) * sum(run ** i for i in range(k))
+
+    def expected_cost(self, k: int) -> float:
+        """A round's cost with a cap of k: the full round's, less the steps the stop skips."""
+        full = self.cost(k)
+        if not self.stop or k <= 1:
+            return full
+        return max(full - (k - self.expected_steps(k)) * self.step_saving(k), 1e-9)
+
     def expected_rate(self, k: int) -> float:
-        """Expected tokens per unit of cost at the current α̂ with k draft tokens."""
-        return expected_tokens_per_round(self.alpha, k) / self.cost(k)
+        """Expected tokens per unit of cost at the current estimates with k draft tokens."""
+        return self.expected_tokens(k) / self.expected_cost(k)
 
     def best(self) -> int:
         """The k in [1, max_k] with the highest expected rate; the smallest on a tie."""
         rates = [(self.expected_rate(k), -k) for k in range(1, self.max_k + 1)]
         return -max(rates)[1]
 
-    def update(self, num_accepted: Sequence[int], proposed: Sequence[int]) -> int:
-        """One round's per-row accepted and proposed counts -> the k for the next round."""
+    def update(self, num_accepted: Sequence[int], proposed: Sequence[int], k: int | None = None) -> int:
+        """One round's per-row accepted and proposed counts -> the k for the next round. `k`: the
+        round's own k (with the stop, a row that proposed fewer stopped at its last token)."""
         accepted = rejected = 0
+        conf = unconf = 0
+        kept = {True: 0, False: 0}
+        lost = {True: 0, False: 0}
+        rows = 0
         for a, p in zip(num_accepted, proposed):
             if p <= 0:
                 continue  # the row drafted nothing: no evidence
+            rows += 1
             accepted += min(a, p)
             rejected += a < p  # a block kept whole ends without a rejection
+            if self.stop and k is not None:
+                # tokens 1..p-1 were confident; token p was not when the row stopped short of k. A
+                # row that proposed all k never shows token k's confidence: it counts as confident
+                # (optimistic, so a run at a small k still finds out whether a longer cap pays)
+                sure = p if p >= k else p - 1
+                conf += sure
+                kept[True] += min(a, sure)
+                lost[True] += a < sure
+                if p < k:
+                    unconf += 1
+                    if a >= p - 1:  # token p was tested
+                        kept[False] += a >= p
+                        lost[False] += a < p
         if accepted or rejected:
             self.accepted = self.decay * self.accepted + accepted
             self.rejected = self.decay * self.rejected + rejected
+            if conf or unconf:
+                self.stop_rounds += 1
+                d = self.decay
+                self.confident, self.unconfident = d * self.confident + conf, d * self.unconfident + unconf
+                for c in (True, False):
+                    self._kept[c] = d * self._kept[c] + kept[c]
+                    self._lost[c] = d * self._lost[c] + lost[c]
+            self.rows = max(rows, 1)
             self.k = self.best()
         self.history.append(self.k)
         return self.k
 
     def __repr__(self) -> str:
-        return f"AdaptiveK(k={self.k}, max_k={self.max_k}, alpha={self.alpha:.3f})"
+        stop = f", confident={self.confident_rate:.3f}" if self.stop else ""
+        return f"AdaptiveK(k={self.k}, max_k={self.max_k}, alpha={self.alpha:.3f}{stop})"

@@ -47,7 +47,7 @@ class RoundShape:
     """What a round's device program depends on (a captured round exists per shape)."""
 
     k: int  # draft steps this round (0: the target alone)
-    width: int  # draft positions verified (>= k; fixed shapes pad a shorter round to max_k)
+    width: int  # draft positions verified (>= k; fixed shapes pad a host drafter's proposal to max_k)
     feed_prev: bool  # the drafter's first step also feeds `prev` (see drafting.DraftState)
     overlap: bool = False  # the draft drafts the next round while the target verifies this one (see below)
 
@@ -329,8 +329,9 @@ def run_overlapped_round(target, cache, drafter, bufs: RoundBuffers, shape: Roun
 class EagerRounds:
     """The reference `Rounds`: each round calls `run_round` directly; `read` is its one sync.
 
-    `fixed_shapes`: every round verifies max_k draft positions and finished rows stay in the
-    batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
+    `fixed_shapes`: rounds come in a fixed set of shapes (a host drafter's proposal is padded to
+    max_k draft positions; an on-device drafter's round of k verifies k) and finished rows stay in
+    the batch, frozen (what compiled steps need; the accelerated tier's captured rounds too)."""
 
     captured = False
     captures = 0  # round graphs captured so far (CapturedRounds counts them)
@@ -391,6 +392,7 @@ class EagerRounds:
     def read(self, result: Tensor) -> list[list[int]]:
         return result.tolist()  # the round's single host synchronisation
 
-    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool) -> dict[int, float]:
+    def measured(self, cache, bufs: RoundBuffers, sampling: SamplingParams, feed_prev: bool,
+                 shortest: bool = False) -> dict[int, float]:
         """Measured round costs by k (captured rounds time their graphs); none here."""
         return {}

@@ -70,19 +70,34 @@ class ModelDrafter:
         self._threshold: Tensor | None = None  # stop_below on the device (the conditional steps read it)
 
     @contextmanager
-    def full_rounds(self):
-        """Within: the device confidence stop never fires, so a captured round runs all its draft
-        steps (CapturedRounds times each round graph so, for `--k auto`'s costs)."""
+    def _pinned(self, threshold: float):
+        """Within: the device confidence stop compares against `threshold` instead of stop_below."""
         if self._threshold is None or self.stop_below is None:
             yield
             return
         with torch.inference_mode():  # made inside propose's inference mode
-            self._threshold.fill_(0.0)
+            self._threshold.fill_(threshold)
         try:
             yield
         finally:
             with torch.inference_mode():
                 self._threshold.fill_(float(self.stop_below))
+
+    def full_rounds(self):
+        """Within: the device confidence stop never fires, so a captured round runs all its draft
+        steps (CapturedRounds times each round graph so, for `--k auto`'s costs)."""
+        return self._pinned(0.0)
+
+    def shortest_rounds(self):
+        """Within: the device confidence stop fires after every first token (no probability
+        reaches 2), so a captured round runs one draft step and skips the rest: what each
+        skipped step saves (CapturedRounds times it, for `--k auto`'s pricing of the stop)."""
+        return self._pinned(2.0)
+
+    @property
+    def device_stop(self) -> bool:
+        """Whether captured rounds decide the confidence stop on the device (skipping steps)."""
+        return self.stop_below is not None and self.conditional is not None
 
     def prefill(self, input_ids: Tensor, lengths: Tensor, max_len: int) -> None:
         b, length = input_ids.shape
