@@ -154,6 +154,7 @@ def summary(report: dict) -> dict:
         "output_match_rate": report.get("output_match_rate"),
         "decode_steps": report.get("decode_steps"),
         "process_s": report.get("process_s"),
+        "warm_up_s": report.get("warm_up_s"),
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -92,6 +93,7 @@ def test_bench_overlap_is_lossless_and_predicts_overlapped_rounds(llama_pair, pr
     assert res.exit_code == 0, res.output
     line = next(x for x in res.stdout.splitlines() if x.startswith("predicted speedup"))
     assert "(overlapped rounds, perfect overlap: α=" in line and "Leviathan" not in line
+    assert re.search(r"warm-up, untimed: baseline \d+\.\d s, speculative \d+\.\d s", res.stdout)
 
 
 def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_path):
@@ -120,6 +122,9 @@ def test_bench_json_contract_greedy_ragged_batch(llama_pair, prompts_file, tmp_p
     assert report["data"]["skipped"] == 1  # the empty prompt
     # how the steps ran (CPU: fused layers, no compile, no graphs)
     assert report["decode_steps"] == {"target": "fused layers, eager", "draft": "fused layers, eager"}
+    # the untimed warm-up of each pass, reported apart from the timings
+    assert set(report["warm_up_s"]) == {"baseline", "speculative"}
+    assert all(v > 0 for v in report["warm_up_s"].values())
     # lossless: greedy float32 speculative output == the baseline's
     assert report["output_match_rate"] == 1.0
     assert report["baseline"]["tokens"] == report["speculative"]["tokens"] == 3 * MAX_NEW
@@ -155,8 +160,10 @@ def test_bench_table_under_sampling_and_output_file(llama_pair, prompts_file, tm
     for text in ("Baseline Run", "Speculative Run", "Speedup", "Acceptance rate", "Block efficiency",
                  "n/a (sampling)", "predicted speedup"):
         assert text in res.stdout, text
+    assert "warm-up, untimed" not in res.stdout  # --no-warmup: nothing to report
     report = json.loads(out.read_text())
     assert report["output_match_rate"] is None and report["settings"]["temperature"] == 0.8
+    assert report["warm_up_s"] == {"baseline": 0.0, "speculative": 0.0}
     assert all(s["match"] is None for s in report["samples"])
 
 

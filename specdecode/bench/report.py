@@ -124,6 +124,7 @@ def bench_report(result: BenchResult) -> dict[str, Any]:
         "device": result.device,
         "dtype": result.dtype,
         "decode_steps": result.decode_steps,
+        "warm_up_s": result.warm_up_s,
         "data": result.data,
         "baseline": pass_summary(base),
         "speculative": speculative,

@@ -371,6 +371,8 @@ class BenchResult:
     texts: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (baseline text, speculative text)
     data: dict[str, Any] | None = None  # PromptSet.to_dict()
     decode_steps: dict[str, str] = field(default_factory=dict)  # role -> ModelRunner.describe()
+    # untimed warm-up seconds by pass (compiles and captures of every round shape, then a short run)
+    warm_up_s: dict[str, float] = field(default_factory=lambda: {"baseline": 0.0, "speculative": 0.0})
 
     @property
     def completed(self) -> int:
@@ -535,12 +537,17 @@ def run_benchmark(
         result.failed_batch_size = in_flight
         result.failure = _out_of_memory(decoder, in_flight, e)
 
+    def warm_both(batch):
+        for name, dec in (("baseline", baseline), ("speculative", decoder)):
+            start = time.perf_counter()
+            warm_up(dec, batch)
+            result.warm_up_s[name] += time.perf_counter() - start
+
     with _keeping_what_was_measured(result, out_of_memory):
         first_batch = [ids[i] for i in todo[:size]]
         if warmup and todo:
             phase("warm-up")
-            warm_up(baseline, first_batch)
-            warm_up(decoder, first_batch)
+            warm_both(first_batch)
         phase("step times")
         result.step = measure_step_times(decoder, first_batch or ids)
         phase("measuring")
@@ -555,8 +562,7 @@ def run_benchmark(
                 # captured (and compiled) steps are per batch size and cache size: a batch with new
                 # ones is warmed up untimed first, so no capture or compile lands inside a timing
                 phase("warm-up")
-                warm_up(baseline, batch)
-                warm_up(decoder, batch)
+                warm_both(batch)
                 warmed.add(shapes)
                 phase("measuring")
             base_runs, base_wall = run_batch(baseline, batch, index[0], base_gen, index)

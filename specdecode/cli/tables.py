@@ -118,6 +118,10 @@ def render_bench(report: dict[str, Any], console) -> None:
             )
     for role, how in (report.get("decode_steps") or {}).items():  # ModelRunner.describe() of each
         console.print(f"{role} decode steps: {how}", style="dim", soft_wrap=True)
+    warm = report.get("warm_up_s") or {}
+    if any(v > 0 for v in warm.values()):  # compiles and captures, outside every timing
+        console.print("warm-up, untimed: " + ", ".join(f"{name} {v:.1f} s" for name, v in warm.items()),
+                      style="dim", soft_wrap=True)
     if report.get("samples_file"):
         console.print(f"samples: {report['samples_file']}", style="dim")
 
