@@ -6,7 +6,8 @@
     python3 benchmarks/policy_sim.py hybrid --traces TOP4.json [--min-ngram 1 2 3] [--out FILE.json]
     python3 benchmarks/policy_sim.py staged --traces TOP4.json [--steps 2 3 4 5] [--out FILE.json]
     python3 benchmarks/policy_sim.py draft-probs --traces TOP4.json --draft DIR [--gguf-file NAME] --out PROBS.json
-    python3 benchmarks/policy_sim.py confidence --traces TOP4.json --probs PROBS.json [--out FILE.json]
+    python3 benchmarks/policy_sim.py draft-probs --traces AGREEMENT.json --prompts FILE.jsonl --draft DIR ... --out PROBS.json
+    python3 benchmarks/policy_sim.py confidence --traces TOP4.json|AGREEMENT.json --probs PROBS.json [--out FILE.json]
 
 Under greedy decoding a round's outcome needs no draft run of its own: until the first
 mismatch the draft's context is the target's, so the draft's k proposals from position t are
@@ -297,6 +298,14 @@ def staged(args) -> None:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def trace_choices(row: dict) -> list[int]:
+    """The draft's greedy choice at each answer position of a trace row: its top token (draft-top4
+    traces), or, for agreement traces, the target's token where they agree (-1 where not)."""
+    if "top" in row:
+        return [t[0] for t in row["top"]]
+    return [x if m else -1 for x, m in zip(row["tokens"], row["match"])]
+
+
 def draft_probs(args) -> None:
     """The draft's top probability at every answer position of a trace file, teacher-forced on
     prompt + answer (fp32, CPU): what `confidence` replays the stop with. Checks that the draft's
@@ -307,16 +316,34 @@ def draft_probs(args) -> None:
     rows = json.loads(Path(args.traces).read_text())["rows"]
     extra = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, **extra).eval()
+    encode = None
+    if rows and "prompt" not in rows[0]:  # agreement traces keep only the prompt's length: encode it again
+        if not args.prompts:
+            raise SystemExit("these traces hold no prompt ids: give --prompts, the file they were made from")
+        from specdecode.api import SpeculativeDecoder
+        from specdecode.settings import Settings
+
+        # the draft's own tokenizer and chat template (the pair shares them); only encode() is used
+        dec = SpeculativeDecoder.from_settings(Settings(target=args.draft, gguf_file=args.gguf_file, drafter="none",
+                                                        device="cpu", dtype="float32"))
+        prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        encode = dec.encode
     out, same, total = [], 0, 0
-    for r in rows:
-        ids = r["prompt"] + r["tokens"]
+    for i, r in enumerate(rows):
+        prompt = r["prompt"] if encode is None else encode(prompts[i])
+        if encode is not None and len(prompt) != r["prompt_tokens"]:
+            raise SystemExit(f"prompt {i} encodes to {len(prompt)} tokens, the trace says {r['prompt_tokens']}")
+        ids = prompt + r["tokens"]
         with torch.no_grad():
-            logits = draft(torch.tensor([ids])).logits[0, len(r["prompt"]) - 1 : len(ids) - 1].float()
+            logits = draft(torch.tensor([ids])).logits[0, len(prompt) - 1 : len(ids) - 1].float()
         top = logits.softmax(-1).max(-1)
         out.append({"top1": top.indices.tolist(), "p1": [round(p, 5) for p in top.values.tolist()]})
-        same += sum(int(a == t[0]) for a, t in zip(top.indices.tolist(), r["top"]))
-        total += len(r["top"])
-    print(f"{len(rows)} answers: the draft's top token is the trace's at {same} of {total} positions")
+        if "top" in r:
+            same += sum(int(a == t[0]) for a, t in zip(top.indices.tolist(), r["top"]))
+        else:  # agreement traces: whether the draft's choice is the target's token
+            same += sum(int((a == x) == bool(m)) for a, x, m in zip(top.indices.tolist(), r["tokens"], r["match"]))
+        total += len(r["tokens"])
+    print(f"{len(rows)} answers: the draft's choice agrees with the trace at {same} of {total} positions")
     Path(args.out).write_text(json.dumps({"traces": args.traces, "draft": args.draft, "rows": out}))
 
 
@@ -355,7 +382,7 @@ def confidence(args) -> None:
         tokens = ms = steps_run = rounds = 0.0
         cap = k
         for r, p in zip(rows, probs):
-            match = [int(t[0] == x) for t, x in zip(r["top"], r["tokens"])]
+            match = [int(t == x) for t, x in zip(trace_choices(r), r["tokens"])]
             conf = p["p1"]
             policy, seen = None, []
             if auto:
@@ -560,6 +587,7 @@ def main() -> None:
     d.add_argument("--traces", required=True, help="the draft-top4 traces (`prompt`, `tokens`, `top`)")
     d.add_argument("--draft", required=True, help="the draft model: a directory (or one holding --gguf-file)")
     d.add_argument("--gguf-file", default=None)
+    d.add_argument("--prompts", default=None, help="agreement traces: the prompts file they were made from")
     d.add_argument("--out", required=True)
     c = sub.add_parser("confidence")
     c.add_argument("--traces", required=True, help="the draft-top4 traces")

@@ -168,12 +168,13 @@ _TRUNCATION_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # (Hugging Face's assistant_confidence_threshold default is the same 0.4)
 DRAFT_CONFIDENCE = 0.4
 # ... in captured rounds, where the stop skips the remaining draft steps on the device (CUDA graph
-# IF nodes) but the verify keeps its full width: priced on the real Qwen2.5-Coder 0.5B -> 1.5B
-# pair's coding traces with the draft's own probabilities and the H200's step costs, 0.6-0.7 gave the
-# most tokens per ms at every k from 3 to 8 (0.6: +2.4% at k 4, +3.9% at k 5, +11.4% at k 8 over
-# the same k without the stop; 0.4: +1.3 / +1.5 / +4.4%), to be confirmed on the device:
-# benchmarks/policy_sim.py confidence, benchmarks/results/2026-12-05-cpu-confidence-sim-code.json
-CAPTURED_DRAFT_CONFIDENCE = 0.6
+# IF nodes) and --k auto's policy prices what it skips: priced on the real Qwen2.5-Coder 0.5B ->
+# 1.5B pair's traces (coding, mixed Spec-Bench, GSM8K) with the draft's own probabilities and the
+# H200's step costs, 0.7 gave the most tokens per ms on all three (1.339 / 1.167 / 1.394x the
+# target alone, against 1.333 / 1.166 / 1.369x at 0.6 and 1.299 / 1.136 / 1.337x at 0.4), and at
+# four times the guessed IF-node costs on two of them. To be confirmed on the device:
+# benchmarks/policy_sim.py confidence, benchmarks/results/2026-12-05-cpu-confidence-sim-stop36-*.json
+CAPTURED_DRAFT_CONFIDENCE = 0.7
 
 
 def _conditional(runner):

@@ -657,7 +657,10 @@ def test_bench_says_when_the_draft_stops_on_the_device(monkeypatch):
     decoder = SimpleNamespace(settings=Settings(k="auto"), target="t", runner=lambda model: runner,
                               draft_model=lambda: ("d", runner))
     monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
-    assert decode_steps(decoder)["draft"].endswith("confidence stop (below 0.6) skips draft steps in CUDA graph IF nodes")
+    from specdecode.api import CAPTURED_DRAFT_CONFIDENCE
+
+    assert decode_steps(decoder)["draft"].endswith(
+        f"confidence stop (below {CAPTURED_DRAFT_CONFIDENCE:g}) skips draft steps in CUDA graph IF nodes")
     monkeypatch.setattr(rounds, "conditional_supported", lambda device: False)
     assert decode_steps(decoder) == {"target": runner.describe(), "draft": runner.describe()}
     decoder.settings = Settings(k=5)
