@@ -336,12 +336,14 @@ def draft_probs(args) -> None:
         ids = prompt + r["tokens"]
         with torch.no_grad():
             logits = draft(torch.tensor([ids])).logits[0, len(prompt) - 1 : len(ids) - 1].float()
-        top = logits.softmax(-1).max(-1)
-        out.append({"top1": top.indices.tolist(), "p1": [round(p, 5) for p in top.values.tolist()]})
+        top = logits.softmax(-1).topk(2, dim=-1)
+        first = top.indices[:, 0].tolist()
+        out.append({"top1": first, "p1": [round(p, 5) for p in top.values[:, 0].tolist()],
+                    "top2": top.indices[:, 1].tolist()})
         if "top" in r:
-            same += sum(int(a == t[0]) for a, t in zip(top.indices.tolist(), r["top"]))
+            same += sum(int(a == t[0]) for a, t in zip(first, r["top"]))
         else:  # agreement traces: whether the draft's choice is the target's token
-            same += sum(int((a == x) == bool(m)) for a, x, m in zip(top.indices.tolist(), r["tokens"], r["match"]))
+            same += sum(int((a == x) == bool(m)) for a, x, m in zip(first, r["tokens"], r["match"]))
         total += len(r["tokens"])
     print(f"{len(rows)} answers: the draft's choice agrees with the trace at {same} of {total} positions")
     Path(args.out).write_text(json.dumps({"traces": args.traces, "draft": args.draft, "rows": out}))
@@ -350,7 +352,10 @@ def draft_probs(args) -> None:
 def confidence(args) -> None:
     """`--k auto`'s confidence stop in captured rounds (a round stops drafting after a token the
     draft gave less than tau, its remaining draft steps skipped on the device by CUDA graph IF
-    nodes, the verify at its full k + 1 rows), against plain rounds of the same k. Greedy, exact on
+    nodes, the verify at its full k + 1 rows), against plain rounds of the same k. `--sibling`: the
+    verify also tests the draft's second choice at the last proposed position in one more row
+    (a token tree; where the target rejects the last token and takes that one, the round gains
+    it and the target's token after it). Greedy, exact on
     the traces (`top`: the draft's choices) with the draft's probabilities from `draft-probs`. A
     round's cost: its first step (two rows), each further step run plus --if-cost, each skipped
     step --skip-cost, the verify of k + 1 rows and --glue."""
@@ -363,10 +368,10 @@ def confidence(args) -> None:
     one, two, G = args.draft_step, args.two_row_step, args.glue
     out = {"traces": args.traces, "probs": args.probs, "verify_ms": verify, "draft_step_ms": one,
            "two_row_step_ms": two, "if_cost_ms": args.if_cost, "skip_cost_ms": args.skip_cost, "glue_ms": G,
-           "auto_width": args.auto_width, "stop_aware": args.stop_aware, "runs": {}}
+           "auto_width": args.auto_width, "stop_aware": args.stop_aware, "sibling": args.sibling, "runs": {}}
 
     def verify_rows(k: int, cap: int, auto: bool) -> int:  # the verify's rows: --k auto's rounds may verify max_k
-        return cap + 1 if auto and args.auto_width == "max" else k + 1
+        return (cap + 1 if auto and args.auto_width == "max" else k + 1) + args.sibling
 
     def full_cost(k: int, cap: int, extra: float = 0.0) -> float:
         """A round running every draft step (what --k auto's policy is given; `extra`: a step's IF node)."""
@@ -384,6 +389,9 @@ def confidence(args) -> None:
         for r, p in zip(rows, probs):
             match = [int(t == x) for t, x in zip(trace_choices(r), r["tokens"])]
             conf = p["p1"]
+            second = [int(t == x) for t, x in zip(p.get("top2") or [], r["tokens"])]
+            if args.sibling and len(second) != len(match):
+                raise SystemExit("--sibling needs draft-probs with the draft's second choices (top2)")
             policy, seen = None, []
             if auto:
                 aware = args.stop_aware and tau is not None and tau > 0
@@ -408,6 +416,8 @@ def confidence(args) -> None:
                 extra = args.if_cost if tau is None or tau > 0 else 0.0
                 cost = two + (proposed - 1) * (one + extra) + (k - proposed) * args.skip_cost + v(verify_rows(k, cap, auto)) + G
                 emitted = min(a + 1, len(match) - e)
+                if args.sibling and a == proposed - 1 and e + a + 1 < len(match) and second[e + a]:
+                    emitted = min(a + 2, len(match) - e)  # the sibling kept, and the target's token after it
                 tokens, ms, e = tokens + emitted, ms + cost, e + emitted
                 steps_run, rounds = steps_run + proposed, rounds + 1
                 if policy is not None:
@@ -596,6 +606,9 @@ def main() -> None:
     c.add_argument("--auto-max-k", type=int, default=8, help="--k auto's max_k (the settings' default: 8)")
     c.add_argument("--stop-aware", action=argparse.BooleanOptionalAction, default=True,
                    help="--k auto's policy prices the stop's skipped steps and shorter proposals (stop 36)")
+    c.add_argument("--sibling", action="store_true",
+                   help="a token tree of one sibling: the draft's second choice at its last proposed position, "
+                        "verified in one more row (greedy; not built)")
     c.add_argument("--auto-width", choices=["k", "max"], default="k",
                    help="--k auto's verify: k + 1 rows, or max_k + 1 whatever k (captured rounds before stop 36)")
     c.add_argument("--taus", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
