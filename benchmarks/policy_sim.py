@@ -368,17 +368,21 @@ def confidence(args) -> None:
     one, two, G = args.draft_step, args.two_row_step, args.glue
     out = {"traces": args.traces, "probs": args.probs, "verify_ms": verify, "draft_step_ms": one,
            "two_row_step_ms": two, "if_cost_ms": args.if_cost, "skip_cost_ms": args.skip_cost, "glue_ms": G,
-           "auto_width": args.auto_width, "stop_aware": args.stop_aware, "sibling": args.sibling, "runs": {}}
+           "auto_width": args.auto_width, "stop_aware": args.stop_aware, "sibling": args.sibling,
+           "sibling_step_cost_ms": args.sibling_step_cost, "sibling_round_cost_ms": args.sibling_round_cost, "runs": {}}
 
     def verify_rows(k: int, cap: int, auto: bool) -> int:  # the verify's rows: --k auto's rounds may verify max_k
         return (cap + 1 if auto and args.auto_width == "max" else k + 1) + args.sibling
 
+    def tree_cost(steps: int) -> float:  # --sibling's own costs in a round of `steps` draft steps run
+        return (steps * args.sibling_step_cost + args.sibling_round_cost) if args.sibling else 0.0
+
     def full_cost(k: int, cap: int, extra: float = 0.0) -> float:
         """A round running every draft step (what --k auto's policy is given; `extra`: a step's IF node)."""
-        return two + (k - 1) * (one + extra) + v(verify_rows(k, cap, True)) + G
+        return two + (k - 1) * (one + extra) + v(verify_rows(k, cap, True)) + G + tree_cost(k)
 
     def shortest_cost(k: int, cap: int) -> float:  # the same round when the stop fires after its first step
-        return two + (k - 1) * args.skip_cost + v(verify_rows(k, cap, True)) + G
+        return two + (k - 1) * args.skip_cost + v(verify_rows(k, cap, True)) + G + tree_cost(1)
 
     def replay(k: int, tau: float | None, auto: bool = False) -> dict:
         """tau None: the oracle (every round stops right after the draft's first wrong token).
@@ -415,6 +419,8 @@ def confidence(args) -> None:
                     a += 1
                 extra = args.if_cost if tau is None or tau > 0 else 0.0
                 cost = two + (proposed - 1) * (one + extra) + (k - proposed) * args.skip_cost + v(verify_rows(k, cap, auto)) + G
+                if args.sibling:  # the second pick of each step run, the move and the commit's extra kernels
+                    cost += proposed * args.sibling_step_cost + args.sibling_round_cost
                 emitted = min(a + 1, len(match) - e)
                 if args.sibling and a == proposed - 1 and e + a + 1 < len(match) and second[e + a]:
                     emitted = min(a + 2, len(match) - e)  # the sibling kept, and the target's token after it
@@ -609,6 +615,10 @@ def main() -> None:
     c.add_argument("--sibling", action="store_true",
                    help="a token tree of one sibling: the draft's second choice at its last proposed position, "
                         "verified in one more row (greedy; not built)")
+    c.add_argument("--sibling-step-cost", type=float, default=0.006,
+                   help="--sibling: the second pick's ms per draft step run (a scatter and an argmax; a guess)")
+    c.add_argument("--sibling-round-cost", type=float, default=0.03,
+                   help="--sibling: its ms per round beyond the verify's row (the move, the acceptance's kernels; a guess)")
     c.add_argument("--auto-width", choices=["k", "max"], default="k",
                    help="--k auto's verify: k + 1 rows, or max_k + 1 whatever k (captured rounds before stop 36)")
     c.add_argument("--taus", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])

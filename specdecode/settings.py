@@ -133,6 +133,12 @@ class Settings(BaseModel):
                            "model drafter and a fixed k. The output is unchanged. Experimental: slower than plain rounds on an H200 "
                            "for every pair measured"
     )
+    sibling: bool = Field(
+        False, description="greedy rounds of a draft model also verify the draft's second choice at its last "
+                           "proposed token, in one more verify row (a token tree of one sibling): where the target "
+                           "rejects that token and takes the second choice, the round keeps it and the target's "
+                           "token after it. The output is unchanged"
+    )
     overlap_sms: int | None = Field(
         None, ge=1, description="with --overlap on CUDA: SMs kept from the target's verify for the draft branch (the "
                                 "verify runs on a CUDA green context of the others, rounded down to the driver's "
@@ -284,6 +290,13 @@ class Settings(BaseModel):
         if self.overlap and self.k == "auto":
             raise ValueError("--overlap needs a fixed --k: each round drafts the next round's tokens before --k auto "
                              "could choose their number")
+        if self.sibling and self.drafter not in ("model", "early-exit"):
+            raise ValueError(f"--sibling verifies a draft model's second choice: it needs --drafter model or "
+                             f"early-exit (not {self.drafter})")
+        if self.sibling and not self.greedy:
+            raise ValueError("--sibling verifies the draft's second choice greedily: it needs --temperature 0")
+        if self.sibling and self.overlap:
+            raise ValueError("--sibling and --overlap are two ways to run a round: choose one")
         if self.tp > 1 and self.device_map is not None:
             raise ValueError("--tp and --device-map are two ways to split the target: choose one")
         if self.tp > 1 and self.quantized:

@@ -666,3 +666,5 @@ def test_bench_says_when_the_draft_stops_on_the_device(monkeypatch):
     decoder.settings = Settings(k=5)
     monkeypatch.setattr(rounds, "conditional_supported", lambda device: True)
     assert decode_steps(decoder)["draft"] == runner.describe()
+    decoder.settings = Settings(k=5, sibling=True)  # and the verify's sibling, on the target's line
+    assert decode_steps(decoder)["target"].endswith("tests the draft's second choice at its last token (--sibling)")

@@ -37,6 +37,30 @@ def test_captured_rounds_are_exact(llama_pair, drafter, k, batch):
     assert rounds.captures > 0
 
 
+@pytest.mark.parametrize("k", [4, "auto"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_captured_rounds_with_a_sibling_are_exact(llama_pair, k, batch):
+    """--sibling in captured rounds (the Triton attention kernel's tree, the sibling's keys and values
+    moved on the device, the fused commit; k auto with the device confidence stop): fp32 greedy
+    equals the target alone, and a round still waits on the host once."""
+    d = dec(llama_pair, k=k, max_k=5, max_new_tokens=40, batch_size=batch, sibling=True)
+    ids = d.encode_all(RAGGED)
+    d.reserve(ids)
+    eng = d.engine()
+    assert eng.params.sibling and all(s.sibling for s in eng.shapes())
+    eng.prepare(ids)
+    tokens = [[] for _ in ids]
+    try:
+        for ev in eng.stream(ids):
+            tokens[ev.row] += list(ev.tokens)
+            if ev.round == 0 and ev.row == len(ids) - 1:  # rounds after the first tokens: no sync inside
+                torch.cuda.set_sync_debug_mode("error")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert tokens == oracle_greedy(llama_pair.target, RAGGED, 40)
+    assert eng.rounds.captures > 0
+
+
 def test_one_host_wait_and_one_graph_launch_per_round(llama_pair, monkeypatch):
     """After the first tokens, a round is one graph replay and one wait on its counts; any other
     synchronising call (.item(), a pageable copy, torch.cuda.synchronize) raises in sync-debug mode."""

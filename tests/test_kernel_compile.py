@@ -43,13 +43,16 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
             dict(OUT="*fp32"))
     out["gemv2"] = ("kernels", "_gemv2_kernel", dict(FOLDED, PREFETCH=True, PDL=True, BLOCK_N=2, BLOCK_K=256), {})
     # fold: the last split merges (atomics); apart: the new tokens on a split of their own (the default)
-    for splits, fold, apart in ((1, False, False), (8, False, True), (8, True, True), (8, False, False)):
-        name = f"attention-splits{splits}{'-folded' if fold else ''}{'-together' if splits > 1 and not apart else ''}"
+    # tree: the last new token a token tree's sibling (its twin's position, its own slot)
+    for splits, fold, apart, tree in ((1, False, False, False), (8, False, True, False), (8, True, True, False),
+                                      (8, False, False, False), (8, False, True, True), (1, False, False, True)):
+        name = (f"attention-splits{splits}{'-folded' if fold else ''}{'-together' if splits > 1 and not apart else ''}"
+                f"{'-tree' if tree else ''}")
         out[name] = (
             "kernels", "_attention_kernel", dict(G=7, D=64, QK_NORM=True, GEMMA=False, WINDOW=True, SPLITS=splits,
                                                  FOLD=fold, APART=apart, IEEE=False, PDL=True, BLOCK_R=16, BLOCK_Q=16,
-                                                 BLOCK_S=64),
-            dict(POS="*i64", PM="*fp32", PA="*fp32", CNT="*i32"))
+                                                 BLOCK_S=64, TREE=tree),
+            dict(POS="*i64", PM="*fp32", PA="*fp32", CNT="*i32", SIB="*i64"))
     out["combine"] = ("kernels", "_combine_kernel", dict(G=7, D=64, SPLITS=8, BLOCK_R=16, PDL=True),
                       dict(PM="*fp32", PA="*fp32"))
     # NF4: both forms; the per-block absmax (ALIGNED) and the per-byte one; both code lookups (LUT

@@ -233,13 +233,18 @@ def _rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn, kn, gemma, window):
+def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn, kn, gemma, window, sibling=None):
+    """pos: the slots; `sibling` [B]: the last token is a sibling of token sibling[b] (rotated at its
+    position, seeing the slots before it and its own slot)."""
     B, q, _ = qkv.shape
     qs, ks, vs = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
     qs, ks, vs = qs.view(B, q, H, D), ks.view(B, q, Hkv, D), vs.view(B, q, Hkv, D)
     if qn is not None:
         qs, ks = _rms(qs, qn, eps, gemma), _rms(ks, kn, eps, gemma)
-    c, s = cos[pos].unsqueeze(2), sin[pos].unsqueeze(2)
+    rope = pos.clone()
+    if sibling is not None:
+        rope[:, -1] = pos[:, 0] + sibling
+    c, s = cos[rope].unsqueeze(2), sin[rope].unsqueeze(2)
     qs = qs * c + _rotate_half(qs) * s
     ks = ks * c + _rotate_half(ks) * s
     kc, vc = kc.clone(), vc.clone()
@@ -249,8 +254,10 @@ def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn
     S = kc.shape[2]
     slots = torch.arange(S, device=qkv.device)
     vis = slots[None, None, :] <= pos[:, :, None]  # [B, q, S]
+    if sibling is not None:
+        vis[:, -1] = (slots[None, :] < (pos[:, 0] + sibling)[:, None]) | (slots[None, :] == pos[:, -1:])
     if window:
-        vis = vis & (slots[None, None, :] > pos[:, :, None] - window)
+        vis = vis & (slots[None, None, :] > rope[:, :, None] - window)
     G = H // Hkv
     kr = kc.repeat_interleave(G, dim=1)  # [B, H, S, D]
     vr = vc.repeat_interleave(G, dim=1)
@@ -260,10 +267,13 @@ def _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, eps, qn
     return o.reshape(B, q, H * D).to(qkv.dtype), kc, vc
 
 
-@pytest.mark.parametrize("q", [1, 3, 6])
+@pytest.mark.parametrize("q,sibling", [(1, None), (3, None), (6, None), (3, [1, 1]), (6, [4, 1])],
+                         ids=["q1", "q3", "q6", "q3-sibling", "q6-sibling"])
 @pytest.mark.parametrize("setup", ["llama", "gemma-window", "qwen3-splits", "qwen3-splits-together",
                                    "qwen3-splits-folded", "gemma-window-splits"])
-def test_decode_attention_matches_torch(q, setup):
+def test_decode_attention_matches_torch(q, sibling, setup):
+    """The attention kernel against torch, and with a token tree's sibling as the last token (its
+    twin's rotary position, its own slot, the slots before its twin's and its own visible)."""
     g = _gen(3)
     B, S = 2, 96
     H, Hkv, D = (2, 1, 64) if setup.startswith("gemma-window") else (4, 2, 32)
@@ -285,10 +295,12 @@ def test_decode_attention_matches_torch(q, setup):
     ang = torch.cat([ang, ang], dim=-1)
     cos, sin = ang.cos().to(DEV), ang.sin().to(DEV)
     scaling = D ** -0.5
-    ref, kref, vref = _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, 1e-6, qn, kn, gemma, window)
+    sib = torch.tensor(sibling, device=DEV) if sibling is not None else None
+    ref, kref, vref = _attention_reference(qkv, pos, kc, vc, cos, sin, H, Hkv, D, scaling, 1e-6, qn, kn, gemma, window,
+                                           sibling=sib)
     out = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D, scaling=scaling,
                                    eps=1e-6, q_norm=qn, k_norm=kn, gemma=gemma, window=window, splits=splits,
-                                   block_s=16, fold=fold, apart=apart)
+                                   block_s=16, fold=fold, apart=apart, sibling=sib)
     torch.testing.assert_close(kc, kref, rtol=1e-5, atol=1e-5)  # the new keys/values were written
     torch.testing.assert_close(vc, vref, rtol=0, atol=0)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -297,7 +309,7 @@ def test_decode_attention_matches_torch(q, setup):
         kc.copy_(kref)
         again = kernels.decode_attention(qkv, pos, kc, vc, cos, sin, n_heads=H, n_kv=Hkv, head_dim=D,
                                          scaling=scaling, eps=1e-6, q_norm=qn, k_norm=kn, splits=splits,
-                                         block_s=16, fold=True)
+                                         block_s=16, fold=True, sibling=sib)
         torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 

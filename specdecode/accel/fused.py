@@ -283,11 +283,12 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
     split = [H * D, Hkv * D, Hkv * D]
     post = _make_post(shape, act)
 
-    def layer(h, x, w, k_buf, v_buf, rows, pos, mask, cos, sin, next_norm):
+    def layer(h, x, w, k_buf, v_buf, rows, slots, pos, mask, cos, sin, next_norm):
         """One decoder layer on q tokens per row.
 
         h: residual [B, q, E]; x: h after this layer's input norm; w: the layer's weights;
-        k_buf/v_buf: [B, Hkv, S, D] cache buffers, written at (rows, pos) [B, q];
+        k_buf/v_buf: [B, Hkv, S, D] cache buffers, written at (rows, slots) [B, q]; pos [B, q]:
+        the rotary positions (the slots, but a token tree's sibling: KVCache.rope_positions);
         mask: [B, 1, G*q, S] boolean; cos/sin: [S_max, D] rotary tables.
         Returns (h', next_norm(h')) so the next layer's input norm fuses with this residual add.
         """
@@ -304,9 +305,8 @@ def _make_layer(shape: _Shape, act: Callable[[Tensor], Tensor], how: str) -> Cal
         s = sin[pos].unsqueeze(2)
         qs = qs * c + _rotate_half(qs) * s
         ks = ks * c + _rotate_half(ks) * s
-        # slot == position, per row
-        k_buf[rows, :, pos] = ks
-        v_buf[rows, :, pos] = vs
+        k_buf[rows, :, slots] = ks
+        v_buf[rows, :, slots] = vs
         # grouped-query attention with the G query heads of a KV head folded into the query length
         qf = qs.view(B, q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * q, D)
         o = _attend(qf, k_buf, v_buf, mask, scaling, how)
@@ -738,8 +738,9 @@ class FusedModel:
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache, position_ids: Tensor, masks: dict[str, Tensor],
                 attend_len: int, logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
-        """input_ids/position_ids [B, q]; masks {kind: bool [B, 1, q, attend_len]}; the step attends
-        to the first attend_len slots of the cache (all of them in a captured step).
+        """input_ids/position_ids [B, q] (the slots they are written at: KVCache.prepare, whose
+        `sibling` the step reads); masks {kind: bool [B, 1, q, attend_len]}; the step attends to the
+        first attend_len slots of the cache (all of them in a captured step).
         `eager`: the uncompiled sdpa functions, for variable-length forwards (prefill)."""
         B, q = input_ids.shape
         if not eager and self.on_kernels(B * q):
@@ -771,6 +772,7 @@ class FusedModel:
                   .reshape(B, 1, G * q, m.shape[-1]) for kind, m in masks.items()}
         tables = self.tables(cache.max_len)
         rows = torch.arange(B, device=input_ids.device)[:, None].expand(B, q)
+        rope = cache.rope_positions(position_ids)
         h = self._embed(input_ids)
         x = first_norm(h, self.in_norms[0])
         for i, w in enumerate(self.weights):
@@ -781,7 +783,7 @@ class FusedModel:
             cos, sin = tables[kind]
             if self.nf4:  # this layer's weights dequantized (one layer's dense weights at a time)
                 w = self._dense(w)
-            h, x = layer_fn(h, x, w, k_buf, v_buf, rows, position_ids, folded[kind], cos, sin,
+            h, x = layer_fn(h, x, w, k_buf, v_buf, rows, position_ids, rope, folded[kind], cos, sin,
                             self.next_norms[i])
         return head(self._keep(x, logits_to_keep), self.lm_head)
 
@@ -899,7 +901,7 @@ class FusedModel:
             qkv, position_ids, k_buf, v_buf, cos, sin, n_heads=sh.n_heads, n_kv=sh.n_kv,
             head_dim=sh.head_dim, scaling=sh.scaling, eps=sh.eps, q_norm=w.q_norm, k_norm=w.k_norm,
             gemma=sh.gemma, window=self.window if kind == "sliding_attention" else None, pdl=self.pdl,
-            fold=self.fold_combine)
+            fold=self.fold_combine, sibling=cache.sibling)
 
     def _hybrid_forward(self, input_ids: Tensor, cache, position_ids: Tensor,
                         logits_to_keep: Tensor | int) -> Tensor:

@@ -591,10 +591,11 @@ if AVAILABLE:
     @triton.jit
     def _attention_kernel(
         QKV, sqb, sqq, QN, KN, COS, SIN, POS, spb, KC, VC, scb, sch, scs, O, sob, soq,
-        PM, PA, CNT, Q, HKV, scaling, eps, window,
+        PM, PA, CNT, SIB, Q, HKV, scaling, eps, window,
         G: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
         WINDOW: tl.constexpr, SPLITS: tl.constexpr, FOLD: tl.constexpr, APART: tl.constexpr, IEEE: tl.constexpr,
         PDL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
+        TREE: tl.constexpr,
     ):
         """Program (b * HKV + kv head, split): the G query heads of one KV head over q tokens
         (R = G*q rows, row r = g*q + t), attending to this split's share of the cached slots
@@ -603,7 +604,10 @@ if AVAILABLE:
         cache reads never touch this step's slots, so nothing orders the write before them.
         APART (SPLITS > 1): the step's own tokens go to the last split alone and the cached slots
         to the others, so no program does both (split 0 doing both was the kernel's longest
-        path)."""
+        path).
+        TREE: the step's last token is a sibling of its token SIB[b] (a token tree of one sibling):
+        it is rotated at that token's position, written at its own (last) slot, and sees the
+        step's tokens before its twin and itself, not the twin or the tokens after it."""
         _pdl_enter(PDL)
         bh = tl.program_id(0)
         split = tl.program_id(1)
@@ -611,16 +615,21 @@ if AVAILABLE:
         kvh = bh % HKV
         H = HKV * G
         d = tl.arange(0, D)
+        first = tl.load(POS + b * spb)
+        twin = first  # TREE: the sibling's position, its twin's
+        if TREE:
+            twin = first + tl.load(SIB + b)
         # ---- queries: norm, rotary ----
         r = tl.arange(0, BLOCK_R)
         r_ok = r < G * Q
         g = r // Q
         rt = r % Q
         rpos = tl.load(POS + b * spb + rt, mask=r_ok, other=0)
+        if TREE:
+            rpos = tl.where(rt == Q - 1, twin, rpos)
         qptr = QKV + b * sqb + rt * sqq + (kvh * G + g) * D
         qv = _rope_rows(qptr, r_ok, QN, COS, SIN, rpos, eps, QK_NORM, GEMMA, D, BLOCK_R)
         # ---- cached slots [lo, hi) of this split: before the step's first position ----
-        first = tl.load(POS + b * spb)
         lo_all = first * 0
         if WINDOW:
             lo_all = tl.maximum(first - window + 1, 0)
@@ -647,14 +656,27 @@ if AVAILABLE:
         if split == (SPLITS - 1) * APART:
             t = tl.arange(0, BLOCK_Q)
             t_ok = t < Q
-            tpos = tl.load(POS + b * spb + t, mask=t_ok, other=0)
+            tpos = tl.load(POS + b * spb + t, mask=t_ok, other=0)  # the slots
+            kpos = tpos  # the rotary positions
+            if TREE:
+                kpos = tl.where(t == Q - 1, twin, tpos)
             row_base = QKV + b * sqb + t * sqq
-            k_new = _rope_rows(row_base + (H + kvh) * D, t_ok, KN, COS, SIN, tpos, eps, QK_NORM, GEMMA, D, BLOCK_Q)
+            k_new = _rope_rows(row_base + (H + kvh) * D, t_ok, KN, COS, SIN, kpos, eps, QK_NORM, GEMMA, D, BLOCK_Q)
             v_new = tl.load(row_base[:, None] + ((H + HKV + kvh) * D + d)[None, :], mask=t_ok[:, None], other=0.0)
             cache_off = kv_base + tpos[:, None] * scs + d[None, :]
             tl.store(KC + cache_off, k_new.to(KC.dtype.element_ty), mask=t_ok[:, None])
             tl.store(VC + cache_off, v_new.to(VC.dtype.element_ty), mask=t_ok[:, None])
-            sc = _masked_scores(qv, k_new, tpos, t_ok, rpos, scaling, window, WINDOW, IEEE)
+            if TREE:
+                # slots decide who sees whom: every other query sees the slots up to its own (so not
+                # the sibling's, the last); the sibling, the slots before its twin's and its own
+                sib = (rt == Q - 1)[:, None]
+                sees = tl.where(sib, (tpos[None, :] < twin) | (t[None, :] == Q - 1), tpos[None, :] <= rpos[:, None])
+                sees = sees & t_ok[None, :]
+                if WINDOW:
+                    sees = sees & (kpos[None, :] > rpos[:, None] - window)
+                sc = tl.where(sees, _dot(qv, tl.trans(k_new), IEEE) * scaling, float("-inf"))
+            else:
+                sc = _masked_scores(qv, k_new, tpos, t_ok, rpos, scaling, window, WINDOW, IEEE)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, sc, v_new, IEEE)
         optr = O + b * sob + rt[:, None] * soq + ((kvh * G + g) * D)[:, None] + d[None, :]
         if SPLITS == 1:
@@ -1004,7 +1026,7 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
                      scaling: float, eps: float = 1e-6, q_norm: Tensor | None = None,
                      k_norm: Tensor | None = None, gemma: bool = False, window: int | None = None,
                      splits: int | None = None, block_s: int = 64, pdl: bool = False,
-                     fold: bool = False, apart: bool | None = None) -> Tensor:
+                     fold: bool = False, apart: bool | None = None, sibling: Tensor | None = None) -> Tensor:
     """Attention of q new tokens per row over the cache, with the new keys/values written.
 
     qkv [B, q, (H + 2 Hkv) D] (the fused projection); positions [B, q] (slot == position),
@@ -1015,7 +1037,9 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
     fold: with several splits, the last split of each (row, KV head) to finish merges them (a
     counter per pair, reset by that program) instead of a separate combine kernel. apart (None:
     NEW_TOKENS_APART): with several splits, the new tokens on a split of their own (the others
-    share the cached slots) instead of on split 0 besides its share."""
+    share the cached slots) instead of on split 0 besides its share. sibling [B] int64 (a token
+    tree, KVCache.prepare): the last of the q tokens is a sibling of token sibling[b]: rotated at
+    its position, written at its own slot, seeing the tokens before its twin and itself."""
     b, q, _ = qkv.shape
     g = n_heads // n_kv
     if head_dim & (head_dim - 1):
@@ -1044,11 +1068,11 @@ def decode_attention(qkv: Tensor, positions: Tensor, k_cache: Tensor, v_cache: T
         q_norm if q_norm is not None else qkv, k_norm if k_norm is not None else qkv,
         cos, sin, pos, pos.stride(0),
         k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        out, out.stride(0), out.stride(1), pm, pa, counters,
+        out, out.stride(0), out.stride(1), pm, pa, counters, sibling if sibling is not None else pos,
         q, n_kv, float(scaling), float(eps), int(window or 0),
         G=g, D=head_dim, QK_NORM=q_norm is not None, GEMMA=bool(gemma), WINDOW=bool(window),
         SPLITS=splits, FOLD=fold, APART=apart, IEEE=ieee, BLOCK_R=block_r, BLOCK_Q=block_q, BLOCK_S=block_s,
-        num_warps=warps, num_stages=2, **_pdl_args(pdl),
+        TREE=sibling is not None, num_warps=warps, num_stages=2, **_pdl_args(pdl),
     )
     if splits > 1 and not fold:
         _combine_kernel[(b * n_kv, g * q)](pm, pa, out, out.stride(0), out.stride(1), q, n_kv,

@@ -141,22 +141,31 @@ class ModelRunner(ModelStep):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         if not self.fixed_shapes:
-            return KVCache(batch_size, max_len, self.device)
+            return self._stacked(KVCache(batch_size, max_len, self.device))
         # fixed shapes: pooled sizes, and (for captured rounds) the same buffers every batch
         max_len = pool_len(max_len)
         key = (batch_size, max_len)
         cache = self._caches.get(key)
         if cache is None:
-            cache = self._caches[key] = KVCache(batch_size, max_len, self.device)
+            cache = self._caches[key] = self._stacked(KVCache(batch_size, max_len, self.device))
         cache.positions.zero_()
         return cache
 
-    def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
-        """One decode step (see ModelStep.forward). With fixed shapes it attends over the whole
-        cache, so one compiled function serves every round."""
+    def _stacked(self, cache: KVCache) -> KVCache:
+        """The fused layers' caches hold every layer in one keys and one values tensor (their layers
+        share one shape), so a token tree's sibling moves to its slot in a few kernels."""
+        if self.fused is not None:
+            sh = self.fused.shape
+            cache.stack(len(self.fused.weights), sh.n_kv, sh.head_dim, self.fused.dtype)
+        return cache
+
+    def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0,
+                sibling: Tensor | None = None) -> Tensor:
+        """One decode step (see ModelStep.forward, `sibling` too). With fixed shapes it attends over
+        the whole cache, so one compiled function serves every round."""
         if self.fixed_shapes:
             attend_len = cache.max_len
-        return self._guarded_step(input_ids, cache, attend_len, logits_to_keep)
+        return self._guarded_step(input_ids, cache, attend_len, logits_to_keep, sibling)
 
     def argmax(self, logits: Tensor) -> Tensor:
         """The greedy pick (ModelStep.argmax): one kernel of many programs a row in captured steps
@@ -247,14 +256,14 @@ class ModelRunner(ModelStep):
                         "(--no-compile avoids the attempt)", self.compile_error)
 
     def _transformers_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
-                           logits_to_keep: Tensor | int = 0) -> Tensor:
-        return ModelStep.forward(self, input_ids, cache, attend_len, logits_to_keep)
+                           logits_to_keep: Tensor | int = 0, sibling: Tensor | None = None) -> Tensor:
+        return ModelStep.forward(self, input_ids, cache, attend_len, logits_to_keep, sibling)
 
     def _fused_step(self, input_ids: Tensor, cache: KVCache, attend_len: int,
-                     logits_to_keep: Tensor | int = 0, eager: bool = False) -> Tensor:
-        position_ids = cache.prepare(input_ids.shape[1], attend_len)  # [B, q]
+                     logits_to_keep: Tensor | int = 0, sibling: Tensor | None = None, eager: bool = False) -> Tensor:
+        slots = cache.prepare(input_ids.shape[1], attend_len, sibling)  # [B, q]
         if not eager and self.fused.on_kernels(input_ids.numel()):
-            masks = {}  # the kernels mask from the positions themselves
+            masks = {}  # the kernels mask from the positions themselves (and cache.sibling)
         else:
-            masks = self.masks(position_ids, attend_len, boolean=True)
-        return self.fused.forward(input_ids, cache, position_ids, masks, attend_len, logits_to_keep, eager=eager)
+            masks = self.masks(slots, attend_len, boolean=True, sibling=sibling)
+        return self.fused.forward(input_ids, cache, slots, masks, attend_len, logits_to_keep, eager=eager)

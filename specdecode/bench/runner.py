@@ -587,8 +587,9 @@ def run_benchmark(
 
 
 def decode_steps(decoder) -> dict[str, str]:
-    """How the target's and the draft model's decode steps ran (fused/compiled/graphs), and for
-    `--k auto` in captured rounds whether the confidence stop skipped draft steps on the device."""
+    """How the target's and the draft model's decode steps ran (fused/compiled/graphs), for
+    `--k auto` in captured rounds whether the confidence stop skipped draft steps on the device, and
+    whether the verify tested a sibling (--sibling)."""
     from ..api import confidence_stop  # noqa: PLC0415 (api loads the model stack: imported on use)
 
     out = {"target": decoder.runner(decoder.target).describe()}
@@ -599,6 +600,8 @@ def decode_steps(decoder) -> dict[str, str]:
             tau = confidence_stop(decoder.settings, found[1])
             if tau is not None:
                 out["draft"] += f"; --k auto's confidence stop (below {tau:g}) skips draft steps in CUDA graph IF nodes"
+        if decoder.settings.sibling:
+            out["target"] += "; the verify also tests the draft's second choice at its last token (--sibling)"
     return out
 
 

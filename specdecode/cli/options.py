@@ -59,6 +59,7 @@ class SharedOptions:
     max_k: int | None
     overlap: bool | None
     overlap_sms: int | None
+    sibling: bool | None
     max_new_tokens: int | None
     max_length: int | None
     temperature: float | None
@@ -134,6 +135,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("k", Optional[str], _opt("--k", metavar="N|auto", key="k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
     ("max_k", Optional[int], _opt("--max-k", metavar="N", key="max_k", help="upper bound for --k auto")),
     ("overlap", Optional[bool], _opt("--overlap/--no-overlap", help="experimental: draft the next round while the target verifies this one, on a second CUDA stream (--drafter model, fixed --k; output unchanged; default off: slower than plain rounds on an H200 for every pair measured)")),
+    ("sibling", Optional[bool], _opt("--sibling/--no-sibling", help="greedy rounds of a draft model also verify its second choice at the last proposed token, in one more verify row (a token tree of one sibling; output unchanged; default off until measured on a GPU)")),
     ("overlap_sms", Optional[int], _opt("--overlap-sms", help="with --overlap on CUDA: keep this many SMs from the target's verify for the draft (the verify runs on a CUDA green context of the rest); default: both share every SM")),
     ("max_new_tokens", Optional[int], _opt("--max-new-tokens", metavar="N", key="max_new_tokens", help="tokens to generate per prompt")),
     ("max_length", Optional[int], _opt("--max-length", metavar="N", key="max_length", help="truncate prompts to this many tokens (from the left)")),
@@ -176,7 +178,7 @@ _DATA_PARAMS: list[tuple[str, Any, Any]] = [
 # settings key -> the flag that sets it (so errors name the flag the user typed)
 FLAG_NAMES = {
     "target": "--target", "draft": "--draft", "drafter": "--drafter", "exit_layer": "--exit-layer", "k": "--k",
-    "max_k": "--max-k", "overlap": "--overlap", "overlap_sms": "--overlap-sms", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
+    "max_k": "--max-k", "overlap": "--overlap", "overlap_sms": "--overlap-sms", "sibling": "--sibling", "max_new_tokens": "--max-new-tokens", "max_length": "--max-length",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed",
     "batch_size": "--batch-size", "device": "--device", "threads": "--threads", "tp": "--tp", "device_map": "--device-map", "max_memory": "--max-memory",
     "offload_folder": "--offload-folder", "gguf_file": "--gguf-file", "dtype": "--dtype", "quantized": "--quantized",

@@ -54,6 +54,10 @@ class KVCache:
         self._step_positions: Tensor | None = None  # [B, q]
         self._attend_len = max_len
         self._offset_cache: dict[int, Tensor] = {}
+        self._stack: tuple[Tensor, Tensor] | None = None  # every layer's keys / values in one tensor
+        # set by `prepare` for a verify whose last token is a sibling (a token tree): [B] the count of
+        # the step's tokens before it that it follows (its parent's index + 1), else None
+        self.sibling: Tensor | None = None
 
     def layer(self, i: int, heads: int, key_dim: int, value_dim: int, dtype: torch.dtype,
               device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -67,6 +71,33 @@ class KVCache:
             self.values[i] = torch.zeros(self.batch_size, heads, self.max_len, value_dim, dtype=dtype,
                                          device=device)
         return k, self.values[i]
+
+    def stack(self, layers: int, heads: int, dim: int, dtype: torch.dtype) -> None:
+        """Allocate every layer's buffers now as views of one keys and one values tensor
+        [layers, B, heads, max_len, dim] (each view is laid out as a layer's own buffer), so that
+        `move_slots` moves a slot of every layer in a few kernels. For models whose layers share one
+        shape (the fused layers); others allocate per layer on first use."""
+        if self.keys:
+            raise RuntimeError("stack() must come before the first layer is allocated")
+        shape = (layers, self.batch_size, heads, self.max_len, dim)
+        ks = torch.zeros(shape, dtype=dtype, device=self.device)
+        vs = torch.zeros(shape, dtype=dtype, device=self.device)
+        self._stack = (ks, vs)
+        for i in range(layers):
+            self.keys[i], self.values[i] = ks[i], vs[i]
+
+    def move_slots(self, src: Tensor, dst: Tensor) -> None:
+        """Copy slot src[b] to slot dst[b] in row b of every layer (keys and values); src, dst [B]
+        int64 on the device, no host synchronisation (a row that keeps its slot passes dst = src).
+        A token verified at a scratch slot (a token tree's sibling) moves to its position so."""
+        rows = self._offsets(self.batch_size)  # arange(B), made once
+        if self._stack is not None:
+            for buf in self._stack:  # [L, B, H, S, D]: the advanced indices move to the front
+                buf[:, rows, :, dst] = buf[:, rows, :, src]
+            return
+        for i in self.keys:
+            for buf in (self.keys[i], self.values[i]):
+                buf[rows, :, dst] = buf[rows, :, src]
 
     # ---- transformers' cache protocol ---------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
@@ -97,11 +128,14 @@ class KVCache:
         return len(self.keys)
 
     # ---- ours -------------------------------------------------------------------------
-    def prepare(self, q: int, attend_len: int) -> Tensor:
-        """Set up a forward of q tokens per row; returns position ids [B, q]."""
+    def prepare(self, q: int, attend_len: int, sibling: Tensor | None = None) -> Tensor:
+        """Set up a forward of q tokens per row; returns their slots [B, q] (slot == position, but
+        for a sibling). `sibling` [B]: the step's last token is a sibling of token sibling[b]: it
+        follows the step's tokens before that one (see `rope_positions` and step.py's masks)."""
         if attend_len > self.max_len:
             raise ValueError(f"attend_len {attend_len} exceeds the cache size {self.max_len}")
         self._attend_len = attend_len
+        self.sibling = sibling
         if q == 1:
             # a view, no kernel (a captured round runs a dozen such steps): valid for this forward,
             # which reads it before anything advances the lengths
@@ -109,6 +143,14 @@ class KVCache:
         else:
             self._step_positions = self.positions[:, None] + self._offsets(q)  # [B, q]
         return self._step_positions
+
+    def rope_positions(self, slots: Tensor) -> Tensor:
+        """The rotary positions of a step's tokens at `slots` [B, q]: the slots, but a sibling (the
+        last token, see `prepare`) sits at its twin's position, slots[b, 0] + sibling[b], while it is
+        written at its own slot (the last one)."""
+        if self.sibling is None:
+            return slots
+        return torch.cat([slots[:, :-1], (slots[:, 0] + self.sibling)[:, None]], dim=1)
 
     def _offsets(self, q: int) -> Tensor:
         """arange(q) on the cache's device, made once per q (outside a graph capture: a tensor made
@@ -130,9 +172,14 @@ class KVCache:
 
     def select_rows(self, rows: Tensor) -> None:
         """Keep only the given rows (batch compaction when rows finish). Copies the buffers once."""
-        for i in list(self.keys):
-            self.keys[i] = self.keys[i].index_select(0, rows)
-            self.values[i] = self.values[i].index_select(0, rows)
+        if self._stack is not None:
+            self._stack = tuple(buf.index_select(1, rows) for buf in self._stack)
+            for i in list(self.keys):
+                self.keys[i], self.values[i] = self._stack[0][i], self._stack[1][i]
+        else:
+            for i in list(self.keys):
+                self.keys[i] = self.keys[i].index_select(0, rows)
+                self.values[i] = self.values[i].index_select(0, rows)
         self.positions = self.positions.index_select(0, rows)
         self.batch_size = int(rows.numel())
 

@@ -40,6 +40,9 @@ class Draft:
     tokens: Tensor  # [B, k] int64; positions >= num_proposed are padding
     probs: Tensor | None = None  # [B, k, V_target] float32, q; None = deterministic (one-hot) or greedy
     num_proposed: Tensor | None = None  # [B] int64 <= k; None = k for every row
+    # [B, k] int64: the drafter's second choice at each position (greedy, when DraftState.second
+    # asks for it): the sibling a token tree verifies beside the last proposed token
+    second: Tensor | None = None
 
 
 @dataclass
@@ -60,6 +63,7 @@ class DraftState:
     may_sync: bool = True  # False inside a captured round: no host synchronisation allowed
     generator: torch.Generator | None = None  # host drafters' own draws (none use it today)
     histories: list[list[int]] | None = None  # per row: prompt + emitted ids (host drafters)
+    second: bool = False  # also return each position's second choice (Draft.second; greedy only)
 
 
 @runtime_checkable

@@ -56,6 +56,9 @@ class EngineParams:
     attend_bucket: int = 64  # eager path: attend over the cache in buckets of this many slots
     min_cache_len: int = 0  # size caches for at least this many slots (a whole data set's longest)
     overlap: bool = False  # overlapped rounds: the draft drafts the next round during the verify (round.py)
+    # greedy rounds of an on-device drafter verify its second choice at the last proposed position too
+    # (a token tree of one sibling: round.py's RoundShape.sibling)
+    sibling: bool = False
 
 
 class SpeculativeEngine:
@@ -72,12 +75,15 @@ class SpeculativeEngine:
         self.params = params
         self.k_policy = k_policy if self.drafter is not None else None
         if self.drafter is None:
-            self.params = EngineParams(**{**params.__dict__, "num_draft_tokens": 0, "overlap": False})
+            self.params = EngineParams(**{**params.__dict__, "num_draft_tokens": 0, "overlap": False, "sibling": False})
         if self.params.overlap:
             if not hasattr(self.drafter, "propose_from"):
                 raise ValueError("overlapped rounds need a draft model as the drafter")
             if self.k_policy is not None:
                 raise ValueError("overlapped rounds need a fixed k: each round drafts the next one's proposal")
+        if self.params.sibling and not (self.drafter is not None and self.drafter.on_device
+                                        and self.params.sampling.greedy and not self.params.overlap):
+            raise ValueError("a token tree's sibling needs greedy rounds of a draft model, not overlapped")
         self.device = target.device
         self.target_rows = target.vocab_rows
         self.stats: list[RowStats] = []
@@ -108,8 +114,9 @@ class SpeculativeEngine:
     @staticmethod
     def cache_len(longest_prompt: int, max_new_tokens: int, max_k: int, overlap: bool = False) -> int:
         """Cache slots a batch needs: its longest prompt, every new token, and one round's overshoot
-        (an overlapped round's draft writes k + 1 positions past its proposal)."""
-        return longest_prompt + max_new_tokens + (2 * max_k + 3 if overlap else max_k + 2)
+        (a verify's sibling one slot past its proposal; an overlapped round's draft writes k + 1
+        positions past its proposal)."""
+        return longest_prompt + max_new_tokens + (2 * max_k + 3 if overlap else max_k + 3)
 
     def shapes(self) -> list[RoundShape]:
         """Every round shape this engine can run (what a warm-up must capture or compile)."""
@@ -119,7 +126,8 @@ class SpeculativeEngine:
             return [RoundShape(self.max_k, self.max_k, False, overlap=True)]
         ks = range(1, self.max_k + 1) if self.k_policy is not None else [self.max_k]
         prev = (False, True) if self.drafter.on_device else (False,)
-        return [RoundShape(k, self._width(k, fixed=self.rounds.fixed_shapes), p) for k in ks for p in prev]
+        return [RoundShape(k, self._width(k, fixed=self.rounds.fixed_shapes), p, sibling=self.params.sibling)
+                for k in ks for p in prev]
 
     def _width(self, k: int, fixed: bool) -> int:
         """Draft positions a round of k draft steps verifies. Uncaptured, variable shapes: k. Fixed
@@ -194,10 +202,12 @@ class SpeculativeEngine:
                         k = width = draft.tokens.shape[1]  # uncaptured: verify only what was proposed
                 ahead = len(pending) * (self.max_k + 1)  # positions the rounds in flight may add
                 live = [pos + ahead for pos, row in zip(positions, active) if row not in finished]
-                # an overlapped round's draft reaches k + 1 positions past its proposal's last
-                reach = 2 * k + 2 if overlap else max(width, k) + 1
+                # an overlapped round's draft reaches k + 1 positions past its proposal's last; a
+                # sibling sits one slot past the proposal
+                sibling = p.sibling and k > 0
+                reach = 2 * k + 2 if overlap else max(width, k) + 1 + sibling
                 attend_len = self._bucket(max(live) + reach, max_len)
-                shape = RoundShape(k, width, feed_prev, overlap)
+                shape = RoundShape(k, width, feed_prev, overlap, sibling=sibling)
                 if self.generator is not None:
                     bufs.draw_noise(self.generator)
                 steps, result = self.rounds.launch(cache, bufs, shape, p.sampling, attend_len, self.target_rows)

@@ -11,6 +11,9 @@ A round (Leviathan et al. 2022, Algorithm 1; Chen et al. 2023), for B rows:
      rollback), `prev` and `last` move on, and the round's counts and tokens land in
      `RoundBuffers.out`, the one thing the host reads back
 
+A greedy round may also verify the draft's second choice at each row's last proposed position,
+a token tree of one sibling (`RoundShape.sibling`, `_sibling_round`).
+
 Everything a round reads or writes between rounds lives in `RoundBuffers` and the caches,
 updated in place, and no step reads a tensor's value on the host: only Python parameters
 and shapes decide branches. So the same function runs eagerly (the reference the tests
@@ -36,7 +39,7 @@ from torch import Tensor
 
 from .drafting import Draft, Drafter, DraftState
 from .sampling import SamplingParams, logits_to_probs
-from .verify import verify_greedy, verify_sampling
+from .verify import verify_greedy, verify_greedy_sibling, verify_sampling
 
 __all__ = ["EagerRounds", "RoundBuffers", "RoundShape", "accept_overlapped_reference", "commit_reference",
            "overlapped_tested", "run_overlapped_round", "run_round"]
@@ -50,6 +53,9 @@ class RoundShape:
     width: int  # draft positions verified (>= k; fixed shapes pad a host drafter's proposal to max_k)
     feed_prev: bool  # the drafter's first step also feeds `prev` (see drafting.DraftState)
     overlap: bool = False  # the draft drafts the next round while the target verifies this one (see below)
+    # greedy, an on-device drafter: the verify also tests the draft's second choice at each row's last
+    # proposed position, in one more row (a token tree of one sibling; see run_round)
+    sibling: bool = False
 
 
 @dataclass
@@ -179,11 +185,14 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     else:
         state = DraftState(last=bufs.last, prev=bufs.prev, positions=cache.positions, attend_len=attend_len,
                            sampling=sampling, target_rows=target_rows, feed_prev=shape.feed_prev,
-                           race=bufs.race[:, :k] if bufs.race is not None else None, may_sync=may_sync)
+                           race=bufs.race[:, :k] if bufs.race is not None else None, may_sync=may_sync,
+                           second=shape.sibling)
         draft = drafter.propose(state, k)
     steps = draft.tokens.shape[1]
     width = max(width, steps)
     verify_in, probs, num_proposed = _verify_input(bufs.last, draft, width)  # [B, w+1], [B, w, V] | None
+    if shape.sibling and k > 0:
+        return _sibling_round(target, cache, bufs, draft, verify_in, num_proposed, width, attend_len, commit)
     tokens = verify_in[:, 1:]  # [B, w]
 
     # 2. verify: one target forward over w+1 positions
@@ -205,6 +214,41 @@ def run_round(target, cache, drafter, bufs: RoundBuffers, shape: RoundShape, sam
     else:
         commit_reference(verify_in, cache, bufs, num_proposed, n_acc, nxt)
     return steps
+
+
+def _sibling_round(target, cache, bufs: RoundBuffers, draft: Draft, verify_in: Tensor, num_proposed: Tensor | int,
+                   width: int, attend_len: int, commit) -> int:
+    """Steps 2-4 of a greedy round with a token tree of one sibling: the verify runs over
+    [last, d_1 .. d_w, s], s the draft's second choice at each row's last proposed position n, in
+    the last row: rotated at d_n's position, written at its own slot (the round's last), seeing
+    last, d_1 .. d_{n-1} and itself (KVCache.prepare's `sibling`). Where the target rejects d_n
+    and its token there is s, s is kept in d_n's place and the target's token after it is the
+    next token (verify_greedy_sibling); s's keys and values move to d_n's slot before the commit.
+    Returns the draft steps run."""
+    B = verify_in.shape[0]
+    n = num_proposed if isinstance(num_proposed, Tensor) else torch.full(
+        (B,), num_proposed, dtype=torch.long, device=verify_in.device)
+    n = n.clamp(1, width)  # a model drafter proposes at least its first token
+    if draft.second is None:
+        raise ValueError("a round with a sibling needs the drafter's second choices (Draft.second)")
+    second = draft.second.gather(1, (n - 1)[:, None])  # [B, 1]
+    tree_in = torch.cat([verify_in, second], dim=1)  # [B, w+2]
+    logits = target.forward(tree_in, cache, attend_len, sibling=n)  # [B, w+2, V]
+    target_tokens = target.argmax(logits) if hasattr(target, "argmax") else logits.argmax(dim=-1)
+    accepted, next_token, taken = verify_greedy_sibling(verify_in[:, 1:], second[:, 0], target_tokens,
+                                                        None if isinstance(num_proposed, int) else num_proposed)
+    # the sibling's keys and values (written at the round's last slot) to its twin's slot, where kept
+    here = cache.positions
+    scratch = here + width + 1
+    cache.move_slots(scratch, torch.where(taken, here + n, scratch))
+    # the kept tokens as the commit reads them: the sibling in its twin's place
+    kept = torch.where(taken[:, None] & (torch.arange(width + 1, device=n.device) == n[:, None]),
+                       second, verify_in)
+    if commit is not None:
+        commit(kept, cache, bufs, num_proposed, accepted=accepted, next_token=next_token)
+    else:
+        commit_reference(kept, cache, bufs, num_proposed, accepted, next_token)
+    return draft.tokens.shape[1]
 
 
 def overlapped_tested(bufs: RoundBuffers, k: int, draft_tokens: Tensor) -> Tensor:

@@ -84,15 +84,23 @@ class ModelStep:
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         return KVCache(batch_size, max_len, self.device)
 
-    def masks(self, step_pos: Tensor, attend_len: int, boolean: bool = False):
-        """Attention masks for queries at step_pos [B, q] over the first attend_len slots."""
+    def masks(self, step_pos: Tensor, attend_len: int, boolean: bool = False, sibling: Tensor | None = None):
+        """Attention masks for queries at slots step_pos [B, q] over the first attend_len slots.
+        `sibling` [B] (KVCache.prepare): the last query is a sibling of token sibling[b] of the step:
+        it sees the slots before that token's and its own slot, nothing between."""
         slots = torch.arange(attend_len, device=step_pos.device)  # [S]
         qpos = step_pos[:, None, :, None]  # [B, 1, q, 1]
         causal = slots <= qpos  # [B, 1, q, S]
+        rpos = qpos  # the queries' positions (a sibling's is its twin's)
+        if sibling is not None:
+            twin = step_pos[:, :1] + sibling[:, None]  # [B, 1]
+            sees = (slots < twin) | (slots == step_pos[:, -1:])  # [B, S]
+            causal = torch.cat([causal[:, :, :-1], sees[:, None, None, :]], dim=2)
+            rpos = torch.cat([step_pos[:, :-1], twin], dim=1)[:, None, :, None]
         masks = {"full_attention": causal}
         if self.layout.sliding_window is not None:
             # transformers' convention: a query at position i sees keys at positions > i - window
-            masks["sliding_attention"] = causal & (slots > qpos - self.layout.sliding_window)
+            masks["sliding_attention"] = causal & (slots > rpos - self.layout.sliding_window)
         if boolean:
             return masks
         if self.layout.additive:
@@ -107,13 +115,17 @@ class ModelStep:
         their own kernel (accel/runner.py)."""
         return logits.argmax(dim=-1)
 
-    def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0) -> Tensor:
+    def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0,
+                sibling: Tensor | None = None) -> Tensor:
         """One forward of input_ids [B, q] at each row's cache position; returns logits [B, q', V].
+        `sibling` [B]: the last token is a sibling of the step's token sibling[b] (a token tree of
+        one sibling: same position, its own slot, it sees what its twin sees but not the twin).
 
         The cache's positions are NOT advanced: the caller decides how many of the q tokens stay."""
         q = input_ids.shape[1]
-        position_ids = cache.prepare(q, attend_len)  # [B, q]
-        mask = self.masks(position_ids, attend_len)
+        slots = cache.prepare(q, attend_len, sibling)  # [B, q]
+        position_ids = cache.rope_positions(slots)
+        mask = self.masks(slots, attend_len, sibling=sibling)
         kwargs = {self._cache_kw: cache}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep

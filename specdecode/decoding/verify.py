@@ -27,7 +27,7 @@ from torch import Tensor
 
 from specdecode.decoding.sampling import sample
 
-__all__ = ["verify_greedy", "verify_sampling"]
+__all__ = ["verify_greedy", "verify_greedy_sibling", "verify_sampling"]
 
 
 def _proposed_mask(num_proposed: Tensor | None, batch: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -73,6 +73,34 @@ def verify_greedy(
     num_accepted = _accepted_prefix(matches)  # [B]
     next_token = target_tokens.gather(1, num_accepted[:, None]).squeeze(1)  # [B]
     return num_accepted, next_token
+
+
+def verify_greedy_sibling(
+    draft_tokens: Tensor,
+    sibling: Tensor,
+    target_tokens: Tensor,
+    num_proposed: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy verification of a token tree of one sibling: besides its proposal d_1 .. d_k, each
+    row proposed `sibling` [B] as an alternative to its last proposed token d_n (n = num_proposed),
+    verified in one more position. target_tokens [B, k+2] int64: the target's argmax after each
+    input of [last, d_1 .. d_k, sibling], the sibling's at k+1 (it follows last, d_1 .. d_{n-1}).
+
+    Returns (num_accepted [B], next_token [B], taken [B] bool). As verify_greedy; but where the row
+    rejects d_n itself (it accepted n - 1) and the target's token there is the sibling, the sibling
+    is accepted in its place (num_accepted = n, the n-th accepted token being the sibling) and the
+    next token is the target's after the sibling: the same tokens the target alone would emit."""
+    batch, k = draft_tokens.shape
+    if target_tokens.shape != (batch, k + 2):
+        raise ValueError(f"target_tokens must be [B, k+2] = [{batch}, {k + 2}], got {tuple(target_tokens.shape)}")
+    num, proposed = _proposed_mask(num_proposed, batch, k, target_tokens.device)
+    matches = (draft_tokens.to(target_tokens.device) == target_tokens[:, :k]) & proposed
+    accepted = _accepted_prefix(matches)  # [B]
+    next_token = target_tokens.gather(1, accepted[:, None]).squeeze(1)
+    taken = (num > 0) & (accepted == num - 1) & (sibling == next_token)
+    accepted = torch.where(taken, num, accepted)
+    next_token = torch.where(taken, target_tokens[:, k + 1], next_token)
+    return accepted, next_token, taken
 
 
 def verify_sampling(

@@ -146,6 +146,10 @@ class ModelDrafter:
         tok, q = self._next(logits, state, j)
         return logits, tok, q
 
+    def _second(self, logits: Tensor, tok: Tensor) -> Tensor:
+        """[B]: the draft's second choice, its greedy pick with `tok` taken out (a token tree's sibling)."""
+        return self.runner.argmax(logits.scatter(1, tok[:, None], float("-inf")))
+
     @staticmethod
     def _mark_stops(logits: Tensor, tok: Tensor, q: Tensor | None, j: int, threshold,
                     num_proposed: Tensor, stopped: Tensor) -> None:
@@ -161,6 +165,7 @@ class ModelDrafter:
             return self._conditional_steps(step_in, state, k)
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
+        seconds: list[Tensor] = []
         bsz = step_in.shape[0]
         num_proposed = torch.full((bsz,), k, dtype=torch.long, device=step_in.device)
         stopped = torch.zeros(bsz, dtype=torch.bool, device=step_in.device)
@@ -169,6 +174,8 @@ class ModelDrafter:
             tokens.append(tok)
             if q is not None:
                 probs.append(q)
+            if state.second:
+                seconds.append(self._second(logits, tok))
             step_in = tok[:, None]  # [B, 1]
             if self.stop_below is not None and j < k - 1:
                 self._mark_stops(logits, tok, q, j, self.stop_below, num_proposed, stopped)
@@ -178,6 +185,7 @@ class ModelDrafter:
             tokens=torch.stack(tokens, dim=1),  # [B, k'] (k' <= k)
             probs=torch.stack(probs, dim=1) if probs else None,  # [B, k', V]
             num_proposed=num_proposed.clamp(max=len(tokens)) if self.stop_below is not None else None,
+            second=torch.stack(seconds, dim=1) if seconds else None,  # [B, k']
         )
 
     def _conditional_steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
@@ -192,6 +200,7 @@ class ModelDrafter:
         tokens = state.last[:, None].expand(bsz, k).clone()  # [B, k]: valid ids in every slot
         probs = None if state.sampling.greedy else torch.zeros((bsz, k, state.target_rows), dtype=torch.float32,
                                                                 device=device)
+        seconds = tokens.clone() if state.second else None
         num_proposed = torch.full((bsz,), k, dtype=torch.long, device=device)
         stopped = torch.zeros(bsz, dtype=torch.bool, device=device)
         going = torch.ones((), dtype=torch.bool, device=device)  # some row still drafts
@@ -201,6 +210,8 @@ class ModelDrafter:
             tokens[:, j].copy_(tok)
             if q is not None:
                 probs[:, j].copy_(q)
+            if seconds is not None:
+                seconds[:, j].copy_(self._second(logits, tok))
             if j < k - 1:
                 self._mark_stops(logits, tok, q, j, self._threshold, num_proposed, stopped)
                 going.copy_(~stopped.all())
@@ -208,7 +219,7 @@ class ModelDrafter:
         step(0)
         for j in range(1, k):
             self.conditional(going, lambda j=j: step(j))
-        return Draft(tokens=tokens, probs=probs, num_proposed=num_proposed)
+        return Draft(tokens=tokens, probs=probs, num_proposed=num_proposed, second=seconds)
 
     def drop_device_stop(self) -> None:
         """Draft every step from now on, the confidence stop off (where captured rounds cannot branch)."""
