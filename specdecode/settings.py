@@ -290,9 +290,9 @@ class Settings(BaseModel):
         if self.overlap and self.k == "auto":
             raise ValueError("--overlap needs a fixed --k: each round drafts the next round's tokens before --k auto "
                              "could choose their number")
-        if self.sibling and self.drafter not in ("model", "early-exit"):
-            raise ValueError(f"--sibling verifies a draft model's second choice: it needs --drafter model or "
-                             f"early-exit (not {self.drafter})")
+        if self.sibling and self.drafter == "ngram":  # (none: the baseline, nothing to branch)
+            raise ValueError("--sibling verifies a draft model's second choice: it needs --drafter model or "
+                             "early-exit (not ngram)")
         if self.sibling and not self.greedy:
             raise ValueError("--sibling verifies the draft's second choice greedily: it needs --temperature 0")
         if self.sibling and self.overlap:

@@ -236,3 +236,14 @@ def test_move_slots_copies_one_slot_per_row_in_every_layer():
             cache.select_rows(torch.tensor([2, 0]))
             assert torch.equal(cache.keys[1], moved[[2, 0]])
             assert cache.keys[1].data_ptr() == cache._stack[0][1].data_ptr()
+
+
+def test_sibling_settings_say_what_they_need():
+    from specdecode.settings import Settings
+
+    assert Settings(sibling=True).sibling and Settings(sibling=True, drafter="none").sibling  # the baseline
+    assert Settings(sibling=True, drafter="early-exit", exit_layer=1).sibling
+    for bad, says in (({"drafter": "ngram"}, "not ngram"), ({"temperature": 0.7}, "--temperature 0"),
+                      ({"overlap": True}, "--overlap")):
+        with pytest.raises(ValueError, match=says):
+            Settings(sibling=True, **bad)
