@@ -416,3 +416,16 @@ def test_dry_run_with_seed_yaml(tmp_path):
         assert res.exit_code == 0, res.output
         s = json.loads(res.stdout)
         assert s["target"] == "google/gemma-3-4b-it" and s["k"] == 5 and s["dataset"]["name"] == "main"
+
+
+def test_bench_with_a_sibling_is_lossless_and_says_so(llama_pair, prompts_file, tmp_path):
+    """`bench --sibling`: the baseline is built from the same settings (nothing to branch there),
+    the speculative output equals it, and the decode-steps line names the sibling."""
+    res = cli("bench", *models(llama_pair), "--dataset", prompts_file, "--num-samples", 2, "--no-warmup",
+              "--sibling", "--format", "json", "--results-dir", tmp_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["settings"]["sibling"] is True and report["output_match_rate"] == 1.0
+    assert report["decode_steps"]["target"].endswith("(--sibling)")
+    res = cli("bench", *models(llama_pair), "--dataset", prompts_file, "--sibling", "--temperature", 0.5, "--dry-run")
+    assert res.exit_code == 2 and "--temperature 0" in res.output
