@@ -120,8 +120,10 @@ def forms() -> dict[str, tuple[str, str, dict, dict]]:
     for greedy in (True, False):
         out[f"accept-overlapped-greedy{int(greedy)}"] = (
             "glue", "_overlapped_kernel", dict(K=3, BLOCK=4, GREEDY=greedy), over)
-    out["argmax"] = ("glue", "_argmax_kernel", dict(S=38, SB=64, CHUNK=4096, BLOCK=1024),
-                     dict(V="i32", PV="*fp32", PI="*i32", CNT="*i32", OUT="*i64"))
+    for exc in (False, True):  # exc: the second choice (each row's first pick excluded)
+        out[f"argmax{'-exclude' if exc else ''}"] = (
+            "glue", "_argmax_kernel", dict(S=38, SB=64, CHUNK=4096, BLOCK=1024, HAS_EXC=exc),
+            dict(V="i32", PV="*fp32", PI="*i32", CNT="*i32", OUT="*i64", EXC="*i64"))
     return out
 
 

@@ -343,7 +343,7 @@ def test_the_argmax_kernel_equals_torch(dtype):
     """accel/glue.argmax (many programs a row, the last to finish reduces; here under the
     interpreter) returns torch.argmax's index: the first of tied maxima, within and across its
     chunks, on rows of a real vocabulary's size and of odd sizes, on sliced rows, a row of -inf,
-    a row with NaN, and leading dimensions."""
+    a row with NaN, and leading dimensions; with `exclude`, the second choice."""
     from specdecode.accel import glue
 
     g = torch.Generator().manual_seed(0)
@@ -357,6 +357,11 @@ def test_the_argmax_kernel_equals_torch(dtype):
         assert glue.argmax(x).tolist() == x.argmax(dim=-1).tolist()
         three = x[:4].reshape(2, 2, v)
         assert glue.argmax(three).tolist() == three.argmax(dim=-1).tolist()
+        # the second choice: each row's first pick counts as -inf (as a scatter of -inf there)
+        first = x.argmax(dim=-1)
+        want = x.scatter(1, first[:, None], float("-inf")).argmax(dim=-1)
+        assert glue.argmax(x, exclude=first).tolist() == want.tolist()
+        assert glue.argmax(three, exclude=first[:4].reshape(2, 2)).tolist() == want[:4].reshape(2, 2).tolist()
     # the counters are left at zero: a second launch over the same rows gives the same answer
     y = torch.randn((3, 9000), generator=g).to(DEV)
     assert glue.argmax(y).tolist() == glue.argmax(y).tolist() == y.argmax(dim=-1).tolist()

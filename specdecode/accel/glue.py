@@ -124,20 +124,26 @@ if AVAILABLE:
 
 
     @triton.jit
-    def _argmax_kernel(X, sx, V, PV, PI, CNT, OUT, S: tl.constexpr, SB: tl.constexpr, CHUNK: tl.constexpr,
-                       BLOCK: tl.constexpr):
+    def _argmax_kernel(X, sx, V, PV, PI, CNT, OUT, EXC, S: tl.constexpr, SB: tl.constexpr, CHUNK: tl.constexpr,
+                       BLOCK: tl.constexpr, HAS_EXC: tl.constexpr):
         """Program (r, s): the max of row r over its chunk s and the first index holding it, into
         the partials; the last of the row's S programs to finish (an atomic count) reduces the S
-        partials and writes the row's index. NaN counts as larger than everything (as torch)."""
+        partials and writes the row's index. NaN counts as larger than everything (as torch).
+        HAS_EXC: id EXC[r] counts as -inf (the row's second choice, given its first)."""
         r = tl.program_id(0)
         s = tl.program_id(1)
         lane = tl.arange(0, BLOCK)
         best = tl.full([BLOCK], float("-inf"), tl.float32)
         where = tl.full([BLOCK], -1, tl.int32)
+        exc = -1
+        if HAS_EXC:
+            exc = tl.load(EXC + r)
         for off in range(0, CHUNK, BLOCK):
             idx = s * CHUNK + off + lane
             x = tl.load(X + r * sx + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
             x = tl.where(x != x, float("inf"), x)
+            if HAS_EXC:
+                x = tl.where(idx == exc, float("-inf"), x)
             # strict: a lane keeps its earlier index on ties; its first in-range element always
             take = ((x > best) | (where < 0)) & (idx < V)
             best = tl.where(take, x, best)
@@ -161,24 +167,29 @@ if AVAILABLE:
 ARGMAX_CHUNK = 4096  # vocabulary ids per program (a 152k vocabulary: 38 programs a row)
 
 
-def argmax(logits: Tensor) -> Tensor:
+def argmax(logits: Tensor, exclude: Tensor | None = None) -> Tensor:
     """logits [..., V] (any float dtype, last dimension contiguous) -> the first index of each row's
     maximum, int64 [...] (torch.argmax's result), as one kernel of many programs a row: torch's
-    reduction reads a 152k-id row with few programs (~9 us on an H200)."""
+    reduction reads a 152k-id row with few programs (~9 us on an H200). `exclude` [...] int64: each
+    row's id that counts as -inf (its second choice given its first: no copy of the logits)."""
     lead, v = logits.shape[:-1], logits.shape[-1]
     x = logits.reshape(-1, v)
     if x.stride(-1) != 1:
         x = x.contiguous()
     rows = x.shape[0]
+    exc = exclude.reshape(-1) if exclude is not None else None
+    if exc is not None and exc.stride(-1) != 1:
+        exc = exc.contiguous()
     parts = triton.cdiv(v, ARGMAX_CHUNK)
     pv = scratch(x.device, "argmax maxima", rows * parts, torch.float32, least=16384)
     pi = scratch(x.device, "argmax indices", rows * parts, torch.int32, least=16384)
     cnt = scratch(x.device, "argmax counters", rows, torch.int32)  # each row's last program resets it
     out = torch.empty(rows, dtype=torch.long, device=x.device)
     if rows:
-        _argmax_kernel[(rows, parts)](x, x.stride(0), v, pv, pi, cnt, out, S=parts,
-                                      SB=triton.next_power_of_2(parts), CHUNK=ARGMAX_CHUNK,
-                                      BLOCK=min(1024, triton.next_power_of_2(v)), num_warps=4)
+        _argmax_kernel[(rows, parts)](x, x.stride(0), v, pv, pi, cnt, out, exc if exc is not None else out,
+                                      S=parts, SB=triton.next_power_of_2(parts), CHUNK=ARGMAX_CHUNK,
+                                      BLOCK=min(1024, triton.next_power_of_2(v)), HAS_EXC=exc is not None,
+                                      num_warps=4)
     return out.view(lead)
 
 

@@ -167,12 +167,12 @@ class ModelRunner(ModelStep):
             attend_len = cache.max_len
         return self._guarded_step(input_ids, cache, attend_len, logits_to_keep, sibling)
 
-    def argmax(self, logits: Tensor) -> Tensor:
-        """The greedy pick (ModelStep.argmax): one kernel of many programs a row in captured steps
-        (accel/glue.py's argmax; torch's reduction reads a 152k-id row with few)."""
+    def argmax(self, logits: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """The greedy pick (ModelStep.argmax, `exclude` too): one kernel of many programs a row in
+        captured steps (accel/glue.py's argmax; torch's reduction reads a 152k-id row with few)."""
         if self._picks_on_kernel and logits.is_cuda:
-            return _glue.argmax(logits)
-        return logits.argmax(dim=-1)
+            return _glue.argmax(logits, exclude)
+        return ModelStep.argmax(self, logits, exclude)
 
     def prefill(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 1) -> Tensor:
         """A variable-length forward (prompts). With the fused path it runs the fused layers (sdpa);

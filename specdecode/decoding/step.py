@@ -110,9 +110,12 @@ class ModelStep:
             return masks
         return masks[self.layout.kinds[0]]
 
-    def argmax(self, logits: Tensor) -> Tensor:
+    def argmax(self, logits: Tensor, exclude: Tensor | None = None) -> Tensor:
         """The greedy pick over logits [..., V] (int64 [...]); accelerated runners may run it as
-        their own kernel (accel/runner.py)."""
+        their own kernel (accel/runner.py). `exclude` [...]: each row's id that counts as -inf (its
+        second choice, given its first)."""
+        if exclude is not None:
+            logits = logits.scatter(-1, exclude[..., None], float("-inf"))
         return logits.argmax(dim=-1)
 
     def forward(self, input_ids: Tensor, cache: KVCache, attend_len: int, logits_to_keep: Tensor | int = 0,

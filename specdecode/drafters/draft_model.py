@@ -148,7 +148,7 @@ class ModelDrafter:
 
     def _second(self, logits: Tensor, tok: Tensor) -> Tensor:
         """[B]: the draft's second choice, its greedy pick with `tok` taken out (a token tree's sibling)."""
-        return self.runner.argmax(logits.scatter(1, tok[:, None], float("-inf")))
+        return self.runner.argmax(logits, exclude=tok)
 
     @staticmethod
     def _mark_stops(logits: Tensor, tok: Tensor, q: Tensor | None, j: int, threshold,
