@@ -456,9 +456,13 @@ class SpeculativeDecoder:
         if s.k == "auto" and k_policy is None and drafter is not None:
             from .decoding.policy import AdaptiveK
 
-            # the drafter's confidence stop ends proposals early and skips their steps: k is a cap
+            # a confidence stop decided on the device skips its steps in captured rounds, whose graphs
+            # are timed with every step run and with the first alone: there k is a cap, and the policy
+            # prices what the stop leaves. Eager rounds keep the plain rule: without measured round
+            # costs the verify's extra rows go unpriced, and a longer cap lost on the CPU (the demo
+            # pair, k auto: 1.70x against 1.83x; benchmarks/results/2026-12-05-stop36-notes.md)
             k_policy = AdaptiveK(max_k=s.max_k, cost_ratio=self.prior_cost_ratio(),
-                                 stop=getattr(drafter, "stop_below", None) is not None)
+                                 stop=getattr(drafter, "device_stop", False))
         k = s.k if isinstance(s.k, int) else s.max_k
         params = EngineParams(
             num_draft_tokens=k,

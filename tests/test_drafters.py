@@ -270,9 +270,12 @@ def test_adaptive_k_with_the_stop_keeps_the_plain_rule_until_it_sees_the_stop():
 @pytest.mark.parametrize("stop", [True, False], ids=["stop", "stop-dropped"])
 def test_the_engine_hands_k_auto_the_shortest_rounds_where_the_draft_stops(llama_pair, stop):
     """Rounds that time their graphs give the policy the full rounds' costs, and where the draft's
-    confidence stop skips steps, the shortest rounds' too; a drafter whose stop a capture turned
-    off leaves the policy on the plain rule."""
+    confidence stop skips steps on the device, the shortest rounds' too; a drafter whose stop a
+    capture turned off leaves the policy on the plain rule."""
+    from specdecode.decoding.engine import EngineParams, SpeculativeEngine
     from specdecode.decoding.round import EagerRounds
+    from specdecode.decoding.step import ModelStep
+    from specdecode.drafters.draft_model import ModelDrafter
 
     class TimedRounds(EagerRounds):
         captures = 1
@@ -280,18 +283,38 @@ def test_the_engine_hands_k_auto_the_shortest_rounds_where_the_draft_stops(llama
         def measured(self, cache, bufs, sampling, feed_prev, shortest=False):
             return {k: (1.6 if shortest else 1.5 + 0.5 * k) for k in range(1, 5)}
 
-    dec = cpu_decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=4, max_new_tokens=8)
-    eng = dec.engine()
-    assert eng.drafter.stop_below is not None and eng.k_policy.stop  # eager rounds: the host stop
-    eng.rounds = TimedRounds(eng.runner)
+        def launch(self, cache, bufs, shape, sampling, attend_len, target_rows):  # no sync inside, as captured
+            steps = self._round(cache, bufs, shape, sampling, attend_len, target_rows, may_sync=False)
+            return steps, bufs.out[:, : 3 + max(shape.width, steps)].clone()
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=4, max_new_tokens=8)
+    drafter = ModelDrafter(dec.draft, stop_below=0.7, conditional=host_if)
+    assert drafter.device_stop
+    step = ModelStep(dec.target.model)
+    eng = SpeculativeEngine(dec.target, drafter, EngineParams(4, 8), k_policy=AdaptiveK(max_k=4, stop=True),
+                            runner=step, rounds=TimedRounds(step, fixed_shapes=True))
     if not stop:
-        eng.drafter.drop_device_stop()
+        drafter.drop_device_stop()
     list(eng.stream(dec.encode_all(PROMPTS[:1])))
     policy = eng.k_policy
     assert policy.costs == {k: 1.5 + 0.5 * k for k in range(1, 5)}
     assert policy.stop is stop
     assert policy.shortest == ({k: 1.6 for k in range(1, 5)} if stop else {})
     assert policy.stop_rounds > 0 if stop else policy.stop_rounds == 0
+
+
+def test_k_auto_prices_the_stop_only_where_it_runs_on_the_device(llama_pair, monkeypatch):
+    """The decoder's --k auto policy prices the confidence stop where captured rounds decide it on the
+    device (their graphs are timed with and without the skipped steps); eager rounds, whose costs are
+    not measured, keep the plain rule (on the CPU a longer cap lost: the demo pair 1.70x against 1.83x)."""
+    from specdecode import api
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k="auto")
+    eng = dec.engine()
+    assert eng.drafter.stop_below is not None and not eng.drafter.device_stop and not eng.k_policy.stop
+    monkeypatch.setattr(api, "_conditional", lambda runner: host_if)
+    eng = dec.engine()
+    assert eng.drafter.device_stop and eng.k_policy.stop
 
 
 def test_k_auto_prior_cost_is_the_pairs_step_weights(llama_pair):

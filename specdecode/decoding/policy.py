@@ -21,9 +21,11 @@ So k follows the local acceptance: with the model alone at c = 0.45, k = 1 at α
 more than one target step, move it up (the real Qwen2.5-Coder 0.5B/1.5B pair's rounds cost
 about 1.65 + 0.575 k ms on the H200: k = 4 at α̂ = 0.9). On an exact tie the smaller k wins.
 
-With the drafter's confidence stop (`stop=True`: a row stops drafting after a token the draft
-gave too little probability, and a round stops stepping once every row has) k is a cap, not
-the round's length, and the rule prices what the stop leaves. From the rounds' (accepted,
+With the drafter's confidence stop decided on the device (`stop=True`: a row stops drafting after
+a token the draft gave too little probability, and a captured round skips its steps once every
+row has) k is a cap, not the round's length, and the rule prices what the stop leaves. (The
+caller turns it on where round costs are measured, full and shortest: captured rounds. Priced
+by the k·c + 1 model alone, which leaves the verify's rows out, a longer cap lost on the CPU.) From the rounds' (accepted,
 proposed) counts, with their k (`update(..., k=)`), it keeps three more decayed rates: p̂, that
 a proposed token is confident (tokens 1..p-1 of a row that proposed p were; token p was not when
 p < k; a row that proposed all k counts its last as confident, which it may not have been: the
