@@ -472,7 +472,7 @@ class SpeculativeDecoder:
             seed=s.seed,
             min_cache_len=s.cache_reserve(self.reserved) if self.reserved else 0,
             overlap=s.overlapped,
-            sibling=s.sibling and drafter is not None and drafter.on_device,
+            sibling=s.sibling,
         )
         return SpeculativeEngine(self.target, drafter, params, k_policy=k_policy, generator=generator,
                                  runner=self.runner(self.target), rounds=self.rounds())

@@ -265,5 +265,6 @@ class ModelRunner(ModelStep):
         if not eager and self.fused.on_kernels(input_ids.numel()):
             masks = {}  # the kernels mask from the positions themselves (and cache.sibling)
         else:
-            masks = self.masks(slots, attend_len, boolean=True, sibling=sibling)
+            masks = self.masks(slots, attend_len, boolean=True,
+                               rope=cache.rope_positions(slots) if sibling is not None else None)
         return self.fused.forward(input_ids, cache, slots, masks, attend_len, logits_to_keep, eager=eager)

@@ -325,14 +325,15 @@ class SpeculativeEngine:
             return seen
         captures = self.rounds.captures
         if captures != seen:
-            if getattr(self.k_policy, "stop", False) and getattr(self.drafter, "stop_below", None) is None:
-                self.k_policy.stop = False  # the capture turned the drafter's confidence stop off
+            if getattr(self.k_policy, "stop", False) and not getattr(self.drafter, "device_stop", False):
+                self.k_policy.stop = False  # the capture turned the drafter's device stop off
             costs = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev)
             if costs:
-                shortest = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev, shortest=True)
-                if shortest and getattr(self.k_policy, "stop", False):
+                shortest = (self.rounds.measured(cache, bufs, self.params.sampling, feed_prev, shortest=True)
+                            if getattr(self.k_policy, "stop", False) else None)
+                if shortest:
                     self.k_policy.set_costs(costs, shortest=shortest)
-                else:
+                else:  # (a policy without the stop's pricing takes the costs alone)
                     self.k_policy.set_costs(costs)
         return captures
 

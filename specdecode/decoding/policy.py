@@ -158,7 +158,7 @@ class AdaptiveK:
         """Draft steps a round of k runs: k, or fewer where the stop ends every row's proposal."""
         if not self.stop:
             return float(k)
-        pc = self.confident_rate if self.stop_rounds else 1.0
+        pc = self.confident_rate  # 1 until a stop is seen (the prior counts no unconfident token)
         return sum(1.0 - (1.0 - pc ** i) ** self.rows for i in range(k))
 
     def expected_tokens(self, k: int) -> float:

@@ -234,7 +234,7 @@ def _sibling_round(target, cache, bufs: RoundBuffers, draft: Draft, verify_in: T
     second = draft.second.gather(1, (n - 1)[:, None])  # [B, 1]
     tree_in = torch.cat([verify_in, second], dim=1)  # [B, w+2]
     logits = target.forward(tree_in, cache, attend_len, sibling=n)  # [B, w+2, V]
-    target_tokens = target.argmax(logits) if hasattr(target, "argmax") else logits.argmax(dim=-1)
+    target_tokens = target.argmax(logits)
     accepted, next_token, taken = verify_greedy_sibling(verify_in[:, 1:], second[:, 0], target_tokens,
                                                         None if isinstance(num_proposed, int) else num_proposed)
     # the sibling's keys and values (written at the round's last slot) to its twin's slot, where kept
@@ -242,8 +242,8 @@ def _sibling_round(target, cache, bufs: RoundBuffers, draft: Draft, verify_in: T
     scratch = here + width + 1
     cache.move_slots(scratch, torch.where(taken, here + n, scratch))
     # the kept tokens as the commit reads them: the sibling in its twin's place
-    kept = torch.where(taken[:, None] & (torch.arange(width + 1, device=n.device) == n[:, None]),
-                       second, verify_in)
+    twin = verify_in.gather(1, n[:, None])
+    kept = verify_in.scatter(1, n[:, None], torch.where(taken[:, None], second, twin))
     if commit is not None:
         commit(kept, cache, bufs, num_proposed, accepted=accepted, next_token=next_token)
     else:

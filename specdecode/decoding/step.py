@@ -84,19 +84,17 @@ class ModelStep:
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         return KVCache(batch_size, max_len, self.device)
 
-    def masks(self, step_pos: Tensor, attend_len: int, boolean: bool = False, sibling: Tensor | None = None):
+    def masks(self, step_pos: Tensor, attend_len: int, boolean: bool = False, rope: Tensor | None = None):
         """Attention masks for queries at slots step_pos [B, q] over the first attend_len slots.
-        `sibling` [B] (KVCache.prepare): the last query is a sibling of token sibling[b] of the step:
-        it sees the slots before that token's and its own slot, nothing between."""
+        `rope` [B, q]: their rotary positions where the last query is a token tree's sibling
+        (KVCache.rope_positions): it sees the slots before its twin's position and its own slot."""
         slots = torch.arange(attend_len, device=step_pos.device)  # [S]
         qpos = step_pos[:, None, :, None]  # [B, 1, q, 1]
         causal = slots <= qpos  # [B, 1, q, S]
-        rpos = qpos  # the queries' positions (a sibling's is its twin's)
-        if sibling is not None:
-            twin = step_pos[:, :1] + sibling[:, None]  # [B, 1]
-            sees = (slots < twin) | (slots == step_pos[:, -1:])  # [B, S]
+        rpos = qpos if rope is None else rope[:, None, :, None]  # the queries' positions
+        if rope is not None:
+            sees = (slots < rope[:, -1:]) | (slots == step_pos[:, -1:])  # [B, S]
             causal = torch.cat([causal[:, :, :-1], sees[:, None, None, :]], dim=2)
-            rpos = torch.cat([step_pos[:, :-1], twin], dim=1)[:, None, :, None]
         masks = {"full_attention": causal}
         if self.layout.sliding_window is not None:
             # transformers' convention: a query at position i sees keys at positions > i - window
@@ -128,7 +126,7 @@ class ModelStep:
         q = input_ids.shape[1]
         slots = cache.prepare(q, attend_len, sibling)  # [B, q]
         position_ids = cache.rope_positions(slots)
-        mask = self.masks(slots, attend_len, sibling=sibling)
+        mask = self.masks(slots, attend_len, rope=position_ids if sibling is not None else None)
         kwargs = {self._cache_kw: cache}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep

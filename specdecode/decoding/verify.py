@@ -63,16 +63,21 @@ def verify_greedy(
     batch, k = draft_tokens.shape
     if target_logits.shape[:2] != (batch, k + 1):
         raise ValueError(f"target_logits must be [B, k+1, V] = [{batch}, {k + 1}, V], got {tuple(target_logits.shape)}")
-    device = target_logits.device
-    draft_tokens = draft_tokens.to(device)
-    _, proposed = _proposed_mask(num_proposed, batch, k, device)  # [B, k]
-
-    target_tokens = target_logits.argmax(dim=-1)  # [B, k+1]
-    # Out-of-vocabulary or padding ids simply never match an argmax.
-    matches = (draft_tokens == target_tokens[:, :k]) & proposed  # [B, k]
-    num_accepted = _accepted_prefix(matches)  # [B]
-    next_token = target_tokens.gather(1, num_accepted[:, None]).squeeze(1)  # [B]
+    _, num_accepted, next_token = _greedy_prefix(draft_tokens, target_logits.argmax(dim=-1), num_proposed)
     return num_accepted, next_token
+
+
+def _greedy_prefix(draft_tokens: Tensor, target_tokens: Tensor, num_proposed: Tensor | None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(num_proposed clamped [B], the longest prefix of draft_tokens [B, k] equal to target_tokens
+    [B, >= k+1] within each row's proposal [B], the target's token right after it [B])."""
+    batch, k = draft_tokens.shape
+    device = target_tokens.device
+    num, proposed = _proposed_mask(num_proposed, batch, k, device)  # [B], [B, k]
+    # Out-of-vocabulary or padding ids simply never match an argmax.
+    matches = (draft_tokens.to(device) == target_tokens[:, :k]) & proposed  # [B, k]
+    num_accepted = _accepted_prefix(matches)  # [B]
+    return num, num_accepted, target_tokens.gather(1, num_accepted[:, None]).squeeze(1)
 
 
 def verify_greedy_sibling(
@@ -93,10 +98,7 @@ def verify_greedy_sibling(
     batch, k = draft_tokens.shape
     if target_tokens.shape != (batch, k + 2):
         raise ValueError(f"target_tokens must be [B, k+2] = [{batch}, {k + 2}], got {tuple(target_tokens.shape)}")
-    num, proposed = _proposed_mask(num_proposed, batch, k, target_tokens.device)
-    matches = (draft_tokens.to(target_tokens.device) == target_tokens[:, :k]) & proposed
-    accepted = _accepted_prefix(matches)  # [B]
-    next_token = target_tokens.gather(1, accepted[:, None]).squeeze(1)
+    num, accepted, next_token = _greedy_prefix(draft_tokens, target_tokens, num_proposed)
     taken = (num > 0) & (accepted == num - 1) & (sibling == next_token)
     accepted = torch.where(taken, num, accepted)
     next_token = torch.where(taken, target_tokens[:, k + 1], next_token)

@@ -161,7 +161,7 @@ class ModelDrafter:
 
     def _steps(self, step_in: Tensor, state: DraftState, k: int) -> Draft:
         """k draft steps from step_in [B, q] at the cache's positions."""
-        if self.stop_below is not None and self.conditional is not None and not state.may_sync and k > 1:
+        if self.device_stop and not state.may_sync and k > 1:
             return self._conditional_steps(step_in, state, k)
         tokens: list[Tensor] = []
         probs: list[Tensor] = []
