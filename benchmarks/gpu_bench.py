@@ -218,6 +218,9 @@ def run_engine(target, drafter, batch_prompts, new_tokens, k, runner, repeats=3,
     return statistics.median(decode), statistics.median(e2e), out
 
 
+_ORACLES: list = []  # every oracle built: their captured rounds read their tensors
+
+
 class OracleDrafter(ModelDrafter):
     """Benchmark only: pays the real draft model's cost, proposes the target's own tokens with prob α.
 
@@ -228,6 +231,12 @@ class OracleDrafter(ModelDrafter):
 
     def __init__(self, draft, runner, reference: list[list[int]], prompt_lens: list[int], alpha: float, vocab: int):
         super().__init__(draft, runner=runner)
+        # Its rounds read its own tensors (reference, coins, rows) and α: graphs of its own, and the
+        # oracle kept alive as long as they may replay (the script's ROUNDS). Keyed by the runner
+        # alone, the α = 0.6 graph replayed for 0.8 and 0.9 on freed tensors (2026-12-05: the same
+        # acceptance at every α, then a device-side index assert)
+        self.capture_key = id(self)
+        _ORACLES.append(self)
         self.alpha, self.vocab = alpha, vocab
         width = max(map(len, reference)) + 64  # room for a round's look-ahead past the end
         ref = torch.zeros((len(reference), width), dtype=torch.long)

@@ -44,6 +44,8 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
+# the results' names say which card measured them (the lease may give an H100 for an H200)
+card=$(python3 -c "import torch; n = torch.cuda.get_device_name().lower(); print('h100' if 'h100' in n else 'h200')" 2>/dev/null || echo h200)
 case "$step" in
     tests)
         { timeout "$limit" python3 -m pytest -q -m "" tests/test_gpu_rounds.py tests/test_gpu.py tests/test_kernels.py \
@@ -52,11 +54,11 @@ case "$step" in
             | tee "$out/gpu-tests-log.txt" ;;
     llama|gemma)
         timeout "$limit" python3 benchmarks/gpu_bench.py --pairs "$step" --modes eager graphs compiled \
-            --batches 1 4 16 --out "$out" --tag "h200-$step" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
+            --batches 1 4 16 --out "$out" --tag "$card-$step" 2>&1 | quiet | tee "$out/$card-$step-log.txt" ;;
     gemma-decode|llama-decode)
         pair=${step%-decode}
         timeout "$limit" python3 benchmarks/gpu_bench.py --pairs "$pair" --modes compiled --batches 1 16 --no-hf \
-            --out "$out" --tag "h200-$step" "$@" 2>&1 | quiet | tee "$out/h200-$step-log.txt" ;;
+            --out "$out" --tag "$card-$step" "$@" 2>&1 | quiet | tee "$out/$card-$step-log.txt" ;;
     profile)
         timeout 400 python3 benchmarks/profile_step.py --pair gemma 2>&1 | quiet | tee "$out/h200-profile.txt" ;;
     profile-qwen)

@@ -11,7 +11,7 @@ in this script for comparison (static-cache compiled, and assisted generation).
     python3 benchmarks/real_pair.py convert --gguf DIR --out MODELS --parallel  # on the GPU machine, once (~2.5 min)
     python3 benchmarks/real_pair.py run --models MODELS --prompts DIR --out $OUT [--steps ...]
 
-`run` writes <out>/<date>-h200-real-pair.json (+ .md) after every step (a run cut short keeps
+`run` writes <out>/<date>-<gpu>-real-pair.json (+ .md; <gpu>: h200, h100, or the card's name) after every step (a run cut short keeps
 what it measured), with a "checks" entry per target of the issue. Method: benchmarks/README.md.
 """
 
@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -267,15 +268,23 @@ def write(r: dict, out: Path, tag: str) -> None:
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
 
 
+def card(name: str) -> str:
+    """The results' file name for a device: h200 / h100 (the lent machines), else its name."""
+    for short in ("h200", "h100"):
+        if short in name.lower():
+            return short
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
 def run(args) -> None:
     import torch
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{dt.date.today().isoformat()}-h200-real-pair{args.tag}"
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    tag = f"{dt.date.today().isoformat()}-{card(name)}-real-pair{args.tag}"
     path = out / f"{tag}.json"
     r = json.loads(path.read_text()) if path.exists() else {"steps": {}}
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     r["machine"] = f"{name} torch {torch.__version__}"
     prompts = Path(args.prompts) / f"{args.set}.jsonl"
     n = ["--num-samples", str(args.num_samples)]

@@ -597,11 +597,11 @@ def test_the_device_stop_skips_steps_and_leaves_valid_ids(llama_pair):
         full = drafter.propose(state, 4)
     assert runs == [True, True, True] and full.num_proposed.tolist() == [4, 4, 4]
     assert torch.equal(full.tokens[:, 0], draft.tokens[:, 0])
-    assert float(drafter._threshold) == pytest.approx(1.01)  # restored
+    assert float(drafter._threshold(torch.device("cpu"))) == pytest.approx(1.01)  # restored
     # `shortest_rounds`: the stop fires after every first token (what a skipped step saves is timed so)
     drafter.stop_below = 0.0
     with torch.inference_mode():
-        drafter._threshold.fill_(0.0)
+        drafter._threshold(torch.device("cpu")).fill_(0.0)
     runs.clear()
     assert drafter.propose(state, 4).num_proposed.tolist() == [4, 4, 4] and runs == [True, True, True]
     runs.clear()
@@ -609,9 +609,39 @@ def test_the_device_stop_skips_steps_and_leaves_valid_ids(llama_pair):
         short = drafter.propose(state, 4)
     assert runs == [False, False, False] and short.num_proposed.tolist() == [1, 1, 1]
     assert torch.equal(short.tokens[:, 0], draft.tokens[:, 0])
-    assert float(drafter._threshold) == 0.0 and drafter.device_stop
+    assert float(drafter._threshold(torch.device("cpu"))) == 0.0 and drafter.device_stop
     drafter.drop_device_stop()
     assert not drafter.device_stop
+
+
+def test_drafters_on_one_runner_share_the_threshold_a_captured_round_reads(llama_pair):
+    """A captured round graph is reused by every drafter built on its runner (bench's passes,
+    compare's settings), so the device stop's threshold tensor is the runner's, not the drafter's:
+    a later drafter must not leave the graph reading a freed tensor or an old threshold. Each
+    drafter writes its own threshold there when it starts a batch."""
+    import gc
+
+    from specdecode.decoding.step import ModelStep
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k=4)
+    runner = ModelStep(dec.draft.model)
+    ids = torch.tensor([dec.encode(RAGGED[0])])
+    lengths = torch.tensor([ids.shape[1]])
+    first = ModelDrafter(dec.draft, runner=runner, stop_below=0.3, conditional=host_if)
+    first.prefill(ids, lengths, 64)
+    read = first._threshold(ids.device)  # what a graph captured with `first` compares against
+    del first
+    gc.collect()
+    second = ModelDrafter(dec.draft, runner=runner, stop_below=0.8, conditional=host_if)
+    second.prefill(ids, lengths, 64)
+    assert second._threshold(ids.device) is read and float(read) == pytest.approx(0.8)
+    with second.shortest_rounds():
+        assert float(read) == 2.0
+    assert float(read) == pytest.approx(0.8)
+    other = ModelDrafter(dec.draft, runner=ModelStep(dec.draft.model), stop_below=0.5, conditional=host_if)
+    other.prefill(ids, lengths, 64)
+    assert other._threshold(ids.device) is not read and float(read) == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize("draft_is_target", [True, False])

@@ -317,3 +317,31 @@ def test_overlapped_rounds_with_the_verify_on_a_green_context(llama_pair, temper
         assert tokens == oracle_greedy(llama_pair.target, RAGGED, 32)
     else:
         assert tokens == [r.token_ids for r in dec(llama_pair, **common).generate(RAGGED)]
+
+
+def test_a_round_graph_is_shared_by_a_runners_drafters_unless_one_names_its_own_state(llama_pair):
+    """Captured round graphs are kept per drafter runner: a second drafter on the runner replays the
+    first one's graphs (what bench's passes rely on to capture nothing on the clock), and a drafter
+    whose round reads tensors of its own (capture_key: gpu_bench's oracle) gets graphs of its own."""
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    d = dec(llama_pair, k=3, max_new_tokens=8)
+    rounds = d.rounds()
+    ids = d.encode_all(RAGGED[:1])
+    d.reserve(ids)
+    first = d.engine()
+    first.prepare(ids)
+    before = rounds.captures
+    assert before > 0
+    second = d.engine()
+    assert second.drafter is not first.drafter and second.drafter.runner is first.drafter.runner
+    second.prepare(ids)
+    assert rounds.captures == before  # the same graphs
+
+    class Own(ModelDrafter):
+        capture_key = "own tensors"
+
+    third = d.engine()
+    third.drafter = Own(d.draft, runner=first.drafter.runner)
+    third.prepare(ids)
+    assert rounds.captures > before

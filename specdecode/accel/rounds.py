@@ -276,8 +276,9 @@ class CapturedRounds(EagerRounds):
         d = self.drafter
         draft_key = None
         if d is not None:
-            # the graph is bound to the drafter's runner and pooled cache, not to the Python object
-            draft_key = (d.name, id(getattr(d, "runner", None)), d.on_device)
+            # the graph is bound to the drafter's runner and pooled cache, not to the Python object;
+            # a drafter whose round reads device tensors of its own names them (capture_key)
+            draft_key = (d.name, id(getattr(d, "runner", None)), d.on_device, getattr(d, "capture_key", None))
         return (id(cache), id(bufs), shape, sampling, draft_key)
 
     def prepare(self, cache, bufs: RoundBuffers, shape: RoundShape, sampling: SamplingParams, target_rows: int):

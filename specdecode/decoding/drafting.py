@@ -15,6 +15,12 @@ Two kinds of drafter:
 * on the host (`on_device = False`: prompt lookup): `propose` reads the host-side
   histories; the engine calls it before the round and hands its tokens in.
 
+A captured round graph is kept per drafter runner, not per drafter object (accel/rounds.py):
+the drafters built on one runner (bench's passes, compare's settings) replay the same graph, so
+an on-device drafter keeps the device state its round reads with its runner (the draft model's
+pooled cache, its confidence threshold). One whose round reads tensors of its own instead sets
+`capture_key` (any hashable naming them, e.g. its id while it stays alive) to get graphs of its own.
+
 This module lives in decoding/ so that the engine and the drafters/ package both import it
 and neither imports the other's package back.
 

@@ -25,6 +25,7 @@ What it does not: verify, or know whether the draft is a good match for the targ
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +36,13 @@ from ..decoding.sampling import logits_to_probs, sample
 from ..models.loading import LoadedModel
 
 __all__ = ["ModelDrafter"]
+
+# The confidence stop's threshold on the device, one per draft runner. A captured round graph is
+# bound to the drafter's runner and its pooled cache, not to the drafter object (accel/rounds.py
+# reuses it for every drafter built on that runner: bench's passes, compare's settings), so the
+# tensor the graph reads lives with the runner too; each drafter writes its own threshold into it
+# when it starts a batch (prefill).
+_THRESHOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _confidence(logits: Tensor, tok: Tensor, q: Tensor | None) -> Tensor:
@@ -67,21 +75,31 @@ class ModelDrafter:
         self.cache = None
         self.stop_below = stop_below
         self.conditional = conditional
-        self._threshold: Tensor | None = None  # stop_below on the device (the conditional steps read it)
+
+    def _threshold(self, device: torch.device) -> Tensor:
+        """The 0-d tensor the device confidence stop compares against: the runner's (see
+        _THRESHOLDS), made holding stop_below."""
+        t = _THRESHOLDS.get(self.runner)
+        if t is None or t.device != torch.device(device):
+            with torch.inference_mode():
+                t = _THRESHOLDS[self.runner] = torch.full((), float(self.stop_below), dtype=torch.float32,
+                                                          device=device)
+        return t
 
     @contextmanager
     def _pinned(self, threshold: float):
         """Within: the device confidence stop compares against `threshold` instead of stop_below."""
-        if self._threshold is None or self.stop_below is None:
+        t = _THRESHOLDS.get(self.runner)
+        if t is None or self.stop_below is None:
             yield
             return
         with torch.inference_mode():  # made inside propose's inference mode
-            self._threshold.fill_(threshold)
+            t.fill_(threshold)
         try:
             yield
         finally:
             with torch.inference_mode():
-                self._threshold.fill_(float(self.stop_below))
+                t.fill_(float(self.stop_below))
 
     def full_rounds(self):
         """Within: the device confidence stop never fires, so a captured round runs all its draft
@@ -105,6 +123,9 @@ class ModelDrafter:
         # logits are not needed: the first proposal comes after the target's first token
         self.runner.prefill(input_ids, self.cache, attend_len=length)
         self.cache.set_positions(lengths)
+        if self.device_stop and self.runner in _THRESHOLDS:  # this drafter's threshold, where graphs read it
+            with torch.inference_mode():
+                self._threshold(input_ids.device).fill_(float(self.stop_below))
 
     def _next(self, logits: Tensor, state: DraftState, j: int) -> tuple[Tensor, Tensor | None]:
         """logits: [B, V] already aligned to the target's rows."""
@@ -195,8 +216,7 @@ class ModelDrafter:
         the first step, `last` (zeros) in every slot, so the Draft is the same whether a skipped
         step runs or not: its slots lie past every row's num_proposed."""
         bsz, device = step_in.shape[0], step_in.device
-        if self._threshold is None or self._threshold.device != device:
-            self._threshold = torch.full((), float(self.stop_below), dtype=torch.float32, device=device)
+        threshold = self._threshold(device)
         tokens = state.last[:, None].expand(bsz, k).clone()  # [B, k]: valid ids in every slot
         probs = None if state.sampling.greedy else torch.zeros((bsz, k, state.target_rows), dtype=torch.float32,
                                                                 device=device)
@@ -213,7 +233,7 @@ class ModelDrafter:
             if seconds is not None:
                 seconds[:, j].copy_(self._second(logits, tok))
             if j < k - 1:
-                self._mark_stops(logits, tok, q, j, self._threshold, num_proposed, stopped)
+                self._mark_stops(logits, tok, q, j, threshold, num_proposed, stopped)
                 going.copy_(~stopped.all())
 
         step(0)
