@@ -135,7 +135,7 @@ _SHARED_PARAMS: list[tuple[str, Any, Any]] = [
     ("k", Optional[str], _opt("--k", metavar="N|auto", key="k", help="draft tokens per round (num_draft_tokens), or 'auto'")),
     ("max_k", Optional[int], _opt("--max-k", metavar="N", key="max_k", help="upper bound for --k auto")),
     ("overlap", Optional[bool], _opt("--overlap/--no-overlap", help="experimental: draft the next round while the target verifies this one, on a second CUDA stream (--drafter model, fixed --k; output unchanged; default off: slower than plain rounds on an H200 for every pair measured)")),
-    ("sibling", Optional[bool], _opt("--sibling/--no-sibling", help="greedy rounds of a draft model also verify its second choice at the last proposed token, in one more verify row (a token tree of one sibling; output unchanged; default off until measured on a GPU)")),
+    ("sibling", Optional[bool], _opt("--sibling/--no-sibling", help="greedy rounds of a draft model also verify its second choice at the last proposed token, in one more verify row (a token tree of one sibling; output unchanged; off by default: no gain measured on an H100)")),
     ("overlap_sms", Optional[int], _opt("--overlap-sms", help="with --overlap on CUDA: keep this many SMs from the target's verify for the draft (the verify runs on a CUDA green context of the rest); default: both share every SM")),
     ("max_new_tokens", Optional[int], _opt("--max-new-tokens", metavar="N", key="max_new_tokens", help="tokens to generate per prompt")),
     ("max_length", Optional[int], _opt("--max-length", metavar="N", key="max_length", help="truncate prompts to this many tokens (from the left)")),
