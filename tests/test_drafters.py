@@ -267,6 +267,114 @@ def test_adaptive_k_with_the_stop_keeps_the_plain_rule_until_it_sees_the_stop():
     assert [policy.expected_rate(k) for k in range(1, 9)] == [plain.expected_rate(k) for k in range(1, 9)]
 
 
+def test_adaptive_k_prices_the_measured_time_between_rounds():
+    """Measured costs are the round graphs' device times; what a round's wall time exceeds them by
+    (the time between rounds, the same for every k) is priced once GAP_SAMPLES rounds are in, as
+    their median: a longer k then pays where it did not (on an H100 the real pair ran --k auto at a
+    mean k of 3.8 with rounds 0.14-0.19 ms over their graphs, where k 5 was fastest)."""
+    from specdecode.decoding.policy import GAP_SAMPLES, round_gaps
+
+    costs = {k: 1.6 + 0.62 * k for k in range(1, 9)}  # ms: a verify and k draft steps
+
+    def trained(gaps=None):
+        p = AdaptiveK(max_k=8, gaps=gaps)
+        p.set_costs(costs)
+        for _ in range(12):
+            p.update([3, 5], [5, 5], k=5)  # α̂ ~0.88: a middling k
+        return p
+
+    plain, timed = trained(), trained()
+    assert plain.gap == 0.0
+    for i in range(GAP_SAMPLES - 1):
+        timed.observe_time(plain.k, costs[plain.k] + 2.0)
+        assert timed.gap == 0.0 and timed.k == plain.k  # too few rounds yet
+    timed.observe_time(3, costs[3] + 2.0)
+    assert timed.gap == pytest.approx(2.0)
+    assert timed.cost(4) == pytest.approx(costs[4] + 2.0)
+    assert timed.k > plain.k
+    for _ in range(GAP_SAMPLES):  # the median: one outlier round moves nothing
+        timed.observe_time(4, costs[4] + 2.0)
+    timed.observe_time(4, costs[4] + 50.0)
+    assert timed.gap == pytest.approx(2.0)
+    # rounds faster than their measured graphs price no negative gap
+    fast = trained()
+    for _ in range(GAP_SAMPLES):
+        fast.observe_time(2, costs[2] - 0.5)
+    assert fast.gap == 0.0 and fast.k == plain.k
+    # a decoder's window carries over to its next batch's policy
+    window = round_gaps()
+    first = trained(window)
+    for _ in range(GAP_SAMPLES):
+        first.observe_time(4, costs[4] + 2.0)
+    assert trained(window).gap == pytest.approx(2.0)
+    # nothing is learned without measured costs (the k c + 1 model is in target steps, not ms),
+    # nor with the confidence stop (its rounds run fewer steps than their measured cost)
+    unmeasured, stopping = AdaptiveK(max_k=8), AdaptiveK(max_k=8, stop=True)
+    stopping.set_costs(costs)
+    for p in (unmeasured, stopping):
+        for _ in range(GAP_SAMPLES):
+            p.observe_time(4, 9.0)
+        assert p.gap == 0.0 and len(p.gaps) == 0
+
+
+def test_the_engine_times_rounds_that_ran_back_to_back(llama_pair, monkeypatch):
+    """With rounds launched one ahead, the engine hands --k auto's policy each round's wall time,
+    result to result, only where the round was already queued behind the last one read; the
+    policy learns the time between rounds from it."""
+    from specdecode.decoding import engine as engine_mod
+    from specdecode.decoding.engine import EngineParams, SpeculativeEngine
+    from specdecode.decoding.round import EagerRounds
+    from specdecode.decoding.step import ModelStep
+    from specdecode.drafters.draft_model import ModelDrafter
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_mod.time, "perf_counter", lambda: clock[0])
+    costs = {k: 1.5 + 0.5 * k for k in range(1, 5)}
+    gap = 0.75
+
+    class TimedRounds(EagerRounds):
+        captures = 1
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.ks = []
+
+        def measured(self, cache, bufs, sampling, feed_prev, shortest=False):
+            return {} if shortest else costs
+
+        def launch(self, cache, bufs, shape, sampling, attend_len, target_rows):
+            self.ks.append(shape.k)
+            return super().launch(cache, bufs, shape, sampling, attend_len, target_rows)
+
+        def read(self, result):
+            clock[0] += (costs[self.ks.pop(0)] + gap) / 1e3  # the device ran the round, then the gap
+            return super().read(result)
+
+    seen = []
+
+    class Recording(AdaptiveK):
+        def observe_time(self, k, ms):
+            seen.append((k, ms))
+            super().observe_time(k, ms)
+
+    dec = decoder(llama_pair.target, llama_pair.draft, k="auto", max_k=4, max_new_tokens=48)
+    step = ModelStep(dec.target.model)
+    rounds = TimedRounds(step, fixed_shapes=True)
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.draft), EngineParams(4, 48),
+                            k_policy=Recording(max_k=4), runner=step, rounds=rounds)
+    list(eng.stream(dec.encode_all(PROMPTS[:1])))
+    assert len(seen) >= 8
+    assert all(ms == pytest.approx(costs[k] + gap) for k, ms in seen)
+    assert eng.k_policy.gap == pytest.approx(gap)
+    # without look-ahead no round runs behind another: nothing is timed
+    seen.clear()
+    eng = SpeculativeEngine(dec.target, ModelDrafter(dec.draft), EngineParams(4, 48),
+                            k_policy=Recording(max_k=4), runner=step, rounds=TimedRounds(step, fixed_shapes=True))
+    eng.lookahead = False
+    list(eng.stream(dec.encode_all(PROMPTS[:1])))
+    assert seen == [] and eng.k_policy.gap == 0.0
+
+
 @pytest.mark.parametrize("stop", [True, False], ids=["stop", "stop-dropped"])
 def test_the_engine_hands_k_auto_the_shortest_rounds_where_the_draft_stops(llama_pair, stop):
     """Rounds that time their graphs give the policy the full rounds' costs, and where the draft's

@@ -30,6 +30,7 @@ What it does not: tokenize, time, print, or load models. It yields `RoundEvent`s
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -182,6 +183,8 @@ class SpeculativeEngine:
             feed_prev = False  # an overlapped round's draft branch holds everything before `last`
         pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
         costs_at = self._give_costs(-1, cache, bufs, feed_prev)  # captures when the policy last got costs
+        timed = self.k_policy is not None and hasattr(self.k_policy, "observe_time")
+        read_at = None  # when the last result was read, if the round after it was already queued
         rnd = 0
         gone: set[int] = set()  # rows whose finishing the batch has already absorbed
         while True:
@@ -216,6 +219,11 @@ class SpeculativeEngine:
             # 2d. the round's single host synchronisation
             rnd_done, k_round, steps, result = pending.popleft()
             host = self.rounds.read(result)
+            if timed:  # a round's wall time, result to result, where it ran right behind the last
+                now = time.perf_counter()
+                if read_at is not None:
+                    self.k_policy.observe_time(k_round, (now - read_at) * 1e3)
+                read_at = now if pending else None
             if self.k_policy is not None:
                 costs_at = self._give_costs(costs_at, cache, bufs, feed_prev)
                 live = [h for s, h in enumerate(host) if active[s] not in finished]  # frozen rows say nothing

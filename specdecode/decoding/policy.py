@@ -45,32 +45,54 @@ So a draft that stays confident gets the plain rule, and one that stops early ge
 for the rounds where it does not. Until a round's counts come with their k (`update` without
 k), the plain rule.
 
+Measured costs are the round graphs' device times, which leave out what passes between two
+rounds: the gap between graphs, and the host's share of a round where it falls behind the
+device. That time is the same whatever k, so leaving it out prices short rounds too cheaply
+(on an H100 the real pair's rounds took 0.14-0.19 ms more than their graphs, and `--k auto`
+ran at a mean k of 3.8 where k 5 was fastest). The engine reports each round's wall time
+(`observe_time`: result to result, while the next round was already queued) and the median of
+what it exceeds the round's measured cost by, over the last rounds (`gaps`, a window a decoder
+keeps across its batches), is added to every measured cost once GAP_SAMPLES rounds are in.
+
 What it does not: choose k per row (a drafter may still propose fewer than k per row through
 `Draft.num_proposed`).
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from ..metrics import expected_tokens_per_round
 
-__all__ = ["AdaptiveK", "PRIOR_ALPHA", "PRIOR_UNCONFIDENT_ALPHA", "PRIOR_WEIGHT"]
+__all__ = ["AdaptiveK", "GAP_SAMPLES", "GAP_WINDOW", "PRIOR_ALPHA", "PRIOR_UNCONFIDENT_ALPHA", "PRIOR_WEIGHT",
+           "round_gaps"]
 
 PRIOR_ALPHA = 0.8  # the acceptance rate assumed before any round (a matched pair's typical)
 PRIOR_UNCONFIDENT_ALPHA = 0.5  # with the confidence stop: a token the draft was unsure of
 PRIOR_WEIGHT = 2.0  # in draft tokens: the first rounds outweigh it at once
+GAP_SAMPLES = 8  # rounds timed before the time between rounds is priced
+GAP_WINDOW = 32  # the last rounds whose median prices it
+
+
+def round_gaps() -> deque:
+    """A window of measured gaps between rounds, for AdaptiveK(gaps=): a decoder keeps one across
+    its batches, so each batch's policy starts from what earlier ones measured."""
+    return deque(maxlen=GAP_WINDOW)
 
 
 class AdaptiveK:
     """`--k auto`: `k` is the current draft length, in [1, max_k]; call `update` once per round."""
 
     def __init__(self, max_k: int = 8, start: int | None = None, cost_ratio: float = 0.5,
-                 decay: float = 0.9, stop: bool = False) -> None:
+                 decay: float = 0.9, stop: bool = False, gaps: deque | None = None) -> None:
         """cost_ratio: c, a draft step's cost in target steps, for the cost model before any
         measured round (see the module doc); start: the first k (default: the best k at the
         prior acceptance); decay: per-round weight of earlier rounds' counts, in (0, 1]; stop:
-        the drafter stops a round's proposal at its confidence stop (k is then a cap)."""
+        the drafter stops a round's proposal at its confidence stop (k is then a cap); gaps: the
+        window of measured time between rounds (`round_gaps()`; shared to carry it across
+        batches), a new one when None."""
         if max_k < 1:
             raise ValueError(f"max_k must be at least 1, got {max_k}")
         if cost_ratio < 0:
@@ -94,6 +116,8 @@ class AdaptiveK:
         self._lost = {True: (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT, False: (1.0 - PRIOR_UNCONFIDENT_ALPHA) * PRIOR_WEIGHT}
         self.rows = 1  # rows of the last round (the stop skips a step only when every row stopped)
         self.stop_rounds = 0  # rounds whose counts came with their k (the stop's evidence)
+        self.gaps = round_gaps() if gaps is None else gaps
+        self.gap = 0.0  # what a round costs beyond its measured cost (priced once costs are measured)
         self.k = self.best() if start is None else max(1, min(int(start), self.max_k))
         self.history: list[int] = [self.k]  # k after every update (for reports and tests)
 
@@ -123,22 +147,45 @@ class AdaptiveK:
             mk, mv = sum(ks) / len(ks), sum(vs) / len(vs)
             slope = sum((a - mk) * (b - mv) for a, b in zip(ks, vs)) / sum((a - mk) ** 2 for a in ks)
             self._line = (mk, mv, max(slope, 0.0))
+        self.gap = self._median_gap()
         self.k = self.best()
 
-    def cost(self, k: int) -> float:
-        """A round's cost with k draft tokens: measured, on the line through the measured costs,
-        or k·c + 1 (scaled through the one measured k)."""
+    def _measured(self, k: int) -> float:
+        """A round's device cost with k draft tokens from the measured costs: measured, or on the
+        line through them, or scaled through the one measured k by the k·c + 1 model."""
         if k in self.costs:
             return self.costs[k]
         if self._line is not None:
             mk, mv, slope = self._line
             fit = mv + slope * (k - mk)
             return fit if fit > 0 else min(self.costs.values())
-        model = 1.0 + self.cost_ratio * k
+        (k0, v0), = self.costs.items()
+        return v0 * (1.0 + self.cost_ratio * k) / (1.0 + self.cost_ratio * k0)
+
+    def cost(self, k: int) -> float:
+        """A round's cost with k draft tokens: its measured device cost plus the measured time
+        between rounds (see the module doc), or k·c + 1 target steps before any measurement."""
         if self.costs:
-            (k0, v0), = self.costs.items()
-            return v0 * model / (1.0 + self.cost_ratio * k0)
-        return model
+            return self._measured(k) + self.gap
+        return 1.0 + self.cost_ratio * k
+
+    def _median_gap(self) -> float:
+        if not self.costs or len(self.gaps) < GAP_SAMPLES:
+            return 0.0
+        return max(0.0, statistics.median(self.gaps))
+
+    def observe_time(self, k: int, ms: float) -> None:
+        """A round of k took `ms` of wall time, result to result, with the next round already
+        queued behind it. What that exceeds its measured device cost by joins the window, and the
+        window's median (from GAP_SAMPLES rounds on) is priced into every round. Not with the
+        confidence stop, whose rounds run fewer steps than their measured cost."""
+        if self.stop or not self.costs:
+            return
+        self.gaps.append(ms - self._measured(k))
+        gap = self._median_gap()
+        if gap != self.gap:
+            self.gap = gap
+            self.k = self.best()
 
     def step_saving(self, k: int) -> float:
         """What a round of k saves per draft step the stop skips, in cost units."""
