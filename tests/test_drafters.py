@@ -319,8 +319,9 @@ def test_adaptive_k_prices_the_measured_time_between_rounds():
 
 def test_the_engine_times_rounds_that_ran_back_to_back(llama_pair, monkeypatch):
     """With rounds launched one ahead, the engine hands --k auto's policy each round's wall time,
-    result to result, only where the round was already queued behind the last one read; the
-    policy learns the time between rounds from it."""
+    result to result, only where the round was already queued behind the last one read and no
+    round was captured in between (a lazy capture is host time of its own); the policy learns the
+    time between rounds from it."""
     from specdecode.decoding import engine as engine_mod
     from specdecode.decoding.engine import EngineParams, SpeculativeEngine
     from specdecode.decoding.round import EagerRounds
@@ -337,13 +338,17 @@ def test_the_engine_times_rounds_that_ran_back_to_back(llama_pair, monkeypatch):
 
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self.ks = []
+            self.ks, self.shapes = [], set()
 
         def measured(self, cache, bufs, sampling, feed_prev, shortest=False):
             return {} if shortest else costs
 
         def launch(self, cache, bufs, shape, sampling, attend_len, target_rows):
             self.ks.append(shape.k)
+            if shape.k not in self.shapes:  # captured on first use: 50 ms of host time
+                self.shapes.add(shape.k)
+                self.captures += 1
+                clock[0] += 0.05
             return super().launch(cache, bufs, shape, sampling, attend_len, target_rows)
 
         def read(self, result):
@@ -363,8 +368,8 @@ def test_the_engine_times_rounds_that_ran_back_to_back(llama_pair, monkeypatch):
     eng = SpeculativeEngine(dec.target, ModelDrafter(dec.draft), EngineParams(4, 48),
                             k_policy=Recording(max_k=4), runner=step, rounds=rounds)
     list(eng.stream(dec.encode_all(PROMPTS[:1])))
-    assert len(seen) >= 8
-    assert all(ms == pytest.approx(costs[k] + gap) for k, ms in seen)
+    assert len(seen) >= 8 and rounds.captures > 2 and len(rounds.shapes) > 1  # k moved: captures mid-run
+    assert all(ms == pytest.approx(costs[k] + gap) for k, ms in seen)  # none with a capture inside
     assert eng.k_policy.gap == pytest.approx(gap)
     # without look-ahead no round runs behind another: nothing is timed
     seen.clear()

@@ -184,7 +184,9 @@ class SpeculativeEngine:
         pending: deque[tuple[int, int, int, Tensor]] = deque()  # (round, k, steps, result)
         costs_at = self._give_costs(-1, cache, bufs, feed_prev)  # captures when the policy last got costs
         timed = self.k_policy is not None and hasattr(self.k_policy, "observe_time")
-        read_at = None  # when the last result was read, if the round after it was already queued
+        # when the last result was read, if the round after it was already queued, and the captures
+        # by then (a round whose interval holds a capture says nothing about the time between rounds)
+        read_at, read_captures = None, 0
         rnd = 0
         gone: set[int] = set()  # rows whose finishing the batch has already absorbed
         while True:
@@ -221,9 +223,9 @@ class SpeculativeEngine:
             host = self.rounds.read(result)
             if timed:  # a round's wall time, result to result, where it ran right behind the last
                 now = time.perf_counter()
-                if read_at is not None:
+                if read_at is not None and self.rounds.captures == read_captures:
                     self.k_policy.observe_time(k_round, (now - read_at) * 1e3)
-                read_at = now if pending else None
+                read_at, read_captures = (now if pending else None), self.rounds.captures
             if self.k_policy is not None:
                 costs_at = self._give_costs(costs_at, cache, bufs, feed_prev)
                 live = [h for s, h in enumerate(host) if active[s] not in finished]  # frozen rows say nothing
