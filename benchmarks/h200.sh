@@ -45,7 +45,7 @@ fi
 export PYTHONUNBUFFERED=1
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
 # the results' names say which card measured them (the lease may give an H100 for an H200)
-card=$(python3 -c "import torch; n = torch.cuda.get_device_name().lower(); print('h100' if 'h100' in n else 'h200')" 2>/dev/null || echo h200)
+card=$(python3 -c "import sys, torch; sys.path.insert(0, 'benchmarks'); import real_pair; print(real_pair.card(torch.cuda.get_device_name()))" 2>/dev/null || echo h200)
 case "$step" in
     tests)
         { timeout "$limit" python3 -m pytest -q -m "" tests/test_gpu_rounds.py tests/test_gpu.py tests/test_kernels.py \

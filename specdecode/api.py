@@ -455,17 +455,16 @@ class SpeculativeDecoder:
         drafter = build_drafter(s, self.target, self.draft, self.runner(self.draft) if self.draft is not None else None,
                                 decoder=self)
         if s.k == "auto" and k_policy is None and drafter is not None:
-            from .decoding.policy import AdaptiveK, round_gaps
+            from .decoding.policy import AdaptiveK
 
             # a confidence stop decided on the device skips its steps in captured rounds, whose graphs
             # are timed with every step run and with the first alone: there k is a cap, and the policy
             # prices what the stop leaves. Eager rounds keep the plain rule: without measured round
             # costs the verify's extra rows go unpriced, and a longer cap lost on the CPU (the demo
             # pair, k auto: 1.70x against 1.83x; benchmarks/results/2026-12-05-stop36-notes.md)
-            if self._round_gaps is None:
-                self._round_gaps = round_gaps()
             k_policy = AdaptiveK(max_k=s.max_k, cost_ratio=self.prior_cost_ratio(),
                                  stop=getattr(drafter, "device_stop", False), gaps=self._round_gaps)
+            self._round_gaps = k_policy.gaps  # the next batch's policy starts from this one's window
         k = s.k if isinstance(s.k, int) else s.max_k
         params = EngineParams(
             num_draft_tokens=k,

@@ -196,10 +196,7 @@ class AdaptiveK:
             return sum(measured.values()) / len(measured)
         if self._line is not None:
             return self._line[2]  # the slope: a step and the verify's extra row, a little more than a step
-        if self.costs:
-            (k0, v0), = self.costs.items()
-            return v0 * self.cost_ratio / (1.0 + self.cost_ratio * k0)
-        return self.cost_ratio
+        return self.cost(k) - self.cost(k - 1)  # one measured cost or none: the k·c + 1 model's step
 
     def expected_steps(self, k: int) -> float:
         """Draft steps a round of k runs: k, or fewer where the stop ends every row's proposal."""
