@@ -296,6 +296,7 @@ def run(args) -> None:
         "k5_bf16_draft_head": ["--k", "5", "--no-draft-fp8-head", *n],
         "k_auto": ["--k", "auto", *n],
         "k3": ["--k", "3", *n],
+        "k4": ["--k", "4", *n],
         # a token tree of one sibling (--sibling): the draft's second choice at its last proposed token,
         # in one more verify row; priced with --k auto at +2-7% on the traces (stop 36), not measured
         "k_auto_sibling": ["--k", "auto", "--sibling", *n],
