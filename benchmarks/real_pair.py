@@ -204,7 +204,7 @@ def checks(r: dict) -> dict[str, bool]:
     g = lambda step, key: (s.get(step) or {}).get(key)  # noqa: E731
     ran = lambda *steps: [x for x in steps if g(x, "speedup") is not None]  # noqa: E731  (the steps measured)
     c = {}
-    # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 3, 5 or
+    # batch 1, bf16: the fastest of the configurations a user can choose (plain rounds at k 3, 4, 5 or
     # auto, or overlapped rounds), named in r["batch1_best"]
     fixed = ran("k3", "k4", "k5_warm")
     batch1 = fixed + ran("k_auto", "k_auto_sibling", "k3_sibling", "k5_sibling", "overlap_k1", "overlap_k2",
