@@ -53,7 +53,7 @@ def _meta_model(source, trust_remote_code: bool):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models.loading import ModelLoadError, check_causal_lm, check_source, translate_error
+    from .models.loading import ModelLoadError, check_model_config, check_source, translate_error
 
     name = source.name
     check_source(source)
@@ -62,7 +62,7 @@ def _meta_model(source, trust_remote_code: bool):
                                             **source.pretrained_kwargs())
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         raise translate_error(name, e) from e
-    check_causal_lm(name, config)
+    check_model_config(name, config)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)

@@ -245,6 +245,27 @@ def _tiny_arch(name: str, layers: int):
         "gpt2": lambda: T.GPT2Config(n_embd=64, n_layer=layers, n_head=4, n_positions=256, vocab_size=112,
                                      bos_token_id=1, eos_token_id=2),
         "phi3": lambda: T.Phi3Config(num_key_value_heads=2, **small, **common),
+        # the families below run in the slow layer, each with a draft that is a noisy copy of its target
+        "gpt_neox": lambda: T.GPTNeoXConfig(**small, **common),  # parallel residual, partial rotary
+        "opt": lambda: T.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=layers, num_attention_heads=4,
+                                   word_embed_proj_dim=64, **common),  # learned positions with an offset
+        "falcon": lambda: T.FalconConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                                         vocab_size=112, bos_token_id=1, eos_token_id=2),  # multi-query
+        "gptj": lambda: T.GPTJConfig(n_embd=64, n_layer=layers, n_head=4, rotary_dim=8, vocab_size=112,
+                                     n_positions=256, bos_token_id=1, eos_token_id=2),
+        "mpt": lambda: T.MptConfig(d_model=64, n_layers=layers, n_heads=4, vocab_size=112, max_seq_len=256,
+                                   bos_token_id=1, eos_token_id=2),  # ALiBi over the key slots
+        "olmo2": lambda: T.Olmo2Config(num_key_value_heads=2, **small, **common),  # q/k norms
+        "qwen3": lambda: T.Qwen3Config(num_key_value_heads=2, head_dim=16, **small, **common),
+        "cohere": lambda: T.CohereConfig(num_key_value_heads=2, **small, **common),  # logit scale
+        "mixtral": lambda: T.MixtralConfig(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                           **small, **common),  # mixture of experts
+        "deepseek_v3": lambda: T.DeepseekV3Config(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2,
+                                                  moe_intermediate_size=32, first_k_dense_replace=1, kv_lora_rank=16,
+                                                  q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                                  v_head_dim=16, n_group=1, topk_group=1, **small, **common),  # MLA
+        "gpt_oss": lambda: T.GptOssConfig(num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                                          num_experts_per_tok=2, sliding_window=8, **small, **common),  # sinks
     }[name]()
 
 
@@ -269,6 +290,39 @@ def test_other_architectures_exact_through_the_loader(tmp_path, tokenizer_dir, a
         assert dec.target.model.config._attn_implementation == "eager"
     results = dec.generate(RAGGED)
     assert [r.token_ids for r in results] == oracle_greedy(dirs[0], RAGGED, MAX_NEW)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt_neox", "opt", "falcon", "gptj", "mpt", "olmo2", "qwen3", "cohere", "mixtral",
+                                  "deepseek_v3", "gpt_oss"])
+def test_more_families_exact_with_partial_acceptance(tmp_path, tokenizer_dir, arch):
+    """Invariant 1 on families whose attention, positions or MLP differ from the fixtures' (see
+    _tiny_arch), with a draft that is the target plus noise, so that rounds accept some of their
+    proposals and reject the rest: greedy output equals the target's own generate()."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_tiny_arch(arch, 3))
+    dirs = []
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)  # peaked distributions: no argmax near-ties
+        for name in ("target", "draft"):
+            if name == "draft":
+                gen = torch.Generator().manual_seed(5)
+                for p in model.parameters():
+                    if p.dim() > 1:
+                        p.add_(torch.randn(p.shape, generator=gen) * 0.04)
+            model.save_pretrained(tmp_path / name)
+            tok.save_pretrained(tmp_path / name)
+            dirs.append(tmp_path / name)
+    results = decoder(dirs[0], dirs[1], k=4, batch_size=3).generate(RAGGED)
+    assert [r.token_ids for r in results] == oracle_greedy(dirs[0], RAGGED, MAX_NEW)
+    accepted = sum(r.stats.accepted_tokens for r in results)
+    proposed = sum(r.stats.draft_tokens for r in results)
+    assert 0 < accepted < proposed, (accepted, proposed)
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)])

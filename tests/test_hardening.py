@@ -302,6 +302,24 @@ def test_a_target_that_is_not_a_causal_lm_is_exit_1(llama_pair, tmp_path):
         assert "not a causal language model" in error_line(o)
 
 
+def test_a_model_with_alibi_from_a_padding_mask_is_exit_1_before_its_weights_load(llama_pair, tmp_path):
+    """BLOOM and Falcon with alibi build their position biases from a 2-D padding mask, which the
+    engine's per-row masks are not: refused by name from the config (the weights are never read)."""
+    from transformers import BloomConfig, FalconConfig
+
+    for name, config in (("bloom", BloomConfig(vocab_size=112, hidden_size=16, n_layer=1, n_head=2)),
+                         ("falcon", FalconConfig(vocab_size=112, hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, alibi=True))):
+        config.architectures = ["BloomForCausalLM" if name == "bloom" else "FalconForCausalLM"]
+        config.save_pretrained(tmp_path / name)  # a config alone: loading weights would fail differently
+        build_tokenizer(tmp_path / name)
+        d = str(tmp_path / name)
+        for args in (["generate", "hello", "--target", d, "--drafter", "none"], ["inspect", "--target", d, "--drafter", "none"],
+                     ["generate", "hello", "--target", str(llama_pair.target), "--draft", d]):
+            o = ok(invoke([*args, "--device", "cpu"]), allowed=(1,))
+            assert "ALiBi" in error_line(o) and f"({name})" in error_line(o), o.err
+
+
 def test_cuda_without_a_gpu_is_exit_1(llama_pair):
     if torch.cuda.is_available():
         pytest.skip("has a GPU")

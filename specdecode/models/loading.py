@@ -32,7 +32,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSource",
     "apply_threads",
-    "check_causal_lm",
+    "check_model_config",
     "check_source",
     "gguf_info",
     "load_model",
@@ -341,12 +341,26 @@ def translate_error(name: str, err: Exception) -> ModelLoadError:
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
-def check_causal_lm(name: str, config) -> None:
-    """Refuse a checkpoint whose saved architecture is not a causal LM (a BERT encoder, a
-    masked LM): AutoModelForCausalLM would build a *different* model around its weights."""
+def check_model_config(name: str, config) -> None:
+    """Refuse, from its config alone (before any weights load), a checkpoint the engine cannot run:
+
+    - one whose saved architecture is not a causal LM (a BERT encoder, a masked LM):
+      AutoModelForCausalLM would build a *different* model around its weights;
+    - one with ALiBi position biases that transformers builds from a 2-D padding mask (BLOOM,
+      Falcon with ``alibi``): every step here passes an explicit per-row mask over the cache's
+      slots with position ids (decoding/step.py), which those models cannot take. (MPT's ALiBi
+      depends on the key slots alone and runs.)"""
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
         raise ModelLoadError(f"'{name}' is not a causal language model (architecture: {', '.join(archs)})")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(text, "model_type", None)
+    if kind == "bloom" or (kind == "falcon" and getattr(text, "alibi", False)):
+        raise ModelLoadError(
+            f"'{name}' uses ALiBi position biases ({kind}), which specdecode does not support: transformers "
+            "builds them from a 2-D padding mask, and the engine passes per-row masks over its cache "
+            "(models with rotary or learned positions work)"
+        )
 
 
 def decode_weights(model):
@@ -493,7 +507,7 @@ def load_model(
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
         raise translate_error(name, e) from e
-    check_causal_lm(name, config)
+    check_model_config(name, config)
     notes: list[str] = []
     fmt = weights_format(name)
     if fmt == "safetensors":
@@ -607,7 +621,7 @@ def _load_gguf(source: ModelSource, *, device: torch.device, dtype: torch.dtype,
             config = AutoConfig.from_pretrained(source.path, **source.pretrained_kwargs())
     except Exception as e:  # noqa: BLE001
         raise translate_error(source.label, e) from e
-    check_causal_lm(source.name, config)
+    check_model_config(source.name, config)
     attn = _auto_attention(config) if attention == "auto" else attention
     try:
         with _quiet_transformers(gguf=True):
