@@ -256,6 +256,9 @@ def test_adaptive_k_with_the_stop_prices_the_steps_it_skips():
     assert aware.k > plain.k  # the plain rule prices every step as run
     never = fed(True, False)
     assert never.confident_rate == 1.0 and never.k == fed(False, False).k > 4  # never stops: the plain rule
+    aware.drop_stop()  # a capture turned the drafter's device stop off: every round runs all its steps
+    assert not aware.stop and aware.expected_cost(8) == costs[8] and aware.expected_steps(8) == 8
+    assert aware.k == plain.k and all(aware.expected_rate(k) == plain.expected_rate(k) for k in range(1, 9))
 
 
 def test_adaptive_k_with_the_stop_keeps_the_plain_rule_until_it_sees_the_stop():

@@ -336,7 +336,7 @@ class SpeculativeEngine:
         captures = self.rounds.captures
         if captures != seen:
             if getattr(self.k_policy, "stop", False) and not getattr(self.drafter, "device_stop", False):
-                self.k_policy.stop = False  # the capture turned the drafter's device stop off
+                self.k_policy.drop_stop()  # the capture turned the drafter's device stop off
             costs = self.rounds.measured(cache, bufs, self.params.sampling, feed_prev)
             if costs:
                 shortest = (self.rounds.measured(cache, bufs, self.params.sampling, feed_prev, shortest=True)

@@ -134,6 +134,13 @@ class AdaptiveK:
     def _rate(self, confident: bool) -> float:
         return self._kept[confident] / (self._kept[confident] + self._lost[confident])
 
+    def drop_stop(self) -> None:
+        """The drafter no longer stops on the device (a capture could not branch and turned its stop
+        off, ModelDrafter.drop_device_stop): every round runs all k steps, priced as such from now on."""
+        self.stop = False
+        self.shortest = {}
+        self.k = self.best()
+
     def set_costs(self, costs: Mapping[int, float], shortest: Mapping[int, float] | None = None) -> None:
         """Measured round costs by k (e.g. ms per captured round); replaces the cost model where
         given, and the k is chosen again at once. `shortest`: the same rounds' costs when the
