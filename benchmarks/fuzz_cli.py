@@ -10,8 +10,8 @@ strategies, shared with tests/test_hardening.py) in three phases:
   yaml      random --config documents (valid keys with wrong types, unknown keys, nested junk,
             non-mappings, broken syntax, non-UTF-8 bytes), --dry-run
   real      real runs on tiny local models built like the test fixtures (a Llama pair, a draft
-            with another tokenizer, a BERT, custom code, pickle-only weights, missing paths; GGUF
-            files written with the gguf package: an F32 and a Q8_0 qwen2 pair, a directory of them
+            with another tokenizer, a BERT, a BLOOM (ALiBi), custom code, pickle-only weights,
+            missing paths; GGUF files written with the gguf package: an F32 and a Q8_0 qwen2 pair, a directory of them
             for --gguf-file, and bogus .gguf files: random bytes, a bare header, a missing one),
             random prompts, prompt files and datasets (random bytes, rows with missing or
             mistyped fields), sampling settings, devices, dtypes, batch sizes, k, outputs
@@ -135,7 +135,7 @@ def fuzz(strategy, n: int, seed: int, body) -> None:
 def build_models(root: Path) -> dict[str, Path]:
     """Tiny local checkpoints, as in tests/conftest.py, plus the awkward ones."""
     from safetensors.torch import load_file
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, BloomConfig, BloomForCausalLM
 
     import shutil
 
@@ -155,6 +155,10 @@ def build_models(root: Path) -> dict[str, Path]:
                                intermediate_size=32)).save_pretrained(bert)
     build_tokenizer(bert)
     m["bert"] = bert
+    bloom = root / "bloom"  # ALiBi from a 2-D padding mask: refused from its config
+    BloomForCausalLM(BloomConfig(vocab_size=112, hidden_size=16, n_layer=1, n_head=2)).save_pretrained(bloom)
+    build_tokenizer(bloom)
+    m["bloom"] = bloom
     custom = root / "custom"
     shutil.copytree(m["draft"], custom)
     cfg = json.loads((custom / "config.json").read_text())
@@ -231,10 +235,10 @@ def real_args(draw, models: dict[str, Path], n: list[int]) -> tuple[list[str], s
     run_dir.mkdir(parents=True, exist_ok=True)
     command = rnd.choice(["generate", "generate", "bench", "compare", "inspect"])
     target = pick(rnd, ["target", "target", "target", "chat", "gguf", "gguf_q8", "gguf_dir"],
-                  ["bert", "custom", "pickle", "missing", "file", "gguf_bogus", "gguf_header", "gguf_missing"])
+                  ["bert", "bloom", "custom", "pickle", "missing", "file", "gguf_bogus", "gguf_header", "gguf_missing"])
     gguf_pair = target.startswith("gguf")
     draft = pick(rnd, ["gguf_draft", "gguf_draft", "gguf"] if gguf_pair else ["draft", "draft", "target"],
-                 ["qwen_draft", "bert", "missing", "pickle", "gguf_bogus", "gguf_draft" if not gguf_pair else "draft"])
+                 ["qwen_draft", "bert", "bloom", "missing", "pickle", "gguf_bogus", "gguf_draft" if not gguf_pair else "draft"])
     args = [command, "--target", str(models[target])]
     if target == "gguf_dir" or rnd.random() < 0.05:
         args += ["--gguf-file", pick(rnd, ["target-f32.gguf", "target-q8_0.gguf"], ["nope.gguf", "draft-f32.gguf/"])]
