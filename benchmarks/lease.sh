@@ -21,13 +21,15 @@
 #        ~540 s, then returns what is done: the JSON, Markdown, logs come back through $OUT
 #   5. run("bash benchmarks/lease.sh poll 540") until the output says REAL-DONE
 # The real pair waits for the background checks (BG-DONE) so that nothing else shares the GPU.
+# LEASE_STATE moves /root/lease elsewhere: `piece` and `convert` also run here, as a dry run (with
+# .whl moved aside: its wheels are for the device's Python 3.12).
 # A suggested order (the cold figure right after an emptied inductor cache; the --k auto check
 # before batch 4 and the transformers baselines, in case the lease ends first):
 #   real -stopNN clear-cache k5_cold k_auto k4 k3 k5_warm k3_batch4 hf
 set -euo pipefail
 cmd=${1:?usage: bash benchmarks/lease.sh prepare [MB] | setup | piece NN | convert | real TAG STEP... | poll SECONDS}
 shift
-STATE=/root/lease  # on the device machine: everything outside the checkout, for as long as it is held
+STATE=${LEASE_STATE:-/root/lease}  # on the device machine: everything outside the checkout, while it is held
 DRAFT=qwen2.5-coder-0.5b-instruct
 TARGET=qwen2.5-coder-1.5b-instruct
 
@@ -123,7 +125,7 @@ real)
         echo "the background checks have not finished: call this again once they have" >&2; results; exit 1
     fi
     setsid nohup bash -c "python3 benchmarks/real_pair.py run --models '$STATE/models' --prompts '$STATE/prompts' \
-        --out '$STATE/out' --tag '$tag' --hf-samples 5 --steps $* ; echo REAL-DONE" \
+        --out '$STATE/out' --tag='$tag' --hf-samples 5 --steps $* ; echo REAL-DONE" \
         > "$STATE/out/real-log.txt" 2>&1 < /dev/null &
     wait_for REAL-DONE "$STATE/out/real-log.txt" "${LEASE_POLL:-500}" || true
     grep -v "Warning\|warn(" "$STATE/out/real-log.txt" | tail -40
