@@ -11,10 +11,11 @@ strategies, shared with tests/test_hardening.py) in three phases:
             non-mappings, broken syntax, non-UTF-8 bytes), --dry-run
   real      real runs on tiny local models built like the test fixtures (a Llama pair, a draft
             with another tokenizer, a BERT, a BLOOM (ALiBi), custom code, pickle-only weights,
-            missing paths; GGUF files written with the gguf package: an F32 and a Q8_0 qwen2 pair, a directory of them
-            for --gguf-file, and bogus .gguf files: random bytes, a bare header, a missing one),
-            random prompts, prompt files and datasets (random bytes, rows with missing or
-            mistyped fields), sampling settings, devices, dtypes, batch sizes, k, outputs
+            missing paths; GGUF files written with the gguf package: an F32 and a Q8_0 qwen2
+            pair, a directory of them for --gguf-file, and bogus .gguf files: random bytes, a
+            bare header, a missing one), random prompts, prompt files and datasets (random
+            bytes, rows with missing or mistyped fields), sampling settings, devices, dtypes,
+            batch sizes, k, outputs
 
 The contract checked (DESIGN.md, "Command-line contract"): dry runs exit 0 or 2; real runs
 0, 1 or 2; a failing run prints exactly one `error:` line, dry runs nothing else on stderr;

@@ -38,11 +38,7 @@ limit=${H200_TIMEOUT:-560}  # seconds for the step's script (a device call may r
 case "$step" in tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4|overlap) ;;
     *) echo "unknown step '$step' (tests|llama|gemma|profile|profile-qwen|kernels|gemma-decode|llama-decode|nf4|overlap)" >&2
        exit 2 ;; esac
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
+source benchmarks/device_site.sh  # the carried wheels
 quiet() { grep -v "Warning\|warn(\|^\[transformers" || true; }
 # the results' names say which card measured them (the lease may give an H100 for an H200)
 card=$(python3 -c "import sys, torch; sys.path.insert(0, 'benchmarks'); import real_pair; print(real_pair.card(torch.cuda.get_device_name()))" 2>/dev/null || echo h200)

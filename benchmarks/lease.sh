@@ -33,13 +33,7 @@ STATE=${LEASE_STATE:-/root/lease}  # on the device machine: everything outside t
 DRAFT=qwen2.5-coder-0.5b-instruct
 TARGET=qwen2.5-coder-1.5b-instruct
 
-site() {  # the carried wheels, installed once per machine
-    if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-        touch /tmp/site/.done
-    fi
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-}
+site() { source benchmarks/device_site.sh; }  # the carried wheels
 
 results() {  # $STATE/out's files (JSON, Markdown, logs) back through $OUT: at most 8 files come back
     [ -n "${OUT:-}" ] || return 0
@@ -49,6 +43,12 @@ results() {  # $STATE/out's files (JSON, Markdown, logs) back through $OUT: at m
         n=$((n + 1)); [ "$n" -le 8 ] || break
         cp "$STATE/out/$f" "$OUT/"
     done
+}
+
+show_real() {  # show_real SECONDS: wait up to SECONDS for the real pair, then its log and results
+    wait_for REAL-DONE "$STATE/out/real-log.txt" "$1" || true
+    grep -v "Warning\|warn(" "$STATE/out/real-log.txt" | tail -40
+    results
 }
 
 wait_for() {  # wait_for MARKER FILE SECONDS: 0 once MARKER is in FILE, 1 when SECONDS pass first
@@ -73,8 +73,9 @@ prepare)
         "pydantic-core==$(v pydantic-core)" "annotated-types==$(v annotated-types)" \
         "typing-inspection==$(v typing-inspection)" "typer==$(v typer)" "annotated-doc==$(v annotated-doc)"
     [ -f "/tmp/rc/$TARGET.gguf" ] || bash ../shared/tools/real-checkpoints.sh fetch /tmp/rc
-    rm -rf .carry/p[0-9]* .carry/pieces && mkdir -p .carry/pieces
-    for name in "$DRAFT" "$TARGET"; do split -b "${mb}000000" -d -a 2 "/tmp/rc/$name.gguf" ".carry/pieces/$name."; done
+    rm -rf .carry/p[0-9]* .carry/pieces /tmp/rc-pair && mkdir -p /tmp/rc-pair
+    for name in "$DRAFT" "$TARGET"; do ln -s "/tmp/rc/$name.gguf" /tmp/rc-pair/; done  # the pair alone
+    bash ../shared/tools/real-checkpoints.sh split /tmp/rc-pair .carry/pieces "$mb" > /dev/null
     i=0
     for f in $(ls .carry/pieces); do
         nn=$(printf "%02d" "$i"); mkdir -p ".carry/p$nn"; mv ".carry/pieces/$f" ".carry/p$nn/"; i=$((i + 1))
@@ -127,14 +128,10 @@ real)
     setsid nohup bash -c "python3 benchmarks/real_pair.py run --models '$STATE/models' --prompts '$STATE/prompts' \
         --out '$STATE/out' --tag='$tag' --hf-samples 5 --steps $* ; echo REAL-DONE" \
         > "$STATE/out/real-log.txt" 2>&1 < /dev/null &
-    wait_for REAL-DONE "$STATE/out/real-log.txt" "${LEASE_POLL:-500}" || true
-    grep -v "Warning\|warn(" "$STATE/out/real-log.txt" | tail -40
-    results
+    show_real "${LEASE_POLL:-500}"
     ;;
 poll)
-    wait_for REAL-DONE "$STATE/out/real-log.txt" "${1:-500}" || true
-    grep -v "Warning\|warn(" "$STATE/out/real-log.txt" | tail -40
-    results
+    show_real "${1:-500}"
     ;;
 *)
     echo "unknown command '$cmd' (prepare | setup | piece NN | convert | real TAG STEP... | poll SECONDS)" >&2
